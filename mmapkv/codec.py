@@ -1,0 +1,146 @@
+"""JSON objects to bytes and back, with mmapkv's exact rules; the engine sees only bytes.
+
+Rules: a value is a ``dict`` whose keys are ``str`` and whose contents are only ``dict``,
+``list``, ``tuple`` (read back as a list), ``str``, ``int``, ``float`` (finite), ``bool`` and
+``None``, nested at most ``MAX_DEPTH`` deep.  Its size is the length of its compact UTF-8 JSON
+text (no spaces, non-ASCII written as UTF-8, not escaped), at most ``MAX_VALUE_BYTES``.
+
+orjson writes and reads the text (several times faster than ``json``), but orjson alone is
+too lenient: it writes NaN as ``null`` and accepts ``uuid.UUID``, ``Enum`` and dataclasses.
+So one pass over the value checks the rules first, and integers beyond 64 bits, which orjson
+cannot write (and would read back as floats), go through stdlib ``json`` both ways.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import orjson
+
+from .errors import InvalidValueError, ValueTooLargeError
+from .format import CODEC_STDLIB, MAX_VALUE_BYTES
+
+__all__ = ["MAX_DEPTH", "encode", "decode"]
+
+MAX_DEPTH = 255  # orjson's own limit, so both codecs accept the same values
+
+_INT64_MIN = -(1 << 63)
+_UINT64_MAX = (1 << 64) - 1
+_SCALARS = frozenset((str, bool, type(None)))
+_isfinite = math.isfinite
+_dumps = orjson.dumps
+_loads = orjson.loads
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+class _Bad(Exception):
+    """A rule broken inside a value; carries the path to it, built only on the way out."""
+
+    def __init__(self, message: str, where: Any) -> None:
+        super().__init__(message)
+        self.path: list[Any] = [] if where is None else [where]
+
+
+def _bad_scalar(v: Any, where: Any) -> _Bad:
+    if isinstance(v, float):
+        return _Bad(f"holds {v!r}; JSON has no NaN or infinity", where)
+    return _Bad(f"holds a {type(v).__name__}; only dict, list, tuple, str, int, float, bool "
+                "and None are JSON", where)
+
+
+def _check_scalar(v: Any, where: Any) -> bool:
+    """Check a non-container of a type other than exactly str/bool/None/int/float."""
+    if isinstance(v, (str, bool)):
+        return False
+    if isinstance(v, int):
+        return not (_INT64_MIN <= v <= _UINT64_MAX)
+    if isinstance(v, float) and _isfinite(v):
+        return False
+    raise _bad_scalar(v, where)
+
+
+def _check(obj: Any, depth: int) -> bool:
+    """Raise ``_Bad`` unless *obj* obeys the rules; return True if it holds a big integer.
+
+    Runs on every create, so the common types are tested by identity first and the
+    error path (``_Bad``) is the only place that builds strings.
+    """
+    if depth > MAX_DEPTH:
+        raise _Bad(f"is nested deeper than {MAX_DEPTH} levels", None)
+    big = False
+    is_object = isinstance(obj, dict)
+    for k, v in obj.items() if is_object else enumerate(obj):
+        if is_object and type(k) is not str and not isinstance(k, str):
+            raise _Bad(f"has a {type(k).__name__} key {k!r}; JSON object keys must be str", None)
+        t = type(v)
+        if t is str or t is bool or v is None:
+            continue
+        try:
+            if t is int:
+                if v < _INT64_MIN or v > _UINT64_MAX:
+                    big = True
+            elif t is float:
+                if not _isfinite(v):
+                    raise _bad_scalar(v, None)
+            elif t is dict or t is list or t is tuple or isinstance(v, (dict, list, tuple)):
+                big |= _check(v, depth + 1)
+            else:
+                big |= _check_scalar(v, None)
+        except _Bad as bad:
+            bad.path.append(k)
+            raise
+    return big
+
+
+def encode(value: Any) -> tuple[bytes, int]:
+    """Return the compact UTF-8 JSON text of *value* and the slot's codec flags.
+
+    >>> encode({"name": "Zoë", "tags": ("a", 1)})
+    (b'{"name":"Zo\\xc3\\xab","tags":["a",1]}', 0)
+
+    :raises InvalidValueError: *value* is not a JSON object by the rules above.
+    :raises ValueTooLargeError: its text is longer than 16,384 bytes.
+    """
+    if not isinstance(value, dict):
+        raise InvalidValueError(f"value must be a dict (a JSON object), not {type(value).__name__}")
+    try:
+        big = _check(value, 1)
+    except _Bad as bad:
+        keys = [f"[{k!r}]" for k in reversed(bad.path)]
+        where = "".join(keys if len(keys) <= 6 else keys[:3] + ["..."] + keys[-2:])
+        raise InvalidValueError(f"value{where} {bad}") from None
+    flags = 0
+    if not big:
+        try:
+            data = _dumps(value, option=_ORJSON_OPTIONS)
+        except orjson.JSONEncodeError as exc:  # str with a lone surrogate, float subclass...
+            if "surrogate" in str(exc) or "utf-8" in str(exc).lower():
+                raise InvalidValueError(f"value holds a str that is not valid Unicode: {exc}") from None
+            big = True  # let stdlib json decide
+    if big:
+        flags = CODEC_STDLIB
+        try:
+            data = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False,
+                              check_circular=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidValueError(f"value holds a str that is not valid Unicode: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise InvalidValueError(f"value is not JSON: {exc}") from None
+    if len(data) > MAX_VALUE_BYTES:
+        raise ValueTooLargeError(
+            f"value is {len(data):,} bytes of JSON; the limit is {MAX_VALUE_BYTES:,} bytes"
+        )
+    return data, flags
+
+
+def decode(data: bytes | memoryview, flags: int) -> dict[str, Any]:
+    """Return the ``dict`` that :func:`encode` turned into *data* (a new object each call).
+
+    >>> decode(*encode({"n": 2 ** 70}))
+    {'n': 1180591620717411303424}
+    """
+    if flags & CODEC_STDLIB:
+        return json.loads(bytes(data))  # type: ignore[no-any-return]
+    return _loads(data)  # type: ignore[no-any-return]

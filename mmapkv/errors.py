@@ -1,0 +1,93 @@
+"""The exceptions mmapkv raises: one base class, flat specific subclasses.
+
+Each specific error also inherits the builtin a Python user would catch:
+``KeyError`` for a missing key, ``ValueError``/``TypeError`` for a bad argument,
+``OSError`` for trouble with the file itself.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MmapKVError",
+    "KeyExistsError",
+    "KeyNotFoundError",
+    "KeyExpiredError",
+    "InvalidArgumentError",
+    "InvalidKeyError",
+    "InvalidValueError",
+    "ValueTooLargeError",
+    "InvalidTTLError",
+    "StoreFullError",
+    "DiskFullError",
+    "StoreLockedError",
+    "StoreClosedError",
+    "CorruptStoreError",
+    "FormatVersionError",
+]
+
+
+class MmapKVError(Exception):
+    """Base class of every error mmapkv raises on purpose."""
+
+
+class _PlainMessage:
+    """Mixin: ``KeyError`` quotes its message in ``str()``; we want it as written."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class KeyExistsError(MmapKVError):
+    """``create`` was given a key that is already stored and live."""
+
+
+class KeyNotFoundError(_PlainMessage, MmapKVError, KeyError):
+    """The key is not in the store (never created, deleted, or expired)."""
+
+
+class KeyExpiredError(KeyNotFoundError):
+    """The key was stored but its time-to-live has passed."""
+
+
+class InvalidArgumentError(MmapKVError, ValueError, TypeError):
+    """An argument other than a key, value or TTL is of the wrong type or out of range."""
+
+
+class InvalidKeyError(MmapKVError, ValueError, TypeError):
+    """The key is not a ``str`` of 1 to 32 characters that encodes as UTF-8."""
+
+
+class InvalidValueError(MmapKVError, ValueError, TypeError):
+    """The value is not a JSON object (a ``dict`` of JSON types with ``str`` keys)."""
+
+
+class ValueTooLargeError(InvalidValueError):
+    """The value's compact UTF-8 JSON text is longer than 16,384 bytes."""
+
+
+class InvalidTTLError(MmapKVError, ValueError, TypeError):
+    """The time-to-live is not ``None`` or a whole number of seconds in range."""
+
+
+class StoreFullError(MmapKVError):
+    """No free slot and the file is at its size ceiling: delete keys to make room."""
+
+
+class DiskFullError(StoreFullError, OSError):
+    """The file could not grow because the disk (or a file-size limit) refused the space."""
+
+
+class StoreLockedError(MmapKVError, OSError):
+    """Another process (or another ``Store`` in this one) holds the file."""
+
+
+class StoreClosedError(MmapKVError, ValueError):
+    """The store was closed, or belongs to the parent of this forked process."""
+
+
+class CorruptStoreError(MmapKVError, OSError):
+    """The file is not an mmapkv store, or its bytes fail their checks."""
+
+
+class FormatVersionError(CorruptStoreError):
+    """The file is an mmapkv store written by a newer, unknown format version."""

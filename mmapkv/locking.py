@@ -1,0 +1,53 @@
+"""The one-process rule: an exclusive ``flock`` on the store file, taken through portalocker.
+
+``flock`` locks belong to an open file description, so a second ``Store`` on the same file
+in the *same* process is refused too, and the kernel drops the lock when a holder dies.
+After locking we check that the path still names the inode we locked: a rival that opened
+the file just before ``compact`` replaced it must not keep a lock on the unlinked old file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import portalocker
+
+from .errors import StoreLockedError
+
+__all__ = ["lock_file", "unlock_file"]
+
+_POLL_SECONDS = 0.05
+
+
+def lock_file(fd: int, path: str, *, shared: bool = False, timeout: float = 0.0) -> bool:
+    """Lock *fd* (opened on *path*) or raise ``StoreLockedError`` after *timeout* seconds.
+
+    Returns False, holding no lock, if *path* no longer names the file *fd* is open on:
+    the caller should open the path again.
+    """
+    flags = (portalocker.LOCK_SH if shared else portalocker.LOCK_EX) | portalocker.LOCK_NB
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            portalocker.lock(fd, flags)
+        except (portalocker.AlreadyLocked, portalocker.LockException):
+            if time.monotonic() >= deadline:
+                waited = f" after waiting {timeout:g} s" if timeout > 0 else ""
+                raise StoreLockedError(
+                    f"{path} is in use by another process or Store{waited}; "
+                    "only one may open a store at a time (pass lock_timeout= to wait)"
+                ) from None
+            time.sleep(_POLL_SECONDS)
+            continue
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if not same:
+            portalocker.unlock(fd)
+        return same
+
+
+def unlock_file(fd: int) -> None:
+    portalocker.unlock(fd)

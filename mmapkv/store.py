@@ -1,0 +1,471 @@
+"""``Store``: the public API over one store file (validation, expiry, locking)."""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import platformdirs
+
+from . import codec
+from .engine import Engine, fingerprint
+from .errors import (
+    CorruptStoreError,
+    InvalidArgumentError,
+    InvalidKeyError,
+    InvalidTTLError,
+    KeyExistsError,
+    KeyExpiredError,
+    KeyNotFoundError,
+    StoreClosedError,
+    StoreFullError,
+)
+from .format import MAX_FILE_SIZE, MAX_VALUE_BYTES, SLOT_STRIDE, STATE_PENDING, VERSION, Geometry
+
+__all__ = ["Store", "StoreStats", "default_path", "MAX_KEY_LENGTH", "MAX_TTL"]
+
+MAX_KEY_LENGTH = 32
+MAX_TTL = 100 * 366 * 24 * 3600  # a century: keeps now + ttl exact as a float
+DEFAULT_FILENAME = "default.mmapkv"
+
+_decode = codec.decode
+_encode = codec.encode
+
+
+def default_path() -> str:
+    """Where ``Store()`` keeps its file: the user's data directory, per platformdirs.
+
+    On Linux that is ``$XDG_DATA_HOME/mmapkv/default.mmapkv`` (``~/.local/share/...``).
+    """
+    return os.path.join(platformdirs.user_data_dir("mmapkv", appauthor=False), DEFAULT_FILENAME)
+
+
+def _key_bytes(key: Any) -> bytes:
+    """Validate *key* and return its UTF-8 bytes."""
+    if type(key) is not str and not isinstance(key, str):
+        raise InvalidKeyError(f"key must be a str, not {type(key).__name__}")
+    if not 0 < len(key) <= MAX_KEY_LENGTH:
+        raise InvalidKeyError(f"key must be 1 to {MAX_KEY_LENGTH} characters, got {len(key)}: {key[:40]!r}")
+    try:
+        return key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidKeyError(f"key {key!r} is not valid Unicode (a lone surrogate?)") from None
+
+
+def _check_ttl(ttl: Any) -> int | None:
+    if ttl is None:
+        return None
+    if type(ttl) is not int and (not isinstance(ttl, int) or isinstance(ttl, bool)):
+        raise InvalidTTLError(f"ttl must be None or an int number of seconds, not {type(ttl).__name__}")
+    if not 1 <= ttl <= MAX_TTL:
+        raise InvalidTTLError(f"ttl must be 1 to {MAX_TTL:,} seconds, got {ttl}")
+    return int(ttl)
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """What ``Store.stats()`` reports.  Sizes in bytes, counts in keys or slots."""
+
+    path: str
+    format_version: int
+    file_size: int
+    max_size: int
+    slot_size: int            #: largest value a slot holds
+    slot_stride: int          #: bytes a slot takes in the file, header included
+    capacity: int             #: slots in the file now
+    max_capacity: int         #: slots the file holds at its ceiling
+    live_keys: int            #: unexpired keys (what ``len()`` says)
+    keys_with_ttl: int
+    table_capacity: int
+    load_factor: float        #: stored entries / table positions (at most 0.5)
+    durable: bool
+
+
+_OPEN_STORES: "weakref.WeakSet[Store]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_OPEN_STORES):
+        store._disown()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class Store:
+    """A persistent key-value store in one memory-mapped file.
+
+    Keys are ``str`` of 1 to 32 characters; values are JSON objects (``dict``) of at most
+    16,384 bytes of compact UTF-8 JSON.  Any key may get a time-to-live in whole seconds.
+    One process at a time may open a file; any number of threads may share the ``Store``.
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "example.mmapkv")
+    >>> with Store(path) as store:
+    ...     store.create("user:1", {"name": "Ada", "langs": ["en", "fr"]})
+    ...     store.read("user:1")
+    {'name': 'Ada', 'langs': ['en', 'fr']}
+
+    :param path: the store file (``str`` or ``os.PathLike``); ``None`` uses
+        :func:`default_path`.  A missing file is created (mode 0600), parents included.
+    :param max_size: the file's size ceiling in bytes, at most and by default 1 GiB.  It is
+        fixed when the file is created; reopening with a different value is an error.
+    :param durable: ``True`` msyncs after every change (survives power loss; slower).
+        Otherwise a change survives a crash of the process but not of the machine
+        until :meth:`flush` or :meth:`close`.
+    :param lock_timeout: seconds to wait for another holder of the file to let go.
+    :param clock: returns the time in seconds; TTLs are measured with it (tests inject one).
+    :raises StoreLockedError: another process or ``Store`` holds the file.
+    :raises CorruptStoreError: the file is not an mmapkv store (it is left untouched).
+    :raises FormatVersionError: the file was written by a newer mmapkv.
+    :raises InvalidArgumentError: a bad *path*, *max_size* or *lock_timeout*.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, max_size: int | None = None,
+                 durable: bool = False, lock_timeout: float = 0.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._engine: Engine | None = None
+        self._forked = False
+        if path is None:
+            path = default_path()
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidArgumentError(f"path must be a str or os.PathLike, not {type(path).__name__}")
+        path = os.fspath(path)
+        if not isinstance(path, str) or not path or "\0" in path:
+            raise InvalidArgumentError(f"path must be a non-empty str without NUL, got {path!r}")
+        if max_size is not None:
+            smallest = Geometry.smallest_max_size()
+            if type(max_size) is not int or not smallest <= max_size <= MAX_FILE_SIZE:
+                raise InvalidArgumentError(
+                    f"max_size must be an int from {smallest:,} to {MAX_FILE_SIZE:,} bytes, got {max_size!r}")
+        if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)) \
+                or not 0 <= lock_timeout < math.inf:
+            raise InvalidArgumentError(f"lock_timeout must be seconds >= 0, got {lock_timeout!r}")
+        if not callable(clock):
+            raise InvalidArgumentError("clock must be a callable returning seconds")
+        self._path = os.path.abspath(path)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._engine = Engine(self._path, max_size=max_size, durable=bool(durable),
+                              lock_timeout=float(lock_timeout))
+        self._pid = os.getpid()
+        _OPEN_STORES.add(self)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @property
+    def path(self) -> str:
+        """The absolute path of the store file."""
+        return self._path
+
+    def _closed(self) -> StoreClosedError:
+        if self._forked:
+            return StoreClosedError(
+                f"this Store of {self._path} belongs to process {self._pid}; a forked child "
+                "cannot use it (open the store in one process only)")
+        return StoreClosedError(f"the Store of {self._path} is closed")
+
+    def _disown(self) -> None:
+        """In a forked child: drop the parent's map and file descriptor, keep its lock."""
+        self._lock = threading.Lock()
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            self._forked = True
+            engine.close(release_lock=False)
+
+    def close(self) -> None:
+        """Write the counters, mark the file cleanly closed, sync it and unlock it.
+
+        Idempotent.  After it every other method raises ``StoreClosedError``.
+        """
+        with self._lock:
+            engine, self._engine = self._engine, None
+            if engine is not None:
+                engine.close()
+
+    def flush(self) -> None:
+        """Force every change so far to disk (msync): it now survives power loss."""
+        with self._lock:
+            engine = self._engine
+            if engine is None:
+                raise self._closed()
+            engine.flush()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if self._engine is not None and os.getpid() == self._pid:
+                self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+    def __repr__(self) -> str:
+        state = "open" if self._engine is not None else "closed"
+        return f"<mmapkv.Store {self._path!r} {state}>"
+
+    # ----------------------------------------------------------------- reads
+
+    def read(self, key: str) -> dict[str, Any]:
+        """Return the value stored under *key*, as a new ``dict``.
+
+        Cost: one hash, about 1.5 table probes and one slot read, then JSON decoding.
+
+        :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired).
+        :raises InvalidKeyError: *key* is not a valid key.
+        :raises CorruptStoreError: the stored entry fails its checksum.
+        """
+        kb = _key_bytes(key)
+        fp = fingerprint(kb)
+        with self._lock:
+            engine = self._engine
+            if engine is None:
+                raise self._closed()
+            index = engine.find(kb, fp)
+            if index < 0:
+                raise KeyNotFoundError(f"key {key!r} is not in {self._path}")
+            data, flags, expires = engine.read(index)
+            if expires and self._clock() >= expires:
+                raise KeyExpiredError(f"key {key!r} expired at {expires:.0f} (unix time)")
+            try:
+                return _decode(data, flags)
+            except ValueError as exc:
+                raise CorruptStoreError(f"{self._path}: the value of {key!r} is not JSON: {exc}") from None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Like :meth:`read`, but return *default* for a missing or expired key.
+
+        >>> import tempfile, os
+        >>> with Store(os.path.join(tempfile.mkdtemp(), "s")) as store:
+        ...     store.get("nope", {})
+        {}
+        """
+        try:
+            return self.read(key)
+        except KeyNotFoundError:
+            return default
+
+    def __contains__(self, key: object) -> bool:
+        """True if *key* is stored and unexpired.  Cost: one lookup, no decoding."""
+        kb = _key_bytes(key)
+        fp = fingerprint(kb)
+        with self._lock:
+            engine = self._engine
+            if engine is None:
+                raise self._closed()
+            index = engine.find(kb, fp)
+            if index < 0:
+                return False
+            expires = engine.expires_at(index)
+            return not expires or self._clock() < expires
+
+    def __len__(self) -> int:
+        """The number of unexpired keys.
+
+        O(1), unless a TTL has passed since the last count: then expired entries are
+        reclaimed first, O(slots).
+        """
+        with self._lock:
+            engine = self._engine
+            if engine is None:
+                raise self._closed()
+            self._reclaim_expired(engine)
+            return engine.live_count
+
+    def keys(self) -> list[str]:
+        """The unexpired keys, in file order (a snapshot list).  O(slots)."""
+        with self._lock:
+            engine = self._engine
+            if engine is None:
+                raise self._closed()
+            now = self._clock() if engine.ttl_count else 0.0
+            return [key.decode("utf-8") for _, _, expires, key in engine.iter_slots()
+                    if not expires or now < expires]
+
+    def __iter__(self) -> Any:
+        return iter(self.keys())
+
+    def stats(self) -> StoreStats:
+        """Sizes and counts of the store; O(1) unless expired keys need reclaiming.
+
+        See ``python -m mmapkv.stats`` for the full report (probe lengths, value sizes).
+        """
+        with self._lock:
+            engine = self._engine
+            if engine is None:
+                raise self._closed()
+            self._reclaim_expired(engine)
+            g = engine.geometry
+            return StoreStats(
+                path=self._path, format_version=VERSION, file_size=engine.file_size,
+                max_size=g.max_size, slot_size=MAX_VALUE_BYTES, slot_stride=SLOT_STRIDE,
+                capacity=engine.slot_count, max_capacity=g.max_slots, live_keys=engine.live_count,
+                keys_with_ttl=engine.ttl_count, table_capacity=g.table_capacity,
+                load_factor=engine.live_count / g.table_capacity, durable=engine.durable)
+
+    def verify(self) -> list[str]:
+        """Walk the whole file and return every broken invariant (empty list: all good).
+
+        For tests and post-mortems; O(slots + table).  See ``Engine.check`` for the list.
+        """
+        with self._lock:
+            engine = self._engine
+            if engine is None:
+                raise self._closed()
+            return engine.check()
+
+    # ----------------------------------------------------------------- writes
+
+    def create(self, key: str, value: dict[str, Any], ttl: int | None = None) -> None:
+        """Store *value* under a new *key*, optionally expiring *ttl* seconds from now.
+
+        An expired entry under the same key is replaced.  Cost: one lookup, one slot
+        write; rarely a doubling of the file (no rehash: the table is sized for the ceiling).
+
+        :raises KeyExistsError: *key* is stored and unexpired.
+        :raises InvalidKeyError, InvalidValueError, ValueTooLargeError, InvalidTTLError:
+            a bad argument; nothing is written.
+        :raises StoreFullError: the file is at its ceiling and every slot is taken.
+        :raises DiskFullError: the file had to grow and the disk refused.
+        """
+        kb = _key_bytes(key)
+        data, flags = _encode(value)
+        if ttl is not None:
+            ttl = _check_ttl(ttl)
+        fp = fingerprint(kb)
+        with self._lock:
+            engine = self._engine
+            if engine is None:
+                raise self._closed()
+            index = engine.find(kb, fp)
+            now = self._clock() if ttl is not None or index >= 0 else 0.0
+            if index >= 0:
+                old_expiry = engine.expires_at(index)
+                if not old_expiry or now < old_expiry:
+                    raise KeyExistsError(f"key {key!r} already exists in {self._path}")
+                engine.remove(index)
+            if engine.live_count >= engine.slot_count:
+                self._make_room(engine, 1)
+            engine.insert(kb, fp, data, flags, now + ttl if ttl is not None else 0.0)
+
+    def delete(self, key: str) -> None:
+        """Remove *key* and free its slot.
+
+        :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired).
+        :raises InvalidKeyError: *key* is not a valid key.
+        """
+        kb = _key_bytes(key)
+        fp = fingerprint(kb)
+        with self._lock:
+            engine = self._engine
+            if engine is None:
+                raise self._closed()
+            index = engine.find(kb, fp)
+            if index < 0:
+                raise KeyNotFoundError(f"key {key!r} is not in {self._path}")
+            expires = engine.expires_at(index)
+            if expires and self._clock() >= expires:
+                engine.remove(index)  # reclaim it while we are here
+                raise KeyExpiredError(f"key {key!r} expired at {expires:.0f} (unix time)")
+            engine.remove(index)
+
+    def batch_create(self, items: Mapping[str, dict[str, Any]] | Iterable[tuple[Any, ...]],
+                     ttl: int | None = None) -> None:
+        """Create many keys at once: all of them, or (on any error) none.
+
+        *items* is a mapping ``{key: value}`` or an iterable of ``(key, value)`` and
+        ``(key, value, ttl)`` tuples; *ttl* applies to items that do not give their own.
+        Every item is checked before anything is written, and the batch commits with one
+        write, so after a crash either all of it or none of it is there.
+
+        >>> import tempfile, os
+        >>> with Store(os.path.join(tempfile.mkdtemp(), "s")) as store:
+        ...     store.batch_create({"a": {"n": 1}, "b": {"n": 2}})
+        ...     sorted(store.keys())
+        ['a', 'b']
+
+        :raises KeyExistsError: a key is stored already, or given twice.
+        :raises InvalidArgumentError: an item is not a 2- or 3-tuple.
+        :raises StoreFullError: the batch does not fit under the ceiling.
+        """
+        default_ttl = _check_ttl(ttl)
+        if isinstance(items, Mapping):
+            triples: Iterable[tuple[Any, ...]] = ((k, v, default_ttl) for k, v in items.items())
+        elif isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+            raise InvalidArgumentError(f"items must be a mapping or an iterable of tuples, not {type(items).__name__}")
+        else:
+            triples = items
+        prepared = []
+        seen: set[bytes] = set()
+        for number, item in enumerate(triples):
+            if not isinstance(item, tuple) or len(item) not in (2, 3):
+                raise InvalidArgumentError(f"batch item {number} must be a (key, value) or "
+                                           f"(key, value, ttl) tuple, got {item!r:.80}")
+            key, value = item[0], item[1]
+            item_ttl = _check_ttl(item[2]) if len(item) == 3 else default_ttl
+            kb = _key_bytes(key)
+            if kb in seen:
+                raise KeyExistsError(f"key {key!r} appears twice in the batch")
+            seen.add(kb)
+            data, flags = _encode(value)
+            prepared.append((key, kb, fingerprint(kb), data, flags, item_ttl))
+        if not prepared:
+            return
+        with self._lock:
+            engine = self._engine
+            if engine is None:
+                raise self._closed()
+            now = self._clock()
+            expired = []
+            for key, kb, fp, _, _, _ in prepared:
+                index = engine.find(kb, fp)
+                if index >= 0:
+                    old_expiry = engine.expires_at(index)
+                    if not old_expiry or now < old_expiry:
+                        raise KeyExistsError(f"key {key!r} already exists in {self._path}")
+                    expired.append((kb, fp))
+            for kb, fp in expired:
+                engine.remove(engine.find(kb, fp))
+            self._make_room(engine, len(prepared))
+            seq = engine.next_seq
+            engine.next_seq += 1
+            slots = [engine.insert(kb, fp, data, flags, now + t if t is not None else 0.0,
+                                   STATE_PENDING, seq)
+                     for _, kb, fp, data, flags, t in prepared]
+            if engine.durable:
+                engine.flush()
+            engine.set_batch_commit(seq)  # the commit point
+            for slot, (_, _, fp, _, _, _) in zip(slots, prepared):
+                engine.commit_pending(slot, fp)
+            if engine.durable:
+                engine.flush()
+
+    # ----------------------------------------------------------------- room
+
+    def _reclaim_expired(self, engine: Engine) -> None:
+        if engine.ttl_count and engine.next_expiry <= self._clock():
+            engine.sweep(self._clock())
+
+    def _make_room(self, engine: Engine, needed: int) -> None:
+        """Ensure *needed* free slots: reclaim expired entries, then grow the file."""
+        if engine.free_slots() >= needed:
+            return
+        self._reclaim_expired(engine)
+        g = engine.geometry
+        if engine.live_count + needed > g.max_slots:
+            raise StoreFullError(
+                f"{self._path} is full: {engine.live_count:,} keys in {g.max_slots:,} slots at "
+                f"its {g.max_size:,}-byte ceiling; delete keys to make room for {needed:,} more")
+        while engine.free_slots() < needed:
+            engine.grow()
