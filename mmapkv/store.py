@@ -290,8 +290,12 @@ class Store:
             if engine is None:
                 raise self._closed()
             now = self._clock() if engine.ttl_count else 0.0
-            return [key.decode("utf-8") for _, _, expires, key in engine.iter_slots()
-                    if not expires or now < expires]
+            try:
+                return [key.decode("utf-8") for _, _, expires, key in engine.iter_slots()
+                        if not expires or now < expires]
+            except UnicodeDecodeError:
+                raise CorruptStoreError(f"{self._path}: a stored key is not UTF-8; run "
+                                        "`python -m mmapkv verify`") from None
 
     def __iter__(self) -> Any:
         return iter(self.keys())
