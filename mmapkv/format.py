@@ -52,7 +52,8 @@ import math
 import struct
 
 __all__ = [
-    "MAGIC", "VERSION", "PAGE_SIZE", "SUPERBLOCK", "FLAG_CLEAN", "SLOT_HEADER",
+    "MAGIC", "VERSION", "PAGE_SIZE", "SUPERBLOCK", "SUPERBLOCK_FIELDS", "FLAG_CLEAN",
+    "SLOT_HEADER", "SLOT_FIELDS",
     "SLOT_STRIDE", "KEY_OFFSET", "VALUE_OFFSET", "BODY_OFFSET", "MAX_KEY_BYTES",
     "MAX_VALUE_BYTES", "STATE_FREE", "STATE_LIVE", "STATE_PENDING", "CODEC_STDLIB",
     "FINGERPRINT_SHIFT", "SLOT_MASK", "MAX_FILE_SIZE", "INITIAL_SLOTS", "Geometry",
@@ -63,6 +64,9 @@ VERSION = 1
 PAGE_SIZE = 4096
 
 SUPERBLOCK = struct.Struct("<8sIIQQIIIIdQQQ")
+SUPERBLOCK_FIELDS = ("magic", "version", "flags", "max_size", "file_size", "high_water",
+                     "free_head", "live_count", "ttl_count", "next_expiry", "next_seq",
+                     "batch_commit", "checksum")
 SB_FLAGS = 12          # offset of the flags word
 SB_FILE_SIZE = 24      # offset of file_size
 SB_BATCH_COMMIT = 64   # offset of batch_commit
@@ -70,6 +74,8 @@ SB_CHECKSUM = 72       # offset of the checksum (and length of what it covers)
 FLAG_CLEAN = 1
 
 SLOT_HEADER = struct.Struct("<IIQQdIBBH")  # state .. reserved: 40 bytes
+SLOT_FIELDS = ("state", "next_free", "checksum", "seq", "expires_at", "value_len", "key_len",
+               "value_flags", "reserved")
 BODY_OFFSET = 16       # the checksum covers the slot from here to the end of the value
 BODY_HEADER = struct.Struct("<QdIBBH")     # seq .. reserved, as written at BODY_OFFSET
 KEY_OFFSET = SLOT_HEADER.size
