@@ -1,0 +1,848 @@
+"""API conformance: every call, error, limit and TTL rule of issue 2, in the four
+``make_store`` configurations (fresh/reopened x 1 GiB/small ceiling)."""
+
+from __future__ import annotations
+
+import decimal
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import pytest
+
+import mmapkv
+from mmapkv import (
+    CorruptStoreError,
+    FormatVersionError,
+    InvalidArgumentError,
+    InvalidKeyError,
+    InvalidTTLError,
+    InvalidValueError,
+    KeyExistsError,
+    KeyExpiredError,
+    KeyNotFoundError,
+    MmapKVError,
+    StoreClosedError,
+    StoreFullError,
+    StoreLockedError,
+    ValueTooLargeError,
+)
+from mmapkv.format import Geometry
+
+MakeStore = Callable[..., mmapkv.Store]
+
+
+class FakeClock(Protocol):
+    """The shape of conftest's ``clock`` fixture (not imported: conftest is not a module)."""
+
+    now: float
+
+    def __call__(self) -> float: ...
+
+    def advance(self, seconds: float) -> None: ...
+
+
+SMALL_MAX_SIZE = Geometry.smallest_max_size() * 4  # the same ceiling as conftest's "small"
+
+LIMIT = 16_384
+EMPTY_VALUE_BYTES = len(b'{"k":""}')  # == 8
+
+
+def json_size(value: dict[str, Any]) -> int:
+    """The compact UTF-8 JSON length the issue defines, computed without the library."""
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+
+
+def sized_value(size: int, ch: str = "x") -> dict[str, Any]:
+    """A value ``{"k": ...}`` whose compact UTF-8 JSON is exactly *size* bytes, built
+    mostly from *ch* (multi-byte characters allowed; ASCII 'x' pads the remainder)."""
+    width = len(json.dumps(ch, ensure_ascii=False).encode("utf-8")) - 2
+    count, rest = divmod(size - EMPTY_VALUE_BYTES, width)
+    value = {"k": ch * count + "x" * rest}
+    assert json_size(value) == size
+    return value
+
+
+def reopen(store: mmapkv.Store, make_store: MakeStore, **kwargs: Any) -> mmapkv.Store:
+    """Close *store* cleanly and open the same file again (same clock, same config)."""
+    store.close()
+    return make_store(**kwargs)
+
+
+def assert_absent(store: mmapkv.Store, key: str) -> None:
+    """*key* is not visible through any read path."""
+    assert key not in store
+    assert key not in store.keys()
+    assert store.get(key) is None
+    with pytest.raises(KeyNotFoundError):
+        store.read(key)
+
+
+# --------------------------------------------------------------------- basics
+
+def test_create_read_roundtrip(make_store: MakeStore) -> None:
+    """create then read returns an equal value; the key is in/len/keys."""
+    store = make_store()
+    value = {"name": "Ada", "langs": ["en", "fr"], "n": 3, "f": 1.5, "ok": True, "none": None}
+    store.create("user:1", value)
+    assert store.read("user:1") == value
+    assert "user:1" in store
+    assert len(store) == 1
+    assert store.keys() == ["user:1"]
+    assert list(store) == ["user:1"]
+    assert store.verify() == []
+
+
+def test_read_returns_new_dict_each_call(make_store: MakeStore) -> None:
+    """read returns a fresh, equal object every time; mutating it changes nothing stored."""
+    store = make_store()
+    value = {"list": [1, 2, {"x": "y"}], "inner": {"a": 1}}
+    store.create("k", value)
+    first, second = store.read("k"), store.read("k")
+    assert first == second == value
+    assert first is not second
+    assert first["list"] is not second["list"]
+    assert first["inner"] is not second["inner"]
+    first["inner"]["a"] = 999
+    first["list"].append("extra")
+    value["inner"]["a"] = 42  # the caller's object is not shared either
+    assert store.read("k") == {"list": [1, 2, {"x": "y"}], "inner": {"a": 1}}
+
+
+def test_create_existing_key_raises_and_keeps_old_value(make_store: MakeStore) -> None:
+    """A second create of a live key is KeyExistsError naming the key; the first value stays."""
+    store = make_store()
+    store.create("dup", {"v": 1})
+    with pytest.raises(KeyExistsError) as info:
+        store.create("dup", {"v": 2})
+    assert "dup" in str(info.value)
+    assert store.path in str(info.value)
+    assert store.read("dup") == {"v": 1}
+    assert len(store) == 1
+    assert store.verify() == []
+
+
+def test_delete(make_store: MakeStore) -> None:
+    """delete removes the key everywhere; a second delete is KeyNotFoundError; the name
+    can be created again with a new value."""
+    store = make_store()
+    store.create("a", {"v": 1})
+    store.create("b", {"v": 2})
+    store.delete("a")
+    assert_absent(store, "a")
+    assert len(store) == 1
+    assert store.keys() == ["b"]
+    with pytest.raises(KeyNotFoundError) as info:
+        store.delete("a")
+    assert not isinstance(info.value, KeyExpiredError)
+    assert "'a'" in str(info.value)
+    store.create("a", {"v": 3})
+    assert store.read("a") == {"v": 3}
+    assert store.verify() == []
+
+
+def test_read_missing_key(make_store: MakeStore) -> None:
+    """read of a never-created key is KeyNotFoundError (a KeyError) naming the key."""
+    store = make_store()
+    with pytest.raises(KeyError) as info:
+        store.read("ghost")
+    assert isinstance(info.value, KeyNotFoundError)
+    assert not isinstance(info.value, KeyExpiredError)
+    assert "ghost" in str(info.value)
+    assert str(info.value) == info.value.args[0]  # not KeyError's quoted repr
+
+
+def test_get(make_store: MakeStore) -> None:
+    """get returns the value, or the default (None unless given) for a missing key."""
+    store = make_store()
+    store.create("here", {"v": 1})
+    assert store.get("here") == {"v": 1}
+    assert store.get("here", {"d": 0}) == {"v": 1}
+    assert store.get("missing") is None
+    sentinel = object()
+    assert store.get("missing", sentinel) is sentinel
+    with pytest.raises(InvalidKeyError):
+        store.get("")  # a bad key is still an error, not the default
+
+
+def test_len_keys_in_track_creates_and_deletes(make_store: MakeStore) -> None:
+    """len, keys and ``in`` agree with a model over a mix of creates and deletes."""
+    store = make_store()
+    model: dict[str, dict[str, Any]] = {}
+    for i in range(30):
+        key = f"key-{i}"
+        store.create(key, {"i": i})
+        model[key] = {"i": i}
+        if i % 3 == 2:
+            victim = f"key-{i - 1}"
+            store.delete(victim)
+            del model[victim]
+    assert len(store) == len(model)
+    assert sorted(store.keys()) == sorted(model)
+    assert all(isinstance(k, str) for k in store.keys())
+    for i in range(30):
+        assert (f"key-{i}" in store) == (f"key-{i}" in model)
+    for key, value in model.items():
+        assert store.read(key) == value
+    assert store.verify() == []
+
+
+def test_keys_is_a_snapshot(make_store: MakeStore) -> None:
+    """keys() returns a list that later writes do not change."""
+    store = make_store()
+    store.create("a", {})
+    keys = store.keys()
+    store.create("b", {})
+    assert keys == ["a"]
+    assert sorted(store.keys()) == ["a", "b"]
+
+
+def test_similar_keys_are_distinct(make_store: MakeStore) -> None:
+    """Prefixes, NUL characters and case make different keys."""
+    store = make_store()
+    names = ["ab", "a", "abc", "a\x00", "a\x00b", "AB", "é", "e\u0301"]
+    for i, name in enumerate(names):
+        store.create(name, {"i": i})
+    for i, name in enumerate(names):
+        assert store.read(name) == {"i": i}
+    assert sorted(store.keys()) == sorted(names)
+    store.delete("a")
+    assert "a" not in store and "ab" in store and "a\x00" in store
+    assert store.verify() == []
+
+
+def test_data_survives_reopen(make_store: MakeStore) -> None:
+    """Values, deletions and counts are the same after a clean close and reopen."""
+    store = make_store()
+    for i in range(20):
+        store.create(f"k{i}", {"i": i, "s": "é" * i})
+    for i in range(0, 20, 4):
+        store.delete(f"k{i}")
+    store = reopen(store, make_store)
+    assert store._engine is not None and store._engine.was_clean
+    assert len(store) == 15
+    for i in range(20):
+        if i % 4 == 0:
+            assert_absent(store, f"k{i}")
+        else:
+            assert store.read(f"k{i}") == {"i": i, "s": "é" * i}
+    assert store.verify() == []
+
+
+def test_stats(make_store: MakeStore) -> None:
+    """stats() is a dataclass whose sizes and counts match the file and the keys."""
+    import dataclasses
+    import os
+
+    store = make_store()
+    store.create("a", {"v": 1})
+    store.create("b", {"v": 2}, ttl=100)
+    stats = store.stats()
+    assert dataclasses.is_dataclass(stats)
+    assert stats.path == store.path
+    assert stats.file_size == os.path.getsize(store.path)
+    assert stats.live_keys == 2 == len(store)
+    assert stats.keys_with_ttl == 1
+    assert stats.capacity >= 2
+    assert stats.max_size in (SMALL_MAX_SIZE, mmapkv.MAX_FILE_SIZE)
+    assert stats.slot_size == LIMIT
+    assert stats.format_version == 1
+
+
+def test_path_is_absolute_and_pathlike_accepted(tmp_path: Any, clock: FakeClock) -> None:
+    """Store accepts os.PathLike; .path is the absolute str path of the file."""
+    import os
+
+    target = tmp_path / "p.mmapkv"
+    with mmapkv.Store(target, clock=clock) as store:
+        assert store.path == str(target)
+        assert os.path.isabs(store.path)
+        store.create("x", {})
+    assert os.path.exists(target)
+
+
+# --------------------------------------------------------------------- errors
+
+@pytest.mark.parametrize(
+    "cls, bases",
+    [
+        (KeyExistsError, (MmapKVError,)),
+        (KeyNotFoundError, (MmapKVError, KeyError)),
+        (KeyExpiredError, (KeyNotFoundError, KeyError, MmapKVError)),
+        (InvalidKeyError, (MmapKVError, ValueError, TypeError)),
+        (InvalidValueError, (MmapKVError, ValueError, TypeError)),
+        (ValueTooLargeError, (InvalidValueError, ValueError, MmapKVError)),
+        (InvalidTTLError, (MmapKVError, ValueError, TypeError)),
+        (InvalidArgumentError, (MmapKVError, ValueError, TypeError)),
+        (StoreFullError, (MmapKVError,)),
+        (StoreLockedError, (MmapKVError, OSError)),
+        (StoreClosedError, (MmapKVError,)),
+        (CorruptStoreError, (MmapKVError, OSError)),
+        (FormatVersionError, (CorruptStoreError, MmapKVError)),
+    ],
+)
+def test_error_hierarchy(cls: type[Exception], bases: tuple[type[Exception], ...]) -> None:
+    """Each error is importable from mmapkv and subclasses MmapKVError and its builtin."""
+    assert getattr(mmapkv, cls.__name__) is cls
+    assert cls.__name__ in mmapkv.__all__
+    for base in bases:
+        assert issubclass(cls, base), (cls, base)
+    assert issubclass(cls, Exception)
+
+
+def test_closed_store_refuses_everything(make_store: MakeStore) -> None:
+    """After close every method raises StoreClosedError naming the path; close is idempotent."""
+    store = make_store()
+    store.create("a", {"v": 1})
+    store.close()
+    store.close()  # idempotent
+    calls: list[Callable[[], object]] = [
+        lambda: store.create("b", {}),
+        lambda: store.read("a"),
+        lambda: store.get("a"),
+        lambda: store.delete("a"),
+        lambda: store.batch_create({"c": {}}),
+        lambda: "a" in store,
+        lambda: len(store),
+        lambda: store.keys(),
+        lambda: list(store),
+        lambda: store.flush(),
+        lambda: store.stats(),
+        lambda: store.verify(),
+    ]
+    for call in calls:
+        with pytest.raises(StoreClosedError) as info:
+            call()
+        assert store.path in str(info.value)
+    assert store.path.endswith(".mmapkv")  # the path stays known
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: store.py Store.batch_create returns before the closed "
+                   "check when the batch is empty, so batch_create([]) on a closed store "
+                   "silently succeeds instead of raising StoreClosedError")
+def test_closed_store_refuses_empty_batch(make_store: MakeStore) -> None:
+    """Even an empty batch on a closed store raises StoreClosedError, as close() documents."""
+    store = make_store()
+    store.close()
+    with pytest.raises(StoreClosedError):
+        store.batch_create([])
+
+
+def test_context_manager_closes(make_store: MakeStore) -> None:
+    """``with Store(...)`` returns the store and closes it on exit, also on an exception."""
+    with make_store() as store:
+        assert isinstance(store, mmapkv.Store)
+        store.create("a", {"v": 1})
+    with pytest.raises(StoreClosedError):
+        store.read("a")
+    with pytest.raises(RuntimeError):
+        with make_store() as again:
+            assert again.read("a") == {"v": 1}
+            raise RuntimeError("boom")
+    with pytest.raises(StoreClosedError):
+        again.read("a")
+    with make_store() as third:  # the lock was released both times
+        assert third.read("a") == {"v": 1}
+        assert third.verify() == []
+
+
+# --------------------------------------------------------------------- keys
+
+@pytest.mark.parametrize("key", ["a", "x" * 32, "𝄞" * 32, "é" * 32, "中" * 32, "a b\tc", "\x00"])
+def test_valid_keys(make_store: MakeStore, key: str) -> None:
+    """Keys of 1 to 32 code points are accepted, whatever their UTF-8 length (up to 128 B)."""
+    store = make_store()
+    store.create(key, {"key": key})
+    assert store.read(key) == {"key": key}
+    assert key in store
+    assert store.keys() == [key]
+    store.delete(key)
+    assert key not in store
+    assert store.verify() == []
+
+
+@pytest.mark.parametrize(
+    "key, fragment",
+    [
+        ("", "32"),
+        ("x" * 33, "32"),
+        ("𝄞" * 33, "32"),
+        ("\ud800", "surrogate"),
+        ("ok\udfffok", "surrogate"),
+        (7, "int"),
+        (b"bytes", "bytes"),
+        (None, "NoneType"),
+        (("a",), "tuple"),
+    ],
+)
+def test_invalid_keys(make_store: MakeStore, key: Any, fragment: str) -> None:
+    """Every key-taking method rejects a bad key with InvalidKeyError (ValueError and
+    TypeError) whose message names the limit or the problem; nothing is written."""
+    store = make_store()
+    calls: list[Callable[[], object]] = [
+        lambda: store.create(key, {"v": 1}),
+        lambda: store.read(key),
+        lambda: store.get(key),
+        lambda: store.delete(key),
+        lambda: key in store,
+        lambda: store.batch_create([(key, {"v": 1})]),
+    ]
+    for call in calls:
+        with pytest.raises(InvalidKeyError) as info:
+            call()
+        assert isinstance(info.value, ValueError) and isinstance(info.value, TypeError)
+        assert fragment in str(info.value)
+    assert len(store) == 0
+    assert store.verify() == []
+
+
+def test_too_long_key_message_names_key(make_store: MakeStore) -> None:
+    """The message for a 33-character key shows the key and the 32-character limit."""
+    store = make_store()
+    with pytest.raises(InvalidKeyError) as info:
+        store.create("k" * 33, {})
+    assert "k" * 33 in str(info.value) and "32" in str(info.value) and "33" in str(info.value)
+
+
+# --------------------------------------------------------------------- values
+
+@pytest.mark.parametrize("ch", ["x", "é", "中", "😀", '"', "\n"])
+def test_value_size_limit_exact(make_store: MakeStore, ch: str) -> None:
+    """16,384 bytes of compact UTF-8 JSON is accepted and read back; 16,385 is
+    ValueTooLargeError naming the limit; escapes and multi-byte characters count as bytes."""
+    store = make_store()
+    at_limit = sized_value(LIMIT, ch)
+    store.create("at", at_limit)
+    assert store.read("at") == at_limit
+    over = sized_value(LIMIT + 1, ch)
+    with pytest.raises(ValueTooLargeError) as info:
+        store.create("over", over)
+    assert isinstance(info.value, InvalidValueError) and isinstance(info.value, ValueError)
+    assert "16,384" in str(info.value) or "16384" in str(info.value)
+    assert "over" not in store
+    assert len(store) == 1
+    assert store.verify() == []
+
+
+def test_value_size_limit_with_big_integer(make_store: MakeStore) -> None:
+    """The limit is the same for values that need the stdlib codec (ints beyond 64 bits)."""
+    store = make_store()
+    for size, ok in ((LIMIT, True), (LIMIT + 1, False)):
+        value: dict[str, Any] = {"n": 2**70, "k": ""}
+        value["k"] = "x" * (size - json_size(value))
+        assert json_size(value) == size
+        if ok:
+            store.create("big", value)
+            assert store.read("big") == value
+        else:
+            with pytest.raises(ValueTooLargeError):
+                store.create("big2", value)
+    assert len(store) == 1
+    assert store.verify() == []
+
+
+def test_empty_value(make_store: MakeStore) -> None:
+    """The empty object ``{}`` is a valid value."""
+    store = make_store()
+    store.create("e", {})
+    assert store.read("e") == {}
+
+
+@pytest.mark.parametrize(
+    "value, fragment",
+    [
+        ({"x": float("nan")}, "nan"),
+        ({"x": float("inf")}, "inf"),
+        ({"x": [1, float("-inf")]}, "inf"),
+        ({1: "int key"}, "key"),
+        ({"ok": {(1, 2): "tuple key"}}, "key"),
+        ({None: 1}, "key"),
+        ({"x": {1, 2}}, "set"),
+        ({"x": b"bytes"}, "bytes"),
+        ({"x": bytearray(b"b")}, "bytearray"),
+        ({"x": object()}, "object"),
+        ({"x": uuid.UUID(int=5)}, "UUID"),
+        ({"x": decimal.Decimal("1.5")}, "Decimal"),
+        ({"x": 1j}, "complex"),
+        ({"x": "\ud800"}, "Unicode"),
+        ({"\udc00": 1}, "Unicode"),
+        ({"x": "\ud800", "n": 2**70}, "Unicode"),
+        ([1, 2], "dict"),
+        ("{}", "dict"),
+        (None, "dict"),
+    ],
+)
+def test_invalid_values(make_store: MakeStore, value: Any, fragment: str) -> None:
+    """Non-JSON values are InvalidValueError (ValueError and TypeError) and write nothing."""
+    store = make_store()
+    with pytest.raises(InvalidValueError) as info:
+        store.create("bad", value)
+    assert not isinstance(info.value, ValueTooLargeError)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, TypeError)
+    assert fragment in str(info.value)
+    assert "bad" not in store
+    assert len(store) == 0
+    assert store.verify() == []
+
+
+def test_too_deep_value_rejected(make_store: MakeStore) -> None:
+    """A self-referencing value is rejected cleanly (no RecursionError, nothing written)."""
+    store = make_store()
+    loop: dict[str, Any] = {}
+    loop["self"] = loop
+    with pytest.raises(InvalidValueError):
+        store.create("loop", loop)
+    assert len(store) == 0
+
+
+def test_tuples_become_lists(make_store: MakeStore) -> None:
+    """Tuples are stored as JSON arrays and read back as lists."""
+    store = make_store()
+    store.create("t", {"t": (1, (2, "three")), "l": [(), ("a",)]})
+    got = store.read("t")
+    assert got == {"t": [1, [2, "three"]], "l": [[], ["a"]]}
+    assert type(got["t"]) is list and type(got["t"][1]) is list
+
+
+@pytest.mark.parametrize(
+    "number",
+    [0, -1, 2**63 - 1, -(2**63), 2**64 - 1, 2**64, -(2**63) - 1, 2**70, -(2**70), 10**100],
+)
+def test_integers_roundtrip_exactly(make_store: MakeStore, number: int) -> None:
+    """Integers of any size come back as the same int (not a float), also after reopen."""
+    store = make_store()
+    store.create("n", {"n": number, "nested": [number, {"m": number}]})
+    store = reopen(store, make_store)
+    got = store.read("n")
+    assert got == {"n": number, "nested": [number, {"m": number}]}
+    assert type(got["n"]) is int and got["n"] == number
+
+
+def test_scalar_types_roundtrip(make_store: MakeStore) -> None:
+    """bool stays bool, None stays None, floats keep their value."""
+    store = make_store()
+    value = {"t": True, "f": False, "n": None, "x": 0.1, "big": 1e308, "tiny": 5e-324,
+             "neg": -2.5, "list": [True, 1, 1.0, None]}
+    store.create("s", value)
+    got = store.read("s")
+    assert got == value
+    assert got["t"] is True and got["f"] is False and got["n"] is None
+    assert type(got["list"][0]) is bool and type(got["list"][1]) is int
+    assert type(got["list"][2]) is float
+
+
+def test_nested_unicode_roundtrip(make_store: MakeStore) -> None:
+    """Non-ASCII keys and strings at any depth, NULs and astral characters survive."""
+    store = make_store()
+    value = {"ключ": {"emoji": "😀🎉", "list": ["𝄞", {"中文": "文字", "nul": "a\x00b"}]},
+             "quote\"back\\slash": "\u2028\u2029\t\n", "": "empty key"}
+    store.create("ünï", value)
+    store = reopen(store, make_store)
+    assert store.read("ünï") == value
+
+
+def test_str_subclass_key_and_value(make_store: MakeStore) -> None:
+    """A str subclass is accepted as a key and inside a value (read back as plain str)."""
+
+    class Name(str):
+        pass
+
+    store = make_store()
+    store.create(Name("sub"), {Name("k"): Name("v")})
+    assert store.read("sub") == {"k": "v"}
+    assert "sub" in store
+
+
+# --------------------------------------------------------------------- TTL arguments
+
+@pytest.mark.parametrize(
+    "ttl, fragment",
+    [
+        (True, "bool"),
+        (False, "bool"),
+        (1.0, "float"),
+        (10.5, "float"),
+        ("10", "str"),
+        (0, "0"),
+        (-1, "-1"),
+        (mmapkv.MAX_TTL + 1, str(mmapkv.MAX_TTL + 1)),
+        (2**64, str(2**64)),
+    ],
+)
+def test_invalid_ttl(make_store: MakeStore, ttl: Any, fragment: str) -> None:
+    """Bad TTLs are InvalidTTLError (ValueError and TypeError) in create and batch_create,
+    and write nothing."""
+    store = make_store()
+    calls: list[Callable[[], object]] = [
+        lambda: store.create("k", {}, ttl=ttl),
+        lambda: store.batch_create({"k": {}}, ttl=ttl),
+        lambda: store.batch_create([("k", {}, ttl)]),
+        lambda: store.batch_create([("k0", {}), ("k", {}, ttl)]),
+    ]
+    for call in calls:
+        with pytest.raises(InvalidTTLError) as info:
+            call()
+        assert isinstance(info.value, ValueError) and isinstance(info.value, TypeError)
+        assert fragment in str(info.value)
+    assert len(store) == 0
+    assert store.verify() == []
+
+
+def test_valid_ttls(make_store: MakeStore, clock: FakeClock) -> None:
+    """None (never), 1 and the largest TTL are accepted."""
+    store = make_store()
+    store.create("none", {}, ttl=None)
+    store.create("one", {}, ttl=1)
+    store.create("max", {}, ttl=mmapkv.MAX_TTL)
+    clock.advance(10**6)
+    assert "none" in store and "max" in store and "one" not in store
+    assert store.verify() == []
+
+
+# --------------------------------------------------------------------- TTL behaviour
+
+def test_ttl_boundary(make_store: MakeStore, clock: FakeClock) -> None:
+    """ttl=10: readable at +9.999 s; at +10 s read raises KeyExpiredError, delete raises
+    KeyNotFoundError, the key is gone from in/len/keys/get, and the name can be reused."""
+    store = make_store()
+    start = clock.now
+    store.create("t", {"v": 1}, ttl=10)
+    store.create("forever", {"v": 2})
+    clock.now = start + 9.999
+    assert store.read("t") == {"v": 1}
+    assert "t" in store and len(store) == 2 and sorted(store.keys()) == ["forever", "t"]
+    with pytest.raises(KeyExistsError):
+        store.create("t", {"v": 9})
+    clock.now = start + 10
+    with pytest.raises(KeyExpiredError) as info:
+        store.read("t")
+    assert isinstance(info.value, KeyNotFoundError) and isinstance(info.value, KeyError)
+    assert "'t'" in str(info.value)
+    assert "t" not in store
+    assert store.keys() == ["forever"]
+    assert store.get("t") is None
+    assert store.get("t", "dflt") == "dflt"
+    assert len(store) == 1
+    with pytest.raises(KeyNotFoundError):
+        store.delete("t")
+    store.create("t", {"v": 3})  # no TTL this time
+    clock.advance(10**6)
+    assert store.read("t") == {"v": 3}
+    assert len(store) == 2
+    assert store.verify() == []
+
+
+def test_expired_key_can_be_created_again_without_reading_first(make_store: MakeStore,
+                                                                 clock: FakeClock) -> None:
+    """create over an expired (never swept) entry replaces it; the new TTL counts from now."""
+    store = make_store()
+    store.create("t", {"v": 1}, ttl=5)
+    clock.advance(5)
+    store.create("t", {"v": 2}, ttl=5)
+    clock.advance(4)
+    assert store.read("t") == {"v": 2}
+    assert len(store) == 1
+    clock.advance(1)
+    assert "t" not in store
+    store.batch_create({"t": {"v": 3}})  # a batch may reuse an expired name as well
+    assert store.read("t") == {"v": 3}
+    assert len(store) == 1
+    assert store.verify() == []
+
+
+def test_delete_of_expired_key(make_store: MakeStore, clock: FakeClock) -> None:
+    """delete of an expired key raises KeyNotFoundError (as KeyExpiredError) and frees it."""
+    store = make_store()
+    store.create("t", {}, ttl=3)
+    clock.advance(3)
+    with pytest.raises(KeyNotFoundError):
+        store.delete("t")
+    with pytest.raises(KeyNotFoundError):
+        store.delete("t")
+    assert len(store) == 0
+    assert store.stats().keys_with_ttl == 0
+    assert store.verify() == []
+
+
+def test_ttl_survives_reopen(make_store: MakeStore, clock: FakeClock) -> None:
+    """The expiry is absolute and stored in the file: it holds across close and reopen."""
+    store = make_store()
+    start = clock.now
+    store.create("short", {"v": 1}, ttl=10)
+    store.create("long", {"v": 2}, ttl=1000)
+    store.create("never", {"v": 3})
+    store = reopen(store, make_store)
+    clock.now = start + 9.999
+    assert store.read("short") == {"v": 1}
+    store = reopen(store, make_store)
+    clock.now = start + 10
+    with pytest.raises(KeyExpiredError):
+        store.read("short")
+    assert sorted(store.keys()) == ["long", "never"]
+    store = reopen(store, make_store)
+    assert "short" not in store and len(store) == 2
+    clock.now = start + 1000
+    store = reopen(store, make_store)
+    assert store.keys() == ["never"] and len(store) == 1
+    assert store.read("never") == {"v": 3}
+    assert store.verify() == []
+
+
+def test_batch_ttls(make_store: MakeStore, clock: FakeClock) -> None:
+    """batch ttl= applies to 2-tuples and mappings; a 3-tuple's own ttl wins (None = never)."""
+    store = make_store()
+    start = clock.now
+    store.batch_create([("default", {}), ("own", {}, 20), ("forever", {}, None)], ttl=5)
+    store.batch_create({"m1": {}, "m2": {}}, ttl=5)
+    clock.now = start + 4.5
+    assert len(store) == 5
+    clock.now = start + 5
+    assert sorted(store.keys()) == ["forever", "own"]
+    clock.now = start + 20
+    assert store.keys() == ["forever"]
+    assert len(store) == 1
+    assert store.verify() == []
+
+
+def test_expired_slots_are_reclaimed(make_store: MakeStore, clock: FakeClock) -> None:
+    """A store filled to its ceiling with TTL keys takes as many new keys once they expire."""
+    store = make_store(max_size=SMALL_MAX_SIZE)
+    capacity = store.stats().max_capacity
+    for i in range(capacity):
+        store.create(f"old{i}", {"i": i}, ttl=60)
+    with pytest.raises(StoreFullError):
+        store.create("one-more", {})
+    size = store.stats().file_size
+    store = reopen(store, make_store, max_size=SMALL_MAX_SIZE)
+    clock.advance(60)
+    for i in range(capacity):
+        store.create(f"new{i}", {"i": i})
+    assert len(store) == capacity
+    assert store.stats().file_size == size
+    assert all(store.read(f"new{i}") == {"i": i} for i in range(capacity))
+    with pytest.raises(StoreFullError):
+        store.create("one-more", {})
+    assert store.verify() == []
+
+
+def test_expired_slots_reclaimed_by_batch(make_store: MakeStore, clock: FakeClock) -> None:
+    """A batch into a full store of expired keys reclaims them too."""
+    store = make_store(max_size=SMALL_MAX_SIZE)
+    capacity = store.stats().max_capacity
+    store.batch_create({f"old{i}": {} for i in range(capacity)}, ttl=1)
+    clock.advance(1)
+    store.batch_create({f"new{i}": {"i": i} for i in range(capacity)})
+    assert len(store) == capacity
+    assert store.read(f"new{capacity - 1}") == {"i": capacity - 1}
+    assert store.verify() == []
+
+
+# --------------------------------------------------------------------- batch
+
+def test_batch_mapping(make_store: MakeStore) -> None:
+    """A mapping creates every key with its value."""
+    store = make_store()
+    items = {f"m{i}": {"i": i} for i in range(10)}
+    store.batch_create(items)
+    assert sorted(store.keys()) == sorted(items)
+    for key, value in items.items():
+        assert store.read(key) == value
+    assert store.verify() == []
+
+
+def test_batch_tuples(make_store: MakeStore) -> None:
+    """A list or generator of 2- and 3-tuples creates every key."""
+    store = make_store()
+    store.batch_create([("a", {"v": 1}), ("b", {"v": 2}, 100)])
+    store.batch_create((f"g{i}", {"i": i}) for i in range(5))
+    assert store.read("a") == {"v": 1} and store.read("b") == {"v": 2}
+    assert all(store.read(f"g{i}") == {"i": i} for i in range(5))
+    assert len(store) == 7
+    assert store.stats().keys_with_ttl == 1
+    assert store.verify() == []
+
+
+@pytest.mark.parametrize("empty", [{}, [], (), iter([])])
+def test_empty_batch(make_store: MakeStore, empty: Any) -> None:
+    """An empty batch is accepted and changes nothing."""
+    store = make_store()
+    store.create("a", {})
+    store.batch_create(empty)
+    assert store.keys() == ["a"]
+    assert store.verify() == []
+
+
+def test_batch_duplicate_key_writes_nothing(make_store: MakeStore) -> None:
+    """A key given twice in one batch is KeyExistsError naming it; nothing is written."""
+    store = make_store()
+    with pytest.raises(KeyExistsError) as info:
+        store.batch_create([("a", {}), ("twice", {"n": 1}), ("b", {}), ("twice", {"n": 2})])
+    assert "twice" in str(info.value)
+    assert len(store) == 0 and store.keys() == []
+    assert store.verify() == []
+
+
+def test_batch_existing_key_writes_nothing(make_store: MakeStore) -> None:
+    """A batch holding a live key is KeyExistsError; the other keys are not written and the
+    existing value is untouched."""
+    store = make_store()
+    store.create("live", {"old": True})
+    with pytest.raises(KeyExistsError) as info:
+        store.batch_create({"new1": {}, "new2": {}, "live": {"old": False}, "new3": {}})
+    assert "live" in str(info.value)
+    assert store.keys() == ["live"]
+    assert store.read("live") == {"old": True}
+    assert store.verify() == []
+
+
+@pytest.mark.parametrize(
+    "bad_item, error",
+    [
+        (("", {}), InvalidKeyError),
+        (("x" * 33, {}), InvalidKeyError),
+        ((5, {}), InvalidKeyError),
+        (("k", {"x": float("nan")}), InvalidValueError),
+        (("k", [1]), InvalidValueError),
+        (("k", sized_value(LIMIT + 1)), ValueTooLargeError),
+        (("k", {}, 0), InvalidTTLError),
+        (("k", {}, 1.5), InvalidTTLError),
+        (["k", {}], InvalidArgumentError),
+        (("k",), InvalidArgumentError),
+        (("k", {}, 1, "extra"), InvalidArgumentError),
+        ("kv", InvalidArgumentError),
+        (None, InvalidArgumentError),
+    ],
+)
+def test_batch_invalid_item_writes_nothing(make_store: MakeStore, bad_item: Any,
+                                           error: type[Exception]) -> None:
+    """One bad item anywhere in a batch raises its error and nothing at all is written."""
+    store = make_store()
+    store.create("before", {})
+    items = [("a", {"v": 1}), ("b", sized_value(LIMIT)), bad_item, ("c", {"v": 3})]
+    with pytest.raises(error):
+        store.batch_create(items)
+    assert store.keys() == ["before"]
+    assert len(store) == 1
+    assert store.verify() == []
+
+
+@pytest.mark.parametrize("items", ["ab", b"ab", 42, None])
+def test_batch_items_not_iterable_of_tuples(make_store: MakeStore, items: Any) -> None:
+    """items that are not a mapping nor an iterable of tuples are InvalidArgumentError."""
+    store = make_store()
+    with pytest.raises(InvalidArgumentError):
+        store.batch_create(items)
+    assert len(store) == 0
+
+
+def test_large_batch(make_store: MakeStore) -> None:
+    """No arbitrary cap: a batch of many keys (more than the initial slots) commits whole."""
+    store = make_store()
+    count = min(store.stats().max_capacity, 200)
+    store.batch_create([(f"b{i}", {"i": i}) for i in range(count)])
+    assert len(store) == count
+    assert store.read(f"b{count - 1}") == {"i": count - 1}
+    store = reopen(store, make_store)
+    assert len(store) == count
+    assert store.verify() == []
