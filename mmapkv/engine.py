@@ -67,6 +67,7 @@ _KEY_PAD = bytes(MAX_KEY_BYTES)
 _COMMIT = SLOT_HEADER.__class__("<IIQ")  # state, next_free, checksum: the one final write
 _FREE = SLOT_HEADER.__class__("<II")     # state, next_free
 _U32 = SLOT_HEADER.__class__("<I")
+_unpack_header = SLOT_HEADER.unpack_from
 _U64 = SLOT_HEADER.__class__("<Q")
 _SEARCH_LIMIT = 3  # open attempts when the path is replaced under us (by compact)
 
@@ -302,18 +303,35 @@ class Engine:
     def slot_at(self, index: int) -> int:
         return (self._table[index] & SLOT_MASK) - 1
 
-    def read(self, index: int) -> tuple[memoryview, int, float]:
-        """The value bytes (a view into the map: use before the next write), the codec
-        flags and the expiry of the entry at table *index*, after checking its checksum."""
-        slot = (self._table[index] & SLOT_MASK) - 1
-        off = self._slots_offset + slot * SLOT_STRIDE
-        state, _, checksum, _, expires, vlen, _, flags, _ = SLOT_HEADER.unpack_from(self._mm, off)  # type: ignore[arg-type]
-        end = off + VALUE_OFFSET + vlen
-        if state != STATE_LIVE or vlen > MAX_VALUE_BYTES or \
-                xxh3_64_intdigest(self._view[off + BODY_OFFSET:end]) != checksum:
-            raise CorruptStoreError(f"{self.path}: slot {slot} fails its checksum; run "
-                                    "`python -m mmapkv verify` (the entry is lost)")
-        return self._view[off + VALUE_OFFSET:end], flags, expires
+    def get(self, key: bytes, fp: int) -> tuple[memoryview, int, float] | None:
+        """Find *key* and return its value bytes (a view into the map: decode it before
+        the next write), codec flags and expiry, after checking the slot's checksum; or
+        None.  The read hot path: ``find`` and the slot read fused into one loop."""
+        table, mask, mm = self._table, self._mask, self._mm
+        i = fp & mask
+        distance = 0
+        while True:
+            entry = table[i]
+            if not entry:
+                return None
+            if entry >> FINGERPRINT_SHIFT == fp:
+                slot = (entry & SLOT_MASK) - 1
+                if slot >= self.slot_count:
+                    raise CorruptStoreError(f"{self.path}: table entry {i} points past the last slot")
+                off = self._slots_offset + slot * SLOT_STRIDE
+                state, _, checksum, _, expires, vlen, klen, flags, _ = _unpack_header(mm, off)  # type: ignore[arg-type]
+                if klen == len(key) and mm[off + KEY_OFFSET:off + KEY_OFFSET + klen] == key:  # type: ignore[index]
+                    view = self._view
+                    end = off + VALUE_OFFSET + vlen
+                    if state != STATE_LIVE or vlen > MAX_VALUE_BYTES or \
+                            xxh3_64_intdigest(view[off + BODY_OFFSET:end]) != checksum:
+                        raise CorruptStoreError(f"{self.path}: slot {slot} fails its checksum; run "
+                                                "`python -m mmapkv verify` (the entry is lost)")
+                    return view[off + VALUE_OFFSET:end], flags, expires
+            if (i - (entry >> FINGERPRINT_SHIFT)) & mask < distance:
+                return None
+            i = (i + 1) & mask
+            distance += 1
 
     def expires_at(self, index: int) -> float:
         """The expiry of the entry at table *index* (0.0 = never)."""

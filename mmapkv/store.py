@@ -11,7 +11,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import platformdirs
+from xxhash import xxh3_64_intdigest
 
 from . import codec
 from .engine import Engine, fingerprint
@@ -26,7 +28,7 @@ from .errors import (
     StoreClosedError,
     StoreFullError,
 )
-from .format import MAX_FILE_SIZE, MAX_VALUE_BYTES, SLOT_STRIDE, STATE_PENDING, VERSION, Geometry
+from .format import FINGERPRINT_SHIFT, MAX_FILE_SIZE, MAX_VALUE_BYTES, SLOT_STRIDE, STATE_PENDING, VERSION, Geometry
 
 __all__ = ["Store", "StoreStats", "default_path", "MAX_KEY_LENGTH", "MAX_TTL"]
 
@@ -36,6 +38,8 @@ DEFAULT_FILENAME = "default.mmapkv"
 
 _decode = codec.decode
 _encode = codec.encode
+_loads = orjson.loads
+_xxh3 = xxh3_64_intdigest
 
 
 def default_path() -> str:
@@ -226,22 +230,35 @@ class Store:
         :raises InvalidKeyError: *key* is not a valid key.
         :raises CorruptStoreError: the stored entry fails its checksum.
         """
-        kb = _key_bytes(key)
-        fp = fingerprint(kb)
-        with self._lock:
+        # The hot path: the common key is checked inline, the rest by _key_bytes.
+        if type(key) is str and 0 < len(key) <= MAX_KEY_LENGTH:
+            try:
+                kb = key.encode()
+            except UnicodeEncodeError:
+                kb = _key_bytes(key)
+        else:
+            kb = _key_bytes(key)
+        fp = _xxh3(kb) >> FINGERPRINT_SHIFT
+        lock = self._lock
+        lock.acquire()  # not `with`: half the cost on a path this short
+        try:
             engine = self._engine
             if engine is None:
                 raise self._closed()
-            index = engine.find(kb, fp)
-            if index < 0:
+            found = engine.get(kb, fp)
+            if found is None:
                 raise KeyNotFoundError(f"key {key!r} is not in {self._path}")
-            data, flags, expires = engine.read(index)
+            data, flags, expires = found
             if expires and self._clock() >= expires:
                 raise KeyExpiredError(f"key {key!r} expired at {expires:.0f} (unix time)")
+            # codec.decode inlined for the common flags == 0; decoded inside the lock
+            # because *data* is a view into the map, which growth may replace.
             try:
-                return _decode(data, flags)
+                return _loads(data) if not flags else _decode(data, flags)  # type: ignore[no-any-return]
             except ValueError as exc:
                 raise CorruptStoreError(f"{self._path}: the value of {key!r} is not JSON: {exc}") from None
+        finally:
+            lock.release()
 
     def get(self, key: str, default: Any = None) -> Any:
         """Like :meth:`read`, but return *default* for a missing or expired key.
