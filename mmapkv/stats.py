@@ -1,0 +1,341 @@
+"""``python -m mmapkv.stats [PATH] [--json]``: a read-only report on a store file.
+
+The file is opened with a shared lock and a read-only map (``Engine(readonly=True,
+create=False)``): no recovery, no flag written, not a byte changed.  A store that another
+process holds, a missing file and a file that is not a store each get a one-line message
+naming the path and exit code 4.
+
+Fields of the report (``--json`` prints them as one JSON object; sizes in bytes, times
+in unix seconds):
+
+``path``                 absolute path of the store file
+``format_version``       the superblock's format version
+``clean_close``          true if the last holder closed the file cleanly; false after a
+                         crash (the next writer will rebuild the table from the slots)
+``now``                  the time expiries were judged against
+``file_size``            bytes in the file now
+``max_size``             the file's ceiling, fixed at creation
+``file_used_percent``    ``file_size`` as a percentage of ``max_size``
+``slot_size``            the largest value a slot holds (16,384)
+``slot_stride``          bytes a slot takes in the file, header included
+``capacity``             slots in the file now
+``max_capacity``         slots the file holds at its ceiling
+``high_water``           slots below this index have been used at least once
+``live_keys``            committed entries that have not expired
+``expired_keys``         committed entries past their expiry, not yet reclaimed
+``free_slots``           slots never used (at or past ``high_water``)
+``deleted_slots``        slots below ``high_water`` that are free again
+``pending_slots``        slots of a batch that never committed (only after a crash)
+``table_capacity``       positions in the on-disk hash table
+``table_entries``        occupied positions
+``load_factor``          ``table_entries / table_capacity`` (at most 0.5 by design)
+``probe_mean``           mean probe length of the entries (null when there are none);
+                         an entry's probe length is its Robin Hood distance from home + 1
+``probe_max``            longest probe length (null when there are none)
+``probe_histogram``      list of ``{"min", "max", "count"}``: entries whose probe length
+                         is in ``[min, max]``; buckets 1, 2, 3-4, 5-8, ... up to the max
+``value_bytes_min``      smallest value of a live key, in bytes of JSON (null if none)
+``value_bytes_median``   lower median of the same (null if none)
+``value_bytes_max``      largest (null if none)
+``value_histogram``      list of ``{"min", "max", "count"}`` over live keys' value sizes:
+                         0-64, 65-256, 257-1024, 1025-4096, 4097-16384
+``keys_with_ttl``        live keys that carry an expiry
+``next_expiry``          the earliest expiry among live keys (null if none)
+
+``live_keys + expired_keys + free_slots + deleted_slots + pending_slots == capacity``.
+
+Cost: one pass over the slot headers and one over the table, O(capacity + table_capacity);
+values are not read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any, TextIO
+
+from .engine import Engine
+from .errors import MmapKVError
+from .format import (
+    FINGERPRINT_SHIFT,
+    MAX_VALUE_BYTES,
+    SLOT_HEADER,
+    SLOT_STRIDE,
+    STATE_FREE,
+    STATE_LIVE,
+    STATE_PENDING,
+    VERSION,
+)
+from .store import default_path
+
+__all__ = ["collect", "render", "main", "ProgressBar", "describe_error", "EXIT_UNAVAILABLE"]
+
+EXIT_UNAVAILABLE = 4  # the same code ``mmapkv`` uses when a store cannot be opened
+
+Progress = Callable[[int, int], None]
+
+# Value-size buckets: powers of four up to a full slot.
+_VALUE_BUCKETS = [(0, 64), (65, 256), (257, 1024), (1025, 4096), (4097, MAX_VALUE_BYTES)]
+_PROGRESS_EVERY = 256  # slots between progress callbacks: a callback per slot costs ~10%
+
+
+def collect(path: str | os.PathLike[str] | None = None, *, now: float | None = None,
+            progress: Progress | None = None) -> dict[str, Any]:
+    """Scan the store at *path* (default: :func:`mmapkv.default_path`) and return the report.
+
+    Opens the file read-only under a shared lock and changes nothing.  *now* (default
+    ``time.time()``) decides which entries count as expired.  *progress*, if given, is
+    called as ``progress(done, total)`` while the slots are scanned.
+
+    :raises StoreLockedError: another process holds the store.
+    :raises CorruptStoreError: no file at *path*, or it is not an mmapkv store.
+    """
+    path = os.path.abspath(os.fspath(path)) if path is not None else default_path()
+    engine = Engine(path, readonly=True, create=False)
+    try:
+        return _report(engine, time.time() if now is None else now, progress)
+    finally:
+        engine.close()
+
+
+def _histogram(values: list[int], bounds: list[tuple[int, int]]) -> list[dict[str, int]]:
+    counts = [0] * len(bounds)
+    for v in values:
+        for n, (_, high) in enumerate(bounds):
+            if v <= high:
+                counts[n] += 1
+                break
+    return [{"min": low, "max": high, "count": c} for (low, high), c in zip(bounds, counts)]
+
+
+def _probe_buckets(longest: int) -> list[tuple[int, int]]:
+    """1, 2, 3-4, 5-8, ...: exact where nearly all entries are, coarse in the tail."""
+    bounds, low = [], 1
+    while low <= longest:
+        high = max(low, 2 * (low - 1))
+        bounds.append((low, high))
+        low = high + 1
+    return bounds
+
+
+def _report(engine: Engine, now: float, progress: Progress | None) -> dict[str, Any]:
+    g = engine.geometry
+    mm = engine._mm
+    assert mm is not None
+    base, capacity = g.slots_offset, engine.slot_count
+    live = expired = pending = free_below = 0
+    last_used = 0  # after a crash the superblock's high_water may be stale: trust the slots
+    value_sizes: list[int] = []
+    ttl_keys = 0
+    next_expiry = math.inf
+    unpack = SLOT_HEADER.unpack_from
+    for slot in range(capacity):
+        if progress is not None and slot % _PROGRESS_EVERY == 0:
+            progress(slot, capacity)
+        state, _, _, _, expires, vlen, _, _, _ = unpack(mm, base + slot * SLOT_STRIDE)
+        if state == STATE_FREE:
+            free_below += 1
+            continue
+        last_used = slot + 1
+        if state == STATE_LIVE:
+            if expires and expires <= now:
+                expired += 1
+                continue
+            live += 1
+            value_sizes.append(vlen)
+            if expires:
+                ttl_keys += 1
+                next_expiry = min(next_expiry, expires)
+        elif state == STATE_PENDING:
+            pending += 1
+    if progress is not None:
+        progress(capacity, capacity)
+    high_water = max(engine.high_water, last_used)
+    free_slots = capacity - high_water  # FREE slots past the high-water mark: never used
+    deleted = free_below - free_slots
+
+    # Probe lengths straight from the on-disk table: distance from home + 1.
+    mask = g.table_capacity - 1
+    probes = [((i - (e >> FINGERPRINT_SHIFT)) & mask) + 1
+              for i, e in enumerate(engine._table.tolist()) if e]
+    value_sizes.sort()
+    return {
+        "path": engine.path,
+        "format_version": VERSION,
+        "clean_close": engine.was_clean,
+        "now": now,
+        "file_size": engine.file_size,
+        "max_size": g.max_size,
+        "file_used_percent": round(100 * engine.file_size / g.max_size, 2),
+        "slot_size": MAX_VALUE_BYTES,
+        "slot_stride": SLOT_STRIDE,
+        "capacity": capacity,
+        "max_capacity": g.max_slots,
+        "high_water": high_water,
+        "live_keys": live,
+        "expired_keys": expired,
+        "free_slots": free_slots,
+        "deleted_slots": deleted,
+        "pending_slots": pending,
+        "table_capacity": g.table_capacity,
+        "table_entries": len(probes),
+        "load_factor": len(probes) / g.table_capacity,
+        "probe_mean": round(sum(probes) / len(probes), 3) if probes else None,
+        "probe_max": max(probes) if probes else None,
+        "probe_histogram": _histogram(probes, _probe_buckets(max(probes, default=0))),
+        "value_bytes_min": value_sizes[0] if value_sizes else None,
+        "value_bytes_median": statistics.median_low(value_sizes) if value_sizes else None,
+        "value_bytes_max": value_sizes[-1] if value_sizes else None,
+        "value_histogram": _histogram(value_sizes, _VALUE_BUCKETS) if value_sizes else [],
+        "keys_with_ttl": ttl_keys,
+        "next_expiry": next_expiry if ttl_keys else None,
+    }
+
+
+# ------------------------------------------------------------------ rendering
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n:,} B"
+
+
+def _when(t: float, now: float) -> str:
+    stamp = datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    delta = t - now
+    for unit, seconds in (("d", 86400), ("h", 3600), ("min", 60)):
+        if delta >= seconds:
+            return f"in {delta / seconds:.1f} {unit} ({stamp})"
+    return f"in {delta:.0f} s ({stamp})"
+
+
+def _bars(histogram: list[dict[str, int]], label: Callable[[int, int], str]) -> list[str]:
+    top = max((b["count"] for b in histogram), default=0) or 1
+    return [f"  {label(b['min'], b['max']):>16}  {b['count']:>9,}  {'#' * math.ceil(30 * b['count'] / top)}"
+            for b in histogram]
+
+
+def render(r: dict[str, Any]) -> str:
+    """The report from :func:`collect` as aligned lines of text."""
+    lines = [
+        ("path", r["path"]),
+        ("format version", str(r["format_version"])),
+        ("last close", "clean" if r["clean_close"] else
+         "NOT clean (a crash?): the next writer rebuilds the table from the slots"),
+        ("file size", f"{_bytes(r['file_size'])} ({r['file_size']:,} bytes) of a "
+                      f"{_bytes(r['max_size'])} ceiling ({r['file_used_percent']:g}% used)"),
+        ("slot size", f"{r['slot_size']:,} bytes of value ({r['slot_stride']:,} with header)"),
+        ("capacity", f"{r['capacity']:,} slots now, {r['max_capacity']:,} at the ceiling"),
+        ("live keys", f"{r['live_keys']:,}"),
+        ("expired keys", f"{r['expired_keys']:,} not yet reclaimed"),
+        ("free slots", f"{r['free_slots']:,} never used, {r['deleted_slots']:,} deleted"
+                       + (f", {r['pending_slots']:,} of an uncommitted batch" if r["pending_slots"] else "")),
+        ("load factor", f"{r['load_factor']:.4f} ({r['table_entries']:,} entries in "
+                        f"{r['table_capacity']:,} table positions)"),
+    ]
+    out = [f"{name:<16} {text}" for name, text in lines]
+    if r["probe_max"] is None:
+        out.append(f"{'probe length':<16} - (no entries)")
+    else:
+        out.append(f"{'probe length':<16} mean {r['probe_mean']:.2f}, max {r['probe_max']}")
+        out += _bars(r["probe_histogram"], lambda lo, hi: f"{lo}" if lo == hi else f"{lo}-{hi}")
+    if r["value_bytes_max"] is None:
+        out.append(f"{'value size':<16} - (no live keys)")
+    else:
+        out.append(f"{'value size':<16} min {r['value_bytes_min']:,} B, median "
+                   f"{r['value_bytes_median']:,} B, max {r['value_bytes_max']:,} B")
+        out += _bars(r["value_histogram"], lambda lo, hi: f"{lo:,}-{hi:,} B")
+    ttl = f"{r['keys_with_ttl']:,}"
+    if r["next_expiry"] is not None:
+        ttl += f", next expiry {_when(r['next_expiry'], r['now'])}"
+    out.append(f"{'keys with a TTL':<16} {ttl}")
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------ shared with the CLI
+
+class ProgressBar:
+    """A one-line progress bar on *stream*, drawn only when it is a terminal.
+
+    Call it as ``bar(done, total)``; it redraws only when the percentage changes, and
+    :meth:`close` (or leaving the ``with`` block) erases it so later output starts clean.
+    ``mmapkv.cli`` uses the same bar.
+    """
+
+    WIDTH = 30
+
+    def __init__(self, label: str, stream: TextIO | None = None) -> None:
+        self.stream = sys.stderr if stream is None else stream
+        self.label = label
+        self.enabled = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._last = -1
+        self._drawn = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        percent = 100 if total <= 0 else min(100, done * 100 // total)
+        if percent == self._last:
+            return
+        self._last = percent
+        filled = percent * self.WIDTH // 100
+        text = f"\r{self.label} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {percent:3d}%"
+        self._drawn = len(text) - 1
+        self.stream.write(text)
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self._drawn:
+            self.stream.write("\r" + " " * self._drawn + "\r")
+            self.stream.flush()
+            self._drawn = 0
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for *exc*: an ``OSError``'s text and file name, anything else its ``str``."""
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror + (f": {exc.filename}" if exc.filename else "")
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())  # one line, whatever the message held
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the report for ``[PATH] [--json]``; return the exit code (0, 2 usage, 4 unavailable)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m mmapkv.stats",
+        description="Report on an mmapkv store without changing a byte of it.")
+    parser.add_argument("path", nargs="?", default=None, metavar="PATH",
+                        help=f"the store file (default: {default_path()})")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object (fields in the module docstring)")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2): return, don't exit
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        with ProgressBar("scanning") as bar:
+            report = collect(args.path, progress=bar)
+    except (MmapKVError, OSError) as exc:
+        print(f"{parser.prog}: error: {describe_error(exc)}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
