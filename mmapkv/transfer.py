@@ -1,0 +1,418 @@
+"""Whole-store operations behind the command line: dump, restore, compact, slot checks.
+
+They live in the package so they may use ``Store`` internals: each runs under the store's
+lock, reads slots straight from the map (the slots are the truth; the table is an index)
+and writes through the engine, so a dump keeps every value's exact JSON bytes and a
+restore keeps each entry's absolute expiry.
+
+The dump format is JSON Lines, one entry per line, in slot order::
+
+    {"key":"user:1","value":{"name":"Ada"},"expires_at":1700000060.0}
+    {"key":"config","value":{"debug":false},"expires_at":null}
+
+``expires_at`` is unix time in seconds (a float), or ``null`` for a key without a TTL.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import stat
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO
+
+from xxhash import xxh3_64_intdigest
+
+from . import codec
+from .engine import Engine, fingerprint
+from .errors import (
+    CorruptStoreError,
+    InvalidKeyError,
+    InvalidTTLError,
+    InvalidValueError,
+    KeyExistsError,
+    MmapKVError,
+)
+from .format import (
+    BODY_OFFSET,
+    KEY_OFFSET,
+    MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
+    SLOT_HEADER,
+    SLOT_STRIDE,
+    STATE_LIVE,
+    STATE_PENDING,
+    VALUE_OFFSET,
+)
+from .store import MAX_TTL, Store, _key_bytes
+
+__all__ = [
+    "Entry", "DumpResult", "RestoreResult", "InvalidDumpError",
+    "dump", "restore", "compact", "check_slots",
+]
+
+Progress = Callable[[int, int], None]
+
+_PROGRESS_EVERY = 64     # items between progress callbacks
+_FIELDS = frozenset(("key", "value", "expires_at"))
+
+
+class InvalidDumpError(MmapKVError, ValueError):
+    """A line of a dump is not an entry ``restore`` can read (or the input changed)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One committed slot, read straight from the map after its checksum was checked."""
+
+    slot: int
+    key: bytes
+    data: bytes        #: the value's compact UTF-8 JSON text, exactly as stored
+    flags: int         #: codec flags (``format.CODEC_STDLIB``)
+    expires_at: float  #: unix seconds; 0.0 = never
+    seq: int           #: write sequence number: the newer of two copies wins
+
+
+@dataclass(frozen=True)
+class DumpResult:
+    written: int   #: entries written
+    expired: int   #: entries left out because they had expired
+    corrupt: int   #: entries left out because they failed their checksum
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    restored: int  #: entries written to the store
+    existing: int  #: entries skipped because the key was stored (``skip_existing``)
+    expired: int   #: entries skipped because their ``expires_at`` had passed
+
+
+def _engine(store: Store) -> Engine:
+    engine = store._engine
+    if engine is None:
+        raise store._closed()
+    return engine
+
+
+def _read_slot(engine: Engine, slot: int) -> Entry | str | None:
+    """The entry in *slot* if it is LIVE and intact, a sentence if it is LIVE and broken,
+    None if it is not LIVE."""
+    mm, view = engine._mm, engine._view
+    assert mm is not None
+    off = engine._slots_offset + slot * SLOT_STRIDE
+    state, _, checksum, seq, expires, vlen, klen, flags, _ = SLOT_HEADER.unpack_from(mm, off)
+    if state != STATE_LIVE:
+        return None
+    end = off + VALUE_OFFSET + vlen
+    if vlen > MAX_VALUE_BYTES or xxh3_64_intdigest(view[off + BODY_OFFSET:end]) != checksum:
+        return f"slot {slot} fails its checksum"  # Engine.check's words, so the two merge
+    if not 1 <= klen <= MAX_KEY_BYTES:
+        return f"slot {slot} has a key length of {klen}, outside 1 to {MAX_KEY_BYTES}"
+    return Entry(slot, bytes(mm[off + KEY_OFFSET:off + KEY_OFFSET + klen]),
+                 bytes(mm[off + VALUE_OFFSET:end]), flags, expires, seq)
+
+
+def _entries(engine: Engine, skip_corrupt: bool, corrupt: list[int],
+             progress: Progress | None, total: int) -> Iterator[Entry]:
+    """Every intact LIVE entry below high_water, in slot order.  A broken one raises
+    ``CorruptStoreError`` unless *skip_corrupt*; then its slot is appended to *corrupt*."""
+    for slot in range(engine.high_water):
+        if progress is not None and slot % _PROGRESS_EVERY == 0:
+            progress(slot, total)
+        got = _read_slot(engine, slot)
+        if got is None:
+            continue
+        if isinstance(got, str):
+            if skip_corrupt:
+                corrupt.append(slot)
+                continue
+            raise CorruptStoreError(f"{engine.path}: {got}; `mmapkv verify` lists every problem, "
+                                    "and skip_corrupt=True (--skip-corrupt) leaves such entries out")
+        yield got
+
+
+# ------------------------------------------------------------------ dump
+
+def dump(store: Store, out: IO[str], *, skip_corrupt: bool = False,
+         progress: Progress | None = None) -> DumpResult:
+    """Write every unexpired entry of *store* to *out* as JSON Lines, in slot order.
+
+    Values are written as the exact JSON text stored (no decode and re-encode), so
+    integers beyond 64 bits and float digits survive.  The store's lock is held
+    throughout, so the dump is one consistent snapshot.  O(slots + bytes of values).
+
+    :raises CorruptStoreError: an entry fails its checksum (unless *skip_corrupt*).
+    """
+    written = expired = 0
+    corrupt: list[int] = []
+    with store._lock:
+        engine = _engine(store)
+        now = store._clock()
+        total = engine.high_water
+        for entry in _entries(engine, skip_corrupt, corrupt, progress, total):
+            if entry.expires_at and entry.expires_at <= now:
+                expired += 1
+                continue
+            try:
+                key, value = entry.key.decode("utf-8"), entry.data.decode("utf-8")
+            except UnicodeDecodeError:  # checksum held, so the writer was wrong: treat as corrupt
+                if not skip_corrupt:
+                    raise CorruptStoreError(f"{engine.path}: slot {entry.slot} holds text that is "
+                                            "not UTF-8") from None
+                corrupt.append(entry.slot)
+                continue
+            expires = json.dumps(entry.expires_at) if entry.expires_at else "null"
+            out.write(f'{{"key":{json.dumps(key, ensure_ascii=False)},"value":{value},'
+                      f'"expires_at":{expires}}}\n')
+            written += 1
+        if progress is not None:
+            progress(total, total)
+    return DumpResult(written, expired, len(corrupt))
+
+
+# ------------------------------------------------------------------ restore
+
+def _parse(source: IO[bytes], name: str, progress: Progress | None, done: int,
+           total: int) -> Iterator[tuple[int, str, bytes, bytes, int, float]]:
+    """(line number, key, key bytes, value bytes, codec flags, expires_at) per entry line."""
+    for number, line in enumerate(source, 1):
+        done += len(line)
+        if progress is not None and number % _PROGRESS_EVERY == 0:
+            progress(done, total)
+        if not line.strip():
+            continue
+        where = f"{name} line {number}"
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise InvalidDumpError(f"{where} is not JSON: {exc}") from None
+        if not isinstance(obj, dict) or not {"key", "value"} <= obj.keys() or obj.keys() - _FIELDS:
+            raise InvalidDumpError(f"{where} is not an entry: expected an object with "
+                                   '"key", "value" and "expires_at"')
+        key, expires = obj["key"], obj.get("expires_at")
+        try:
+            kb = _key_bytes(key)
+            data, flags = codec.encode(obj["value"])
+        except (InvalidKeyError, InvalidValueError) as exc:
+            raise type(exc)(f"{where}: {exc}") from None
+        if expires is None:
+            expires = 0.0
+        elif isinstance(expires, bool) or not isinstance(expires, (int, float)) \
+                or not (math.isfinite(expires) and expires > 0):
+            raise InvalidTTLError(f"{where}: expires_at must be null or unix time in seconds, "
+                                  f"got {expires!r:.40}")
+        yield number, key, kb, data, flags, float(expires)
+
+
+def _seekable(source: IO[bytes]) -> IO[bytes]:
+    """*source* itself if it can be read twice, else a temporary copy (stdin, a pipe)."""
+    try:
+        if source.seekable():
+            return source
+    except (AttributeError, OSError, ValueError):
+        pass
+    copy = tempfile.TemporaryFile()
+    shutil.copyfileobj(source, copy)
+    copy.seek(0)
+    return copy
+
+
+def restore(store: Store, source: IO[bytes], *, skip_existing: bool = False,
+            name: str = "input", progress: Progress | None = None) -> RestoreResult:
+    """Create the entries of a dump (JSON Lines, as :func:`dump` writes them) in *store*.
+
+    Each entry keeps its absolute ``expires_at``; entries whose expiry has passed (by the
+    store's clock) are skipped.  All or nothing: every line is checked first, and the
+    entries are written as one batch, so an error, or a crash part way, writes nothing.
+    The input is read twice (a non-seekable one is copied to a temporary file first), so
+    memory holds only the set of keys, not the values.  O(lines + bytes).
+
+    :param name: what messages call *source* (a file name).
+    :raises KeyExistsError: a key is stored and unexpired (unless *skip_existing*), or a
+        key appears twice in the input.
+    :raises InvalidDumpError: a line is not an entry.
+    :raises InvalidKeyError, InvalidValueError, InvalidTTLError: an entry's key, value or
+        expires_at is not valid; the message names the line.
+    :raises StoreFullError: the entries do not fit under the store's ceiling.
+    """
+    source = _seekable(source)
+    start = source.tell()
+    size = source.seek(0, os.SEEK_END) - start
+    source.seek(start)
+    total = 2 * size  # two passes
+    now = store._clock()
+    # Pass 1: validate everything and learn the keys, before touching the store.
+    lines: dict[bytes, int] = {}
+    expired = 0
+    for number, key, kb, _, _, expires in _parse(source, name, progress, 0, total):
+        if expires and expires <= now:
+            expired += 1
+            continue
+        if expires - now > MAX_TTL:
+            raise InvalidTTLError(f"{name} line {number}: expires_at {expires} is more than "
+                                  f"{MAX_TTL:,} seconds away")
+        if kb in lines:
+            raise KeyExistsError(f"{name} line {number}: key {key!r} appeared already on line {lines[kb]}")
+        lines[kb] = number
+    with store._lock:
+        engine = _engine(store)
+        skip: set[bytes] = set()
+        for kb, number in lines.items():
+            fp = fingerprint(kb)
+            index = engine.find(kb, fp)
+            if index < 0:
+                continue
+            old_expiry = engine.expires_at(index)
+            if old_expiry and old_expiry <= now:
+                engine.remove(index)  # expired: its name is free again, as in Store.create
+            elif skip_existing:
+                skip.add(kb)
+            else:
+                raise KeyExistsError(
+                    f"{name} line {number}: key {kb.decode()!r} already exists in {store.path}; "
+                    "nothing was restored (skip_existing / --skip-existing keeps stored keys)")
+        needed = len(lines) - len(skip)
+        if needed:
+            store._make_room(engine, needed)
+        # Pass 2: write PENDING slots of one batch, then commit them with one write,
+        # exactly as Store.batch_create does: a crash before the commit drops them all.
+        seq = engine.next_seq
+        engine.next_seq += 1
+        written: list[tuple[int, int]] = []
+        try:
+            source.seek(start)
+            for number, key, kb, data, flags, expires in _parse(source, name, progress, size, total):
+                if (expires and expires <= now) or kb in skip:
+                    continue
+                if lines.get(kb) != number:
+                    raise InvalidDumpError(f"{name} changed while it was being restored; nothing was restored")
+                fp = fingerprint(kb)
+                written.append((engine.insert(kb, fp, data, flags, expires, STATE_PENDING, seq), fp))
+            if len(written) != needed:
+                raise InvalidDumpError(f"{name} changed while it was being restored; nothing was restored")
+        except BaseException:
+            for slot, _ in written:  # give the uncommitted slots back
+                engine._free_slot(slot)
+            raise
+        if written:
+            if engine.durable:
+                engine.flush()
+            engine.set_batch_commit(seq)  # the commit point
+            for slot, fp in written:
+                engine.commit_pending(slot, fp)
+            if engine.durable:
+                engine.flush()
+    if progress is not None:
+        progress(total, total)
+    return RestoreResult(len(written), len(skip), expired)
+
+
+# ------------------------------------------------------------------ compact
+
+def compact(store: Store, *, skip_corrupt: bool = False,
+            progress: Progress | None = None) -> tuple[int, int, int]:
+    """Rewrite *store* into the smallest file that holds its unexpired keys.
+
+    Expired and deleted entries are dropped; every live key keeps its value bytes and
+    absolute expiry.  Crash-safe: the new file is built, locked and synced under a
+    temporary name in the same directory, then renamed over the old one with
+    ``os.replace``, so the path always names a complete store, and some file at the path
+    is locked by us at every instant.  Returns ``(old_size, new_size, keys)``.
+    O(slots + bytes of live values).
+
+    :raises CorruptStoreError: an entry fails its checksum (unless *skip_corrupt*, which
+        leaves it out); the old file is untouched.
+    :raises DiskFullError: the disk has no room for the new file; the old file stands.
+    """
+    with store._lock:
+        old = _engine(store)
+        now = store._clock()
+        path = store.path
+        # Pass 1: which slot holds each live key (the newer copy, should a crash have left two).
+        chosen: dict[bytes, tuple[int, int]] = {}
+        corrupt: list[int] = []
+        total = 2 * old.high_water
+        for entry in _entries(old, skip_corrupt, corrupt, progress, total):
+            if entry.expires_at and entry.expires_at <= now:
+                continue
+            previous = chosen.get(entry.key)
+            if previous is None or entry.seq > previous[0]:
+                chosen[entry.key] = (entry.seq, entry.slot)
+        slots = sorted(slot for _, slot in chosen.values())  # slot order keeps the file order
+        directory, base = os.path.split(path)
+        tmp = os.path.join(directory, f".{base}.compact-{uuid.uuid4().hex}.tmp")
+        new = Engine(tmp, max_size=old.geometry.max_size, durable=old.durable)  # created locked
+        try:
+            os.chmod(tmp, stat.S_IMODE(os.fstat(old._fd).st_mode))
+            while new.slot_count < len(slots):
+                new.grow()
+            for n, slot in enumerate(slots):
+                if progress is not None and n % _PROGRESS_EVERY == 0:
+                    progress(old.high_water + n * old.high_water // max(len(slots), 1), total)
+                entry = _read_slot(old, slot)
+                assert isinstance(entry, Entry)  # checked in pass 1, under the same lock
+                new.insert(entry.key, fingerprint(entry.key), entry.data, entry.flags, entry.expires_at)
+            new.flush()
+            os.fsync(new._fd)  # the file's size and blocks, not only the mapped pages
+            os.replace(tmp, path)  # the commit point: from here the path names the new file
+        except BaseException:
+            new.close()
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        new.path = path
+        store._engine = new
+        old_size = old.file_size
+        # The old inode is unlinked: unmap and unlock it without syncing pages nobody reads.
+        old._release()
+        dir_fd = os.open(directory or ".", os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename survives power loss
+        finally:
+            os.close(dir_fd)
+        if progress is not None:
+            progress(total, total)
+        return old_size, new.file_size, len(slots)
+
+
+# ------------------------------------------------------------------ verify
+
+def check_slots(store: Store, *, progress: Progress | None = None) -> list[str]:
+    """Check every committed slot: checksum, key length, UTF-8 key, and a value that
+    decodes as JSON.  Returns the problems as sentences (empty: all good).
+
+    Complements :meth:`Store.verify` (the table's invariants), which checks only the
+    slots the table points at, and never decodes values.  O(slots + bytes of values).
+    """
+    problems: list[str] = []
+    with store._lock:
+        engine = _engine(store)
+        total = engine.slot_count
+        for slot in range(total):
+            if progress is not None and slot % _PROGRESS_EVERY == 0:
+                progress(slot, total)
+            got = _read_slot(engine, slot)
+            if got is None:
+                continue
+            if isinstance(got, str):
+                problems.append(got)
+                continue
+            try:
+                key = got.key.decode("utf-8")
+            except UnicodeDecodeError:
+                problems.append(f"slot {slot} has a key that is not UTF-8: {got.key!r}")
+                continue
+            try:
+                codec.decode(got.data, got.flags)
+            except ValueError as exc:
+                problems.append(f"slot {slot} (key {key!r}) holds a value that is not JSON: {exc}")
+        if progress is not None:
+            progress(total, total)
+    return problems
