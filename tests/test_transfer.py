@@ -189,6 +189,39 @@ def test_restore_from_a_pipe(tmp_path: Any, clock: Any) -> None:
         assert dumped(b) == original
 
 
+class Changing(io.BytesIO):
+    """A file that someone rewrites between restore's two passes."""
+
+    def __init__(self, first: bytes, second: bytes) -> None:
+        super().__init__(first)
+        self.second: bytes | None = second
+        self.lines_left = first.count(b"\n")
+
+    def __next__(self) -> bytes:
+        self.lines_left -= 1
+        return super().__next__()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if self.second is not None and self.lines_left < 0:  # rewinding after one full read
+            second, self.second = self.second, None
+            self.truncate(0)
+            super().seek(0)
+            self.write(second)
+        return super().seek(offset, whence)
+
+
+def test_restore_input_changed_between_passes_writes_nothing(tmp_path: Any, clock: Any) -> None:
+    first = b"".join(b'{"key":"k%d","value":{}}\n' % i for i in range(10))
+    second = first.replace(b'"k7"', b'"other"')
+    with mmapkv.Store(tmp_path / "b", clock=clock) as b:
+        b.create("mine", {}, ttl=50)
+        with pytest.raises(transfer.InvalidDumpError, match="changed while"):
+            transfer.restore(b, Changing(first, second))
+        assert b.keys() == ["mine"] and len(b) == 1
+        assert b.verify() == []  # the seven slots written before the change were given back
+        assert transfer.restore(b, io.BytesIO(first)).restored == 10 and b.verify() == []
+
+
 def test_restore_that_does_not_fit_writes_nothing(tmp_path: Any, clock: Any) -> None:
     slots = Geometry(SMALL_MAX_SIZE).max_slots
     data = b"".join(b'{"key":"k%d","value":{}}\n' % i for i in range(slots + 1))
@@ -240,6 +273,20 @@ def test_compact_shrinks_and_keeps_every_live_key(tmp_path: Any, clock: Any) -> 
     with mmapkv.Store(path, clock=clock) as store:
         assert len(store) == 71 and store.read("k0") == {"i": 0, "pad": ""}
         assert store.verify() == []
+
+
+def test_compact_picks_the_smallest_size_that_holds_the_keys(tmp_path: Any, clock: Any) -> None:
+    g = Geometry(SMALL_MAX_SIZE)  # 8, 16, then 33 slots at the ceiling
+    sizes = [g.initial_size, 2 * g.initial_size, SMALL_MAX_SIZE]
+    assert [g.slot_count(size) for size in sizes] == [8, 16, 33]
+    with mmapkv.Store(tmp_path / "s", clock=clock, max_size=SMALL_MAX_SIZE) as store:
+        for i in range(33):
+            store.create(f"k{i}", {})
+        for keep, size in ((16, sizes[1]), (9, sizes[1]), (8, sizes[0]), (0, sizes[0])):
+            for key in store.keys()[keep:]:
+                store.delete(key)
+            assert transfer.compact(store)[1:] == (size, keep)
+            assert len(store) == keep and store.verify() == []
 
 
 def test_compact_keeps_the_lock(tmp_path: Any, clock: Any) -> None:
