@@ -1,0 +1,323 @@
+"""``python -m mmapkv`` (and the ``mmapkv`` command): look at and look after a store from a shell.
+
+Commands, each with ``--path`` (default: :func:`mmapkv.default_path`) and ``--help``::
+
+    get KEY                    print the value as JSON
+    create KEY JSON [--ttl N]  store a JSON object (JSON "-" reads it from stdin)
+    delete KEY                 remove a key
+    keys [--prefix P]          list the live keys, sorted
+    stats [--json]             the report of ``python -m mmapkv.stats``
+    dump [FILE]                JSON Lines: key, value, expires_at (stdout by default)
+    restore FILE               the reverse ("-" reads stdin); all or nothing
+    verify                     check every slot and the table; exit 1 on any problem
+    compact                    rewrite into the smallest file that holds the live keys
+    demo                       create a key with a 60 s TTL, read it back, print stats
+
+Exit codes:
+
+==  ================================================================================
+0   success
+1   a check failed: ``verify`` found problems
+2   usage error (bad arguments; from argparse)
+3   the data given is wrong: key not found (or expired), key exists, invalid key,
+    value, TTL, JSON text or dump line, or an input/output FILE that cannot be opened
+4   the store is unavailable: held by another process, missing, not a store,
+    corrupt, full, or the file system refused
+70  internal error (a bug: please report it; ``MMAPKV_TRACEBACK=1`` shows the traceback)
+130 interrupted (Ctrl-C)
+141 stdout was closed early (``mmapkv dump | head``)
+==  ================================================================================
+
+Errors are one line on stderr, ``mmapkv: error: ...``, never a traceback.  Commands that
+walk the whole store draw a progress bar on stderr when it is a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import IO, Any
+
+from . import __version__, stats, transfer
+from .errors import (
+    InvalidKeyError,
+    InvalidTTLError,
+    InvalidValueError,
+    KeyExistsError,
+    KeyNotFoundError,
+    MmapKVError,
+)
+from .stats import ProgressBar, describe_error
+from .store import Store, default_path
+
+__all__ = [
+    "main", "EXIT_OK", "EXIT_CHECK_FAILED", "EXIT_USAGE", "EXIT_DATA", "EXIT_UNAVAILABLE",
+    "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_BROKEN_PIPE",
+]
+
+PROG = "mmapkv"
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_USAGE = 2
+EXIT_DATA = 3
+EXIT_UNAVAILABLE = stats.EXIT_UNAVAILABLE
+EXIT_INTERNAL = 70       # sysexits.h EX_SOFTWARE
+EXIT_INTERRUPTED = 130   # 128 + SIGINT, what a shell reports
+EXIT_BROKEN_PIPE = 141   # 128 + SIGPIPE, what `head` leaves other tools with
+
+DEMO_TTL = 60
+
+# Errors about the user's data (exit 3); every other MmapKVError or OSError means the
+# store (or the file system) is unavailable (exit 4).
+_DATA_ERRORS: tuple[type[BaseException], ...] = (
+    KeyExistsError, KeyNotFoundError, InvalidKeyError, InvalidValueError, InvalidTTLError,
+    transfer.InvalidDumpError,
+)
+
+
+class InputError(Exception):
+    """A command-line argument that is not what the command needs (exit 3)."""
+
+
+# ------------------------------------------------------------------ helpers
+
+def _open(path: str, *, create: bool = False) -> Store:
+    """Open the store; unless *create*, a missing file is an error, not a new store."""
+    if not create and not os.path.lexists(path):
+        raise FileNotFoundError(2, f"no store at {os.path.abspath(path)}")
+    return Store(path)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+
+
+def _read_input(name: str) -> IO[bytes]:
+    if name == "-":
+        return sys.stdin.buffer
+    try:
+        return open(name, "rb")
+    except OSError as exc:
+        raise InputError(f"cannot read {name}: {describe_error(exc)}") from None
+
+
+# ------------------------------------------------------------------ commands
+
+def cmd_get(args: argparse.Namespace) -> int:
+    with _open(args.path) as store:
+        value = store.read(args.key)
+    _print_json(value)
+    return EXIT_OK
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    text = sys.stdin.read() if args.json == "-" else args.json
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InputError(f"the value is not valid JSON: {exc}") from None
+    with _open(args.path, create=True) as store:
+        store.create(args.key, value, ttl=args.ttl)
+    return EXIT_OK
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    with _open(args.path) as store:
+        store.delete(args.key)
+    return EXIT_OK
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    with _open(args.path) as store:
+        keys = store.keys()
+    for key in sorted(keys):
+        if key.startswith(args.prefix):
+            print(key)
+    return EXIT_OK
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with ProgressBar("scanning") as bar:
+        report = stats.collect(args.path, progress=bar)
+    print(json.dumps(report, indent=2) if args.json else stats.render(report))
+    return EXIT_OK
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    out: IO[str]
+    if args.file in (None, "-"):
+        out = sys.stdout
+    else:
+        try:
+            out = open(args.file, "w", encoding="utf-8", newline="\n")
+        except OSError as exc:
+            raise InputError(f"cannot write {args.file}: {describe_error(exc)}") from None
+    try:
+        with _open(args.path) as store, ProgressBar("dumping") as bar:
+            result = transfer.dump(store, out, skip_corrupt=args.skip_corrupt, progress=bar)
+    except BaseException:
+        if out is not sys.stdout:  # no half dump left behind to be restored later
+            out.close()
+            if os.path.isfile(args.file):  # not /dev/null or a pipe
+                os.unlink(args.file)
+        raise
+    if out is not sys.stdout:
+        out.close()
+    if result.corrupt:
+        print(f"{PROG}: warning: left out {result.corrupt} entries that fail their checksum",
+              file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    source = _read_input(args.file)
+    name = "stdin" if args.file == "-" else args.file
+    try:
+        with _open(args.path, create=True) as store, ProgressBar("restoring") as bar:
+            result = transfer.restore(store, source, skip_existing=args.skip_existing,
+                                      name=name, progress=bar)
+    finally:
+        if source is not sys.stdin.buffer:
+            source.close()
+    skipped = []
+    if result.existing:
+        skipped.append(f"{result.existing} already present")
+    if result.expired:
+        skipped.append(f"{result.expired} expired")
+    print(f"restored {result.restored} keys" + (f" (skipped {', '.join(skipped)})" if skipped else ""))
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    with _open(args.path) as store:
+        engine = store._engine
+        assert engine is not None
+        recovered = not engine.was_clean
+        with ProgressBar("verifying") as bar:
+            problems = transfer.check_slots(store, progress=bar)
+            problems += [p for p in store.verify() if p not in problems]  # one line per fault
+        slots, keys = engine.slot_count, engine.live_count
+    if recovered:
+        print("note: the last close was not clean; opening rebuilt the table and counters "
+              "from the slots, and dropped entries that failed their checksum")
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{store.path}: {len(problems)} problem{'s' * (len(problems) != 1)} found")
+        return EXIT_CHECK_FAILED
+    print(f"{store.path}: ok ({keys:,} entries in {slots:,} slots)")
+    return EXIT_OK
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    with _open(args.path) as store, ProgressBar("compacting") as bar:
+        old_size, new_size, keys = transfer.compact(store, skip_corrupt=args.skip_corrupt, progress=bar)
+    print(f"compacted {store.path}: {old_size:,} -> {new_size:,} bytes, {keys:,} keys")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    with _open(args.path, create=True) as store:
+        ns = time.time_ns()
+        while f"demo:{ns}" in store:  # a coarse clock could repeat itself
+            ns += 1
+        key = f"demo:{ns}"
+        store.create(key, {"hello": "world", "created_by": "mmapkv demo"}, ttl=DEMO_TTL)
+        value = store.read(key)
+    print(f"created {key} in {store.path} (expires in {DEMO_TTL} s)")
+    print(f"read {key}: {json.dumps(value, ensure_ascii=False)}")
+    print()
+    return cmd_stats(argparse.Namespace(path=store.path, json=False))
+
+
+# ------------------------------------------------------------------ parser
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (built per call, so ``--help`` shows the current default path)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Look at and look after an mmapkv store.",
+        epilog="exit codes: 0 ok, 1 check failed, 2 usage, 3 bad data (key missing/exists, "
+               "invalid input), 4 store unavailable")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--path", default=default_path(),
+                        help="the store file (default: %(default)s)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("get", cmd_get, "print the value of KEY as JSON")
+    p.add_argument("key", metavar="KEY")
+    p = command("create", cmd_create, "store the JSON object JSON under a new KEY")
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("json", metavar="JSON", help='a JSON object, or "-" to read it from stdin')
+    p.add_argument("--ttl", type=int, metavar="N", help="expire the key N seconds from now")
+    p = command("delete", cmd_delete, "remove KEY")
+    p.add_argument("key", metavar="KEY")
+    p = command("keys", cmd_keys, "list the live keys, sorted")
+    p.add_argument("--prefix", default="", metavar="P", help="only keys that start with P")
+    p = command("stats", cmd_stats, "report on the store (read-only; python -m mmapkv.stats)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p = command("dump", cmd_dump, "write every live entry as JSON Lines")
+    p.add_argument("file", nargs="?", metavar="FILE", help="output file (default: stdout)")
+    p.add_argument("--skip-corrupt", action="store_true",
+                   help="leave out entries that fail their checksum instead of stopping")
+    p = command("restore", cmd_restore, "create the entries of a dump; all or nothing")
+    p.add_argument("file", metavar="FILE", help='a dump file, or "-" for stdin')
+    p.add_argument("--skip-existing", action="store_true",
+                   help="keep keys already in the store instead of stopping")
+    command("verify", cmd_verify, "check every slot and the table; exit 1 on any problem")
+    p = command("compact", cmd_compact,
+                "rewrite the store into the smallest file that holds its live keys")
+    p.add_argument("--skip-corrupt", action="store_true",
+                   help="drop entries that fail their checksum instead of stopping")
+    command("demo", cmd_demo, f"create a key with a {DEMO_TTL} s TTL, read it back, print stats")
+    return parser
+
+
+def _error(message: str) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit code (see the module docstring)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0) or a usage error (2): return, don't exit
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep the interpreter's final
+        # flush of stdout from failing again on the way out.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return EXIT_BROKEN_PIPE
+    except (*_DATA_ERRORS, InputError) as exc:
+        _error(describe_error(exc))
+        return EXIT_DATA
+    except (MmapKVError, OSError) as exc:
+        _error(describe_error(exc))
+        return EXIT_UNAVAILABLE
+    except Exception as exc:
+        if os.environ.get("MMAPKV_TRACEBACK"):
+            raise
+        _error(f"internal error, please report it: {type(exc).__name__}: {describe_error(exc)}")
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

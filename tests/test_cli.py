@@ -1,0 +1,364 @@
+"""``mmapkv.cli``: every command and exit code, in-process through ``main([...])``."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import mmapkv
+from mmapkv import cli, transfer
+
+Run = Any  # the ``run`` fixture: (*args) -> (code, stdout, stderr)
+
+
+@pytest.fixture
+def path(tmp_path: Any) -> str:
+    return str(tmp_path / "cli.mmapkv")
+
+
+@pytest.fixture
+def run(capsys: Any) -> Any:
+    """Call ``main`` and return (exit code, stdout, stderr); stderr is never a traceback."""
+
+    def runner(*args: str) -> tuple[int, str, str]:
+        code = cli.main(list(args))
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err
+        if code not in (0, 1):  # an error: exactly one line (argparse adds its usage line)
+            lines = err.splitlines()
+            assert len(lines) == (2 if code == 2 else 1), err
+            assert lines[-1].startswith("mmapkv") and ": error: " in lines[-1]
+        return code, out, err
+
+    return runner
+
+
+@pytest.fixture
+def held(tmp_path: Any) -> Iterator[str]:
+    """The path of a store that another process holds open until the test ends."""
+    held_path = str(tmp_path / "held.mmapkv")
+    code = textwrap.dedent(f"""
+        import sys, mmapkv
+        store = mmapkv.Store({held_path!r})
+        print("ready", flush=True)
+        sys.stdin.read()
+    """)
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        yield held_path
+    finally:
+        child.communicate("")
+
+
+def stdin(monkeypatch: Any, data: bytes) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+
+
+# ------------------------------------------------------------------ get / create / delete / keys
+
+def test_create_get_delete(run: Run, path: str) -> None:
+    assert run("create", "user:1", '{"name": "Ada", "n": 123456789012345678901234567890}',
+               "--path", path)[:2] == (0, "")
+    code, out, _ = run("get", "user:1", "--path", path)
+    assert code == 0 and json.loads(out) == {"name": "Ada", "n": 123456789012345678901234567890}
+    assert out == '{"name":"Ada","n":123456789012345678901234567890}\n'
+    assert run("delete", "user:1", "--path", path)[:2] == (0, "")
+    code, _, err = run("get", "user:1", "--path", path)
+    assert code == 3 and "'user:1' is not in" in err
+
+
+def test_create_with_ttl_keeps_an_expiry(run: Run, path: str) -> None:
+    assert run("create", "t", "{}", "--ttl", "60", "--path", path)[0] == 0
+    code, out, _ = run("dump", "--path", path)
+    expires = json.loads(out)["expires_at"]
+    assert code == 0 and isinstance(expires, float) and expires > 1_000_000_000
+
+
+def test_create_reads_stdin(run: Run, path: str, monkeypatch: Any) -> None:
+    stdin(monkeypatch, '{"from": "stdin", "ü": 1}'.encode())
+    assert run("create", "k", "-", "--path", path)[0] == 0
+    assert json.loads(run("get", "k", "--path", path)[1]) == {"from": "stdin", "ü": 1}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["create", "k", "{not json"], "not valid JSON"),
+    (["create", "k", "[1, 2]"], "must be a dict"),
+    (["create", "k", '{"x": NaN}'], "NaN"),
+    (["create", "", "{}"], "key must be 1 to 32"),
+    (["create", "k" * 33, "{}"], "key must be 1 to 32"),
+    (["create", "k", "{}", "--ttl", "0"], "ttl must be 1"),
+    (["create", "k", json.dumps({"k": "x" * 16_384})], "limit is 16,384"),
+    (["create", "exists", "{}"], "already exists"),
+    (["get", "missing"], "is not in"),
+    (["delete", "missing"], "is not in"),
+])
+def test_data_errors_exit_3(run: Run, path: str, args: list[str], message: str) -> None:
+    with mmapkv.Store(path) as store:
+        store.create("exists", {})
+    code, out, err = run(*args, "--path", path)
+    assert (code, out) == (3, "") and message in err and err.startswith("mmapkv: error: ")
+
+
+def test_expired_key_is_not_found(run: Run, path: str) -> None:
+    line = b'{"key":"old","value":{},"expires_at":1000.5}\n'
+    with mmapkv.Store(path, clock=lambda: 0.0) as store:  # a clock from before 1970 + 1000 s
+        transfer.restore(store, io.BytesIO(line))
+    code, _, err = run("get", "old", "--path", path)
+    assert code == 3 and "expired" in err
+
+
+def test_keys_sorted_and_by_prefix(run: Run, path: str) -> None:
+    with mmapkv.Store(path) as store:
+        for key in ("b:2", "a:1", "b:1", "c"):
+            store.create(key, {})
+    assert run("keys", "--path", path)[1] == "a:1\nb:1\nb:2\nc\n"
+    assert run("keys", "--prefix", "b:", "--path", path)[1] == "b:1\nb:2\n"
+    assert run("keys", "--prefix", "zzz", "--path", path)[:2] == (0, "")
+
+
+# ------------------------------------------------------------------ stats
+
+def test_stats(run: Run, path: str) -> None:
+    with mmapkv.Store(path) as store:
+        store.create("a", {"x": 1}, ttl=600)
+    code, out, _ = run("stats", "--path", path)
+    assert code == 0 and "live keys        1" in out and "next expiry in 10.0 min" in out
+    code, out, _ = run("stats", "--json", "--path", path)
+    report = json.loads(out)
+    assert code == 0 and report["live_keys"] == 1 and report["path"] == path
+
+
+# ------------------------------------------------------------------ dump / restore
+
+def test_dump_restore_round_trip(run: Run, tmp_path: Any, path: str) -> None:
+    with mmapkv.Store(path) as store:
+        store.create("plain", {"a": [1, 2.5, None, True]})
+        store.create("ttl", {"b": "ünï"}, ttl=3600)
+        store.create("big", {"n": -(2 ** 80)})
+    code, stdout_dump, _ = run("dump", "--path", path)
+    assert code == 0 and len(stdout_dump.splitlines()) == 3
+    dump_file = str(tmp_path / "out.jsonl")
+    assert run("dump", dump_file, "--path", path)[:2] == (0, "")
+    assert open(dump_file, encoding="utf-8").read() == stdout_dump
+    copy = str(tmp_path / "copy.mmapkv")
+    code, out, _ = run("restore", dump_file, "--path", copy)
+    assert (code, out) == (0, "restored 3 keys\n")
+    assert run("dump", "--path", copy)[1] == stdout_dump  # keys, values and expiries
+
+
+def test_restore_existing_and_skip_existing(run: Run, tmp_path: Any, path: str) -> None:
+    dump_file = tmp_path / "d.jsonl"
+    dump_file.write_text('{"key":"a","value":{"v":1},"expires_at":null}\n'
+                         '{"key":"b","value":{"v":2},"expires_at":null}\n'
+                         '{"key":"gone","value":{},"expires_at":1000.0}\n')
+    with mmapkv.Store(path) as store:
+        store.create("b", {"mine": True})
+    code, out, err = run("restore", str(dump_file), "--path", path)
+    assert (code, out) == (3, "") and "line 2: key 'b' already exists" in err
+    assert "nothing was restored" in err
+    assert run("keys", "--path", path)[1] == "b\n"
+    code, out, _ = run("restore", str(dump_file), "--skip-existing", "--path", path)
+    assert (code, out) == (0, "restored 1 keys (skipped 1 already present, 1 expired)\n")
+    assert json.loads(run("get", "b", "--path", path)[1]) == {"mine": True}
+
+
+def test_restore_from_stdin(run: Run, path: str, monkeypatch: Any) -> None:
+    stdin(monkeypatch, b'{"key":"s","value":{"via":"stdin"},"expires_at":null}\n')
+    assert run("restore", "-", "--path", path)[:2] == (0, "restored 1 keys\n")
+    assert json.loads(run("get", "s", "--path", path)[1]) == {"via": "stdin"}
+
+
+def test_restore_bad_input(run: Run, tmp_path: Any, path: str) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{}\n")
+    code, _, err = run("restore", str(bad), "--path", path)
+    assert code == 3 and "bad.jsonl line 1 is not an entry" in err
+    code, _, err = run("restore", str(tmp_path / "nope.jsonl"), "--path", path)
+    assert code == 3 and "cannot read" in err and "nope.jsonl" in err
+
+
+def test_dump_to_an_unwritable_place(run: Run, tmp_path: Any, path: str) -> None:
+    mmapkv.Store(path).close()
+    code, _, err = run("dump", str(tmp_path / "no" / "such" / "dir.jsonl"), "--path", path)
+    assert code == 3 and "cannot write" in err
+
+
+def test_failed_dump_leaves_no_file(run: Run, tmp_path: Any, held: str) -> None:
+    out = tmp_path / "out.jsonl"
+    assert run("dump", str(out), "--path", held)[0] == 4
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------ verify / compact
+
+def flip_value_byte(path: str, marker: bytes) -> None:
+    with open(path, "r+b") as f:
+        data = f.read()
+        at = data.index(marker) + 2
+        f.seek(at)
+        f.write(bytes([data[at] ^ 0x01]))
+
+
+def test_verify_good_and_corrupt(run: Run, path: str) -> None:
+    with mmapkv.Store(path) as store:
+        store.create("good", {"v": 1})
+        store.create("bad", {"v": "corrupt-me-please"})
+    code, out, _ = run("verify", "--path", path)
+    assert code == 0 and out.endswith(": ok (2 entries in 8 slots)\n")
+    flip_value_byte(path, b"corrupt-me-please")
+    code, out, _ = run("verify", "--path", path)
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[0] == "slot 1 fails its checksum" and lines[-1].endswith("1 problem found")
+    code, _, err = run("get", "bad", "--path", path)  # reading it is a store problem
+    assert code == 4 and "fails its checksum" in err
+    assert json.loads(run("get", "good", "--path", path)[1]) == {"v": 1}
+    code, _, err = run("compact", "--path", path)
+    assert code == 4 and "--skip-corrupt" in err
+    assert run("compact", "--skip-corrupt", "--path", path)[0] == 0
+    assert run("verify", "--path", path)[0] == 0
+
+
+def test_verify_after_a_crash_notes_the_recovery(run: Run, path: str) -> None:
+    code = f"""if True:
+        import os, mmapkv
+        store = mmapkv.Store({path!r})
+        store.create("k", {{}})
+        os._exit(0)
+    """
+    subprocess.run([sys.executable, "-c", code], check=True)
+    code_, out, _ = run("verify", "--path", path)
+    assert code_ == 0 and out.startswith("note: the last close was not clean")
+
+
+def test_compact_shrinks(run: Run, path: str) -> None:
+    with mmapkv.Store(path) as store:
+        for i in range(100):
+            store.create(f"k{i}", {"i": i})
+        for i in range(95):
+            store.delete(f"k{i}")
+    before = os.path.getsize(path)
+    code, out, _ = run("compact", "--path", path)
+    after = os.path.getsize(path)
+    assert code == 0 and after < before
+    assert out == f"compacted {path}: {before:,} -> {after:,} bytes, 5 keys\n"
+    assert run("keys", "--path", path)[1] == "k95\nk96\nk97\nk98\nk99\n"
+    assert run("verify", "--path", path)[0] == 0
+
+
+# ------------------------------------------------------------------ demo and the default path
+
+def test_demo_on_the_default_store_twice(run: Run, tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    default = mmapkv.default_path()
+    assert default.startswith(str(tmp_path))
+    for n in (1, 2):
+        code, out, _ = run("demo")
+        assert code == 0
+        assert f" in {default} (expires in 60 s)" in out and '"hello": "world"' in out
+        assert f"live keys        {n}\n" in out
+    keys = run("keys")[1].split()
+    assert len(keys) == 2 and all(k.startswith("demo:") for k in keys)
+
+
+def test_default_path_is_used_and_shown(run: Run, tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    code, _, err = run("get", "k")
+    assert code == 4 and mmapkv.default_path() in err and "no store" in err
+    assert not os.path.exists(mmapkv.default_path())  # reading never creates a store
+    code, out, _ = run("get", "--help")
+    assert code == 0 and mmapkv.default_path() in "".join(out.split())  # argparse wraps at "-"
+
+
+# ------------------------------------------------------------------ store unavailable (exit 4)
+
+@pytest.mark.parametrize("command", [["get", "k"], ["create", "k", "{}"], ["delete", "k"],
+                                     ["keys"], ["stats"], ["dump"], ["verify"], ["compact"],
+                                     ["restore", "-"], ["demo"]])
+def test_store_held_by_another_process(run: Run, held: str, command: list[str],
+                                       monkeypatch: Any) -> None:
+    stdin(monkeypatch, b"")
+    code, out, err = run(*command, "--path", held)
+    assert (code, out) == (4, "") and held in err and "in use" in err
+
+
+@pytest.mark.parametrize("kind", ["missing", "not a store", "directory"])
+def test_unavailable_paths(run: Run, tmp_path: Any, kind: str) -> None:
+    target = tmp_path / "x.mmapkv"
+    if kind == "not a store":
+        target.write_bytes(b"just text\n" * 1000)
+    elif kind == "directory":
+        target.mkdir()
+    for command in (["get", "k"], ["stats"], ["verify"], ["keys"]):
+        code, _, err = run(*command, "--path", str(target))
+        assert code == 4 and str(target) in err, (command, err)
+    if kind == "not a store":
+        assert target.read_bytes() == b"just text\n" * 1000
+
+
+# ------------------------------------------------------------------ usage (exit 2) and the rest
+
+@pytest.mark.parametrize("args", [[], ["nope"], ["get"], ["create", "k"], ["create", "k", "{}", "--ttl", "x"],
+                                  ["verify", "extra"], ["keys", "--bogus"]])
+def test_usage_errors_exit_2(run: Run, args: list[str]) -> None:
+    assert run(*args)[0] == 2
+
+
+def test_help_for_every_command(run: Run) -> None:
+    code, out, _ = run("--help")
+    assert code == 0
+    for command in ("get", "create", "delete", "keys", "stats", "dump", "restore", "verify",
+                    "compact", "demo"):
+        assert command in out
+        code, out_, _ = run(command, "--help")
+        assert code == 0 and "--path" in out_
+
+
+def test_version(run: Run) -> None:
+    assert run("--version")[:2] == (0, f"mmapkv {mmapkv.__version__}\n")
+
+
+def test_internal_error_is_one_line(run: Run, path: str, monkeypatch: Any) -> None:
+    def boom(args: Any) -> int:
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(cli, "cmd_keys", boom)
+    mmapkv.Store(path).close()
+    code, _, err = run("keys", "--path", path)
+    assert code == cli.EXIT_INTERNAL and "RuntimeError: boom second line" in err
+
+
+def test_progress_bar_only_on_a_terminal(run: Run, path: str, tmp_path: Any, monkeypatch: Any) -> None:
+    with mmapkv.Store(path) as store:
+        store.create("a", {})
+    dump_file = str(tmp_path / "d.jsonl")
+    commands = {"dumping": ["dump", dump_file], "verifying": ["verify"], "compacting": ["compact"],
+                "scanning": ["stats"], "restoring": ["restore", dump_file, "--skip-existing"]}
+    for args in commands.values():
+        assert run(*args, "--path", path)[2] == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    for label, args in commands.items():
+        code, out, err = run(*args, "--path", path)
+        assert code == 0 and f"\r{label} [" in err and "100%" in err, label
+        assert "\r" not in out  # the bar never mixes into the output
+    assert run("get", "a", "--path", path)[2] == ""  # single-key commands draw none
+
+
+def test_python_dash_m(path: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "mmapkv", "create", "k", '{"x": 1}', "--path", path],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run([sys.executable, "-m", "mmapkv", "get", "nope", "--path", path],
+                          capture_output=True, text=True)
+    assert done.returncode == 3 and done.stderr.startswith("mmapkv: error: ")
+    assert "Traceback" not in done.stderr
