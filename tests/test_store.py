@@ -447,6 +447,7 @@ def test_empty_value(make_store: MakeStore) -> None:
     store = make_store()
     store.create("e", {})
     assert store.read("e") == {}
+    assert store.verify() == []
 
 
 @pytest.mark.parametrize(
@@ -494,6 +495,7 @@ def test_too_deep_value_rejected(make_store: MakeStore) -> None:
     with pytest.raises(InvalidValueError):
         store.create("loop", loop)
     assert len(store) == 0
+    assert store.verify() == []
 
 
 def test_tuples_become_lists(make_store: MakeStore) -> None:
@@ -503,6 +505,7 @@ def test_tuples_become_lists(make_store: MakeStore) -> None:
     got = store.read("t")
     assert got == {"t": [1, [2, "three"]], "l": [[], ["a"]]}
     assert type(got["t"]) is list and type(got["t"][1]) is list
+    assert store.verify() == []
 
 
 @pytest.mark.parametrize(
@@ -517,6 +520,7 @@ def test_integers_roundtrip_exactly(make_store: MakeStore, number: int) -> None:
     got = store.read("n")
     assert got == {"n": number, "nested": [number, {"m": number}]}
     assert type(got["n"]) is int and got["n"] == number
+    assert store.verify() == []
 
 
 def test_scalar_types_roundtrip(make_store: MakeStore) -> None:
@@ -530,6 +534,7 @@ def test_scalar_types_roundtrip(make_store: MakeStore) -> None:
     assert got["t"] is True and got["f"] is False and got["n"] is None
     assert type(got["list"][0]) is bool and type(got["list"][1]) is int
     assert type(got["list"][2]) is float
+    assert store.verify() == []
 
 
 def test_nested_unicode_roundtrip(make_store: MakeStore) -> None:
@@ -540,6 +545,7 @@ def test_nested_unicode_roundtrip(make_store: MakeStore) -> None:
     store.create("ünï", value)
     store = reopen(store, make_store)
     assert store.read("ünï") == value
+    assert store.verify() == []
 
 
 def test_str_subclass_key_and_value(make_store: MakeStore) -> None:
@@ -552,6 +558,7 @@ def test_str_subclass_key_and_value(make_store: MakeStore) -> None:
     store.create(Name("sub"), {Name("k"): Name("v")})
     assert store.read("sub") == {"k": "v"}
     assert "sub" in store
+    assert store.verify() == []
 
 
 # --------------------------------------------------------------------- TTL arguments
@@ -834,6 +841,7 @@ def test_batch_items_not_iterable_of_tuples(make_store: MakeStore, items: Any) -
     with pytest.raises(InvalidArgumentError):
         store.batch_create(items)
     assert len(store) == 0
+    assert store.verify() == []
 
 
 def test_large_batch(make_store: MakeStore) -> None:
