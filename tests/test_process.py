@@ -214,6 +214,36 @@ def test_killed_holder_releases_lock(path: str) -> None:
         store.create("after", {"v": 1})
 
 
+def test_lock_released_when_holder_dies_leaving_a_child(path: str) -> None:
+    """A killed holder's lock is released even if it started a process that outlives it:
+    the store's descriptors are not inherited across exec."""
+    spawner = """
+    import subprocess, sys, mmapkv
+    store = mmapkv.Store(sys.argv[1])
+    store.create("held", {"by": "spawner"})
+    helper = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                              stdin=subprocess.PIPE, close_fds=False)
+    print(helper.pid, flush=True)
+    sys.stdin.readline()
+    """
+    proc = spawn(spawner, path)
+    helper_pid = 0
+    try:
+        assert proc.stdout is not None
+        helper_pid = int(proc.stdout.readline())
+        assert_locked_for_other_process(path)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=CHILD_TIMEOUT)
+    try:
+        with mmapkv.Store(path) as store:
+            assert store.read("held") == {"by": "spawner"}
+            assert store.verify() == []
+    finally:
+        if helper_pid:
+            os.kill(helper_pid, signal.SIGKILL)
+
+
 def test_lock_holds_while_file_grows(path: str) -> None:
     """While the holder grows its file through several doublings, every attempt by another
     process to open it is refused."""

@@ -262,6 +262,15 @@ def test_path_is_absolute_and_pathlike_accepted(tmp_path: Any, clock: FakeClock)
     assert os.path.exists(target)
 
 
+@pytest.mark.parametrize("clock_arg", [None, 5, "time"])
+def test_clock_must_be_callable(tmp_path: Any, clock_arg: Any) -> None:
+    """A clock that cannot be called is InvalidArgumentError at construction."""
+    import os
+
+    with pytest.raises(InvalidArgumentError):
+        mmapkv.Store(os.path.join(tmp_path, "c.mmapkv"), clock=clock_arg)
+
+
 # --------------------------------------------------------------------- errors
 
 @pytest.mark.parametrize(
