@@ -187,13 +187,15 @@ class Engine:
                 f"{path} was created with max_size={stored_max:,}; it cannot be opened with "
                 f"max_size={max_size:,} (leave max_size=None, or compact into a new file)")
         geometry = self.geometry = Geometry(stored_max)
+        clean = bool(flags & FLAG_CLEAN) and xxh3_64_intdigest(head[:SB_CHECKSUM]) == checksum
+        if not clean and not geometry.is_valid_size(file_size) and geometry.is_valid_size(actual):
+            file_size = actual  # a damaged size field: the file's own size is one it can have
         if not geometry.is_valid_size(file_size):
             raise CorruptStoreError(f"{path}: superblock file size {file_size:,} is not one "
                                     f"this store can have")
         if actual < file_size:
             raise CorruptStoreError(f"{path} is truncated: {actual:,} bytes, its superblock says "
                                     f"{file_size:,}")
-        clean = bool(flags & FLAG_CLEAN) and xxh3_64_intdigest(head[:SB_CHECKSUM]) == checksum
         if actual > file_size:
             if clean:
                 raise CorruptStoreError(f"{path} is {actual:,} bytes, its superblock says {file_size:,}")

@@ -137,7 +137,9 @@ class Geometry:
 
     def is_valid_size(self, file_size: int) -> bool:
         """True for the sizes growth can produce: initial * 2**k, or the ceiling."""
+        if not self.initial_size <= file_size <= self.max_size:
+            return False
         size = self.initial_size
         while size < file_size:
             size = self.grown_size(size)
-        return size == file_size and self.initial_size <= file_size <= self.max_size
+        return size == file_size
