@@ -32,6 +32,7 @@ from .errors import (
     KeyExpiredError,
     KeyNotFoundError,
     MmapKVError,
+    StoreAccessError,
     StoreClosedError,
     StoreFullError,
     StoreLockedError,
@@ -46,7 +47,7 @@ __all__ = [
     "MmapKVError", "KeyExistsError", "KeyNotFoundError", "KeyExpiredError",
     "InvalidArgumentError", "InvalidKeyError", "InvalidValueError", "ValueTooLargeError",
     "InvalidTTLError", "StoreFullError", "DiskFullError", "StoreLockedError",
-    "StoreClosedError", "CorruptStoreError", "FormatVersionError",
+    "StoreClosedError", "StoreAccessError", "CorruptStoreError", "FormatVersionError",
 ]
 
 __version__ = "0.1.0"

@@ -28,6 +28,8 @@ from .errors import (
     DiskFullError,
     FormatVersionError,
     InvalidArgumentError,
+    MmapKVError,
+    StoreAccessError,
     StoreLockedError,
 )
 from .format import (
@@ -140,9 +142,21 @@ class Engine:
     # ----------------------------------------------------------------- opening
 
     def _open_and_lock(self, max_size: int | None, lock_timeout: float, create: bool) -> int:
+        try:
+            return self._open_and_lock_path(max_size, lock_timeout, create)
+        except MmapKVError:
+            raise
+        except OSError as exc:
+            raise StoreAccessError(exc.errno, f"cannot open the store {self.path}: "
+                                   f"{exc.strerror or exc}") from None
+
+    def _open_and_lock_path(self, max_size: int | None, lock_timeout: float, create: bool) -> int:
         path = self.path
         if os.path.isdir(path):
             raise InvalidArgumentError(f"{path} is a directory; give the path of a store file")
+        if os.path.islink(path) and not os.path.exists(path):
+            raise InvalidArgumentError(f"{path} is a symbolic link to {os.readlink(path)}, "
+                                       "which does not exist")
         flags = (os.O_RDONLY if self.readonly else os.O_RDWR) | getattr(os, "O_CLOEXEC", 0)
         for _ in range(_SEARCH_LIMIT):
             if create and not self.readonly and not os.path.exists(path):

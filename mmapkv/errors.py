@@ -21,6 +21,7 @@ __all__ = [
     "DiskFullError",
     "StoreLockedError",
     "StoreClosedError",
+    "StoreAccessError",
     "CorruptStoreError",
     "FormatVersionError",
 ]
@@ -83,6 +84,11 @@ class StoreLockedError(MmapKVError, OSError):
 
 class StoreClosedError(MmapKVError, ValueError):
     """The store was closed, or belongs to the parent of this forked process."""
+
+
+class StoreAccessError(MmapKVError, OSError):
+    """The operating system refused to create or open the store's path (permissions,
+    a file where a directory should be...); ``errno`` says why."""
 
 
 class CorruptStoreError(MmapKVError, OSError):

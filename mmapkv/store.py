@@ -441,12 +441,12 @@ class Store:
             seen.add(kb)
             data, flags = _encode(value)
             prepared.append((key, kb, fingerprint(kb), data, flags, item_ttl))
-        if not prepared:
-            return
         with self._lock:
             engine = self._engine
             if engine is None:
                 raise self._closed()
+            if not prepared:
+                return
             now = self._clock()
             expired = []
             for key, kb, fp, _, _, _ in prepared:

@@ -239,10 +239,6 @@ def test_directory_path_is_refused(tmp_path: Any) -> None:
     assert os.listdir(d) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: engine.py Engine._open_and_lock: for a dangling "
-                   "symlink os.path.exists() is False, create_file's os.link hits FileExistsError "
-                   "(ignored), os.open raises FileNotFoundError, and after 3 tries the open fails "
-                   "with StoreLockedError 'keeps being replaced' though nothing holds a lock")
 def test_dangling_symlink_is_not_reported_as_locked(tmp_path: Any) -> None:
     """A path that is a symlink to a missing file either creates the store or gives a clear
     InvalidArgumentError; it is never StoreLockedError (nobody holds it)."""

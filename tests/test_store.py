@@ -327,9 +327,6 @@ def test_closed_store_refuses_everything(make_store: MakeStore) -> None:
     assert store.path.endswith(".mmapkv")  # the path stays known
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: store.py Store.batch_create returns before the closed "
-                   "check when the batch is empty, so batch_create([]) on a closed store "
-                   "silently succeeds instead of raising StoreClosedError")
 def test_closed_store_refuses_empty_batch(make_store: MakeStore) -> None:
     """Even an empty batch on a closed store raises StoreClosedError, as close() documents."""
     store = make_store()
