@@ -274,7 +274,11 @@ class Store:
             return default
 
     def __contains__(self, key: object) -> bool:
-        """True if *key* is stored and unexpired.  Cost: one lookup, no decoding."""
+        """True if *key* is stored and unexpired.  Cost: one lookup, no decoding.
+
+        Like ``read``, a *key* that could never be stored (not a ``str``, too long) raises
+        ``InvalidKeyError`` (a ``TypeError``/``ValueError``) rather than answering False.
+        """
         kb = _key_bytes(key)
         fp = fingerprint(kb)
         with self._lock:
@@ -406,7 +410,8 @@ class Store:
         """Create many keys at once: all of them, or (on any error) none.
 
         *items* is a mapping ``{key: value}`` or an iterable of ``(key, value)`` and
-        ``(key, value, ttl)`` tuples; *ttl* applies to items that do not give their own.
+        ``(key, value, ttl)`` tuples; *ttl* applies to items that do not give their own
+        (a 3-tuple's ``None`` means "never expires", whatever *ttl* says).
         Every item is checked before anything is written, and the batch commits with one
         write, so after a crash either all of it or none of it is there.
 
