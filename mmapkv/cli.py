@@ -71,16 +71,17 @@ EXIT_BROKEN_PIPE = 141   # 128 + SIGPIPE, what `head` leaves other tools with
 
 DEMO_TTL = 60
 
-# Errors about the user's data (exit 3); every other MmapKVError or OSError means the
-# store (or the file system) is unavailable (exit 4).
-_DATA_ERRORS: tuple[type[BaseException], ...] = (
-    KeyExistsError, KeyNotFoundError, InvalidKeyError, InvalidValueError, InvalidTTLError,
-    transfer.InvalidDumpError,
-)
-
 
 class InputError(Exception):
     """A command-line argument that is not what the command needs (exit 3)."""
+
+
+# Errors about the user's data (exit 3); every other MmapKVError or OSError means the
+# store (or the file system) is unavailable (exit 4).
+_DATA_ERRORS: tuple[type[Exception], ...] = (
+    KeyExistsError, KeyNotFoundError, InvalidKeyError, InvalidValueError, InvalidTTLError,
+    transfer.InvalidDumpError, InputError,
+)
 
 
 # ------------------------------------------------------------------ helpers
@@ -90,6 +91,18 @@ def _open(path: str, *, create: bool = False) -> Store:
     if not create and not os.path.lexists(path):
         raise FileNotFoundError(2, f"no store at {os.path.abspath(path)}")
     return Store(path)
+
+
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n:,} {word if n == 1 else plural or word + 's'}"
+
+
+def _warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+def _left_out(problem: str) -> None:
+    _warn(f"left out: {problem}")
 
 
 def _print_json(value: Any) -> None:
@@ -158,7 +171,8 @@ def cmd_dump(args: argparse.Namespace) -> int:
             raise InputError(f"cannot write {args.file}: {describe_error(exc)}") from None
     try:
         with _open(args.path) as store, ProgressBar("dumping") as bar:
-            result = transfer.dump(store, out, skip_corrupt=args.skip_corrupt, progress=bar)
+            transfer.dump(store, out, skip_corrupt=args.skip_corrupt, on_skip=_left_out,
+                          progress=bar)
     except BaseException:
         if out is not sys.stdout:  # no half dump left behind to be restored later
             out.close()
@@ -167,9 +181,6 @@ def cmd_dump(args: argparse.Namespace) -> int:
         raise
     if out is not sys.stdout:
         out.close()
-    if result.corrupt:
-        print(f"{PROG}: warning: left out {result.corrupt} entries that fail their checksum",
-              file=sys.stderr)
     return EXIT_OK
 
 
@@ -188,7 +199,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         skipped.append(f"{result.existing} already present")
     if result.expired:
         skipped.append(f"{result.expired} expired")
-    print(f"restored {result.restored} keys" + (f" (skipped {', '.join(skipped)})" if skipped else ""))
+    print(f"restored {_plural(result.restored, 'key')}"
+          + (f" (skipped {', '.join(skipped)})" if skipped else ""))
     return EXIT_OK
 
 
@@ -207,16 +219,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for problem in problems:
         print(problem)
     if problems:
-        print(f"{store.path}: {len(problems)} problem{'s' * (len(problems) != 1)} found")
+        print(f"{store.path}: {_plural(len(problems), 'problem')} found")
         return EXIT_CHECK_FAILED
-    print(f"{store.path}: ok ({keys:,} entries in {slots:,} slots)")
+    print(f"{store.path}: ok ({_plural(keys, 'entry', 'entries')} in {_plural(slots, 'slot')})")
     return EXIT_OK
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
     with _open(args.path) as store, ProgressBar("compacting") as bar:
-        old_size, new_size, keys = transfer.compact(store, skip_corrupt=args.skip_corrupt, progress=bar)
-    print(f"compacted {store.path}: {old_size:,} -> {new_size:,} bytes, {keys:,} keys")
+        old_size, new_size, keys = transfer.compact(store, skip_corrupt=args.skip_corrupt,
+                                                    on_skip=_left_out, progress=bar)
+    print(f"compacted {store.path}: {old_size:,} -> {new_size:,} bytes, {_plural(keys, 'key')}")
     return EXIT_OK
 
 
@@ -306,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, AttributeError):
             pass
         return EXIT_BROKEN_PIPE
-    except (*_DATA_ERRORS, InputError) as exc:
+    except _DATA_ERRORS as exc:
         _error(describe_error(exc))
         return EXIT_DATA
     except (MmapKVError, OSError) as exc:

@@ -238,8 +238,8 @@ def render(r: dict[str, Any]) -> str:
         ("expired keys", f"{r['expired_keys']:,} not yet reclaimed"),
         ("free slots", f"{r['free_slots']:,} never used, {r['deleted_slots']:,} deleted"
                        + (f", {r['pending_slots']:,} of an uncommitted batch" if r["pending_slots"] else "")),
-        ("load factor", f"{r['load_factor']:.4f} ({r['table_entries']:,} entries in "
-                        f"{r['table_capacity']:,} table positions)"),
+        ("load factor", f"{r['load_factor']:.3g} ({r['table_entries']:,} of "
+                        f"{r['table_capacity']:,} table positions used)"),
     ]
     out = [f"{name:<16} {text}" for name, text in lines]
     if r["probe_max"] is None:

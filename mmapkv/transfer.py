@@ -117,10 +117,24 @@ def _read_slot(engine: Engine, slot: int) -> Entry | str | None:
                  bytes(mm[off + VALUE_OFFSET:end]), flags, expires, seq)
 
 
-def _entries(engine: Engine, skip_corrupt: bool, corrupt: list[int],
+def _skipper(skip_corrupt: bool, on_skip: Callable[[str], None] | None,
+             skipped: list[str]) -> Callable[[str], None] | None:
+    """What ``_entries`` calls for a broken entry: None (raise) unless *skip_corrupt*."""
+    if not skip_corrupt:
+        return None
+
+    def skip(problem: str) -> None:
+        skipped.append(problem)
+        if on_skip is not None:
+            on_skip(problem)
+
+    return skip
+
+
+def _entries(engine: Engine, skip: Callable[[str], None] | None,
              progress: Progress | None, total: int) -> Iterator[Entry]:
     """Every intact LIVE entry below high_water, in slot order.  A broken one raises
-    ``CorruptStoreError`` unless *skip_corrupt*; then its slot is appended to *corrupt*."""
+    ``CorruptStoreError``, or with *skip* given, is passed over after ``skip(problem)``."""
     for slot in range(engine.high_water):
         if progress is not None and slot % _PROGRESS_EVERY == 0:
             progress(slot, total)
@@ -128,8 +142,8 @@ def _entries(engine: Engine, skip_corrupt: bool, corrupt: list[int],
         if got is None:
             continue
         if isinstance(got, str):
-            if skip_corrupt:
-                corrupt.append(slot)
+            if skip is not None:
+                skip(got)
                 continue
             raise CorruptStoreError(f"{engine.path}: {got}; `mmapkv verify` lists every problem, "
                                     "and skip_corrupt=True (--skip-corrupt) leaves such entries out")
@@ -139,6 +153,7 @@ def _entries(engine: Engine, skip_corrupt: bool, corrupt: list[int],
 # ------------------------------------------------------------------ dump
 
 def dump(store: Store, out: IO[str], *, skip_corrupt: bool = False,
+         on_skip: Callable[[str], None] | None = None,
          progress: Progress | None = None) -> DumpResult:
     """Write every unexpired entry of *store* to *out* as JSON Lines, in slot order.
 
@@ -146,25 +161,38 @@ def dump(store: Store, out: IO[str], *, skip_corrupt: bool = False,
     integers beyond 64 bits and float digits survive.  The store's lock is held
     throughout, so the dump is one consistent snapshot.  O(slots + bytes of values).
 
+    With *skip_corrupt*, an entry that fails its checksum is left out, and *on_skip*
+    (if given) is called with a sentence saying which.
+
+    >>> import io, tempfile, os
+    >>> with Store(os.path.join(tempfile.mkdtemp(), "s"), clock=lambda: 1000.0) as store:
+    ...     store.create("user:1", {"name": "Ada"}, ttl=60)
+    ...     out = io.StringIO()
+    ...     dump(store, out)
+    ...     print(out.getvalue(), end="")
+    DumpResult(written=1, expired=0, corrupt=0)
+    {"key":"user:1","value":{"name":"Ada"},"expires_at":1060.0}
+
     :raises CorruptStoreError: an entry fails its checksum (unless *skip_corrupt*).
     """
     written = expired = 0
-    corrupt: list[int] = []
+    corrupt: list[str] = []
+    skip = _skipper(skip_corrupt, on_skip, corrupt)
     with store._lock:
         engine = _engine(store)
         now = store._clock()
         total = engine.high_water
-        for entry in _entries(engine, skip_corrupt, corrupt, progress, total):
+        for entry in _entries(engine, skip, progress, total):
             if entry.expires_at and entry.expires_at <= now:
                 expired += 1
                 continue
             try:
                 key, value = entry.key.decode("utf-8"), entry.data.decode("utf-8")
             except UnicodeDecodeError:  # checksum held, so the writer was wrong: treat as corrupt
-                if not skip_corrupt:
-                    raise CorruptStoreError(f"{engine.path}: slot {entry.slot} holds text that is "
-                                            "not UTF-8") from None
-                corrupt.append(entry.slot)
+                problem = f"slot {entry.slot} holds text that is not UTF-8"
+                if skip is None:
+                    raise CorruptStoreError(f"{engine.path}: {problem}") from None
+                skip(problem)
                 continue
             expires = json.dumps(entry.expires_at) if entry.expires_at else "null"
             out.write(f'{{"key":{json.dumps(key, ensure_ascii=False)},"value":{value},'
@@ -315,6 +343,7 @@ def restore(store: Store, source: IO[bytes], *, skip_existing: bool = False,
 # ------------------------------------------------------------------ compact
 
 def compact(store: Store, *, skip_corrupt: bool = False,
+            on_skip: Callable[[str], None] | None = None,
             progress: Progress | None = None) -> tuple[int, int, int]:
     """Rewrite *store* into the smallest file that holds its unexpired keys.
 
@@ -326,7 +355,8 @@ def compact(store: Store, *, skip_corrupt: bool = False,
     O(slots + bytes of live values).
 
     :raises CorruptStoreError: an entry fails its checksum (unless *skip_corrupt*, which
-        leaves it out); the old file is untouched.
+        leaves it out and calls *on_skip* with a sentence saying which); the old file
+        is untouched.
     :raises DiskFullError: the disk has no room for the new file; the old file stands.
     """
     with store._lock:
@@ -335,9 +365,9 @@ def compact(store: Store, *, skip_corrupt: bool = False,
         path = store.path
         # Pass 1: which slot holds each live key (the newer copy, should a crash have left two).
         chosen: dict[bytes, tuple[int, int]] = {}
-        corrupt: list[int] = []
+        skip = _skipper(skip_corrupt, on_skip, [])
         total = 2 * old.high_water
-        for entry in _entries(old, skip_corrupt, corrupt, progress, total):
+        for entry in _entries(old, skip, progress, total):
             if entry.expires_at and entry.expires_at <= now:
                 continue
             previous = chosen.get(entry.key)
@@ -354,9 +384,9 @@ def compact(store: Store, *, skip_corrupt: bool = False,
             for n, slot in enumerate(slots):
                 if progress is not None and n % _PROGRESS_EVERY == 0:
                     progress(old.high_water + n * old.high_water // max(len(slots), 1), total)
-                entry = _read_slot(old, slot)
-                assert isinstance(entry, Entry)  # checked in pass 1, under the same lock
-                new.insert(entry.key, fingerprint(entry.key), entry.data, entry.flags, entry.expires_at)
+                got = _read_slot(old, slot)
+                assert isinstance(got, Entry)  # checked in pass 1, under the same lock
+                new.insert(got.key, fingerprint(got.key), got.data, got.flags, got.expires_at)
             new.flush()
             os.fsync(new._fd)  # the file's size and blocks, not only the mapped pages
             os.replace(tmp, path)  # the commit point: from here the path names the new file

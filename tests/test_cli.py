@@ -168,13 +168,13 @@ def test_restore_existing_and_skip_existing(run: Run, tmp_path: Any, path: str) 
     assert "nothing was restored" in err
     assert run("keys", "--path", path)[1] == "b\n"
     code, out, _ = run("restore", str(dump_file), "--skip-existing", "--path", path)
-    assert (code, out) == (0, "restored 1 keys (skipped 1 already present, 1 expired)\n")
+    assert (code, out) == (0, "restored 1 key (skipped 1 already present, 1 expired)\n")
     assert json.loads(run("get", "b", "--path", path)[1]) == {"mine": True}
 
 
 def test_restore_from_stdin(run: Run, path: str, monkeypatch: Any) -> None:
     stdin(monkeypatch, b'{"key":"s","value":{"via":"stdin"},"expires_at":null}\n')
-    assert run("restore", "-", "--path", path)[:2] == (0, "restored 1 keys\n")
+    assert run("restore", "-", "--path", path)[:2] == (0, "restored 1 key\n")
     assert json.loads(run("get", "s", "--path", path)[1]) == {"via": "stdin"}
 
 
@@ -214,7 +214,7 @@ def test_verify_good_and_corrupt(run: Run, path: str) -> None:
         store.create("good", {"v": 1})
         store.create("bad", {"v": "corrupt-me-please"})
     code, out, _ = run("verify", "--path", path)
-    assert code == 0 and out.endswith(": ok (2 entries in 8 slots)\n")
+    assert (code, out) == (0, f"{path}: ok (2 entries in 8 slots)\n")
     flip_value_byte(path, b"corrupt-me-please")
     code, out, _ = run("verify", "--path", path)
     assert code == 1
@@ -223,10 +223,17 @@ def test_verify_good_and_corrupt(run: Run, path: str) -> None:
     code, _, err = run("get", "bad", "--path", path)  # reading it is a store problem
     assert code == 4 and "fails its checksum" in err
     assert json.loads(run("get", "good", "--path", path)[1]) == {"v": 1}
+    code, _, err = run("dump", "--path", path)
+    assert code == 4 and "--skip-corrupt" in err
+    code, out, err = run("dump", "--skip-corrupt", "--path", path)
+    assert code == 0 and [json.loads(line)["key"] for line in out.splitlines()] == ["good"]
+    assert err == "mmapkv: warning: left out: slot 1 fails its checksum\n"
     code, _, err = run("compact", "--path", path)
     assert code == 4 and "--skip-corrupt" in err
-    assert run("compact", "--skip-corrupt", "--path", path)[0] == 0
-    assert run("verify", "--path", path)[0] == 0
+    code, out, err = run("compact", "--skip-corrupt", "--path", path)
+    assert code == 0 and out.endswith(", 1 key\n")
+    assert err == "mmapkv: warning: left out: slot 1 fails its checksum\n"
+    assert run("verify", "--path", path)[:2] == (0, f"{path}: ok (1 entry in 8 slots)\n")
 
 
 def test_verify_after_a_crash_notes_the_recovery(run: Run, path: str) -> None:

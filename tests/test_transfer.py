@@ -360,9 +360,12 @@ def test_corrupt_slot_is_found_and_can_be_left_out(tmp_path: Any, clock: Any) ->
             transfer.dump(store, io.StringIO())
         with pytest.raises(CorruptStoreError):
             transfer.compact(store)
-        out = io.StringIO()
-        assert transfer.dump(store, out, skip_corrupt=True) == transfer.DumpResult(1, 0, 1)
-        assert transfer.compact(store, skip_corrupt=True)[2] == 1
+        out, skipped = io.StringIO(), []
+        assert transfer.dump(store, out, skip_corrupt=True, on_skip=skipped.append) == \
+            transfer.DumpResult(1, 0, 1)
+        assert skipped == ["slot 1 fails its checksum"] and '"good"' in out.getvalue()
+        assert transfer.compact(store, skip_corrupt=True, on_skip=skipped.append)[2] == 1
+        assert skipped == ["slot 1 fails its checksum"] * 2
         assert store.keys() == ["good"] and store.verify() == [] and transfer.check_slots(store) == []
 
 
