@@ -1,0 +1,1512 @@
+"""Benchmark mmapkv against the stores a Python user would otherwise pick.
+
+Run ``python -m mmapkv.bench`` (``pip install -e ".[bench]"`` first for the peers); ``--quick``
+is the few-second version CI runs.  It prints a table and writes ``results.json`` and
+``latency.png`` to ``--out`` (default ``docs/bench``); ``docs/benchmarks.md`` shows them.
+
+Method, in short (the long version is in ``docs/benchmarks.md``):
+
+* Every operation is timed on its own with ``time.perf_counter_ns`` and reported as
+  percentiles (median, p99, ...), never as a mean: a mean hides the tail and is pulled
+  around by the noise of a shared machine.
+* All stores of one (N, value size) group are open at once and take turns: chunks of
+  ``CHUNK`` operations, round-robin, with the order rotated each turn.  Whatever the
+  machine does meanwhile hits every store alike, so the *ratios* between stores are what
+  to read; absolute numbers move from run to run.
+* The cyclic garbage collector is paused while timing (and run between phases), so the
+  garbage of one store does not land in the timings of the next one.
+* Every store gives mmapkv's semantics where they matter for the time: ``create``
+  refuses an existing key, a read of a missing key raises ``KeyError``, a batch is all
+  or nothing.  Peers that store bytes run twice, with stdlib ``json`` and with mmapkv's
+  own codec, so the engines can be compared apart from the codec.
+* Designs whose every call is O(n) (the JSON file, ``dbm.dumb``'s delete) would take
+  hours at full size; for them a spread-out sample of the calls is timed and the ones
+  in between are done in bulk, untimed (``Adapter.caps``; ``count`` in the results says
+  how many calls were timed).
+
+Peers are imported lazily: a missing one is skipped with a note, so this module imports
+(and its doctests run) without the ``bench`` extra.
+
+>>> percentiles([5, 1, 4, 2, 3])["median_ns"]
+3
+>>> len(encode_json(make_record(random.Random(1), 1024))) in range(1014, 1035)
+True
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import gc
+import json
+import math
+import os
+import pickle
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+__all__ = ["main", "make_record", "percentiles", "ADAPTERS", "OPS", "SIZES"]
+
+OPS = ("create", "read_hit", "read_miss", "delete", "batch_create", "open")
+SIZES = {"100B": 100, "1KiB": 1024, "10KiB": 10240}
+FULL_NS = (1_000, 10_000, 50_000)
+QUICK_NS = (1_000,)
+QUICK_SIZES = ("1KiB",)
+JSONFILE_MAX_N = 1_000      # the naive JSON file is O(n) per call: only at small N
+CHUNK = 500                 # operations per store per turn of the round-robin
+BATCH = 100                 # keys per batch_create call
+POOL = 1_000                # distinct records per value size (key i stores record i % POOL)
+OPEN_REPEATS = 20           # opens of each store, interleaved
+LMDB_MAP_SIZE = 1 << 33     # virtual only: lmdb's map is sparse
+PERCENTILES = (("median_ns", 0.5), ("p90_ns", 0.9), ("p99_ns", 0.99), ("p999_ns", 0.999))
+
+_perf = time.perf_counter_ns
+
+
+class BenchError(Exception):
+    """A store misbehaved (a read returned the wrong value, a miss returned...)."""
+
+
+class KeyExists(Exception):
+    """Raised by the peers' ``create`` glue when the key is there already."""
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def percentiles(samples: Sequence[int] | array.array) -> dict[str, int]:
+    """Nearest-rank percentiles (each one an observed value) of nanosecond *samples*.
+
+    >>> p = percentiles(range(1, 1001))
+    >>> p["median_ns"], p["p99_ns"], p["max_ns"], p["count"]
+    (500, 990, 1000, 1000)
+    """
+    s = sorted(samples)
+    n = len(s)
+    if not n:
+        return {"count": 0}
+    out = {"count": n, "min_ns": s[0]}
+    for name, q in PERCENTILES:
+        out[name] = s[max(0, math.ceil(q * n) - 1)]
+    out["max_ns"] = s[-1]
+    return out
+
+
+# --------------------------------------------------------------------------- values
+
+_WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliett kilo lima mike "
+          "november oscar papa quebec romeo sierra tango uniform victor whiskey x-ray yankee "
+          "zulu order invoice shipped pending returned priority customer warehouse Zoë José "
+          "Müller Ærø naïve café").split()
+_CITIES = ("Lisbon", "Zürich", "Osaka", "Nairobi", "Montréal", "Oslo", "Lima", "Austin")
+
+
+def _text(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(words))
+
+
+def make_record(rng: random.Random, target: int) -> dict[str, Any]:
+    """A realistic JSON record (nested objects, lists, strings, ints, floats, bools, null)
+    whose compact JSON text is about *target* bytes.
+
+    >>> rec = make_record(random.Random(7), 100)
+    >>> sorted(rec), 90 <= len(encode_json(rec)) <= 110
+    (['active', 'bio', 'id', 'name', 'score', 'tags'], True)
+    """
+    rec: dict[str, Any] = {
+        "id": rng.randrange(10**9),
+        "name": f"{rng.choice(_WORDS).title()} {rng.choice(_WORDS).title()}",
+        "active": rng.random() < 0.8,
+        "score": round(rng.uniform(0, 100), 2),
+        "tags": [rng.choice(_WORDS) for _ in range(2)],
+    }
+    if target > 200:
+        rec["email"] = f"{rng.choice(_WORDS).lower()}.{rng.randrange(1000)}@example.com"
+        rec["created"] = f"2024-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}T" \
+                         f"{rng.randrange(24):02d}:{rng.randrange(60):02d}:00Z"
+        rec["address"] = {"street": f"{rng.randrange(1, 999)} {_text(rng, 2)}", "city": rng.choice(_CITIES),
+                          "zip": f"{rng.randrange(10000, 99999)}", "geo": [round(rng.uniform(-90, 90), 5),
+                                                                          round(rng.uniform(-180, 180), 5)]}
+        rec["prefs"] = {"lang": rng.choice(["en", "fr", "de", "ja"]), "newsletter": rng.random() < 0.5,
+                        "theme": None, "limits": {"daily": rng.randrange(100), "burst": rng.randrange(10)}}
+        rec["events"] = []
+    size = len(encode_json(rec))
+    while target > 200 and size < target - 160:
+        event = {"at": 1_700_000_000 + rng.randrange(10**7), "kind": rng.choice(_WORDS),
+                 "amount": round(rng.uniform(1, 500), 2), "qty": rng.randrange(1, 9),
+                 "ok": rng.random() < 0.9, "note": _text(rng, rng.randrange(1, 5))}
+        rec["events"].append(event)
+        size += len(encode_json(event)) + 1  # and a comma
+    # Pad with a text field so the sizes are comparable from record to record.
+    rec["bio"] = ""
+    missing = target - len(encode_json(rec))
+    if missing > 0:
+        rec["bio"] = (_text(rng, missing // 4 + 2) + " " * missing)[:missing].rstrip() or "x"
+    return rec
+
+
+def encode_json(value: Any) -> bytes:
+    """mmapkv's definition of a value's size: compact UTF-8 JSON, non-ASCII unescaped."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+_POOLS: dict[tuple[str, int], list[dict[str, Any]]] = {}
+
+
+def make_pool(size_name: str, seed: int, count: int = POOL) -> list[dict[str, Any]]:
+    """*count* (at most ``POOL``) seeded records of about ``SIZES[size_name]`` bytes."""
+    pool = _POOLS.get((size_name, seed))
+    if pool is None:
+        rng = random.Random(f"{seed}:{size_name}")
+        pool = _POOLS[size_name, seed] = [make_record(rng, SIZES[size_name]) for _ in range(POOL)]
+    return pool[:count]
+
+
+# --------------------------------------------------------------------------- codecs
+
+
+def _codecs() -> dict[str, tuple[Callable[[Any], bytes], Callable[[bytes], Any]]]:
+    """The (encode, decode) pairs the byte-storing peers run with."""
+    from . import codec as mm_codec
+
+    mm_encode, mm_decode = mm_codec.encode, mm_codec.decode
+    dumps, loads = json.dumps, json.loads
+    pdumps, ploads = pickle.dumps, pickle.loads
+    return {
+        # What a user of stdlib json writes: the defaults.
+        "json": (lambda v: dumps(v).encode("utf-8"), loads),
+        # mmapkv's codec, rules included (our records never need its big-int flag).
+        "mmapkv": (lambda v: mm_encode(v)[0], lambda b: mm_decode(b, 0)),
+        "pickle": (lambda v: pdumps(v, pickle.HIGHEST_PROTOCOL), ploads),
+    }
+
+
+# --------------------------------------------------------------------------- stores
+
+
+def _files_usage(paths: Iterable[str]) -> tuple[int, int]:
+    """(apparent bytes, allocated bytes) of the files that exist among *paths*."""
+    size = blocks = 0
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            continue
+        size += st.st_size
+        blocks += st.st_blocks * 512
+    return size, blocks
+
+
+def _dir_usage(path: str) -> tuple[int, int]:
+    files = [os.path.join(root, f) for root, _, names in os.walk(path) for f in names]
+    return _files_usage(files)
+
+
+class Adapter:
+    """One store under test, used the way its users would use it.
+
+    Subclasses set the operation callables in ``open``: ``create(key, value)``,
+    ``read(key) -> dict`` (``KeyError`` when missing), ``delete(key)`` (``KeyError``
+    when missing) and ``batch(pairs)`` (all or nothing).  ``fill`` and ``drop`` are the
+    fastest untimed way to add or remove many keys, used only around sampled calls.
+    """
+
+    family = ""
+    requires: tuple[str, ...] = ()
+    codecs: tuple[str | None, ...] = (None,)
+    persistent = True       # has an "open an existing store" step worth timing
+    caps: dict[str, int] = {}   # op -> most timed calls, for O(n)-per-call designs
+    max_n: int | None = None
+
+    create: Callable[[str, Any], None]
+    read: Callable[[str], Any]
+    delete: Callable[[str], None]
+    batch: Callable[[list[tuple[str, Any]]], None]
+
+    def __init__(self, root: str, codec: str | None) -> None:
+        self.codec = codec
+        self.name = f"{self.family}[{codec}]" if codec else self.family
+        self.root = root
+        self.place("create")
+        if codec:
+            self.encode, self.decode = _codecs()[codec]
+
+    def place(self, phase: str) -> None:
+        """Keep the store's files in a new directory from here on.
+
+        Old files are not deleted mid-run: removing a big store file can stall the disk
+        for seconds (on a ``discard`` mount, freeing mmapkv's many written/unwritten
+        extents of a fallocated file is ~2 ms per slot), which would land in the
+        timings of the next phase.  The whole tree goes at the end of the run.
+        """
+        self.dir = os.path.join(self.root, phase, self.name.replace("[", "-").replace("]", ""))
+        os.makedirs(self.dir, exist_ok=True)
+
+    @classmethod
+    def missing(cls) -> str | None:
+        """Why this store cannot run here (a peer not installed), or None."""
+        for module in cls.requires:
+            try:
+                __import__(module)
+            except ImportError as exc:
+                return f"{module} is not installed ({exc}); pip install -e \".[bench]\""
+        return None
+
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def destroy(self, phase: str) -> None:
+        """Close, and start the next *phase* from nothing (a new directory)."""
+        self.close()
+        self.place(phase)
+
+    def usage(self) -> tuple[int, int]:
+        return _dir_usage(self.dir)
+
+    def fill(self, pairs: list[tuple[str, Any]]) -> None:
+        for k, v in pairs:
+            self.create(k, v)
+
+    def drop(self, keys: list[str]) -> None:
+        for k in keys:
+            self.delete(k)
+
+
+class MmapkvAdapter(Adapter):
+    family = "mmapkv"
+
+    def open(self) -> None:
+        from . import Store
+
+        self.store = s = Store(os.path.join(self.dir, "store.mmapkv"))
+        # The public methods themselves: no glue in the way.
+        self.create, self.read, self.delete, self.batch = s.create, s.read, s.delete, s.batch_create
+
+    def close(self) -> None:
+        self.store.close()
+
+    def fill(self, pairs: list[tuple[str, Any]]) -> None:
+        self.store.batch_create(pairs)
+
+
+class DictAdapter(Adapter):
+    """A plain ``dict``: the in-memory limit (no persistence, no copy on read)."""
+
+    family = "dict"
+    persistent = False
+
+    def __init__(self, root: str, codec: str | None) -> None:
+        super().__init__(root, codec)
+        self.data: dict[str, Any] | None = None
+
+    def open(self) -> None:
+        if self.data is None:
+            self.data = {}
+        d = self.data
+
+        def create(k: str, v: Any) -> None:
+            if k in d:
+                raise KeyExists(k)
+            d[k] = v
+
+        def delete(k: str) -> None:
+            del d[k]
+
+        def batch(pairs: list[tuple[str, Any]]) -> None:
+            for k, _ in pairs:
+                if k in d:
+                    raise KeyExists(k)
+            d.update(pairs)
+
+        self.create, self.read, self.delete, self.batch = create, d.__getitem__, delete, batch
+
+    def close(self) -> None:
+        pass
+
+    def destroy(self, phase: str) -> None:
+        self.data = None
+
+
+class JsonFileAdapter(Adapter):
+    """The naive design: load the whole JSON file, change it, rewrite it, every call."""
+
+    family = "jsonfile"
+    persistent = False  # nothing happens at "open": every call loads the file
+    caps = {"create": 200, "read_hit": 200, "read_miss": 200, "delete": 200}
+    max_n = JSONFILE_MAX_N
+
+    def open(self) -> None:
+        path = self.path = os.path.join(self.dir, "store.json")
+        if not os.path.exists(path):
+            with open(path, "w", encoding="utf-8") as f:
+                f.write("{}")
+
+        def load() -> dict[str, Any]:
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)  # type: ignore[no-any-return]
+
+        def save(data: dict[str, Any]) -> None:
+            # json.dumps, not json.dump: dump() runs the pure-Python encoder, ~5x slower,
+            # and the comparison should not hinge on that pitfall.
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(json.dumps(data))
+
+        def create(k: str, v: Any) -> None:
+            data = load()
+            if k in data:
+                raise KeyExists(k)
+            data[k] = v
+            save(data)
+
+        def read(k: str) -> Any:
+            return load()[k]
+
+        def delete(k: str) -> None:
+            data = load()
+            del data[k]
+            save(data)
+
+        def batch(pairs: list[tuple[str, Any]]) -> None:
+            data = load()
+            for k, _ in pairs:
+                if k in data:
+                    raise KeyExists(k)
+            data.update(pairs)
+            save(data)
+
+        def drop(keys: list[str]) -> None:
+            data = load()
+            for k in keys:
+                del data[k]
+            save(data)
+
+        self.create, self.read, self.delete, self.batch = create, read, delete, batch
+        self.fill, self.drop = batch, drop  # type: ignore[method-assign]
+
+    def close(self) -> None:
+        pass
+
+
+class LmdbAdapter(Adapter):
+    """py-lmdb with ``sync=False``: one write transaction per create or delete, a read
+    transaction per read, ``putmulti`` in one transaction for a batch."""
+
+    family = "lmdb"
+    requires = ("lmdb",)
+    codecs = ("json", "mmapkv")
+
+    def open(self) -> None:
+        import lmdb
+
+        self.env = env = lmdb.open(self.dir, map_size=LMDB_MAP_SIZE, sync=False)
+        encode, decode, begin = self.encode, self.decode, env.begin
+
+        def create(k: str, v: Any) -> None:
+            with begin(write=True) as txn:
+                if not txn.put(k.encode(), encode(v), overwrite=False):
+                    raise KeyExists(k)
+
+        def read(k: str) -> Any:
+            with begin() as txn:
+                data = txn.get(k.encode())
+            if data is None:
+                raise KeyError(k)
+            return decode(data)
+
+        def delete(k: str) -> None:
+            with begin(write=True) as txn:
+                if not txn.delete(k.encode()):
+                    raise KeyError(k)
+
+        def batch(pairs: list[tuple[str, Any]]) -> None:
+            items = [(k.encode(), encode(v)) for k, v in pairs]
+            with begin(write=True) as txn:
+                _, added = txn.cursor().putmulti(items, overwrite=False)
+                if added != len(items):
+                    raise KeyExists("a key of the batch exists")  # aborts the transaction
+
+        self.create, self.read, self.delete, self.batch = create, read, delete, batch
+        self.fill = batch  # type: ignore[method-assign]
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class DiskcacheAdapter(Adapter):
+    """python-diskcache ``Cache`` with its defaults; ``add`` is its create-if-absent."""
+
+    family = "diskcache"
+    requires = ("diskcache",)
+    codecs = ("json", "mmapkv", "pickle")
+
+    def open(self) -> None:
+        import diskcache
+
+        self.cache = cache = diskcache.Cache(self.dir)
+        # "pickle" is diskcache's own default: hand it the dict and let it pickle.
+        encode, decode = (self.encode, self.decode) if self.codec != "pickle" else (None, None)
+        add, getitem = cache.add, cache.__getitem__
+
+        if encode is None:
+            def create(k: str, v: Any) -> None:
+                if not add(k, v):
+                    raise KeyExists(k)
+            read = getitem
+        else:
+            def create(k: str, v: Any) -> None:
+                if not add(k, encode(v)):
+                    raise KeyExists(k)
+
+            def read(k: str) -> Any:
+                return decode(getitem(k))
+
+        def batch(pairs: list[tuple[str, Any]]) -> None:
+            with cache.transact():  # rolls back if we raise
+                for k, v in pairs:
+                    if not add(k, v if encode is None else encode(v)):
+                        raise KeyExists(k)
+
+        self.create, self.read, self.delete, self.batch = create, read, cache.__delitem__, batch
+        self.fill = batch  # type: ignore[method-assign]
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+class SqlitedictAdapter(Adapter):
+    """sqlitedict with ``autocommit=True``; its own pickle, or our codec as encode/decode."""
+
+    family = "sqlitedict"
+    requires = ("sqlitedict",)
+    codecs = ("json", "mmapkv", "pickle")
+
+    def open(self) -> None:
+        from sqlitedict import SqliteDict
+
+        kwargs: dict[str, Any] = {}
+        if self.codec != "pickle":
+            kwargs = {"encode": self.encode, "decode": self.decode}
+        self.db = db = SqliteDict(os.path.join(self.dir, "store.sqlite"), autocommit=True, **kwargs)
+        contains, setitem = db.__contains__, db.__setitem__
+
+        def create(k: str, v: Any) -> None:
+            if contains(k):
+                raise KeyExists(k)
+            setitem(k, v)
+
+        def batch(pairs: list[tuple[str, Any]]) -> None:
+            for k, _ in pairs:
+                if contains(k):
+                    raise KeyExists(k)
+            db.update(pairs)  # one executemany and one commit
+
+        self.create, self.read, self.delete, self.batch = create, db.__getitem__, db.__delitem__, batch
+        self.fill = batch  # type: ignore[method-assign]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class DbmDumbAdapter(Adapter):
+    """``dbm.dumb``, what ``dbm``/``shelve`` fall back to.  Its delete rewrites the whole
+    index file (O(n)), so deletes are sampled."""
+
+    family = "dbm.dumb"
+    codecs = ("json", "mmapkv")
+    caps = {"delete": 200}
+
+    def open(self) -> None:
+        import dbm.dumb
+
+        self.db = db = dbm.dumb.open(os.path.join(self.dir, "store"), "c")
+        encode, decode = self.encode, self.decode
+        contains, setitem, getitem = db.__contains__, db.__setitem__, db.__getitem__
+
+        def create(k: str, v: Any) -> None:
+            if contains(k):
+                raise KeyExists(k)
+            setitem(k, encode(v))
+
+        def read(k: str) -> Any:
+            return decode(getitem(k))
+
+        def batch(pairs: list[tuple[str, Any]]) -> None:  # no bulk API: a loop
+            for k, _ in pairs:
+                if contains(k):
+                    raise KeyExists(k)
+            for k, v in pairs:
+                setitem(k, encode(v))
+
+        self.create, self.read, self.delete, self.batch = create, read, db.__delitem__, batch
+
+    def drop(self, keys: list[str]) -> None:
+        # Untimed bulk delete between sampled ones: what __delitem__ does, with one
+        # rewrite of the index file instead of one per key.
+        db = self.db
+        for k in keys:
+            del db._index[k.encode("utf-8")]  # type: ignore[attr-defined]
+        db._modified = True  # type: ignore[attr-defined]
+        db._commit()  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+ADAPTERS: tuple[type[Adapter], ...] = (
+    MmapkvAdapter, DictAdapter, LmdbAdapter, DiskcacheAdapter, SqlitedictAdapter,
+    DbmDumbAdapter, JsonFileAdapter,
+)
+
+
+def available(families: Sequence[str] | None, notes: list[str]) -> list[type[Adapter]]:
+    """The store classes to run: those asked for whose modules import."""
+    out: list[type[Adapter]] = []
+    for cls in ADAPTERS:
+        if families and cls.family not in families:
+            continue
+        why = cls.missing()
+        if why:
+            notes.append(f"{cls.family} skipped: {why}")
+            continue
+        out.append(cls)
+    return out
+
+
+# --------------------------------------------------------------------------- the timed run
+
+
+def _rotated(items: list[Adapter], turn: int) -> list[Adapter]:
+    k = turn % len(items) if items else 0
+    return items[k:] + items[:k]
+
+
+def _stride(n: int, cap: int | None) -> int:
+    """Time every *stride*-th call so that at most *cap* of *n* are timed."""
+    return 1 if not cap or n <= cap else math.ceil(n / cap)
+
+
+class Group:
+    """One (N, value size) configuration: all its stores, their samples and sizes."""
+
+    def __init__(self, classes: list[type[Adapter]], root: str, n: int, size_name: str,
+                 pool: list[dict[str, Any]], seed: int, quick: bool) -> None:
+        self.adapters = [cls(root, codec) for cls in classes if cls.max_n is None or n <= cls.max_n
+                         for codec in cls.codecs]
+        self.n, self.size_name, self.pool = n, size_name, pool
+        rng = random.Random(f"{seed}:{n}:{size_name}")
+        ids = list(range(n))
+        rng.shuffle(ids)
+        self.create_order = [(f"user:{i:08d}", pool[i % len(pool)]) for i in ids]
+        self.read_order = [k for k, _ in self.create_order]
+        rng.shuffle(self.read_order)
+        self.miss_order = [f"user:{n + i:08d}" for i in ids]
+        self.delete_order = [k for k, _ in self.create_order]
+        rng.shuffle(self.delete_order)
+        self.expected = {f"user:{i:08d}": pool[i % len(pool)] for i in range(n)}
+        self.samples: dict[str, dict[str, array.array]] = {
+            a.name: {op: array.array("q") for op in OPS} for a in self.adapters}
+        self.usage: dict[str, tuple[int, int]] = {}
+        self.seconds = {a.name: 0.0 for a in self.adapters}  # wall time in the phases
+        self.quick = quick
+
+    def cap(self, a: Adapter, op: str) -> int | None:
+        cap = a.caps.get(op)
+        return None if cap is None else (max(cap // 10, 20) if self.quick else cap)
+
+    # Each phase walks the same work list for every store, CHUNK items per turn.
+    def _phase(self, op: str, work: list[Any], run: Callable[[Adapter, list[Any], int], None]) -> None:
+        gc.collect()
+        gc.disable()
+        try:
+            for turn, start in enumerate(range(0, len(work), CHUNK)):
+                part = work[start:start + CHUNK]
+                for a in _rotated(self.adapters, turn):
+                    t0 = time.monotonic()
+                    run(a, part, start)
+                    self.seconds[a.name] += time.monotonic() - t0
+        finally:
+            gc.enable()
+
+    def run(self) -> None:
+        for a in self.adapters:
+            a.open()
+        self._phase("create", self.create_order, self._creates)
+        for a in self.adapters:
+            self.usage[a.name] = a.usage()
+        self._opens()
+        self._phase("read_hit", self.read_order, self._reads)
+        self._phase("read_miss", self.miss_order, self._misses)
+        self._phase("delete", self.delete_order, self._deletes)
+        for a in self.adapters:
+            a.destroy("batch")
+            a.open()
+        batches = [self.create_order[i:i + BATCH] for i in range(0, self.n, BATCH)]
+        self._phase("batch_create", batches, self._batches)
+        for a in self.adapters:
+            a.destroy("done")
+
+    def _creates(self, a: Adapter, part: list[tuple[str, Any]], start: int) -> None:
+        out = self.samples[a.name]["create"].append
+        stride = _stride(self.n, self.cap(a, "create"))
+        create, perf = a.create, _perf
+        if stride == 1:
+            for k, v in part:
+                t0 = perf()
+                create(k, v)
+                t1 = perf()
+                out(t1 - t0)
+            return
+        pending = []
+        for i, (k, v) in enumerate(part, start):
+            if (i + 1) % stride:
+                pending.append((k, v))
+                continue
+            if pending:
+                a.fill(pending)
+                pending = []
+            t0 = perf()
+            create(k, v)
+            t1 = perf()
+            out(t1 - t0)
+        if pending:
+            a.fill(pending)
+
+    def _reads(self, a: Adapter, part: list[str], start: int) -> None:
+        out = self.samples[a.name]["read_hit"].append
+        stride = _stride(self.n, self.cap(a, "read_hit"))
+        read, perf, expected = a.read, _perf, self.expected
+        for i, k in enumerate(part, start):
+            if (i + 1) % stride:
+                continue
+            t0 = perf()
+            v = read(k)
+            t1 = perf()
+            out(t1 - t0)
+            if not i % 997 and v != expected[k]:
+                raise BenchError(f"{a.name}: read({k!r}) returned a different value")
+
+    def _misses(self, a: Adapter, part: list[str], start: int) -> None:
+        out = self.samples[a.name]["read_miss"].append
+        stride = _stride(self.n, self.cap(a, "read_miss"))
+        read, perf = a.read, _perf
+        for i, k in enumerate(part, start):
+            if (i + 1) % stride:
+                continue
+            t0 = perf()
+            try:
+                read(k)
+            except KeyError:
+                t1 = perf()
+            else:
+                raise BenchError(f"{a.name}: read of the missing key {k!r} returned a value")
+            out(t1 - t0)
+
+    def _deletes(self, a: Adapter, part: list[str], start: int) -> None:
+        out = self.samples[a.name]["delete"].append
+        stride = _stride(self.n, self.cap(a, "delete"))
+        delete, perf = a.delete, _perf
+        pending: list[str] = []
+        for i, k in enumerate(part, start):
+            if (i + 1) % stride:
+                pending.append(k)
+                continue
+            if pending:
+                a.drop(pending)
+                pending = []
+            t0 = perf()
+            delete(k)
+            t1 = perf()
+            out(t1 - t0)
+        if pending:
+            a.drop(pending)
+
+    def _batches(self, a: Adapter, part: list[list[tuple[str, Any]]], start: int) -> None:
+        out = self.samples[a.name]["batch_create"].append
+        batch, perf = a.batch, _perf
+        for pairs in part:
+            t0 = perf()
+            batch(pairs)
+            t1 = perf()
+            out((t1 - t0) // len(pairs))  # per key, comparable with create
+
+    def _opens(self) -> None:
+        stores = [a for a in self.adapters if a.persistent]
+        repeats = 5 if self.quick else OPEN_REPEATS
+        gc.collect()
+        gc.disable()
+        try:
+            for rep in range(repeats):
+                for a in _rotated(stores, rep):
+                    a.close()
+                    t0 = _perf()
+                    a.open()
+                    t1 = _perf()
+                    self.samples[a.name]["open"].append(t1 - t0)
+        finally:
+            gc.enable()
+
+    def summary(self) -> dict[str, Any]:
+        stores: dict[str, Any] = {}
+        for a in self.adapters:
+            ops = {}
+            for op in OPS:
+                samples = self.samples[a.name][op]
+                if samples:
+                    ops[op] = percentiles(samples)
+            apparent, allocated = self.usage.get(a.name, (0, 0))
+            stores[a.name] = {"family": a.family, "codec": a.codec, "ops": ops,
+                              "file_bytes": apparent, "disk_bytes": allocated,
+                              "phase_seconds": round(self.seconds[a.name], 2)}
+        mm = stores.get("mmapkv")
+        if mm:  # how many times mmapkv's median a peer's median is (> 1: mmapkv is faster)
+            for name, entry in stores.items():
+                entry["ratio_to_mmapkv"] = {
+                    op: round(p["median_ns"] / mm["ops"][op]["median_ns"], 3)
+                    for op, p in entry["ops"].items() if op in mm["ops"] and mm["ops"][op].get("median_ns")}
+        value_lengths = [len(encode_json(v)) for v in self.pool]
+        return {"n": self.n, "value_size": self.size_name,
+                "value_bytes_median": sorted(value_lengths)[len(value_lengths) // 2],
+                "batch_keys": BATCH, "stores": stores}
+
+
+# --------------------------------------------------------------------------- mmapkv alone
+
+
+def table_probes(path: str, miss_keys: Iterable[str] = ()) -> dict[str, Any]:
+    """Probe counts of the on-disk table of the store at *path* (closed or open).
+
+    A hit reads ``distance from home + 1`` entries; a miss reads entries until an empty
+    one or one closer to its home than the search is (Robin Hood's early exit).
+    """
+    from .engine import fingerprint
+    from .format import FINGERPRINT_SHIFT, SUPERBLOCK, Geometry
+
+    with open(path, "rb") as f:
+        head = SUPERBLOCK.unpack(f.read(SUPERBLOCK.size))
+        g = Geometry(head[3])
+        f.seek(g.table_offset)
+        table = array.array("Q")
+        table.frombytes(f.read(8 * g.table_capacity))
+    if sys.byteorder != "little":  # pragma: no cover
+        table.byteswap()
+    mask = g.table_capacity - 1
+    hits = [((i - (e >> FINGERPRINT_SHIFT)) & mask) + 1 for i, e in enumerate(table) if e]
+    misses = []
+    for key in miss_keys:
+        fp = fingerprint(key.encode("utf-8"))
+        i, distance = fp & mask, 0
+        while True:
+            e = table[i]
+            if not e or ((i - (e >> FINGERPRINT_SHIFT)) & mask) < distance:
+                break
+            i, distance = (i + 1) & mask, distance + 1
+        misses.append(distance + 1)
+
+    def stats(xs: list[int]) -> dict[str, Any]:
+        if not xs:
+            return {"count": 0}
+        s = sorted(xs)
+        return {"count": len(s), "mean": round(sum(s) / len(s), 4),
+                "p99": s[math.ceil(0.99 * len(s)) - 1], "max": s[-1]}
+
+    return {"entries": len(hits), "table_capacity": g.table_capacity,
+            "load": round(len(hits) / g.table_capacity, 4), "hit": stats(hits), "miss": stats(misses)}
+
+
+def fill_to_ceiling(tmp: str, max_size: int | None, pool: list[dict[str, Any]]) -> tuple[dict[str, Any], array.array]:
+    """Create keys into one fresh store until it is full; time every create.
+
+    Returns the summary and the raw latencies (for the chart).  With the default ceiling
+    this writes about 1 GiB.
+    """
+    from . import Store, StoreFullError
+
+    path = os.path.join(tmp, "fill.mmapkv")
+    store = Store(path, max_size=max_size)
+    latencies = array.array("q")
+    growths = []
+    size = store.stats().file_size
+    create, perf = store.create, _perf
+    full_ns = None
+    gc.collect()
+    gc.disable()
+    started = time.monotonic()
+    try:
+        i = 0
+        while True:
+            key = f"fill:{i:09d}"
+            t0 = perf()
+            try:
+                create(key, pool[i % len(pool)])
+            except StoreFullError:
+                full_ns = perf() - t0
+                break
+            t1 = perf()
+            latencies.append(t1 - t0)
+            new_size = store.stats().file_size
+            if new_size != size:
+                growths.append({"create_index": i, "from_bytes": size, "to_bytes": new_size, "ns": t1 - t0})
+                size = new_size
+            i += 1
+    finally:
+        gc.enable()
+    elapsed = time.monotonic() - started
+    stats = store.stats()
+    # Reads at the highest load the store allows.
+    rng = random.Random(11)
+    sample = [f"fill:{rng.randrange(len(latencies)):09d}" for _ in range(min(20_000, len(latencies)))]
+    read, reads = store.read, array.array("q")
+    gc.disable()
+    try:
+        for k in sample:
+            t0 = perf()
+            read(k)
+            reads.append(perf() - t0)
+    finally:
+        gc.enable()
+    probes = table_probes(path, (f"miss:{i:09d}" for i in range(20_000)))
+    store.close()
+    order = sorted(range(len(latencies)), key=latencies.__getitem__, reverse=True)[:10]
+    summary = {
+        "max_size": stats.max_size, "keys": len(latencies), "file_bytes": stats.file_size,
+        "value_bytes_median": sorted(len(encode_json(v)) for v in pool)[len(pool) // 2],
+        "seconds": round(elapsed, 2), "create": percentiles(latencies),
+        "store_full_error_ns": full_ns, "growths": growths,
+        "slowest": [{"create_index": j, "ns": latencies[j]} for j in order],
+        "read_hit_at_full_load": percentiles(reads), "probes": probes,
+    }
+    return summary, latencies
+
+
+def _anon_kib() -> int | None:
+    """Anonymous resident memory of this process in KiB (Linux), or None."""
+    for path, field in (("/proc/self/smaps_rollup", "Anonymous:"), ("/proc/self/status", "RssAnon:")):
+        try:
+            with open(path) as f:
+                for line in f:
+                    if line.startswith(field):
+                        return int(line.split()[1])
+        except OSError:
+            continue
+    return None
+
+
+def _mapping_rss_kib(path: str) -> int | None:
+    """Resident KiB of this process's mappings of *path* (from /proc/self/smaps)."""
+    real = os.path.realpath(path)
+    total, inside, found = 0, False, False
+    try:
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                first = line.split(None, 5)
+                if len(first) >= 5 and "-" in first[0] and not first[0].endswith(":"):
+                    inside = len(first) == 6 and first[5].strip() == real
+                    found = found or inside
+                elif inside and line.startswith("Rss:"):
+                    total += int(line.split()[1])
+    except OSError:
+        return None
+    return total if found else None
+
+
+def _mincore_pages(path: str) -> int | None:
+    """Pages of *path* in the page cache (mincore on a fresh read-only map of it)."""
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_long)
+        libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+        libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
+        size = os.path.getsize(path)
+        page = os.sysconf("SC_PAGE_SIZE")
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            addr = libc.mmap(None, size, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+            if addr in (None, ctypes.c_void_p(-1).value):
+                return None
+            try:
+                vec = ctypes.create_string_buffer((size + page - 1) // page)
+                if libc.mincore(ctypes.c_void_p(addr), size, vec) != 0:
+                    return None
+                return sum(b & 1 for b in vec.raw)
+            finally:
+                libc.munmap(ctypes.c_void_p(addr), size)
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        return None
+
+
+def _child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Work done in a fresh interpreter so its memory numbers are its own."""
+    kind = spec["kind"]
+    if kind == "memory":
+        return _memory_child(spec)
+    if kind == "resident-build":
+        from . import Store
+
+        pool = make_pool("1KiB", spec["seed"], min(POOL, spec["n"]))
+        with Store(spec["path"]) as store:
+            for start in range(0, spec["n"], 1000):
+                store.batch_create([(f"user:{i:08d}", pool[i % len(pool)])
+                                    for i in range(start, min(start + 1000, spec["n"]))])
+        return {}
+    if kind == "resident":
+        return _resident_child(spec)
+    raise ValueError(kind)
+
+
+def _memory_child(spec: dict[str, Any]) -> dict[str, Any]:
+    import tracemalloc
+
+    cls = {c.family: c for c in ADAPTERS}[spec["family"]]
+    adapter = cls(spec["tmp"], spec["codec"])
+    pool = [encode_json(v) for v in make_pool(spec["size"], spec["seed"], min(POOL, spec["n"]))]
+    loads = json.loads
+    adapter.open()
+    create, n = adapter.create, spec["n"]
+    gc.collect()
+    heap = spec["mode"] == "heap"
+    if heap:
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+    else:
+        before = _anon_kib() or 0
+    if "create" in adapter.caps:
+        # O(n) per create (the JSON file): in batches, or tracemalloc makes it take minutes.
+        for start in range(0, n, BATCH):
+            adapter.fill([(f"user:{i:08d}", loads(pool[i % len(pool)]))
+                          for i in range(start, min(start + BATCH, n))])
+    else:
+        for i in range(n):
+            # A fresh object per key, as values arriving from elsewhere would be.
+            create(f"user:{i:08d}", loads(pool[i % len(pool)]))
+    gc.collect()
+    if heap:
+        grown = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+    else:
+        grown = ((_anon_kib() or 0) - before) * 1024
+    adapter.close()
+    return {"bytes": grown, "usage": adapter.usage()}
+
+
+def _resident_child(spec: dict[str, Any]) -> dict[str, Any]:
+    from . import Store
+
+    path, n = spec["path"], spec["n"]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if hasattr(os, "posix_fadvise"):  # start cold: drop the file from the page cache
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    cached_before = _mincore_pages(path)
+    t0 = _perf()
+    store = Store(path)
+    cold_open = _perf() - t0
+    keys = [f"user:{i:08d}" for i in range(n)]
+    random.Random(5).shuffle(keys)
+    read = store.read
+    for k in keys:
+        read(k)
+    rss_kib = _mapping_rss_kib(path)
+    cached_after = _mincore_pages(path)
+    store.close()
+    opens = array.array("q")
+    for _ in range(spec["repeats"]):
+        t0 = _perf()
+        s = Store(path)
+        opens.append(_perf() - t0)
+        s.close()
+    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+    out: dict[str, Any] = {"values_read": n, "page_bytes": page, "cold_open_ns": cold_open,
+                           "warm_open": percentiles(opens), "file_bytes": os.path.getsize(path)}
+    if rss_kib is not None:
+        out["mapping_rss_bytes"] = rss_kib * 1024
+        out["mapping_rss_pages_per_value"] = round(rss_kib * 1024 / page / n, 4)
+    if cached_before is not None and cached_after is not None:
+        out["page_cache_pages_added"] = cached_after - cached_before
+        out["page_cache_pages_per_value"] = round((cached_after - cached_before) / n, 4)
+    return out
+
+
+def _run_child(spec: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
+    code = "import json, sys; from mmapkv.bench import _child; " \
+           "print(json.dumps(_child(json.loads(sys.argv[1]))))"
+    env = dict(os.environ)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+    if proc.returncode:
+        raise BenchError(f"child {spec['kind']} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def measure_memory(classes: list[type[Adapter]], n: int, tmp: str, seed: int) -> list[dict[str, Any]]:
+    """Heap (tracemalloc) and anonymous RSS growth after *n* creates of 1 KiB values, one
+    store per fresh interpreter.  Peers run with mmapkv's codec (the codec keeps nothing)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    chosen = {cls.family: cls(tmp, "mmapkv" if "mmapkv" in cls.codecs else cls.codecs[0]) for cls in classes}
+
+    def one(a: Adapter, mode: str) -> dict[str, Any]:
+        where = tempfile.mkdtemp(dir=tmp)
+        return _run_child({"kind": "memory", "family": a.family, "codec": a.codec,
+                           "n": min(n, a.max_n or n), "size": "1KiB", "seed": seed,
+                           "tmp": where, "mode": mode})
+
+    # Memory is not timing: the interpreters may run side by side.
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        jobs = {(a.name, mode): pool.submit(one, a, mode) for a in chosen.values() for mode in ("heap", "rss")}
+        out = []
+        for a in chosen.values():
+            heap, rss = jobs[a.name, "heap"].result(), jobs[a.name, "rss"].result()
+            out.append({"store": a.name, "n": min(n, a.max_n or n), "value_size": "1KiB",
+                        "heap_bytes": heap["bytes"], "anon_rss_bytes": rss["bytes"],
+                        "file_bytes": rss["usage"][0], "disk_bytes": rss["usage"][1]})
+    return out
+
+
+def measure_resident(n: int, tmp: str, seed: int, repeats: int) -> dict[str, Any]:
+    path = os.path.join(tmp, "resident.mmapkv")
+    _run_child({"kind": "resident-build", "path": path, "n": n, "seed": seed})
+    return _run_child({"kind": "resident", "path": path, "n": n, "repeats": repeats})
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {"uname": " ".join(platform.uname()), "python": sys.version.split()[0],
+                            "implementation": platform.python_implementation(),
+                            "cpus": os.cpu_count()}
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in lscpu.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("Model name", "CPU(s)", "Hypervisor vendor", "L2 cache", "L3 cache"):
+                info[key.strip()] = value.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            info["memory"] = f.readline().split(":")[1].strip()
+        info["loadavg_start"] = os.getloadavg()
+    except OSError:
+        pass
+    versions = {}
+    for module in ("orjson", "xxhash", "lmdb", "diskcache", "sqlitedict", "matplotlib"):
+        try:
+            versions[module] = getattr(__import__(module), "__version__", "?")
+        except ImportError:
+            pass
+    from . import __version__
+
+    versions["mmapkv"] = __version__
+    info["versions"] = versions
+    return info
+
+
+# --------------------------------------------------------------------------- goals
+
+
+def _find(groups: list[dict[str, Any]], n: int, size: str) -> dict[str, Any] | None:
+    for g in groups:
+        if g["n"] == n and g["value_size"] == size:
+            return g
+    return None
+
+
+def _median(group: dict[str, Any] | None, store: str, op: str) -> float | None:
+    try:
+        return group["stores"][store]["ops"][op]["median_ns"]  # type: ignore[index]
+    except (KeyError, TypeError):
+        return None
+
+
+def evaluate_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The goals of issue 5, each with the measured number and whether it holds."""
+    groups = results["groups"]
+    goals: list[dict[str, Any]] = []
+    if not groups:
+        return goals
+    n = max(g["n"] for g in groups)
+    sizes = {g["value_size"] for g in groups if g["n"] == n}
+    size = "1KiB" if "1KiB" in sizes else sorted(sizes)[0]
+    head = _find(groups, n, size)
+    where = f"N={n:,}, {size}"
+
+    def add(goal: str, measured: str, holds: bool | None, note: str = "") -> None:
+        goals.append({"goal": goal, "measured": measured, "holds": holds, "where": where, "note": note})
+
+    lmdb = "lmdb[mmapkv]"
+    mm_read, lm_read = _median(head, "mmapkv", "read_hit"), _median(head, lmdb, "read_hit")
+    if mm_read and lm_read:
+        r = mm_read / lm_read
+        add("read hit at most 1.2x py-lmdb's time (same codec)", f"{r:.2f}x lmdb", r <= 1.2)
+    for op in ("create", "delete"):
+        a, b = _median(head, "mmapkv", op), _median(head, lmdb, op)
+        if a and b:
+            add(f"{op} faster than py-lmdb (same codec, sync=False)", f"{a / b:.2f}x lmdb's time", a < b)
+    dc = [s for s in (head or {}).get("stores", {}) if s.startswith("diskcache")]
+    if dc:
+        worst = []
+        for op in OPS:
+            mine = _median(head, "mmapkv", op)
+            theirs = [m for m in (_median(head, s, op) for s in dc) if m]
+            if mine and theirs:
+                worst.append((min(theirs) / mine, op))
+        if worst:
+            r, op = min(worst)
+            add("every operation at least 4x faster than diskcache (its fastest codec)",
+                "; ".join(f"{o} {x:.1f}x" for x, o in sorted(worst)), r >= 4,
+                f"weakest: {op}")
+    jn = min((g["n"] for g in groups if "jsonfile" in g["stores"]), default=None)
+    if jn is not None:
+        jg = _find(groups, jn, size) or next(g for g in groups if g["n"] == jn and "jsonfile" in g["stores"])
+        ratios = []
+        for op in OPS:
+            mine, theirs = _median(jg, "mmapkv", op), _median(jg, "jsonfile", op)
+            if mine and theirs:
+                ratios.append((theirs / mine, op))
+        if ratios:
+            r, op = min(ratios)
+            goals.append({"goal": "every operation 1,000x faster than the JSON-file design",
+                          "measured": "; ".join(f"{o} {x:,.0f}x" for x, o in sorted(ratios)),
+                          "holds": r >= 1000, "where": f"N={jn:,}, {jg['value_size']}",
+                          "note": f"weakest: {op}; the JSON file has no open step"})
+    for m in results.get("memory", []):
+        if m["store"] == "mmapkv":
+            add(f"Python heap growth after {m['n']:,} creates under 64 KiB",
+                f"{m['heap_bytes']:,} B (anonymous RSS {m['anon_rss_bytes'] / 1024:,.0f} KiB)",
+                m["heap_bytes"] < 64 * 1024)
+    mm_open = _median(head, "mmapkv", "open")
+    if mm_open:
+        p99 = head["stores"]["mmapkv"]["ops"]["open"]["p99_ns"]  # type: ignore[index]
+        add(f"open of a {n:,}-key store after a clean close under 1 ms",
+            f"median {mm_open / 1e6:.3f} ms, p99 {p99 / 1e6:.3f} ms", mm_open < 1e6)
+    fill = results.get("fill")
+    if fill:
+        goals.append({"goal": "slowest single create under 100 ms, growths included, up to the ceiling",
+                      "measured": f"max {fill['create']['max_ns'] / 1e6:.2f} ms, p99.9 "
+                                  f"{fill['create']['p999_ns'] / 1e3:.0f} us over {fill['keys']:,} creates",
+                      "holds": fill["create"]["max_ns"] < 100e6,
+                      "where": f"fill to {fill['max_size']:,} B", "note": ""})
+        p = fill["probes"]
+        goals.append({"goal": "probes per hit at the highest load: mean <= 1.5, p99 <= 8",
+                      "measured": f"mean {p['hit']['mean']:.3f}, p99 {p['hit']['p99']}, max {p['hit']['max']} "
+                                  f"(load {p['load']:.3f}; misses mean {p['miss'].get('mean', 0):.2f}, "
+                                  f"p99 {p['miss'].get('p99', 0)})",
+                      "holds": p["hit"]["mean"] <= 1.5 and p["hit"]["p99"] <= 8,
+                      "where": f"full store, {p['entries']:,} keys", "note": ""})
+    res = results.get("resident")
+    if res and "mapping_rss_pages_per_value" in res:
+        ppv = res["mapping_rss_pages_per_value"]
+        goals.append({"goal": "resident memory after reading the values: about one page per value",
+                      "measured": f"{ppv:.3f} pages/value mapped ({res['mapping_rss_bytes'] / 2**20:,.1f} MiB); "
+                                  f"page cache +{res.get('page_cache_pages_per_value', float('nan')):.3f} pages/value",
+                      "holds": ppv <= 1.1, "where": f"{res['values_read']:,} values of 1 KiB", "note": ""})
+    return goals
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _us(ns: float | None) -> str:
+    if ns is None:
+        return "-"
+    us = ns / 1000
+    if us < 10:
+        return f"{us:.2f}"
+    if us < 1000:
+        return f"{us:.1f}"
+    return f"{us:,.0f}"
+
+
+def format_table(results: dict[str, Any]) -> str:
+    lines = []
+    for g in results["groups"]:
+        lines.append(f"\nN={g['n']:,}  values {g['value_size']} (median {g['value_bytes_median']:,} B)  "
+                     "median / p99 in us, (x) = store's median / mmapkv's")
+        header = f"{'store':20}" + "".join(f"{op:>26}" for op in OPS) + f"{'file MiB':>10}"
+        lines.append(header)
+        for name, s in g["stores"].items():
+            row = f"{name:20}"
+            for op in OPS:
+                p = s["ops"].get(op)
+                if not p:
+                    row += f"{'n/a':>26}"
+                    continue
+                ratio = s.get("ratio_to_mmapkv", {}).get(op)
+                cell = f"{_us(p['median_ns'])}/{_us(p['p99_ns'])}"
+                if ratio is not None and name != "mmapkv":
+                    cell += f" ({ratio:.3g}x)"
+                if p["count"] < g["n"] and op not in ("open", "batch_create"):
+                    cell += "*"
+                row += f"{cell:>26}"
+            row += f"{s['file_bytes'] / 2**20:>10.1f}"
+            lines.append(row)
+    if any(True for g in results["groups"] for s in g["stores"].values()
+           for op, p in s["ops"].items() if p["count"] < g["n"] and op not in ("open", "batch_create")):
+        lines.append("* a spread-out sample of the calls was timed (O(n) per call); see 'count' in results.json")
+    if results.get("memory"):
+        lines.append("\nMemory after N creates of 1 KiB values (fresh interpreter each):")
+        lines.append(f"{'store':20}{'N':>8}{'heap KiB':>12}{'anon RSS KiB':>14}{'file MiB':>10}")
+        for m in results["memory"]:
+            lines.append(f"{m['store']:20}{m['n']:>8,}{m['heap_bytes'] / 1024:>12,.1f}"
+                         f"{m['anon_rss_bytes'] / 1024:>14,.0f}{m['file_bytes'] / 2**20:>10.1f}")
+    fill = results.get("fill")
+    if fill:
+        c = fill["create"]
+        lines.append(f"\nFill to the ceiling ({fill['max_size']:,} B): {fill['keys']:,} creates in "
+                     f"{fill['seconds']} s; median {_us(c['median_ns'])} us, p99 {_us(c['p99_ns'])}, "
+                     f"p99.9 {_us(c['p999_ns'])}, max {_us(c['max_ns'])} us")
+        for gr in fill["growths"]:
+            lines.append(f"  growth at create {gr['create_index']:>7,}: {gr['from_bytes']:>13,} -> "
+                         f"{gr['to_bytes']:>13,} B, that create took {_us(gr['ns'])} us")
+        p = fill["probes"]
+        lines.append(f"  probes at load {p['load']}: hits mean {p['hit']['mean']} p99 {p['hit']['p99']} "
+                     f"max {p['hit']['max']}; misses mean {p['miss'].get('mean')} p99 {p['miss'].get('p99')}")
+    res = results.get("resident")
+    if res:
+        lines.append(f"\nResident after reading {res['values_read']:,} 1 KiB values: "
+                     f"{res.get('mapping_rss_pages_per_value')} pages/value mapped, page cache "
+                     f"+{res.get('page_cache_pages_per_value')} pages/value; cold open "
+                     f"{_us(res['cold_open_ns'])} us, warm open median {_us(res['warm_open']['median_ns'])} us")
+    if results.get("goals"):
+        lines.append("\n" + format_goals(results["goals"]))
+    for note in results.get("notes", []):
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def format_goals(goals: list[dict[str, Any]]) -> str:
+    """The goal table as Markdown (pasted into docs/benchmarks.md)."""
+    rows = ["| goal | where | measured | holds |", "| --- | --- | --- | --- |"]
+    for g in goals:
+        holds = {True: "yes", False: "**no**", None: "?"}[g["holds"]]
+        note = f" ({g['note']})" if g.get("note") else ""
+        rows.append(f"| {g['goal']} | {g['where']} | {g['measured']}{note} | {holds} |")
+    return "\n".join(rows)
+
+
+def draw_chart(results: dict[str, Any], fill_latencies: array.array | None, path: str) -> str | None:
+    """Write the PNG; return None, or why it was not drawn."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no chart"
+    groups = results["groups"]
+    if not groups:
+        return "no results to draw"
+    n = max(g["n"] for g in groups)
+    head = _find(groups, n, "1KiB") or next(g for g in groups if g["n"] == n)
+    shown = [s for s in head["stores"] if s in ("mmapkv", "dict") or s.endswith("[mmapkv]") or s == "jsonfile"]
+    fig = plt.figure(figsize=(13, 9.5))
+    ax = fig.add_subplot(2, 1, 1)
+    width = 0.8 / max(len(shown), 1)
+    for j, name in enumerate(shown):
+        ops = head["stores"][name]["ops"]
+        xs, med, p99 = [], [], []
+        for i, op in enumerate(OPS):
+            if op in ops:
+                xs.append(i + (j - (len(shown) - 1) / 2) * width)
+                med.append(ops[op]["median_ns"] / 1000)
+                p99.append(ops[op]["p99_ns"] / 1000)
+        bars = ax.bar(xs, med, width, label=name, zorder=2)
+        ax.scatter(xs, p99, marker="_", s=80, color=bars.patches[0].get_facecolor() if bars.patches else None,
+                   zorder=3, linewidths=2)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(OPS)), [op.replace("_", " ") + (" (per key)" if op == "batch_create" else "")
+                                     for op in OPS])
+    ax.set_ylabel("microseconds (bar: median, dash: p99)")
+    ax.set_title(f"Latency per operation, N={n:,}, {head['value_size']} values "
+                 "(peers with mmapkv's codec; log scale)")
+    ax.grid(axis="y", which="both", alpha=0.3, zorder=0)
+    ax.legend(ncol=4, fontsize=8)
+
+    ax2 = fig.add_subplot(2, 2, 3)
+    fill = results.get("fill")
+    if fill and fill_latencies:
+        xs = range(len(fill_latencies))
+        ax2.scatter(xs, [v / 1000 for v in fill_latencies], s=1, alpha=0.4, rasterized=True)
+        for gr in fill["growths"]:
+            ax2.axvline(gr["create_index"], color="red", alpha=0.25, linewidth=0.8)
+        ax2.set_yscale("log")
+        ax2.set_xlabel("create number (red: the file grew)")
+        ax2.set_ylabel("microseconds")
+        c = fill["create"]
+        ax2.set_title(f"Filling one store to its {fill['max_size'] / 2**20:,.0f} MiB ceiling: max "
+                      f"{c['max_ns'] / 1e6:.1f} ms, p99.9 {c['p999_ns'] / 1e3:.0f} us", fontsize=10)
+        ax2.grid(alpha=0.3)
+    else:
+        ax2.set_axis_off()
+
+    ax3 = fig.add_subplot(2, 2, 4)
+    sizes = [s for s in SIZES if _find(groups, n, s)]
+    for name in shown:
+        ys = [_median(_find(groups, n, s), name, "read_hit") for s in sizes]
+        if any(ys):
+            ax3.plot(sizes, [y / 1000 if y else float("nan") for y in ys], marker="o", label=name)
+    ax3.set_yscale("log")
+    ax3.set_ylabel("read hit median, microseconds")
+    ax3.set_xlabel("value size")
+    ax3.set_title(f"Read hit by value size, N={n:,}", fontsize=10)
+    ax3.grid(alpha=0.3, which="both")
+    ax3.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mmapkv.bench",
+                                description="Benchmark mmapkv against py-lmdb, diskcache, sqlitedict, "
+                                            "dbm.dumb, a dict and a JSON file.")
+    p.add_argument("--quick", action="store_true",
+                   help=f"N={QUICK_NS[0]:,}, values {' and '.join(QUICK_SIZES)}, a small ceiling for the "
+                        "fill test: seconds, for CI")
+    p.add_argument("--n", type=int, nargs="+", metavar="N",
+                   help=f"numbers of keys (default {', '.join(f'{x:,}' for x in FULL_NS)})")
+    p.add_argument("--sizes", nargs="+", choices=list(SIZES), help="value sizes")
+    p.add_argument("--stores", nargs="+", metavar="FAMILY",
+                   help="only these (" + ", ".join(c.family for c in ADAPTERS) + "); mmapkv always runs")
+    p.add_argument("--out", default=os.path.join("docs", "bench"),
+                   help="directory for results.json and latency.png (default docs/bench)")
+    p.add_argument("--tmp", help="directory for the stores' files (default: a new temporary one)")
+    p.add_argument("--seed", type=int, default=20240611)
+    p.add_argument("--fill-max-size", type=int,
+                   help="ceiling of the fill-to-full test (default 1 GiB; 16 MiB with --quick)")
+    p.add_argument("--resident-n", type=int, help="values read for the resident-memory test "
+                                                   "(default 50,000; the largest N with --quick)")
+    p.add_argument("--no-fill", action="store_true", help="skip the fill-to-ceiling test")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory and resident tests")
+    return p
+
+
+def main(argv: Sequence[Any] | None = None) -> int:
+    """Run the benchmark; print the table; write results.json and latency.png.  Exit code."""
+    args = _parser().parse_args(None if argv is None else [os.fspath(a) for a in argv])
+    started = time.time()
+    ns = sorted(set(args.n)) if args.n else list(QUICK_NS if args.quick else FULL_NS)
+    if any(x < BATCH for x in ns):
+        print(f"error: --n must be at least {BATCH}", file=sys.stderr)
+        return 2
+    sizes = args.sizes or list(QUICK_SIZES if args.quick else SIZES)
+    families = None
+    if args.stores:
+        unknown = set(args.stores) - {c.family for c in ADAPTERS}
+        if unknown:
+            print(f"error: unknown store(s) {', '.join(sorted(unknown))}", file=sys.stderr)
+            return 2
+        families = ["mmapkv", *args.stores]
+    if args.tmp:
+        os.makedirs(args.tmp, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="mmapkv-bench-", dir=args.tmp)
+    notes: list[str] = []
+    results: dict[str, Any] = {
+        "argv": list(sys.argv[1:] if argv is None else map(os.fspath, argv)), "quick": args.quick,
+        "machine": machine_info(), "seed": args.seed, "chunk": CHUNK, "batch_keys": BATCH,
+        "timer_overhead_ns": _timer_overhead(), "groups": [], "notes": notes,
+    }
+    try:
+        classes = available(families, notes)
+        if args.quick:
+            notes.append("quick run: small N and sizes; not the published configuration")
+        for n in ns:
+            for size in sizes:
+                pool = make_pool(size, args.seed, min(POOL, n))
+                group = Group(classes, os.path.join(tmp, f"n{n}-{size}"), n, size, pool, args.seed,
+                              args.quick)
+                _progress(started, f"N={n:,} {size}: {', '.join(a.name for a in group.adapters)}")
+                group.run()
+                results["groups"].append(group.summary())
+        if JsonFileAdapter in classes and min(ns) > JSONFILE_MAX_N:
+            notes.append(f"jsonfile skipped: it runs only at N <= {JSONFILE_MAX_N:,}")
+        fill_lat = None
+        if not args.no_fill:
+            fill_size = args.fill_max_size or ((16 << 20) if args.quick else None)
+            _progress(started, f"filling one store to its ceiling ({fill_size or 1 << 30:,} B)")
+            pool = make_pool("1KiB", args.seed)
+            results["fill"], fill_lat = fill_to_ceiling(tmp, fill_size, pool)
+        if not args.no_memory:
+            mem_n = max(ns)
+            _progress(started, f"memory after {mem_n:,} creates, one interpreter per store")
+            results["memory"] = measure_memory(classes, mem_n, tmp, args.seed)
+            resident_n = args.resident_n or (max(ns) if args.quick else 50_000)
+            _progress(started, f"resident pages after reading {resident_n:,} values")
+            results["resident"] = measure_resident(resident_n, tmp, args.seed, 5 if args.quick else OPEN_REPEATS)
+        _progress(started, "chart and results")
+        results["goals"] = evaluate_goals(results)
+        try:
+            results["machine"]["loadavg_end"] = os.getloadavg()
+        except OSError:
+            pass
+        results["seconds"] = round(time.time() - started, 1)
+        os.makedirs(args.out, exist_ok=True)
+        why = draw_chart(results, fill_lat, os.path.join(args.out, "latency.png"))
+        if why:
+            notes.append(why)
+        with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1, sort_keys=False)
+            f.write("\n")
+        print(format_table(results))
+        print(f"\nwrote {os.path.join(args.out, 'results.json')} in {results['seconds']} s")
+        return 0
+    except (BenchError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        _remove_later(tmp)
+
+
+def _remove_later(path: str) -> None:
+    """Delete the stores' files in a detached ``rm`` when possible: freeing the big
+    mmapkv files can take minutes on some file systems, and nobody needs to wait."""
+    rm = shutil.which("rm")
+    if rm and os.name == "posix":
+        subprocess.Popen([rm, "-rf", "--", path], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    else:  # pragma: no cover
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _progress(started: float, what: str) -> None:
+    print(f"[{time.time() - started:7.1f} s] {what}", file=sys.stderr, flush=True)
+
+
+def _timer_overhead() -> int:
+    perf = _perf
+    samples = array.array("q")
+    for _ in range(10_000):
+        t0 = perf()
+        t1 = perf()
+        samples.append(t1 - t0)
+    return percentiles(samples)["median_ns"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The benchmark keeps working: a tiny run, and the shape and sanity of what it writes.
+
+No timing is asserted here: speed goals live in the benchmark's output (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+from typing import Any
+
+import pytest
+
+from mmapkv import bench
+
+ALWAYS = ("mmapkv", "dict", "dbm.dumb[json]", "dbm.dumb[mmapkv]", "jsonfile")
+PEERS = {"lmdb": ("lmdb[json]", "lmdb[mmapkv]"),
+         "diskcache": ("diskcache[json]", "diskcache[mmapkv]", "diskcache[pickle]"),
+         "sqlitedict": ("sqlitedict[json]", "sqlitedict[mmapkv]", "sqlitedict[pickle]")}
+N = 200
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench-out")
+    tmp = tmp_path_factory.mktemp("bench-tmp")
+    assert bench.main(["--quick", "--n", str(N), "--out", out, "--tmp", tmp]) == 0
+    with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
+        data: dict[str, Any] = json.load(f)
+    data["_out"] = str(out)
+    return data
+
+
+def _check_percentiles(p: dict[str, Any], where: str) -> None:
+    assert p["count"] > 0, where
+    assert 0 < p["min_ns"] <= p["median_ns"] <= p["p90_ns"] <= p["p99_ns"] <= p["p999_ns"] <= p["max_ns"], where
+
+
+def test_groups_cover_the_stores_that_must_always_run(results: dict[str, Any]) -> None:
+    assert [(g["n"], g["value_size"]) for g in results["groups"]] == [(N, "1KiB")]
+    stores = results["groups"][0]["stores"]
+    for name in ALWAYS:
+        assert name in stores, name
+
+
+@pytest.mark.parametrize("module", sorted(PEERS))
+def test_installed_peers_ran(results: dict[str, Any], module: str) -> None:
+    pytest.importorskip(module)
+    stores = results["groups"][0]["stores"]
+    for name in PEERS[module]:
+        assert name in stores, name
+
+
+def test_every_operation_has_sane_percentiles(results: dict[str, Any]) -> None:
+    group = results["groups"][0]
+    for name, store in group["stores"].items():
+        expected = set(bench.OPS) - ({"open"} if name in ("dict", "jsonfile") else set())
+        assert set(store["ops"]) == expected, name
+        for op, p in store["ops"].items():
+            _check_percentiles(p, f"{name} {op}")
+            sampled = name == "jsonfile" or (name.startswith("dbm.dumb") and op == "delete")
+            if op in ("create", "read_hit", "read_miss", "delete") and not sampled:
+                assert p["count"] == N, (name, op)  # every call timed
+        if name != "dict":
+            assert store["file_bytes"] > 0, name
+        if name != "mmapkv":
+            assert store["ratio_to_mmapkv"]["create"] > 0, name
+
+
+def test_mmapkv_only_measurements(results: dict[str, Any]) -> None:
+    fill = results["fill"]
+    _check_percentiles(fill["create"], "fill")
+    assert fill["keys"] > 0 and fill["file_bytes"] <= fill["max_size"]
+    assert [g["from_bytes"] < g["to_bytes"] for g in fill["growths"]] == [True] * len(fill["growths"])
+    assert fill["growths"] and fill["growths"][-1]["to_bytes"] == fill["file_bytes"]
+    probes = fill["probes"]
+    assert probes["entries"] == fill["keys"]
+    assert 1 <= probes["hit"]["mean"] <= probes["hit"]["max"] and probes["hit"]["p99"] >= 1
+    assert 0 < probes["load"] <= 0.5
+    resident = results["resident"]
+    assert resident["values_read"] == N
+    assert resident["cold_open_ns"] > 0
+    if "mapping_rss_pages_per_value" in resident:  # Linux
+        assert resident["mapping_rss_pages_per_value"] > 0
+
+
+def test_memory_rows(results: dict[str, Any]) -> None:
+    rows = {m["store"]: m for m in results["memory"]}
+    assert {"mmapkv", "dict", "dbm.dumb[mmapkv]", "jsonfile"} <= set(rows)
+    assert rows["dict"]["heap_bytes"] > rows["mmapkv"]["heap_bytes"]
+    for m in rows.values():
+        assert m["heap_bytes"] >= 0 or m["store"] != "mmapkv"
+
+
+def test_goals_and_outputs(results: dict[str, Any]) -> None:
+    goals = results["goals"]
+    assert len(goals) >= 8
+    for g in goals:
+        assert g["holds"] in (True, False) and g["measured"], g
+    out = results["_out"]
+    with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
+        assert f.read().endswith("\n")
+    if importlib.util.find_spec("matplotlib"):
+        with open(os.path.join(out, "latency.png"), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    p = bench.percentiles([30, 10, 20])
+    assert (p["min_ns"], p["median_ns"], p["p99_ns"], p["max_ns"], p["count"]) == (10, 20, 30, 30, 3)
+    assert bench.percentiles([]) == {"count": 0}
+
+
+@pytest.mark.parametrize("size", sorted(bench.SIZES))
+def test_records_are_valid_values_of_the_intended_size(size: str) -> None:
+    from mmapkv import codec
+
+    rng = random.Random(3)
+    for _ in range(20):
+        record = bench.make_record(rng, bench.SIZES[size])
+        data, flags = codec.encode(record)
+        assert flags == 0 and codec.decode(data, flags) == record
+        assert abs(len(data) - bench.SIZES[size]) <= bench.SIZES[size] * 0.1 + 10
+
+
+def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.main(["--n", "10"]) == 2
+    assert bench.main(["--stores", "redis"]) == 2
+    assert "error" in capsys.readouterr().err
