@@ -219,7 +219,7 @@ def _when(t: float, now: float) -> str:
 
 def _bars(histogram: list[dict[str, int]], label: Callable[[int, int], str]) -> list[str]:
     top = max((b["count"] for b in histogram), default=0) or 1
-    return [f"  {label(b['min'], b['max']):>16}  {b['count']:>9,}  {'#' * math.ceil(30 * b['count'] / top)}"
+    return [f"  {label(b['min'], b['max']):>16}  {b['count']:>9,}  {'#' * math.ceil(30 * b['count'] / top)}".rstrip()
             for b in histogram]
 
 
