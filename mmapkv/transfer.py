@@ -375,7 +375,9 @@ def compact(store: Store, *, skip_corrupt: bool = False,
                 chosen[entry.key] = (entry.seq, entry.slot)
         slots = sorted(slot for _, slot in chosen.values())  # slot order keeps the file order
         directory, base = os.path.split(path)
-        tmp = os.path.join(directory, f".{base}.compact-{uuid.uuid4().hex}.tmp")
+        # Short whatever the store's name: create_file builds its own temporary name on
+        # top of this one, and a name must stay under the file system's 255 bytes.
+        tmp = os.path.join(directory, f".{base[:32]}.compact-{uuid.uuid4().hex[:16]}.tmp")
         new = Engine(tmp, max_size=old.geometry.max_size, durable=old.durable)  # created locked
         try:
             os.chmod(tmp, stat.S_IMODE(os.fstat(old._fd).st_mode))

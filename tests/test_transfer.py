@@ -289,6 +289,14 @@ def test_compact_picks_the_smallest_size_that_holds_the_keys(tmp_path: Any, cloc
             assert len(store) == keep and store.verify() == []
 
 
+def test_compact_a_store_with_a_long_name(tmp_path: Any, clock: Any) -> None:
+    path = str(tmp_path / ("n" * 200))  # the store itself can be made; compact's temp must fit too
+    with mmapkv.Store(path, clock=clock) as store:
+        store.create("a", {"x": 1})
+        assert transfer.compact(store)[2] == 1
+        assert store.read("a") == {"x": 1} and os.listdir(tmp_path) == ["n" * 200]
+
+
 def test_compact_keeps_the_lock(tmp_path: Any, clock: Any) -> None:
     path = str(tmp_path / "s")
     code = f"""if True:
