@@ -187,10 +187,16 @@ def cmd_dump(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     source = _read_input(args.file)
     name = "stdin" if args.file == "-" else args.file
+    existed = os.path.lexists(args.path)
     try:
         with _open(args.path, create=True) as store, ProgressBar("restoring") as bar:
-            result = transfer.restore(store, source, skip_existing=args.skip_existing,
-                                      name=name, progress=bar)
+            try:
+                result = transfer.restore(store, source, skip_existing=args.skip_existing,
+                                          name=name, progress=bar)
+            except BaseException:
+                if not existed:  # we made it and it holds nothing: leave no empty store behind
+                    os.unlink(store.path)  # while still locked, so nobody opens it meanwhile
+                raise
     finally:
         if source is not sys.stdin.buffer:
             source.close()

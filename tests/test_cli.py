@@ -185,6 +185,10 @@ def test_restore_bad_input(run: Run, tmp_path: Any, path: str) -> None:
     assert code == 3 and "bad.jsonl line 1 is not an entry" in err
     code, _, err = run("restore", str(tmp_path / "nope.jsonl"), "--path", path)
     assert code == 3 and "cannot read" in err and "nope.jsonl" in err
+    assert os.listdir(tmp_path) == ["bad.jsonl"]  # a failed restore leaves no new, empty store
+    mmapkv.Store(path).close()
+    assert run("restore", str(bad), "--path", path)[0] == 3
+    assert os.path.exists(path)  # but never removes one that was there
 
 
 def test_dump_to_an_unwritable_place(run: Run, tmp_path: Any, path: str) -> None:
