@@ -13,6 +13,7 @@ superblock's CLEAN flag unset) ``recover`` rebuilds the table and counters from 
 
 from __future__ import annotations
 
+import errno
 import math
 import mmap
 import os
@@ -95,7 +96,9 @@ def create_file(path: str, max_size: int) -> None:
     leaves a half-initialised file at *path*, and an existing file is never overwritten.
     """
     geometry = Geometry(max_size)
-    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    # Short, so a store name near the OS's 255-byte limit still gets a temporary sibling.
+    tmp = os.path.join(os.path.dirname(path) or ".",
+                       f".{os.path.basename(path)[:32]}.{uuid.uuid4().hex[:16]}.tmp")
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
     try:
         try:
@@ -124,6 +127,16 @@ def create_file(path: str, max_size: int) -> None:
 class Engine:
     """One open store file.  Not thread-safe on its own: ``Store`` holds a lock around it."""
 
+    # Counters: exact while open; written to the superblock by a clean close.
+    file_size: int
+    slot_count: int
+    high_water: int
+    free_head: int
+    live_count: int
+    ttl_count: int
+    next_expiry: float
+    next_seq: int
+
     def __init__(self, path: str, *, max_size: int | None = None, readonly: bool = False,
                  durable: bool = False, lock_timeout: float = 0.0, create: bool = True) -> None:
         self.path = path
@@ -131,7 +144,7 @@ class Engine:
         self.durable = durable
         self.was_clean = False
         self._fd = -1
-        self._mm: mmap.mmap | None = None
+        self._mapped = False
         self._fd = self._open_and_lock(max_size, lock_timeout, create)
         try:
             self._load(max_size)
@@ -169,7 +182,7 @@ class Engine:
             except FileNotFoundError:
                 if create and not self.readonly:
                     continue  # removed between create and open: make it again
-                raise CorruptStoreError(2, f"no store at {path}") from None
+                raise StoreAccessError(errno.ENOENT, f"no store at {path}") from None
             try:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     raise InvalidArgumentError(f"{path} is not a regular file")
@@ -238,6 +251,7 @@ class Engine:
             mm.madvise(mmap.MADV_RANDOM)
         g = self.geometry
         self._mm = mm
+        self._mapped = True
         self._view = memoryview(mm)
         self._table_bytes = self._view[g.table_offset:g.table_offset + 8 * g.table_capacity]
         self._table = self._table_bytes.cast("Q")
@@ -246,7 +260,7 @@ class Engine:
         self._slots_offset = g.slots_offset
 
     def _unmap(self) -> None:
-        if self._mm is None:
+        if not self._mapped:
             return
         for view in (self._table, self._table_bytes, self._view):
             view.release()
@@ -254,7 +268,7 @@ class Engine:
             self._mm.close()
         except BufferError:  # a view escaped (in a traceback?); the GC unmaps it later
             pass
-        self._mm = None
+        self._mapped = False
 
     # ----------------------------------------------------------------- closing
 
@@ -264,7 +278,7 @@ class Engine:
         ``release_lock=False`` is for a forked child: the lock belongs to the parent,
         and ``flock`` locks are shared across fork, so the child must not unlock.
         """
-        if self._mm is not None and not self.readonly and release_lock:
+        if self._mapped and not self.readonly and release_lock:
             self._mm.flush()
             header = SUPERBLOCK.pack(MAGIC, VERSION, FLAG_CLEAN, self.geometry.max_size,
                                      self.file_size, self.high_water, self.free_head,
@@ -285,12 +299,11 @@ class Engine:
 
     def flush(self) -> None:
         """msync the whole map: what was written survives power loss from here on."""
-        assert self._mm is not None
         self._mm.flush()
 
     def _changed(self) -> None:
         if self.durable:
-            self._mm.flush()  # type: ignore[union-attr]
+            self._mm.flush()
 
     # ----------------------------------------------------------------- lookups
 
@@ -308,7 +321,7 @@ class Engine:
                 if slot >= self.slot_count:
                     raise CorruptStoreError(f"{self.path}: table entry {i} points past the last slot")
                 off = self._slots_offset + slot * SLOT_STRIDE + KEY_OFFSET
-                if mm[off:off + len(key)] == key and mm[off - 4] == len(key):  # type: ignore[index]
+                if mm[off:off + len(key)] == key and mm[off - 4] == len(key):
                     return i
             # Robin Hood: every entry after ours sits no closer to its home than we would.
             if (i - (entry >> FINGERPRINT_SHIFT)) & mask < distance:
@@ -335,8 +348,8 @@ class Engine:
                 if slot >= self.slot_count:
                     raise CorruptStoreError(f"{self.path}: table entry {i} points past the last slot")
                 off = self._slots_offset + slot * SLOT_STRIDE
-                state, _, checksum, _, expires, vlen, klen, flags, _ = _unpack_header(mm, off)  # type: ignore[arg-type]
-                if klen == len(key) and mm[off + KEY_OFFSET:off + KEY_OFFSET + klen] == key:  # type: ignore[index]
+                state, _, checksum, _, expires, vlen, klen, flags, _ = _unpack_header(mm, off)
+                if klen == len(key) and mm[off + KEY_OFFSET:off + KEY_OFFSET + klen] == key:
                     view = self._view
                     end = off + VALUE_OFFSET + vlen
                     if state != STATE_LIVE or vlen > MAX_VALUE_BYTES or \
@@ -352,7 +365,8 @@ class Engine:
     def expires_at(self, index: int) -> float:
         """The expiry of the entry at table *index* (0.0 = never)."""
         slot = (self._table[index] & SLOT_MASK) - 1
-        return SLOT_HEADER.unpack_from(self._mm, self._slots_offset + slot * SLOT_STRIDE)[4]  # type: ignore[arg-type, no-any-return]
+        expires: float = SLOT_HEADER.unpack_from(self._mm, self._slots_offset + slot * SLOT_STRIDE)[4]
+        return expires
 
     # ----------------------------------------------------------------- writes
 
@@ -372,8 +386,8 @@ class Engine:
         body = BODY_HEADER.pack(seq, expires, len(data), len(key), flags, 0) + \
             key + _KEY_PAD[len(key):] + data
         mm = self._mm
-        mm[off + BODY_OFFSET:off + BODY_OFFSET + len(body)] = body  # type: ignore[index]
-        _COMMIT.pack_into(mm, off, state, 0, xxh3_64_intdigest(body))  # type: ignore[arg-type]
+        mm[off + BODY_OFFSET:off + BODY_OFFSET + len(body)] = body
+        _COMMIT.pack_into(mm, off, state, 0, xxh3_64_intdigest(body))
         self.live_count += 1
         if expires:
             self.ttl_count += 1
@@ -384,14 +398,35 @@ class Engine:
             self._changed()
         return slot
 
+    def begin_batch(self) -> int:
+        """The sequence number every PENDING slot of one batch carries."""
+        seq = self.next_seq
+        self.next_seq += 1
+        return seq
+
+    def commit_batch(self, seq: int, written: list[tuple[int, int]]) -> None:
+        """Commit a batch's PENDING slots, given as (slot, fingerprint) pairs: one write of
+        ``batch_commit`` makes all of them survive a crash, then each is made LIVE."""
+        if self.durable:
+            self._mm.flush()  # the slots reach the disk before the commit that names them
+        self.set_batch_commit(seq)
+        for slot, fp in written:
+            self.commit_pending(slot, fp)
+        self._changed()
+
+    def abort_batch(self, written: list[tuple[int, int]]) -> None:
+        """Give back the PENDING slots of a batch that will not commit."""
+        for slot, _ in written:
+            self._free_slot(slot)
+
     def commit_pending(self, slot: int, fp: int) -> None:
         """Turn a PENDING slot of a committed batch LIVE and index it."""
-        _U32.pack_into(self._mm, self._slots_offset + slot * SLOT_STRIDE, STATE_LIVE)  # type: ignore[arg-type]
+        _U32.pack_into(self._mm, self._slots_offset + slot * SLOT_STRIDE, STATE_LIVE)
         self._table_insert(fp << FINGERPRINT_SHIFT | (slot + 1))
 
     def set_batch_commit(self, seq: int) -> None:
         """The one write that commits a batch: its PENDING slots carry this sequence."""
-        _U64.pack_into(self._mm, SB_BATCH_COMMIT, seq)  # type: ignore[arg-type]
+        _U64.pack_into(self._mm, SB_BATCH_COMMIT, seq)
         self._changed()
 
     def remove(self, index: int) -> None:
@@ -403,16 +438,16 @@ class Engine:
 
     def _free_slot(self, slot: int) -> None:
         off = self._slots_offset + slot * SLOT_STRIDE
-        if SLOT_HEADER.unpack_from(self._mm, off)[4]:  # type: ignore[arg-type]
+        if SLOT_HEADER.unpack_from(self._mm, off)[4]:
             self.ttl_count -= 1
-        _FREE.pack_into(self._mm, off, STATE_FREE, self.free_head)  # type: ignore[arg-type]
+        _FREE.pack_into(self._mm, off, STATE_FREE, self.free_head)
         self.free_head = slot + 1
         self.live_count -= 1
 
     def _pop_free_slot(self) -> int:
         if self.free_head:
             slot = self.free_head - 1
-            state, next_free = _FREE.unpack_from(self._mm, self._slots_offset + slot * SLOT_STRIDE)  # type: ignore[arg-type]
+            state, next_free = _FREE.unpack_from(self._mm, self._slots_offset + slot * SLOT_STRIDE)
             if state != STATE_FREE or next_free > self.high_water:
                 raise CorruptStoreError(f"{self.path}: the free list is damaged at slot {slot}; "
                                         "run `python -m mmapkv compact`")
@@ -478,7 +513,7 @@ class Engine:
         self._unmap()
         self._map(new_size)
         self.slot_count = self.geometry.slot_count(new_size)
-        _U64.pack_into(self._mm, SB_FILE_SIZE, new_size)  # type: ignore[arg-type]
+        _U64.pack_into(self._mm, SB_FILE_SIZE, new_size)
         self._changed()
         return True
 
@@ -489,11 +524,11 @@ class Engine:
         mm, base = self._mm, self._slots_offset
         for slot in range(self.high_water):
             off = base + slot * SLOT_STRIDE
-            state = _U32.unpack_from(mm, off)[0]  # type: ignore[arg-type]
+            state = _U32.unpack_from(mm, off)[0]
             if state == STATE_LIVE:
-                header = SLOT_HEADER.unpack_from(mm, off)  # type: ignore[arg-type]
+                header = SLOT_HEADER.unpack_from(mm, off)
                 klen = header[6]
-                yield slot, state, header[4], mm[off + KEY_OFFSET:off + KEY_OFFSET + klen]  # type: ignore[index]
+                yield slot, state, header[4], mm[off + KEY_OFFSET:off + KEY_OFFSET + klen]
 
     def index_of_slot(self, slot: int, key: bytes) -> int:
         index = self.find(key, fingerprint(key))
@@ -524,7 +559,6 @@ class Engine:
         live twice, the newer write (higher seq) wins.  O(slots + bytes of live values).
         """
         mm, view, base = self._mm, self._view, self._slots_offset
-        assert mm is not None
         self._table_bytes[:] = bytes(len(self._table_bytes))
         batch = _U64.unpack_from(mm, SB_BATCH_COMMIT)[0]
         live = bytearray(self.slot_count)  # 1 = kept
@@ -590,7 +624,6 @@ class Engine:
         """
         problems: list[str] = []
         mm, view, base, mask, table = self._mm, self._view, self._slots_offset, self._mask, self._table
-        assert mm is not None
         indexed: dict[int, int] = {}
         for i in range(mask + 1):
             entry = table[i]

@@ -31,7 +31,7 @@ class MmapKVError(Exception):
     """Base class of every error mmapkv raises on purpose."""
 
 
-class _PlainMessage:
+class _PlainMessage(Exception):
     """Mixin: ``KeyError`` quotes its message in ``str()``; we want it as written."""
 
     def __str__(self) -> str:

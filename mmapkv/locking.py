@@ -36,7 +36,7 @@ def lock_file(fd: int, path: str, *, shared: bool = False, timeout: float = 0.0)
                 waited = f" after waiting {timeout:g} s" if timeout > 0 else ""
                 raise StoreLockedError(
                     f"{path} is in use by another process or Store{waited}; "
-                    "only one may open a store at a time (pass lock_timeout= to wait)"
+                    "only one may open a store at a time"
                 ) from None
             time.sleep(_POLL_SECONDS)
             continue

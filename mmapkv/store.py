@@ -254,7 +254,7 @@ class Store:
             # codec.decode inlined for the common flags == 0; decoded inside the lock
             # because *data* is a view into the map, which growth may replace.
             try:
-                return _loads(data) if not flags else _decode(data, flags)  # type: ignore[no-any-return]
+                return _loads(data) if not flags else _decode(data, flags)
             except ValueError as exc:
                 raise CorruptStoreError(f"{self._path}: the value of {key!r} is not JSON: {exc}") from None
         finally:
@@ -464,18 +464,16 @@ class Store:
             for kb, fp in expired:
                 engine.remove(engine.find(kb, fp))
             self._make_room(engine, len(prepared))
-            seq = engine.next_seq
-            engine.next_seq += 1
-            slots = [engine.insert(kb, fp, data, flags, now + t if t is not None else 0.0,
-                                   STATE_PENDING, seq)
-                     for _, kb, fp, data, flags, t in prepared]
-            if engine.durable:
-                engine.flush()
-            engine.set_batch_commit(seq)  # the commit point
-            for slot, (_, _, fp, _, _, _) in zip(slots, prepared):
-                engine.commit_pending(slot, fp)
-            if engine.durable:
-                engine.flush()
+            seq = engine.begin_batch()
+            written: list[tuple[int, int]] = []
+            try:
+                for _, kb, fp, data, flags, t in prepared:
+                    expires = now + t if t is not None else 0.0
+                    written.append((engine.insert(kb, fp, data, flags, expires, STATE_PENDING, seq), fp))
+            except BaseException:
+                engine.abort_batch(written)
+                raise
+            engine.commit_batch(seq, written)
 
     # ----------------------------------------------------------------- room
 

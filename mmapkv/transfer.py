@@ -309,8 +309,7 @@ def restore(store: Store, source: IO[bytes], *, skip_existing: bool = False,
             store._make_room(engine, needed)
         # Pass 2: write PENDING slots of one batch, then commit them with one write,
         # exactly as Store.batch_create does: a crash before the commit drops them all.
-        seq = engine.next_seq
-        engine.next_seq += 1
+        seq = engine.begin_batch()
         written: list[tuple[int, int]] = []
         try:
             source.seek(start)
@@ -324,17 +323,10 @@ def restore(store: Store, source: IO[bytes], *, skip_existing: bool = False,
             if len(written) != needed:
                 raise InvalidDumpError(f"{name} changed while it was being restored; nothing was restored")
         except BaseException:
-            for slot, _ in written:  # give the uncommitted slots back
-                engine._free_slot(slot)
+            engine.abort_batch(written)
             raise
         if written:
-            if engine.durable:
-                engine.flush()
-            engine.set_batch_commit(seq)  # the commit point
-            for slot, fp in written:
-                engine.commit_pending(slot, fp)
-            if engine.durable:
-                engine.flush()
+            engine.commit_batch(seq, written)
     if progress is not None:
         progress(total, total)
     return RestoreResult(len(written), len(skip), expired)
