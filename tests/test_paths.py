@@ -30,3 +30,22 @@ def test_dangling_symlink_is_an_invalid_argument_naming_the_target(tmp_path: Any
     with pytest.raises(mmapkv.InvalidArgumentError, match="missing"):
         mmapkv.Store(link)
     assert not os.path.exists(target)
+
+
+def test_store_name_near_the_filesystem_limit(tmp_path: Any) -> None:
+    """The temporary sibling a new store is built under must fit where the name fits."""
+    path = os.path.join(tmp_path, "x" * 240 + ".kv")
+    with mmapkv.Store(path) as store:
+        store.create("k", {"v": 1})
+    with mmapkv.Store(path) as store:
+        assert store.read("k") == {"v": 1}
+    assert os.listdir(tmp_path) == [os.path.basename(path)]
+
+
+def test_read_only_open_of_a_missing_store_is_a_store_access_error(tmp_path: Any) -> None:
+    from mmapkv.engine import Engine
+
+    path = os.path.join(tmp_path, "absent.mmapkv")
+    with pytest.raises(mmapkv.StoreAccessError, match="no store"):
+        Engine(path, readonly=True, create=False)
+    assert not os.path.exists(path)
