@@ -9,6 +9,14 @@ orjson writes and reads the text (several times faster than ``json``), but orjso
 too lenient: it writes NaN as ``null`` and accepts ``uuid.UUID``, ``Enum`` and dataclasses.
 So one pass over the value checks the rules first, and integers beyond 64 bits, which orjson
 cannot write (and would read back as floats), go through stdlib ``json`` both ways.
+
+That pass costs more than orjson's own work, so it comes in two speeds.  ``_plain`` is the
+common case: only the exact types ``dict``, ``list``, ``tuple``, ``str``, ``int``, ``float``,
+``bool`` and ``None`` inside, finite floats, not too deep.  It leaves dict keys and integer
+ranges to orjson, which refuses non-``str`` keys and integers beyond 64 bits by raising;
+any refusal, and any value ``_plain`` does not vouch for, goes through ``_check`` and the
+full path, so every result and every error message is exactly what the full path gives
+(``tests/test_codec_fast_path.py``; ``python -m mmapkv.bench`` measures the speed).
 """
 
 from __future__ import annotations
@@ -94,15 +102,60 @@ def _check(obj: Any, depth: int) -> bool:
     return big
 
 
+def _plain(obj: Any, depth: int) -> bool:
+    """True if *obj* (an exact ``dict``, ``list`` or ``tuple``) holds only exact JSON types
+    and finite floats, nested at most ``MAX_DEPTH`` deep.  False means "ask ``_check``",
+    not "invalid".  Keys are not looked at: orjson raises on a non-``str`` key.
+
+    About twice as fast as ``_check`` (no key test, no ``try`` or ``enumerate`` per item,
+    ``v - v`` instead of a call to ``isfinite``); it runs on every create.
+    """
+    if depth > MAX_DEPTH:
+        return False
+    for v in obj.values() if type(obj) is dict else obj:
+        t = type(v)
+        if t is str or t is int or t is bool or v is None:
+            continue
+        if t is float:
+            if v - v:  # NaN and infinities give NaN (true); every finite float gives 0.0
+                return False
+        elif t is dict or t is list or t is tuple:
+            if not _plain(v, depth + 1):
+                return False
+        else:
+            return False
+    return True
+
+
+def _too_large(size: int) -> ValueTooLargeError:
+    return ValueTooLargeError(f"value is {size:,} bytes of JSON; the limit is {MAX_VALUE_BYTES:,} bytes")
+
+
 def encode(value: Any) -> tuple[bytes, int]:
     """Return the compact UTF-8 JSON text of *value* and the slot's codec flags.
 
     >>> encode({"name": "Zoë", "tags": ("a", 1)})
     (b'{"name":"Zo\\xc3\\xab","tags":["a",1]}', 0)
 
+    Cost: one pass over *value* in Python, then orjson; O(size of *value*).
+
     :raises InvalidValueError: *value* is not a JSON object by the rules above.
     :raises ValueTooLargeError: its text is longer than 16,384 bytes.
     """
+    if type(value) is dict and _plain(value, 1):
+        try:
+            data = _dumps(value, option=_ORJSON_OPTIONS)
+        except orjson.JSONEncodeError:
+            pass  # a non-str key, a big integer, a lone surrogate...: the full path says which
+        else:
+            if len(data) > MAX_VALUE_BYTES:
+                raise _too_large(len(data))
+            return data, 0
+    return _encode_checked(value)
+
+
+def _encode_checked(value: Any) -> tuple[bytes, int]:
+    """``encode`` for every value: the full check, precise errors, the stdlib fallback."""
     if not isinstance(value, dict):
         raise InvalidValueError(f"value must be a dict (a JSON object), not {type(value).__name__}")
     try:
@@ -129,9 +182,7 @@ def encode(value: Any) -> tuple[bytes, int]:
         except (TypeError, ValueError) as exc:
             raise InvalidValueError(f"value is not JSON: {exc}") from None
     if len(data) > MAX_VALUE_BYTES:
-        raise ValueTooLargeError(
-            f"value is {len(data):,} bytes of JSON; the limit is {MAX_VALUE_BYTES:,} bytes"
-        )
+        raise _too_large(len(data))
     return data, flags
 
 
