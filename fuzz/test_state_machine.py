@@ -1,0 +1,487 @@
+"""Model-based fuzzing: hypothesis drives a ``Store`` and a plain dict side by side.
+
+The model is ``key -> (value, expires_at)`` holding every entry the store still keeps,
+expired-but-not-yet-reclaimed ones included (that is what decides ``KeyExpiredError``
+versus ``KeyNotFoundError``), plus the file size, which grows by doubling up to a small
+ceiling (8, 16 or 33 slots) so growth and ``StoreFullError`` happen within a run.  The
+rules the model follows are the store's documented ones:
+
+* a create/batch over an expired entry replaces it; a live one is ``KeyExistsError``;
+* when no slot is free, expired entries are reclaimed first, then the file doubles, and
+  only past ``max_slots`` is it ``StoreFullError``;
+* ``len()`` and ``stats()`` reclaim expired entries; read/get/in/keys never change anything;
+* every bad argument raises its exact exception class and writes nothing.
+
+After every step: ``store.verify() == []``, the live keys and every value agree with the
+model, expired keys are invisible, and the file is exactly as big as the model says.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given, note, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+)
+
+import mmapkv
+import strategies as S
+from mmapkv.format import Geometry
+
+PROFILE = settings.get_profile(os.environ.get("MMAPKV_FUZZ_PROFILE", "ci"))
+SMALLEST = Geometry.smallest_max_size()
+CEILINGS = [SMALLEST, 2 * SMALLEST, 4 * SMALLEST]   # 8, 16 and 33 slots
+
+#: a small pool of names so that creates collide with live, deleted and expired keys
+KEY_POOL = ["a", "b", "c", "d", "e", "f", "g", "h", "ключ", "键", "🔑", "k" * 32, "🔑" * 32,
+            "a b", "x/y", "é", "\x00", "K", "user:1", "user:2", "user:3", "n0", "n1", "n2",
+            "n3", "n4", "n5", "n6", "n7", "n8", "n9", "z"]
+keys = st.one_of(st.sampled_from(KEY_POOL), st.sampled_from(KEY_POOL), S.valid_keys)
+values = st.one_of(
+    S.json_objects(max_leaves=8),
+    S.json_objects(max_leaves=8),
+    S.boundary_objects(low=S.MAX_VALUE_BYTES - 50, high=S.MAX_VALUE_BYTES),
+)
+clock_steps = st.one_of(st.integers(min_value=0, max_value=40), st.sampled_from([0.5, 1e-3, 1000]))
+
+#: counts for docs/reliability.md (written by the report fixture below)
+COUNTS: collections.Counter[str] = collections.Counter()
+
+
+class FakeClock:
+    """A clock the machine moves by hand; TTLs are measured with it."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class StoreMachine(RuleBasedStateMachine):
+    """A Store and a dict model that must agree after every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = tempfile.mkdtemp(prefix="mmapkv-fuzz-")
+        self.path = os.path.join(self.tmp, "fuzz.mmapkv")
+        self.clock = FakeClock()
+        self.store: mmapkv.Store | None = None
+        self.model: dict[str, tuple[Any, float]] = {}
+        self.geometry = Geometry(SMALLEST)
+        self.file_size = 0
+        COUNTS["runs"] += 1
+
+    # ------------------------------------------------------------ model helpers
+
+    def _expired(self, key: str) -> bool:
+        expires = self.model[key][1]
+        return bool(expires) and self.clock.now >= expires
+
+    def _live(self) -> dict[str, Any]:
+        return {k: v for k, (v, _) in self.model.items() if not self._expired(k)}
+
+    def _slot_count(self) -> int:
+        return self.geometry.slot_count(self.file_size)
+
+    def _sweep(self) -> None:
+        for key in [k for k in self.model if self._expired(k)]:
+            del self.model[key]
+
+    def _make_room(self, needed: int) -> bool:
+        """The store's rule for a write needing *needed* slots; False means StoreFullError."""
+        if self._slot_count() - len(self.model) >= needed:
+            return True
+        self._sweep()
+        if len(self.model) + needed > self.geometry.max_slots:
+            return False
+        while self._slot_count() - len(self.model) < needed:
+            self.file_size = self.geometry.grown_size(self.file_size)
+            COUNTS["growths"] += 1
+        return True
+
+    def _expires(self, ttl: int | None) -> float:
+        return self.clock.now + ttl if ttl is not None else 0.0
+
+    def _run(self, expected: type[Exception] | None, call: Callable[[], Any]) -> Any:
+        """Call the store; demand exactly *expected* raised (or success when None)."""
+        COUNTS["operations"] += 1
+        try:
+            result = call()
+        except Exception as exc:
+            if expected is None or type(exc) is not expected:
+                raise AssertionError(
+                    f"expected {expected.__name__ if expected else 'success'}, got "
+                    f"{type(exc).__name__}: {exc}") from exc
+            assert str(exc), f"{type(exc).__name__} has an empty message"
+            COUNTS[f"raised {expected.__name__}"] += 1
+            return None
+        assert expected is None, f"expected {expected.__name__}, got success ({result!r:.200})"
+        return result
+
+    def _lookup(self, key: str) -> type[Exception] | None:
+        if key not in self.model:
+            return mmapkv.KeyNotFoundError
+        return mmapkv.KeyExpiredError if self._expired(key) else None
+
+    # ------------------------------------------------------------ lifecycle
+
+    @initialize(ceiling=st.sampled_from([CEILINGS[0], *CEILINGS]))
+    def open_store(self, ceiling: int) -> None:
+        self.geometry = Geometry(ceiling)
+        self.file_size = self.geometry.initial_size
+        self.store = mmapkv.Store(self.path, max_size=ceiling, clock=self.clock)
+
+    def teardown(self) -> None:
+        try:
+            if self.store is not None:
+                self.store.close()
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    @rule(how=st.sampled_from(["close", "close", "crash", "crash", "use after close"]),
+          pass_max_size=st.booleans(), op=st.sampled_from([
+              "read", "get", "delete", "create", "batch", "in", "len", "keys", "stats",
+              "flush", "verify"]), key=keys)
+    def reopen(self, how: str, pass_max_size: bool, op: str, key: str) -> None:
+        """Close and reopen (nothing lost, expiries kept), crash and reopen (the slots are
+        recovered), or use a closed store (StoreClosedError, nothing changed)."""
+        assert self.store is not None
+        store = self.store
+        if how == "close":
+            store.close()
+            store.close()  # idempotent
+            COUNTS["reopens"] += 1
+        elif how == "crash":
+            # drop the map and the lock without marking the file clean
+            engine = store._engine
+            assert engine is not None
+            store._engine = None
+            engine._release()
+            COUNTS["crashes"] += 1
+        else:
+            store.close()
+            calls: dict[str, Callable[[], Any]] = {
+                "read": lambda: store.read(key), "get": lambda: store.get(key),
+                "delete": lambda: store.delete(key), "create": lambda: store.create(key, {"v": 1}),
+                "batch": lambda: store.batch_create({key: {"v": 1}}), "in": lambda: key in store,
+                "len": lambda: len(store), "keys": store.keys, "stats": store.stats,
+                "flush": store.flush, "verify": store.verify,
+            }
+            self._run(mmapkv.StoreClosedError, calls[op])
+        self.store = mmapkv.Store(self.path, clock=self.clock,
+                                  max_size=self.geometry.max_size if pass_max_size else None)
+        assert self.store._engine.was_clean == (how != "crash")  # type: ignore[union-attr]
+
+    @rule(seconds=clock_steps)
+    def advance_clock(self, seconds: float) -> None:
+        """Time passes; TTLs expire mid-run."""
+        self.clock.now += seconds
+
+    # ------------------------------------------------------------ writes
+
+    @rule(key=keys, value=values, ttl=S.small_ttls)
+    def create_more(self, key: str, value: dict[str, Any], ttl: int | None) -> None:
+        """(The same rule again, so that stores fill up within a run.)"""
+        self.create(key, value, ttl)
+
+    @rule(key=keys, value=values, ttl=S.small_ttls)
+    def create(self, key: str, value: dict[str, Any], ttl: int | None) -> None:
+        assert self.store is not None
+        expected: type[Exception] | None = None
+        if key in self.model and not self._expired(key):
+            expected = mmapkv.KeyExistsError
+        else:
+            self.model.pop(key, None)  # an expired entry under this name is replaced
+            if not self._make_room(1):
+                expected = mmapkv.StoreFullError
+        self._run(expected, lambda: self.store.create(key, value, ttl))  # type: ignore[union-attr]
+        if expected is None:
+            self.model[key] = (S.normalise(value), self._expires(ttl))
+
+    @rule(data=st.data(), which=st.sampled_from(["key", "value", "ttl", "read", "get", "delete",
+                                                  "in"]))
+    def misuse(self, data: st.DataObject, which: str) -> None:
+        """One bad argument: its exact exception, nothing written (the invariant checks)."""
+        assert self.store is not None
+        store = self.store
+        key: Any = self._pick_key(data)
+        value: Any = {"ok": True}
+        ttl: Any = None
+        if which == "value":
+            value, expected = data.draw(S.invalid_values, label="bad value")
+        elif which == "ttl":
+            ttl, expected = data.draw(S.invalid_ttls, label="bad ttl")
+        else:
+            key, expected = data.draw(S.invalid_keys, label="bad key")
+        calls: dict[str, Callable[[], Any]] = {
+            "read": lambda: store.read(key), "get": lambda: store.get(key, {}),
+            "delete": lambda: store.delete(key), "in": lambda: key in store}
+        self._run(expected, calls.get(which, lambda: store.create(key, value, ttl)))
+
+    def _pick_key(self, data: st.DataObject) -> str:
+        """A key the model holds (live or expired) half the time, else any key."""
+        if self.model and data.draw(st.booleans(), label="known key"):
+            return data.draw(st.sampled_from(sorted(self.model)), label="key")
+        return data.draw(keys, label="key")
+
+    @rule(data=st.data())
+    def delete(self, data: st.DataObject) -> None:
+        assert self.store is not None
+        key = self._pick_key(data)
+        expected = self._lookup(key)
+        self._run(expected, lambda: self.store.delete(key))  # type: ignore[union-attr]
+        if expected is not mmapkv.KeyNotFoundError:
+            del self.model[key]  # deleted, or expired and reclaimed by the attempt
+
+    @rule(data=st.data(),
+          form=st.sampled_from(["mapping", "pairs", "triples", "mixed", "generator"]),
+          default_ttl=S.small_ttls,
+          defect=st.sampled_from([None, None, None, None, "key", "value", "ttl", "default_ttl",
+                                  "duplicate", "shape", "existing"]),
+          big=st.integers(min_value=0, max_value=9))
+    def batch_create(self, data: st.DataObject, form: str, default_ttl: int | None,
+                     defect: str | None, big: int) -> None:
+        """All or nothing: a batch with one defect raises its exception and writes nothing;
+        a sound one needs room for all its keys or is StoreFullError."""
+        assert self.store is not None
+        if big == 0:  # a batch about as big as the whole store
+            least, most = self.geometry.max_slots // 2, self.geometry.max_slots + 2
+        else:
+            least, most = 0, 5
+        names = data.draw(st.lists(keys, unique=True, min_size=least, max_size=most), label="keys")
+        items: list[Any] = []
+        for name in names:
+            value = data.draw(values, label="value")
+            if form == "triples" or (form == "mixed" and data.draw(st.booleans())):
+                items.append((name, value, data.draw(S.small_ttls, label="ttl")))
+            else:
+                items.append((name, value))
+        expected: type[Exception] | None = None
+        if defect is not None and items:
+            form = "triples" if defect == "ttl" else "pairs" if form == "mapping" else form
+            at = data.draw(st.integers(min_value=0, max_value=len(items) - 1), label="defect at")
+            name, value = items[at][0], items[at][1]
+            if defect == "key":
+                bad_key, expected = data.draw(S.invalid_keys, label="bad key")
+                items[at] = (bad_key, value)
+            elif defect == "value":
+                bad_value, expected = data.draw(S.invalid_values, label="bad value")
+                items[at] = (name, bad_value)
+            elif defect == "ttl":
+                bad_ttl, expected = data.draw(S.invalid_ttls, label="bad ttl")
+                items[at] = (name, value, bad_ttl)
+            elif defect == "default_ttl":
+                default_ttl, expected = data.draw(S.invalid_ttls, label="bad default ttl")
+            elif defect == "duplicate":
+                items.insert(data.draw(st.integers(0, len(items))), (name, {"twice": True}))
+                expected = mmapkv.KeyExistsError
+            elif defect == "shape":
+                bad_item = data.draw(st.sampled_from([[name, value], (name,), (name, value, None, 1),
+                                                      name, None, {name: value}]))
+                items[at] = bad_item
+                expected = mmapkv.InvalidArgumentError
+            elif defect == "existing":
+                live = sorted(self._live())
+                if live:
+                    items[at] = (data.draw(st.sampled_from(live)), value)
+                    expected = mmapkv.KeyExistsError  # (also if it is now in the batch twice)
+        elif defect == "default_ttl":
+            default_ttl, expected = data.draw(S.invalid_ttls, label="bad default ttl")
+        if expected is None:
+            expected = self._batch_outcome(items)
+        argument: Any
+        if form == "mapping":
+            argument = {item[0]: item[1] for item in items}
+        elif form == "generator":
+            argument = (item for item in items)
+        else:
+            argument = items
+        note(f"batch_create({form}, {len(items)} items, ttl={default_ttl!r}) -> "
+             f"{expected.__name__ if expected else 'ok'}")
+        now = self.clock.now
+        self._run(expected, lambda: self.store.batch_create(argument, ttl=default_ttl))  # type: ignore[union-attr]
+        if expected is None:
+            for item in items:
+                ttl = item[2] if len(item) == 3 else default_ttl
+                self.model[item[0]] = (S.normalise(item[1]), now + ttl if ttl is not None else 0.0)
+            COUNTS["batch items written"] += len(items)
+
+    def _batch_outcome(self, items: list[tuple[Any, ...]]) -> type[Exception] | None:
+        """What a batch of sound items must do; reclaims in the model as the store does."""
+        if not items:
+            return None
+        names = [item[0] for item in items]
+        if any(name in self.model and not self._expired(name) for name in names):
+            return mmapkv.KeyExistsError
+        for name in names:
+            self.model.pop(name, None)
+        return None if self._make_room(len(items)) else mmapkv.StoreFullError
+
+    # ------------------------------------------------------------ reads
+
+    @rule(data=st.data(), op=st.sampled_from(["read", "get", "in"]))
+    def lookup(self, data: st.DataObject, op: str) -> None:
+        """read/get/in agree with the model, expired keys included; they change nothing."""
+        assert self.store is not None
+        key = self._pick_key(data)
+        expected = self._lookup(key)
+        if op == "read":
+            got = self._run(expected, lambda: self.store.read(key))  # type: ignore[union-attr]
+            if expected is None:
+                assert got == self.model[key][0]
+                got["mutated"] = True  # a new object each call: the next read is unaffected
+                assert self.store.read(key) == self.model[key][0]
+        elif op == "get":
+            default = object()
+            got = self._run(None, lambda: self.store.get(key, default))  # type: ignore[union-attr]
+            assert got is default if expected else got == self.model[key][0]
+            assert self.store.get(key) == (None if expected else self.model[key][0])
+        else:
+            assert (key in self.store) == (expected is None)
+
+    @rule(op=st.sampled_from(["len", "stats", "keys"]))
+    def survey(self, op: str) -> None:
+        """len() and stats() reclaim expired entries (so the model does too); keys() lists
+        the live keys once each, as str."""
+        assert self.store is not None
+        if op == "len":
+            self._sweep()
+            assert len(self.store) == len(self.model)
+        elif op == "stats":
+            self._sweep()
+            stats = self.store.stats()
+            assert stats.live_keys == len(self.model)
+            assert stats.capacity == self._slot_count()
+            assert stats.file_size == self.file_size
+            assert stats.max_capacity == self.geometry.max_slots
+            assert stats.max_size == self.geometry.max_size
+        else:
+            listed = self.store.keys()
+            assert all(type(k) is str for k in listed)
+            assert len(listed) == len(set(listed))
+            assert sorted(listed) == sorted(self._live())
+            assert sorted(self.store) == sorted(listed)
+
+    # ------------------------------------------------------------ after every step
+
+    @invariant()
+    def store_matches_model(self) -> None:
+        if self.store is None:
+            return
+        COUNTS["invariant checks"] += 1
+        assert self.store.verify() == []
+        live = self._live()
+        assert sorted(self.store.keys()) == sorted(live)
+        for key, value in live.items():
+            assert self.store.read(key) == value, key
+        for key in self.model.keys() - live.keys():
+            assert key not in self.store
+        assert os.path.getsize(self.path) == self.file_size
+        COUNTS["values compared"] += len(live)
+
+
+StoreMachine.TestCase.settings = settings(PROFILE)
+TestStoreMachine = StoreMachine.TestCase
+
+
+# ------------------------------------------------------------------ round trips
+
+
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    store = mmapkv.Store(tmp_path_factory.mktemp("roundtrip") / "rt.mmapkv")
+    yield store
+    store.close()
+
+
+@settings(PROFILE, max_examples=PROFILE.max_examples * 3)
+@given(key=S.valid_keys, value=S.valid_values(max_leaves=40))
+def test_every_valid_object_reads_back_equal(shared_store: mmapkv.Store, key: str,
+                                             value: dict[str, Any]) -> None:
+    """Any JSON object up to 16,384 bytes is accepted and read back equal (tuples as lists),
+    before and after the store is closed and reopened."""
+    assert S.json_size(value) <= S.MAX_VALUE_BYTES
+    shared_store.create(key, value)
+    try:
+        assert shared_store.read(key) == S.normalise(value)
+        COUNTS["round trips"] += 1
+    finally:
+        shared_store.delete(key)
+
+
+@settings(PROFILE)
+@given(items=st.dictionaries(S.valid_keys, S.valid_values(max_leaves=20), max_size=8))
+def test_values_survive_reopen(items: dict[str, dict[str, Any]]) -> None:
+    """A batch of arbitrary objects reads back equal after a clean close and after a crash."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "s.mmapkv")
+        with mmapkv.Store(path) as store:
+            store.batch_create(items)
+        store = mmapkv.Store(path)
+        try:
+            assert {k: store.read(k) for k in store.keys()} == S.normalise(items)
+            engine, store._engine = store._engine, None
+            engine._release()  # type: ignore[union-attr]
+        finally:
+            store.close()
+        with mmapkv.Store(path) as store:
+            assert {k: store.read(k) for k in store.keys()} == S.normalise(items)
+            assert store.verify() == []
+        COUNTS["round trips"] += len(items)
+
+
+@settings(PROFILE)
+@given(value=S.boundary_objects(low=S.MAX_VALUE_BYTES - 4, high=S.MAX_VALUE_BYTES + 4))
+def test_size_limit_is_exact(shared_store: mmapkv.Store, value: dict[str, Any]) -> None:
+    """Up to 16,384 bytes of compact UTF-8 JSON is accepted (multi-byte text, escapes and
+    control characters counted as written); one byte more is ValueTooLargeError."""
+    size = S.json_size(value)
+    if size <= S.MAX_VALUE_BYTES:
+        shared_store.create("boundary", value)
+        try:
+            assert shared_store.read("boundary") == value
+        finally:
+            shared_store.delete("boundary")
+    else:
+        with pytest.raises(mmapkv.ValueTooLargeError, match="16,384"):
+            shared_store.create("boundary", value)
+        assert "boundary" not in shared_store
+    COUNTS["size limit cases"] += 1
+
+
+@settings(PROFILE)
+@given(value=S.invalid_values)
+def test_invalid_values_are_refused(shared_store: mmapkv.Store, value: tuple[Any, type[Exception]]) -> None:
+    """Every non-JSON or oversized value raises its exact class, also a ValueError."""
+    bad, expected = value
+    with pytest.raises(expected) as info:
+        shared_store.create("bad", bad)
+    assert type(info.value) is expected and isinstance(info.value, ValueError)
+    assert "bad" not in shared_store
+    COUNTS["bad inputs"] += 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def write_report() -> Any:
+    """Leave this module's counts in $MMAPKV_REPORT_DIR for fuzz/reliability_report.py."""
+    COUNTS.clear()
+    yield
+    directory = os.environ.get("MMAPKV_REPORT_DIR")
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "fuzz_state_machine.json"), "w") as f:
+            json.dump({"profile": os.environ.get("MMAPKV_FUZZ_PROFILE", "ci"), **COUNTS}, f,
+                      indent=1, sort_keys=True)
