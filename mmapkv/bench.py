@@ -1296,6 +1296,49 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(results: dict[str, Any]) -> str:
+    """The tables of ``docs/benchmarks.md``, from a results file (``--report``)."""
+    out = []
+    groups = results["groups"]
+    for g in groups:
+        out.append(f"\n#### N = {g['n']:,}, {g['value_size']} values (median {g['value_bytes_median']:,} B)\n")
+        out.append("| store | " + " | ".join(op.replace("_", " ") for op in OPS) + " | file |")
+        out.append("| --- |" + " ---: |" * (len(OPS) + 1))
+        for name, s in g["stores"].items():
+            cells = []
+            for op in OPS:
+                p = s["ops"].get(op)
+                if not p:
+                    cells.append("n/a")
+                    continue
+                cell = f"{_us(p['median_ns'])} / {_us(p['p99_ns'])}"
+                ratio = s.get("ratio_to_mmapkv", {}).get(op)
+                if ratio is not None and name != "mmapkv":
+                    cell += f" ({ratio:.3g}x)"
+                if p["count"] < g["n"] and op not in ("open", "batch_create"):
+                    cell += " *"
+                cells.append(cell)
+            out.append(f"| {name} | " + " | ".join(cells) + f" | {s['file_bytes'] / 2**20:,.1f} MiB |")
+    if results.get("memory"):
+        out.append("\n| store | N | Python heap growth | anonymous RSS growth | file |")
+        out.append("| --- | ---: | ---: | ---: | ---: |")
+        for m in results["memory"]:
+            out.append(f"| {m['store']} | {m['n']:,} | {m['heap_bytes'] / 1024:,.1f} KiB | "
+                       f"{m['anon_rss_bytes'] / 1024:,.0f} KiB | {m['file_bytes'] / 2**20:,.1f} MiB |")
+    fill = results.get("fill")
+    if fill:
+        c = fill["create"]
+        out.append(f"\nFill to {fill['max_size']:,} B: {fill['keys']:,} creates; median {_us(c['median_ns'])} us, "
+                   f"p99 {_us(c['p99_ns'])} us, p99.9 {_us(c['p999_ns'])} us, max {_us(c['max_ns'])} us.\n")
+        out.append("| growth at create | from | to | that create |")
+        out.append("| ---: | ---: | ---: | ---: |")
+        for gr in fill["growths"]:
+            out.append(f"| {gr['create_index']:,} | {gr['from_bytes']:,} B | {gr['to_bytes']:,} B | {_us(gr['ns'])} us |")
+    if results.get("goals"):
+        out.append("\n" + format_goals(results["goals"]))
+    return "\n".join(out)
+
+
 def format_goals(goals: list[dict[str, Any]]) -> str:
     """The goal table as Markdown (pasted into docs/benchmarks.md)."""
     rows = ["| goal | where | measured | holds |", "| --- | --- | --- | --- |"]
@@ -1404,12 +1447,22 @@ def _parser() -> argparse.ArgumentParser:
                                                    "(default 50,000; the largest N with --quick)")
     p.add_argument("--no-fill", action="store_true", help="skip the fill-to-ceiling test")
     p.add_argument("--no-memory", action="store_true", help="skip the memory and resident tests")
+    p.add_argument("--report", metavar="RESULTS_JSON",
+                   help="run nothing: print the Markdown tables of docs/benchmarks.md from a results file")
     return p
 
 
 def main(argv: Sequence[Any] | None = None) -> int:
     """Run the benchmark; print the table; write results.json and latency.png.  Exit code."""
     args = _parser().parse_args(None if argv is None else [os.fspath(a) for a in argv])
+    if args.report:
+        try:
+            with open(args.report, encoding="utf-8") as f:
+                print(format_markdown(json.load(f)))
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"error: cannot report on {args.report}: {exc}", file=sys.stderr)
+            return 1
+        return 0
     started = time.time()
     ns = sorted(set(args.n)) if args.n else list(QUICK_NS if args.quick else FULL_NS)
     if any(x < BATCH for x in ns):

@@ -129,3 +129,10 @@ def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench.main(["--n", "10"]) == 2
     assert bench.main(["--stores", "redis"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_report_prints_the_markdown_tables(results: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.main(["--report", os.path.join(results["_out"], "results.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| mmapkv |" in out and "| goal |" in out
+    assert bench.main(["--report", os.path.join(results["_out"], "missing.json")]) == 1
