@@ -1,0 +1,470 @@
+"""The child processes of the fault tests, and the helpers they share with their parents.
+
+Run as ``python tests/fault_child.py MODE ARGS_JSON``; each mode talks to its parent in
+JSON lines on stdout, flushed one by one, so a parent that kills it knows exactly what
+was acknowledged:
+
+``writer``   writes, deletes and batch-creates in a loop (seeded), printing ``begin``
+             before and ``ack`` after each operation; it can freeze at a named point
+             inside the engine (``pause``) so the parent kills it exactly there.
+``holder``   opens a store and holds it (idle, writing, or frozen in the middle of a
+             growth) until told on stdin to ``resume``, ``close`` or ``exit``.
+``rival``    tries to open a store again and again and counts how it was refused.
+``check``    opens damaged store files and reads every key, classifying each outcome.
+``diskfull`` fills a store under ``RLIMIT_FSIZE`` and reports how growth failed.
+
+Importing this module has no side effects (pytest's doctest collection imports it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import signal
+import sys
+import threading
+import traceback
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+#: where the engine can be frozen for an exact kill, and what is half-done there
+PAUSE_POINTS = {
+    "grow.reserved": "the file is extended but not yet mapped, superblock size not updated",
+    "grow.done": "a growth has finished, the create that needed it has not written yet",
+    "batch.pending": "a batch's slots are written PENDING, its commit word is not",
+    "batch.half": "a batch is committed and its first slot indexed, the rest still PENDING",
+    "create.unindexed": "a slot is committed LIVE but not yet in the hash table",
+    "delete.unindexed": "a key is out of the hash table but its slot is still LIVE",
+}
+
+
+# ------------------------------------------------------------------ shared helpers
+
+
+def make_value(key: str, nonce: int, size: int) -> dict[str, Any]:
+    """The value the writer stores under *key*: exactly *size* bytes of compact JSON
+    (at least ~120), multi-byte text and a big integer included, derived from its inputs
+    so the parent can recompute it from an acknowledgement line.
+
+    >>> v = make_value("k", 7, 500)
+    >>> len(json.dumps(v, ensure_ascii=False, separators=(",", ":")).encode())
+    500
+    """
+    value: dict[str, Any] = {"key": key, "nonce": nonce, "big": 2 ** 70 + nonce,
+                             "text": "ключ🔑", "pad": ""}
+    have = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+    if have > size:
+        raise ValueError(f"make_value: {size} bytes is too small for {key!r}")
+    pad = size - have
+    value["pad"] = "é" * (pad // 2) + "x" * (pad % 2)
+    return value
+
+
+def emit(event: dict[str, Any]) -> None:
+    """One JSON line to the parent, flushed at once."""
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def child_env() -> dict[str, str]:
+    """The environment a child needs to import mmapkv from this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONHASHSEED"] = "0"
+    return env
+
+
+def child_command(mode: str, args: dict[str, Any]) -> list[str]:
+    return [sys.executable, os.path.join(HERE, "fault_child.py"), mode, json.dumps(args)]
+
+
+def write_report(name: str, counts: dict[str, Any]) -> None:
+    """Add *counts* to ``$MMAPKV_REPORT_DIR/<name>.json`` (summed over the test's cases),
+    for ``fuzz/reliability_report.py``.  Does nothing when the variable is unset."""
+    directory = os.environ.get("MMAPKV_REPORT_DIR")
+    if not directory:
+        return
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"{name}.json")
+    total: dict[str, Any] = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            total = json.load(f)
+    for key, value in counts.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            total[key] = total.get(key, 0) + value
+        else:
+            total[key] = value
+    with open(path, "w") as f:
+        json.dump(total, f, indent=1, sort_keys=True)
+
+
+# ------------------------------------------------------------------ pause points
+
+
+class _Pauser:
+    """Freeze at the *hit*-th arrival at *point*: tell the parent, then wait (for a kill,
+    or for ``resume`` on stdin when *resumable*)."""
+
+    def __init__(self, point: str | None, hit: int = 1, resumable: bool = False) -> None:
+        self.point, self.hit, self.seen = point, hit, 0
+        self.armed = False  # set once the store is open: creating the file is no growth
+        self.resume = threading.Event()
+        self.resumable = resumable
+
+    def at(self, point: str) -> None:
+        if not self.armed or point != self.point:
+            return
+        self.seen += 1
+        if self.seen != self.hit:
+            return
+        emit({"ev": "paused", "at": point})
+        if self.resumable:
+            self.resume.wait()
+        else:
+            while True:
+                signal.pause()
+
+
+def _install_pauses(pauser: _Pauser) -> None:
+    """Wrap engine internals (in this process only) so *pauser* can freeze inside them."""
+    from mmapkv import engine as eng
+
+    real_reserve, real_grow = eng.reserve, eng.Engine.grow
+    real_set_commit, real_commit = eng.Engine.set_batch_commit, eng.Engine.commit_pending
+    real_insert, real_delete = eng.Engine._table_insert, eng.Engine._table_delete
+    batch_hits = [0]
+
+    def reserve(fd: int, size: int) -> None:
+        real_reserve(fd, size)
+        pauser.at("grow.reserved")
+
+    def grow(self: Any) -> bool:
+        grown = real_grow(self)
+        if grown:
+            pauser.at("grow.done")
+        return grown
+
+    def set_batch_commit(self: Any, seq: int) -> None:
+        pauser.at("batch.pending")
+        batch_hits[0] = 0
+        real_set_commit(self, seq)
+
+    def commit_pending(self: Any, slot: int, fp: int) -> None:
+        real_commit(self, slot, fp)
+        batch_hits[0] += 1
+        if batch_hits[0] == 1:
+            pauser.at("batch.half")
+
+    def table_insert(self: Any, entry: int) -> None:
+        pauser.at("create.unindexed")
+        real_insert(self, entry)
+
+    def table_delete(self: Any, index: int) -> None:
+        real_delete(self, index)
+        pauser.at("delete.unindexed")
+
+    eng.reserve = reserve  # type: ignore[assignment]
+    eng.Engine.grow = grow  # type: ignore[method-assign]
+    eng.Engine.set_batch_commit = set_batch_commit  # type: ignore[method-assign]
+    eng.Engine.commit_pending = commit_pending  # type: ignore[method-assign]
+    eng.Engine._table_insert = table_insert  # type: ignore[method-assign]
+    eng.Engine._table_delete = table_delete  # type: ignore[method-assign]
+
+
+# ------------------------------------------------------------------ modes
+
+
+def writer(args: dict[str, Any]) -> None:
+    """Write forever (until killed); every operation is announced and acknowledged."""
+    import mmapkv
+
+    pauser = _Pauser(args.get("pause"), args.get("hit", 1))
+    _install_pauses(pauser)
+    rng = random.Random(args["seed"])
+    store = mmapkv.Store(args["path"], max_size=args["max_size"])
+    engine = store._engine
+    assert engine is not None
+    names = sorted(store.keys())
+    emit({"ev": "ready", "keys": len(names), "recovered": not engine.was_clean})
+    pauser.armed = True
+    counter = 0
+    last_full = False
+
+    def new_item() -> list[Any]:
+        nonlocal counter
+        counter += 1
+        key = rng.choice([f"r{args['round']}-{counter}", f"ключ{args['round']}.{counter}",
+                          f"🔑{args['round']}/{counter}"])
+        size = rng.choice([rng.randint(120, 600), rng.randint(8000, 16384), 16384])
+        return [key, rng.randint(0, 10 ** 9), size]
+
+    for _ in range(args.get("max_ops", 10 ** 9)):
+        roll = rng.random()
+        if names and (roll < 0.25 or (last_full and roll < 0.8)):
+            op: dict[str, Any] = {"op": "delete", "key": rng.choice(names)}
+            needed = 0
+        elif roll < 0.75:
+            op = {"op": "create", "items": [new_item()]}
+            needed = 1
+        else:
+            op = {"op": "batch", "items": [new_item() for _ in range(rng.randint(1, 4))]}
+            needed = len(op["items"])
+        op["grows"] = needed > 0 and engine.free_slots() < needed and \
+            engine.file_size < engine.geometry.max_size and \
+            engine.live_count + needed <= engine.geometry.max_slots
+        emit({"ev": "begin", **op})
+        try:
+            if op["op"] == "delete":
+                store.delete(op["key"])
+                names.remove(op["key"])
+            elif op["op"] == "create":
+                key, nonce, size = op["items"][0]
+                store.create(key, make_value(key, nonce, size))
+                names.append(key)
+            else:
+                store.batch_create({key: make_value(key, nonce, size)
+                                    for key, nonce, size in op["items"]})
+                names.extend(item[0] for item in op["items"])
+            last_full = False
+            emit({"ev": "ack", "res": "ok"})
+        except mmapkv.StoreFullError as exc:
+            last_full = True
+            emit({"ev": "ack", "res": "full", "error": type(exc).__name__})
+    store.close()
+    emit({"ev": "done"})
+
+
+def holder(args: dict[str, Any]) -> None:
+    """Hold a store open: ``idle``, ``writing`` (a thread writes until ``close``), or
+    ``growing`` (frozen inside a growth until ``resume``).  Commands on stdin:
+    ``resume``, ``close``, ``exit``."""
+    import mmapkv
+
+    mode = args["mode"]
+    pauser = _Pauser("grow.reserved" if mode == "growing" else None, resumable=True)
+    _install_pauses(pauser)
+    store = mmapkv.Store(args["path"], max_size=args.get("max_size"))
+    pauser.armed = True
+    stop = threading.Event()
+    acked = [0]
+
+    def write_loop() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            key = f"w{i % 5}"
+            try:
+                store.create(key, make_value(key, i, 200))
+            except mmapkv.KeyExistsError:
+                store.delete(key)
+            acked[0] += 1
+            if i == 50:
+                emit({"ev": "writing"})
+
+    def grow_loop() -> None:  # creates until a growth freezes, then after resume, finishes
+        for i in range(64):
+            key = f"g{i}"
+            store.create(key, make_value(key, i, 16384))
+            acked[0] += 1
+        emit({"ev": "grown", "file_size": os.path.getsize(args["path"])})
+
+    worker = None
+    if mode == "writing":
+        worker = threading.Thread(target=write_loop, daemon=True)
+    elif mode == "growing":
+        worker = threading.Thread(target=grow_loop, daemon=True)
+    emit({"ev": "ready", "pid": os.getpid()})
+    if worker is not None:
+        worker.start()
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "resume":
+            pauser.resume.set()
+        elif command == "close":
+            stop.set()
+            pauser.resume.set()
+            if worker is not None:
+                worker.join()
+            store.close()
+            emit({"ev": "closed", "acked": acked[0]})
+        elif command == "exit":
+            break
+    emit({"ev": "bye"})
+
+
+def rival(args: dict[str, Any]) -> None:
+    """Try to open the store ``attempts`` times; count refusals and successes."""
+    import mmapkv
+
+    counts = {"locked": 0, "opened": 0, "other": 0, "messages_with_path": 0, "keys": -1}
+    emit({"ev": "ready"})
+    for _ in range(args["attempts"]):
+        try:
+            store = mmapkv.Store(args["path"], lock_timeout=args.get("lock_timeout", 0.0))
+        except mmapkv.StoreLockedError as exc:
+            counts["locked"] += 1
+            counts["messages_with_path"] += args["path"] in str(exc)
+            continue
+        except Exception:
+            counts["other"] += 1
+            emit({"ev": "error", "trace": traceback.format_exc()})
+            continue
+        counts["opened"] += 1
+        try:
+            counts["keys"] = len(store.keys())
+            counts["verify"] = store.verify()  # type: ignore[assignment]
+            if args.get("write"):
+                store.create("rival-was-here", {"pid": os.getpid()})
+        finally:
+            store.close()
+    emit({"ev": "done", **counts})
+
+
+def check(args: dict[str, Any]) -> None:
+    """Open each damaged file and read every expected key: each outcome must be an
+    MmapKVError or the exact stored value.  Reports wrong data and foreign exceptions."""
+    import mmapkv
+
+    with open(args["expected"]) as f:
+        expected: dict[str, Any] = json.load(f)
+    result: dict[str, Any] = {"refused": 0, "opened": 0, "reads_exact": 0, "reads_refused": 0,
+                              "wrong": [], "foreign": [], "invented_keys": [], "errors": {}}
+
+    def foreign(case: int, what: str) -> None:
+        result["foreign"].append({"case": case, "during": what, "trace": traceback.format_exc()})
+
+    def refused(exc: BaseException) -> None:
+        name = type(exc).__name__
+        result["errors"][name] = result["errors"].get(name, 0) + 1
+
+    for case, path in enumerate(args["files"]):
+        emit({"ev": "case", "case": case})
+        try:
+            store = mmapkv.Store(path)
+        except mmapkv.MmapKVError as exc:
+            result["refused"] += 1
+            refused(exc)
+            continue
+        except Exception:
+            foreign(case, "open")
+            continue
+        result["opened"] += 1
+        try:
+            for key, want in expected.items():
+                for how in ("read", "get", "in"):
+                    try:
+                        if how == "read":
+                            got = store.read(key)
+                        elif how == "get":
+                            got = store.get(key, None)
+                            if got is None:
+                                continue
+                        else:
+                            key in store  # noqa: B015 - only its exceptions matter
+                            continue
+                    except mmapkv.MmapKVError as exc:
+                        result["reads_refused"] += 1
+                        refused(exc)
+                        continue
+                    except Exception:
+                        foreign(case, f"{how} {key!r}")
+                        continue
+                    if got != want:
+                        result["wrong"].append({"case": case, "key": key, "got": repr(got)[:200]})
+                    else:
+                        result["reads_exact"] += 1
+            for name, call in (("keys", store.keys), ("len", store.__len__), ("verify", store.verify)):
+                try:
+                    listed = call()
+                except mmapkv.MmapKVError as exc:
+                    refused(exc)
+                    continue
+                except Exception:
+                    foreign(case, name)
+                    continue
+                if name == "keys":
+                    invented = [k for k in listed if k not in expected]
+                    if invented:
+                        result["invented_keys"].append({"case": case, "keys": invented[:5]})
+        finally:
+            try:
+                store.close()
+            except mmapkv.MmapKVError as exc:
+                refused(exc)
+            except Exception:
+                foreign(case, "close")
+    emit({"ev": "done", **result})
+
+
+def diskfull(args: dict[str, Any]) -> None:
+    """Under ``RLIMIT_FSIZE`` (SIGXFSZ ignored): fill a store until growth fails, then
+    report what the error looked like and what the store still does."""
+    import mmapkv
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (args["limit"], resource.RLIM_INFINITY))
+    path = args["path"]
+    facts: dict[str, Any] = {"ev": "done"}
+    try:
+        store = mmapkv.Store(path, max_size=args.get("max_size"))
+    except mmapkv.DiskFullError as exc:
+        facts.update(open_error=type(exc).__name__, message=str(exc), errno=exc.errno,
+                     exists=os.path.exists(path), leftovers=sorted(os.listdir(os.path.dirname(path))))
+        emit(facts)
+        return
+    stored: dict[str, Any] = {}
+    error: BaseException | None = None
+    size_before = 0
+    for i in range(100_000):
+        key = f"k{i}"
+        value = make_value(key, i, args.get("value_size", 4000))
+        size_before = os.path.getsize(path)
+        try:
+            store.create(key, value)
+        except mmapkv.StoreFullError as exc:
+            error = exc
+            break
+        stored[key] = value
+    assert error is not None
+    facts.update(
+        error=type(error).__name__, message=str(error), errno=getattr(error, "errno", None),
+        is_store_full=isinstance(error, mmapkv.StoreFullError), is_oserror=isinstance(error, OSError),
+        stored=len(stored), size_before=size_before, size_after=os.path.getsize(path),
+        limit=args["limit"])
+    facts["reads_after"] = sum(store.read(k) == v for k, v in stored.items())
+    facts["keys_after"] = sorted(store.keys()) == sorted(stored)
+    facts["verify_after"] = store.verify()
+    # a batch that needs growth fails the same way and writes nothing
+    try:
+        store.batch_create({f"b{i}": {"i": i} for i in range(3)})
+        facts["batch"] = "accepted"
+    except mmapkv.StoreFullError as exc:
+        facts["batch"] = type(exc).__name__
+    facts["keys_after_batch"] = sorted(store.keys()) == sorted(stored)
+    # writes that fit still work: free one slot, take it again
+    gone = sorted(stored)[0]
+    store.delete(gone)
+    del stored[gone]
+    store.create("fits", {"ok": True})
+    stored["fits"] = {"ok": True}
+    facts["size_after_fit"] = os.path.getsize(path)
+    store.close()
+    with mmapkv.Store(path) as again:
+        facts["reopened_reads"] = sum(again.read(k) == v for k, v in stored.items())
+        facts["reopened_keys"] = sorted(again.keys()) == sorted(stored)
+        facts["reopened_verify"] = again.verify()
+        facts["expected_after_reopen"] = len(stored)
+    facts["size_final"] = os.path.getsize(path)
+    emit(facts)
+
+
+MODES = {"writer": writer, "holder": holder, "rival": rival, "check": check, "diskfull": diskfull}
+
+if __name__ == "__main__":
+    sys.path.insert(0, ROOT)
+    MODES[sys.argv[1]](json.loads(sys.argv[2]))

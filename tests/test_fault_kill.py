@@ -1,0 +1,194 @@
+"""kill -9 at random instants: every acknowledged change survives, nothing else appears.
+
+A child process (``fault_child.py writer``) creates, deletes and batch-creates in a seeded
+loop, printing each operation before it starts (``begin``) and after it returns (``ack``).
+The parent SIGKILLs it, either after a random number of lines (a random instant, often in
+the middle of an operation) or while it is frozen at a named point inside the engine (in
+the middle of a growth, of a batch commit, of a create or a delete).  Then the parent
+reopens the store and checks: ``verify() == []``; the keys are exactly the acknowledged
+ones, except that the one operation in flight may have happened (all of it) or not
+(none of it); every value is exactly what was written; and writing continues.
+
+The store has a small ceiling (33 slots) and most values are large, and every few rounds
+starts from a fresh file, so growth is frequent.  ``MMAPKV_FAULT_ROUNDS`` sets the number
+of rounds per seed (default 25).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import select
+import signal
+import subprocess
+from typing import Any
+
+import pytest
+
+import mmapkv
+from fault_child import PAUSE_POINTS, child_command, child_env, make_value, write_report
+from mmapkv.format import Geometry
+
+ROUNDS = int(os.environ.get("MMAPKV_FAULT_ROUNDS", "25"))
+SEEDS = [1, 2, 3, 4]
+MAX_SIZE = Geometry.smallest_max_size() * 4        # 8 -> 16 -> 33 slots
+MAX_SLOTS = Geometry(MAX_SIZE).max_slots
+LINE_TIMEOUT = 60.0  # a deadlock guard only: a healthy child answers in milliseconds
+
+Model = dict[str, tuple[int, int]]  # key -> (nonce, size)
+
+
+class Child:
+    """A writer child and its JSON lines."""
+
+    def __init__(self, args: dict[str, Any]) -> None:
+        self.proc = subprocess.Popen(child_command("writer", args), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env=child_env())
+        self.buffer = b""
+
+    def line(self) -> dict[str, Any] | None:
+        """The next line, or None at end of output."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.buffer:
+            ready, _, _ = select.select([fd], [], [], LINE_TIMEOUT)
+            if not ready:
+                self.proc.kill()
+                raise AssertionError("the writer child said nothing for a minute")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return None
+            self.buffer += chunk
+        raw, self.buffer = self.buffer.split(b"\n", 1)
+        return json.loads(raw)  # type: ignore[no-any-return]
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        assert self.proc.returncode == -signal.SIGKILL, self.stderr()
+
+    def stderr(self) -> str:
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read().decode(errors="replace")[-3000:]
+
+
+def apply(model: Model, op: dict[str, Any]) -> Model:
+    """The model after *op* took effect."""
+    after = dict(model)
+    if op["op"] == "delete":
+        del after[op["key"]]
+    else:
+        for key, nonce, size in op["items"]:
+            after[key] = (nonce, size)
+    return after
+
+
+def check_store(path: str, model: Model, in_flight: dict[str, Any] | None,
+                leave_dirty: bool) -> Model:
+    """Reopen after a kill; return the model that the store turned out to match.
+
+    With *leave_dirty* the parent drops the store without a clean close, so the next
+    child recovers it again (and writes into a recovered store)."""
+    store = mmapkv.Store(path)
+    try:
+        assert store.verify() == []
+        present = set(store.keys())
+        candidates = [model] if in_flight is None else [model, apply(model, in_flight)]
+        matches = [c for c in candidates if set(c) == present]
+        assert matches, (f"keys after the kill match neither the acknowledged state nor it "
+                         f"plus the in-flight {in_flight}: missing {sorted(set(model) - present)[:5]}, "
+                         f"extra {sorted(present - set(model))[:5]}")
+        now = matches[-1]
+        for key, (nonce, size) in now.items():
+            assert store.read(key) == make_value(key, nonce, size), key
+        assert len(store) == len(now)
+        # writing continues: take a slot and give it back
+        if len(now) == MAX_SLOTS:
+            victim = sorted(now)[0]
+            store.delete(victim)
+            now = {k: v for k, v in now.items() if k != victim}
+        store.create("probe", {"after": "kill"})
+        assert store.read("probe") == {"after": "kill"}
+        store.delete("probe")
+        assert store.verify() == []
+    finally:
+        if leave_dirty and store._engine is not None:
+            engine, store._engine = store._engine, None
+            engine._release()
+        store.close()
+    return now
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_kill_9_loses_no_acknowledged_change(tmp_path: Any, seed: int) -> None:
+    """Rounds of: a child writes, it is SIGKILLed at a random instant or a chosen point
+    inside the engine, the parent reopens and finds exactly the acknowledged state."""
+    rng = random.Random(seed)
+    path = os.path.join(tmp_path, "kill.mmapkv")
+    model: Model = {}
+    counts = {"kill rounds": 0, "acknowledged operations": 0, "keys checked": 0,
+              "kills in flight": 0, "kills during growth": 0, "in-flight applied": 0,
+              "full acknowledged": 0, "recoveries by child": 0}
+    for round_number in range(ROUNDS):
+        if round_number % 3 == 0 and os.path.exists(path):  # fresh file: growth again
+            os.unlink(path)
+            model = {}
+        pause = None
+        if rng.random() < 0.5:  # freeze inside the engine; half of these inside a growth
+            pause = rng.choice(["grow.reserved", "grow.done"] if rng.random() < 0.5
+                               else sorted(PAUSE_POINTS))
+        if pause and pause.startswith("grow") and os.path.exists(path) and \
+                os.path.getsize(path) >= MAX_SIZE:  # at the ceiling: no growth to freeze in
+            os.unlink(path)
+            model = {}
+        args = {"path": path, "seed": rng.randrange(2 ** 32), "round": f"{seed}.{round_number}",
+                "max_size": MAX_SIZE, "pause": pause, "hit": rng.randint(1, 3)}
+        kill_after = rng.randint(1, 80)  # lines, when not pausing (or if the pause never comes)
+        context = f"seed={seed} round={round_number} args={args}"
+        child = Child(args)
+        in_flight: dict[str, Any] | None = None
+        frozen_at = None
+
+        def take(event: dict[str, Any]) -> None:
+            """Fold one line of the child into the model."""
+            nonlocal in_flight, model, frozen_at
+            if event["ev"] == "ready":
+                counts["recoveries by child"] += event["recovered"]
+            elif event["ev"] == "begin":
+                in_flight = event
+            elif event["ev"] == "ack":
+                assert in_flight is not None
+                if event["res"] == "ok":
+                    model = apply(model, in_flight)
+                else:  # StoreFullError: only when the batch truly does not fit
+                    assert len(model) + len(in_flight["items"]) > MAX_SLOTS, context
+                    counts["full acknowledged"] += 1
+                in_flight = None
+                counts["acknowledged operations"] += 1
+            elif event["ev"] == "paused":
+                frozen_at = event["at"]
+
+        lines = 0
+        while frozen_at is None and (pause is not None or lines < kill_after) and lines < 400:
+            event = child.line()
+            assert event is not None, f"{context}: the writer died: {child.stderr()}"
+            take(event)
+            lines += 1
+        child.kill()
+        # the child ran ahead of our reading: what it printed before dying counts too
+        while (event := child.line()) is not None:
+            take(event)
+        counts["kill rounds"] += 1
+        counts["kills in flight"] += in_flight is not None
+        counts["kills during growth"] += bool(
+            (frozen_at or "").startswith("grow") or (in_flight and in_flight.get("grows")))
+        try:
+            after = check_store(path, model, in_flight, leave_dirty=rng.random() < 0.3)
+        except AssertionError as exc:
+            raise AssertionError(f"{context} frozen_at={frozen_at}: {exc}") from exc
+        counts["in-flight applied"] += after != model
+        model = after
+        counts["keys checked"] += len(model)
+    write_report("fault_kill", {**counts, "seeds": 1, "rounds per seed": str(ROUNDS)})
+    assert counts["acknowledged operations"] > ROUNDS  # the children did work
