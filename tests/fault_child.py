@@ -406,8 +406,9 @@ def diskfull(args: dict[str, Any]) -> None:
     report what the error looked like and what the store still does."""
     import mmapkv
 
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (args["limit"], resource.RLIM_INFINITY))
+    if args["limit"] is not None:  # else: the disk itself is small (a tmpfs)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (args["limit"], resource.RLIM_INFINITY))
     path = args["path"]
     facts: dict[str, Any] = {"ev": "done"}
     try:

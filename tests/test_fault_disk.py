@@ -1,0 +1,103 @@
+"""Full disk: growth fails with a clear DiskFullError and the store stays whole.
+
+A child process (``fault_child.py diskfull``) ignores SIGXFSZ and lowers
+``RLIMIT_FSIZE`` so that one doubling of the file cannot be allocated, then creates keys
+until that growth fails.  The error must be ``mmapkv.DiskFullError`` (a ``StoreFullError``
+and an ``OSError`` carrying ``EFBIG``) whose message names the path and says what to do;
+the file must be left at its old size; every key must still read back exactly; a batch
+needing growth fails the same way and writes nothing; a write that fits (after a delete)
+succeeds; and after close and reopen nothing is lost.  Where the machine allows mounting
+a small tmpfs (root), the same runs against a real ``ENOSPC``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+from typing import Any
+
+import pytest
+
+from fault_child import child_command, child_env, write_report
+from mmapkv.format import MAX_FILE_SIZE, Geometry
+
+SMALL = Geometry.smallest_max_size() * 4
+BIG_INITIAL = Geometry(MAX_FILE_SIZE).initial_size
+
+
+def run_diskfull(path: str, limit: int | None, max_size: int | None, value_size: int = 4000) -> dict[str, Any]:
+    proc = subprocess.run(child_command("diskfull", {"path": path, "limit": limit, "max_size": max_size,
+                                                     "value_size": value_size}),
+                          capture_output=True, env=child_env(), timeout=300)
+    assert proc.returncode == 0, f"the child died ({proc.returncode}): {proc.stderr.decode()[-3000:]}"
+    facts: dict[str, Any] = json.loads(proc.stdout.decode().splitlines()[-1])
+    return facts
+
+
+def check_growth_failure(facts: dict[str, Any], path: str, code: int) -> None:
+    assert facts["error"] == "DiskFullError", facts
+    assert facts["is_store_full"] and facts["is_oserror"]
+    assert facts["errno"] == code
+    assert path in facts["message"] and "cannot grow" in facts["message"]
+    assert "delete keys" in facts["message"] or "free disk space" in facts["message"]
+    assert facts["size_after"] == facts["size_before"], "a failed growth left the file bigger"
+    assert facts["reads_after"] == facts["stored"] and facts["keys_after"]
+    assert facts["verify_after"] == []
+    assert facts["batch"] == "DiskFullError" and facts["keys_after_batch"]
+    assert facts["size_after_fit"] == facts["size_before"]
+    assert facts["reopened_reads"] == facts["expected_after_reopen"] and facts["reopened_keys"]
+    assert facts["reopened_verify"] == []
+    assert facts["size_final"] == facts["size_before"]
+
+
+@pytest.mark.parametrize("max_size, limit", [
+    (None, BIG_INITIAL + 100_000),      # the first doubling of a 1 GiB-ceiling store fails
+    (None, 3 * BIG_INITIAL),            # the second one fails
+    (SMALL, 200_000),                   # a small ceiling: 8 -> 16 slots fails
+], ids=["first-growth", "second-growth", "small-ceiling"])
+def test_growth_past_file_size_limit(tmp_path: Any, max_size: int | None, limit: int) -> None:
+    """RLIMIT_FSIZE stops a growth: DiskFullError, nothing lost, store still usable."""
+    path = os.path.join(tmp_path, "full.mmapkv")
+    facts = run_diskfull(path, limit, max_size)
+    check_growth_failure(facts, path, errno.EFBIG)
+    assert facts["size_before"] <= limit
+    write_report("fault_disk", {"growth failures provoked": 1, "keys checked after failure": facts["stored"]})
+
+
+def test_creating_a_store_past_the_limit(tmp_path: Any) -> None:
+    """Too little room for even the initial file: DiskFullError, and no file or temporary
+    file is left behind."""
+    path = os.path.join(tmp_path, "new.mmapkv")
+    facts = run_diskfull(path, 100_000, SMALL)
+    assert facts["open_error"] == "DiskFullError", facts
+    assert facts["errno"] == errno.EFBIG and path in facts["message"]
+    assert not facts["exists"] and facts["leftovers"] == []
+    write_report("fault_disk", {"growth failures provoked": 1})
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Any) -> Any:
+    """A 3 MiB tmpfs, where the machine lets us mount one (root); else skip."""
+    mount_point = os.path.join(tmp_path, "tiny")
+    os.mkdir(mount_point)
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", mount_point],
+                              capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here: {exc}")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", mount_point], capture_output=True, timeout=30)
+
+
+def test_growth_on_a_full_filesystem(small_tmpfs: str) -> None:
+    """A real ENOSPC (a 3 MiB tmpfs): the same guarantees as under RLIMIT_FSIZE."""
+    path = os.path.join(small_tmpfs, "full.mmapkv")
+    facts = run_diskfull(path, None, None)
+    check_growth_failure(facts, path, errno.ENOSPC)
+    write_report("fault_disk", {"growth failures provoked": 1, "keys checked after failure": facts["stored"]})
