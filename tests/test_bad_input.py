@@ -1,0 +1,361 @@
+"""Bad input: every public method against every kind of wrong argument.
+
+Each row of the table calls one method with one wrong argument and names the exception it
+must raise: the exact class (all are ``MmapKVError`` subclasses; argument errors are also
+``ValueError`` and ``TypeError``, a missing key also ``KeyError``), and a piece of text
+its message must contain (the key, limit or path involved).  After each call the store
+must be unchanged: the same keys with the same values, and the file byte for byte.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import math
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import mmapkv
+from fault_child import write_report
+from mmapkv.format import MAX_FILE_SIZE, Geometry
+
+SMALLEST = Geometry.smallest_max_size()
+PRESENT = {"present": {"v": 1}, "ключ": {"list": [1, 2], "big": 2 ** 70}, "gone-soon": {"x": None}}
+
+Call = Callable[[mmapkv.Store], Any]
+
+
+def _circular_dict() -> dict[str, Any]:
+    loop: dict[str, Any] = {}
+    loop["self"] = loop
+    return loop
+
+
+def _circular_list() -> dict[str, Any]:
+    loop: list[Any] = []
+    loop.append(loop)
+    return {"l": loop}
+
+
+def _deep(levels: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(levels):
+        value = {"d": value}
+    return value
+
+
+BAD_KEYS: list[tuple[str, Any, str]] = [
+    ("empty", "", "1 to 32"),
+    ("33-ascii", "k" * 33, "1 to 32"),
+    ("33-multibyte", "🔑" * 33, "1 to 32"),
+    ("lone-surrogate", "a\ud800", "surrogate"),
+    ("int", 5, "int"),
+    ("None", None, "NoneType"),
+    ("bytes", b"key", "bytes"),
+    ("bytearray", bytearray(b"key"), "bytearray"),
+    ("float", 1.5, "float"),
+    ("bool", True, "bool"),
+    ("tuple", ("k",), "tuple"),
+    ("list", ["k"], "list"),
+    ("object", object(), "object"),
+]
+
+BAD_VALUES: list[tuple[str, Any, type[Exception], str]] = [
+    ("list", [1, 2], mmapkv.InvalidValueError, "dict"),
+    ("str", "text", mmapkv.InvalidValueError, "dict"),
+    ("None", None, mmapkv.InvalidValueError, "dict"),
+    ("int", 5, mmapkv.InvalidValueError, "dict"),
+    ("tuple", ("a", 1), mmapkv.InvalidValueError, "dict"),
+    ("nan", {"x": math.nan}, mmapkv.InvalidValueError, "nan"),
+    ("inf", {"x": [math.inf]}, mmapkv.InvalidValueError, "inf"),
+    ("-inf", {"x": {"y": -math.inf}}, mmapkv.InvalidValueError, "inf"),
+    ("set", {"x": {1, 2}}, mmapkv.InvalidValueError, "set"),
+    ("frozenset", {"x": frozenset()}, mmapkv.InvalidValueError, "frozenset"),
+    ("bytes", {"x": b"raw"}, mmapkv.InvalidValueError, "bytes"),
+    ("bytearray", {"x": bytearray(2)}, mmapkv.InvalidValueError, "bytearray"),
+    ("object", {"x": object()}, mmapkv.InvalidValueError, "object"),
+    ("complex", {"x": 1j}, mmapkv.InvalidValueError, "complex"),
+    ("decimal", {"x": decimal.Decimal("1.5")}, mmapkv.InvalidValueError, "Decimal"),
+    ("datetime", {"x": datetime.datetime(2024, 1, 1)}, mmapkv.InvalidValueError, "datetime"),
+    ("int-key", {1: "one"}, mmapkv.InvalidValueError, "key"),
+    ("None-key", {"a": {None: 1}}, mmapkv.InvalidValueError, "key"),
+    ("bool-key", {True: 1}, mmapkv.InvalidValueError, "key"),
+    ("float-key", {1.5: 1}, mmapkv.InvalidValueError, "key"),
+    ("tuple-key", {(1, 2): 1}, mmapkv.InvalidValueError, "key"),
+    ("too-deep", _deep(300), mmapkv.InvalidValueError, "deeper"),
+    ("circular-dict", _circular_dict(), mmapkv.InvalidValueError, "deeper"),
+    ("circular-list", _circular_list(), mmapkv.InvalidValueError, "deeper"),
+    ("surrogate-text", {"x": "\udc80"}, mmapkv.InvalidValueError, "Unicode"),
+    ("surrogate-key", {"\ud800": 1}, mmapkv.InvalidValueError, "Unicode"),
+    ("16385-ascii", {"p": "a" * (16_384 - 8 + 1)}, mmapkv.ValueTooLargeError, "16,384"),
+    ("16385-multibyte", {"p": "é" * 8188 + "a"}, mmapkv.ValueTooLargeError, "16,384"),
+    ("big-ints", {"n": [2 ** 200] * 300}, mmapkv.ValueTooLargeError, "16,384"),
+    ("huge", {"p": "x" * 10 ** 6}, mmapkv.ValueTooLargeError, "16,384"),
+]
+
+BAD_TTLS: list[tuple[str, Any]] = [
+    ("zero", 0), ("negative", -1), ("very-negative", -10 ** 20), ("past-max", mmapkv.MAX_TTL + 1),
+    ("2**100", 2 ** 100), ("float-1.0", 1.0), ("float", 1.5), ("nan", math.nan), ("inf", math.inf),
+    ("True", True), ("False", False), ("str", "10"), ("bytes", b"1"),
+    ("decimal", decimal.Decimal(10)), ("list", [10]),
+]
+
+
+def rows() -> list[Any]:
+    """(id, call, exception class, text in the message)."""
+    table: list[Any] = []
+    for name, key, text in BAD_KEYS:
+        for method, call in [
+            ("create", lambda s, k=key: s.create(k, {"v": 1})),
+            ("read", lambda s, k=key: s.read(k)),
+            ("get", lambda s, k=key: s.get(k, {})),
+            ("delete", lambda s, k=key: s.delete(k)),
+            ("in", lambda s, k=key: k in s),
+            ("batch-key", lambda s, k=key: s.batch_create([("fine", {}), (k, {"v": 1})])),
+        ]:
+            table.append(pytest.param(call, mmapkv.InvalidKeyError, text, id=f"{method}-key-{name}"))
+    for name, value, exc, text in BAD_VALUES:
+        table.append(pytest.param(lambda s, v=value: s.create("new", v), exc, text,
+                                  id=f"create-value-{name}"))
+        table.append(pytest.param(lambda s, v=value: s.batch_create({"fine": {}, "new": v}), exc, text,
+                                  id=f"batch-value-{name}"))
+    for name, ttl in BAD_TTLS:
+        table.append(pytest.param(lambda s, t=ttl: s.create("new", {"v": 1}, ttl=t),
+                                  mmapkv.InvalidTTLError, "ttl", id=f"create-ttl-{name}"))
+        table.append(pytest.param(lambda s, t=ttl: s.batch_create({"new": {}}, ttl=t),
+                                  mmapkv.InvalidTTLError, "ttl", id=f"batch-default-ttl-{name}"))
+        table.append(pytest.param(lambda s, t=ttl: s.batch_create([("fine", {}), ("new", {}, t)]),
+                                  mmapkv.InvalidTTLError, "ttl", id=f"batch-item-ttl-{name}"))
+    table += [
+        pytest.param(lambda s: s.create("present", {"v": 2}), mmapkv.KeyExistsError, "'present'",
+                     id="create-existing"),
+        pytest.param(lambda s: s.read("absent"), mmapkv.KeyNotFoundError, "'absent'", id="read-missing"),
+        pytest.param(lambda s: s.delete("absent"), mmapkv.KeyNotFoundError, "'absent'", id="delete-missing"),
+        pytest.param(lambda s: s.delete("🔑absent"), mmapkv.KeyNotFoundError, "🔑absent",
+                     id="delete-missing-multibyte"),
+    ]
+    for name, items in [("int", 5), ("None", None), ("str", "ab"), ("bytes", b"ab"), ("float", 1.5),
+                        ("object", object())]:
+        table.append(pytest.param(lambda s, i=items: s.batch_create(i), mmapkv.InvalidArgumentError,
+                                  "items", id=f"batch-items-{name}"))
+    for name, items in [("list-item", [["new", {}]]), ("1-tuple", [("new",)]),
+                        ("4-tuple", [("new", {}, None, 1)]), ("str-item", [("fine", {}), "new"]),
+                        ("dict-item", [{"new": {}}]), ("None-item", [None]),
+                        ("generator-bad-last", (x for x in [("fine", {}), ("new", {}), 7]))]:
+        table.append(pytest.param(lambda s, i=items: s.batch_create(i), mmapkv.InvalidArgumentError,
+                                  "batch item", id=f"batch-shape-{name}"))
+    table += [
+        pytest.param(lambda s: s.batch_create([("twice", {}), ("other", {}), ("twice", {})]),
+                     mmapkv.KeyExistsError, "twice", id="batch-duplicate"),
+        pytest.param(lambda s: s.batch_create({"fine": {}, "present": {}}), mmapkv.KeyExistsError,
+                     "present", id="batch-existing"),
+        pytest.param(lambda s: s.batch_create({"fine": {}, 7: {}}), mmapkv.InvalidKeyError, "int",
+                     id="batch-mapping-int-key"),
+        pytest.param(lambda s: s.batch_create([("fine", {})] * 0 + [("a", {}), ("b", [])]),
+                     mmapkv.InvalidValueError, "dict", id="batch-bad-value-last"),
+    ]
+    return table
+
+
+ROWS = rows()
+COUNTS = {"bad inputs tried": 0, "errors other than the documented ones": 0}
+
+
+@pytest.fixture
+def store(tmp_path: Any) -> Any:
+    with mmapkv.Store(os.path.join(tmp_path, "s.mmapkv"), max_size=SMALLEST * 4) as store:
+        store.batch_create(PRESENT)
+        store.create("ttl", {"t": 1}, ttl=3600)
+        yield store
+
+
+def snapshot(store: mmapkv.Store) -> tuple[dict[str, Any], bytes]:
+    with open(store.path, "rb") as f:
+        data = f.read()
+    return {k: store.read(k) for k in store.keys()}, data
+
+
+def check_error(exc: BaseException, expected: type[Exception], text: str) -> None:
+    COUNTS["bad inputs tried"] += 1
+    if type(exc) is not expected:
+        COUNTS["errors other than the documented ones"] += 1
+    assert type(exc) is expected, f"{type(exc).__name__}: {exc}"
+    assert isinstance(exc, mmapkv.MmapKVError)
+    if issubclass(expected, (mmapkv.InvalidKeyError, mmapkv.InvalidValueError, mmapkv.InvalidTTLError,
+                             mmapkv.InvalidArgumentError)):
+        assert isinstance(exc, ValueError) and isinstance(exc, TypeError)
+    if issubclass(expected, mmapkv.KeyNotFoundError):
+        assert isinstance(exc, KeyError)
+    assert re.search(re.escape(text), str(exc), re.IGNORECASE), f"message {str(exc)!r} lacks {text!r}"
+
+
+@pytest.mark.parametrize("call, expected, text", ROWS)
+def test_wrong_argument(store: mmapkv.Store, call: Call, expected: type[Exception], text: str) -> None:
+    """The documented exception, a message naming what was wrong, and nothing changed."""
+    before = snapshot(store)
+    with pytest.raises(Exception) as info:
+        call(store)
+    check_error(info.value, expected, text)
+    after = snapshot(store)
+    assert after[0] == before[0], "the keys or values changed"
+    assert after[1] == before[1], "the file's bytes changed"
+    assert store.verify() == []
+
+
+def _directory(tmp: str) -> str:
+    return tmp
+
+
+def _fifo(tmp: str) -> str:
+    path = os.path.join(tmp, "fifo")
+    os.mkfifo(path)
+    return path
+
+
+def _not_a_store(tmp: str) -> str:
+    path = os.path.join(tmp, "notes.txt")
+    with open(path, "w") as f:
+        f.write("these are my notes, not a store\n" * 10)
+    return path
+
+
+def _dangling(tmp: str) -> str:
+    path = os.path.join(tmp, "link.mmapkv")
+    os.symlink(os.path.join(tmp, "nowhere", "x.mmapkv"), path)
+    return path
+
+
+def _other_ceiling(tmp: str) -> str:
+    path = os.path.join(tmp, "made.mmapkv")
+    mmapkv.Store(path, max_size=SMALLEST).close()
+    return path
+
+
+CONSTRUCTOR_ROWS: list[Any] = [
+    pytest.param(lambda tmp: {"path": 5}, mmapkv.InvalidArgumentError, "path", id="path-int"),
+    pytest.param(lambda tmp: {"path": os.fsencode(os.path.join(tmp, "b"))}, mmapkv.InvalidArgumentError,
+                 "path", id="path-bytes"),
+    pytest.param(lambda tmp: {"path": ""}, mmapkv.InvalidArgumentError, "path", id="path-empty"),
+    pytest.param(lambda tmp: {"path": os.path.join(tmp, "a\0b")}, mmapkv.InvalidArgumentError, "NUL",
+                 id="path-nul"),
+    pytest.param(lambda tmp: {"path": _directory(tmp)}, mmapkv.InvalidArgumentError, "directory",
+                 id="path-directory"),
+    pytest.param(lambda tmp: {"path": _fifo(tmp)}, mmapkv.InvalidArgumentError, "regular file",
+                 id="path-fifo"),
+    pytest.param(lambda tmp: {"path": _dangling(tmp)}, mmapkv.InvalidArgumentError, "nowhere",
+                 id="path-dangling-symlink"),
+    pytest.param(lambda tmp: {"path": _not_a_store(tmp)}, mmapkv.CorruptStoreError, "not an mmapkv store",
+                 id="path-not-a-store"),
+    pytest.param(lambda tmp: {"path": _other_ceiling(tmp), "max_size": SMALLEST * 2},
+                 mmapkv.InvalidArgumentError, "max_size", id="max-size-mismatch"),
+    *[pytest.param(lambda tmp, m=m: {"max_size": m}, mmapkv.InvalidArgumentError, "max_size",
+                   id=f"max-size-{name}")
+      for name, m in [("float", 1.5e6), ("bool", True), ("str", "1000000"), ("negative", -1), ("zero", 0),
+                      ("too-small", SMALLEST - 1), ("too-big", MAX_FILE_SIZE + 1), ("2**64", 2 ** 64)]],
+    *[pytest.param(lambda tmp, t=t: {"lock_timeout": t}, mmapkv.InvalidArgumentError, "lock_timeout",
+                   id=f"lock-timeout-{name}")
+      for name, t in [("negative", -1), ("nan", math.nan), ("inf", math.inf), ("str", "1"),
+                      ("bool", True), ("None", None)]],
+    *[pytest.param(lambda tmp, c=c: {"clock": c}, mmapkv.InvalidArgumentError, "clock", id=f"clock-{name}")
+      for name, c in [("int", 5), ("None", None), ("str", "time")]],
+]
+
+
+@pytest.mark.parametrize("make, expected, text", CONSTRUCTOR_ROWS)
+def test_wrong_constructor_argument(tmp_path: Any, make: Callable[[str], dict[str, Any]],
+                                    expected: type[Exception], text: str) -> None:
+    """Store(...) with a wrong argument raises its documented error and creates or changes
+    no file."""
+    tmp = str(tmp_path)
+    kwargs = make(tmp)
+    kwargs.setdefault("path", os.path.join(tmp, "new.mmapkv"))
+    before = {name: open(os.path.join(tmp, name), "rb").read() for name in os.listdir(tmp)
+              if os.path.isfile(os.path.join(tmp, name))}
+    with pytest.raises(Exception) as info:
+        mmapkv.Store(**kwargs)
+    check_error(info.value, expected, text)
+    after = {name: open(os.path.join(tmp, name), "rb").read() for name in os.listdir(tmp)
+             if os.path.isfile(os.path.join(tmp, name))}
+    assert after == before, "a file was created or changed"
+
+
+def test_second_open_is_locked(store: mmapkv.Store) -> None:
+    """Store() on a file another Store holds: StoreLockedError naming the path; the holder's
+    data and file are unchanged."""
+    before = snapshot(store)
+    with pytest.raises(Exception) as info:
+        mmapkv.Store(store.path)
+    check_error(info.value, mmapkv.StoreLockedError, store.path)
+    assert isinstance(info.value, OSError)
+    assert snapshot(store) == before
+
+
+@pytest.mark.parametrize("method", ["create", "read", "get", "delete", "batch_create", "in", "len",
+                                    "keys", "iter", "stats", "flush", "verify"])
+def test_closed_store(store: mmapkv.Store, method: str) -> None:
+    """Every method of a closed store raises StoreClosedError naming the path; close() stays
+    idempotent and the file is unchanged."""
+    before = snapshot(store)
+    store.close()
+    calls: dict[str, Call] = {
+        "create": lambda s: s.create("new", {}), "read": lambda s: s.read("present"),
+        "get": lambda s: s.get("present"), "delete": lambda s: s.delete("present"),
+        "batch_create": lambda s: s.batch_create({"new": {}}), "in": lambda s: "present" in s,
+        "len": len, "keys": lambda s: s.keys(), "iter": lambda s: list(s), "stats": lambda s: s.stats(),
+        "flush": lambda s: s.flush(), "verify": lambda s: s.verify()}
+    with pytest.raises(Exception) as info:
+        calls[method](store)
+    check_error(info.value, mmapkv.StoreClosedError, store.path)
+    store.close()
+    with open(store.path, "rb") as f:
+        assert f.read()[4096:] == before[1][4096:]  # the close itself only rewrote the superblock
+    with mmapkv.Store(store.path) as again:
+        assert {k: again.read(k) for k in again.keys()} == before[0]
+
+
+def test_empty_batch_on_closed_store(store: mmapkv.Store) -> None:
+    """batch_create([]) on a closed store raises StoreClosedError like every other method."""
+    store.close()
+    with pytest.raises(mmapkv.StoreClosedError):
+        store.batch_create([])
+
+
+@pytest.mark.parametrize("below", ["x.mmapkv", "sub/x.mmapkv"])
+def test_path_below_a_regular_file(tmp_path: Any, below: str) -> None:
+    """A path whose parent is a regular file: StoreAccessError (an OSError) naming the
+    path, and the blocking file is left as it was."""
+    blocker = os.path.join(tmp_path, "file")
+    with open(blocker, "w") as f:
+        f.write("x")
+    with pytest.raises(Exception) as info:
+        mmapkv.Store(os.path.join(blocker, below))
+    check_error(info.value, mmapkv.StoreAccessError, blocker)
+    assert isinstance(info.value, OSError) and info.value.errno is not None
+    with open(blocker) as f:
+        assert f.read() == "x"
+
+
+def test_expired_key_errors(tmp_path: Any) -> None:
+    """An expired key: read and delete raise KeyExpiredError (a KeyNotFoundError) naming it;
+    get returns the default; `in` is False."""
+    now = [1_700_000_000.0]
+    with mmapkv.Store(os.path.join(tmp_path, "t.mmapkv"), clock=lambda: now[0]) as store:
+        store.create("short", {"v": 1}, ttl=5)
+        now[0] += 5
+        with pytest.raises(mmapkv.KeyNotFoundError) as info:
+            store.read("short")
+        check_error(info.value, mmapkv.KeyExpiredError, "short")
+        assert store.get("short", "gone") == "gone" and "short" not in store
+        with pytest.raises(mmapkv.KeyNotFoundError) as info:
+            store.delete("short")
+        check_error(info.value, mmapkv.KeyExpiredError, "short")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report() -> Any:
+    yield
+    write_report("bad_input", COUNTS)
