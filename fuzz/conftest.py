@@ -22,8 +22,8 @@ _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter
 
 settings.register_profile(
     "ci",
-    max_examples=150,
-    stateful_step_count=50,
+    max_examples=300,
+    stateful_step_count=60,
     derandomize=True,
     deadline=None,
     print_blob=True,
