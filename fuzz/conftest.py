@@ -12,11 +12,8 @@ The test modules apply ``settings.get_profile(MMAPKV_FUZZ_PROFILE or "ci")`` to 
 from __future__ import annotations
 
 import os
-import sys
 
 from hypothesis import HealthCheck, settings
-
-sys.path.insert(0, os.path.dirname(__file__))  # `import strategies` from the test modules
 
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 

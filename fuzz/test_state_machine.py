@@ -37,7 +37,7 @@ from hypothesis.stateful import (
 )
 
 import mmapkv
-import strategies as S
+from fuzz import strategies as S
 from mmapkv.format import Geometry
 
 PROFILE = settings.get_profile(os.environ.get("MMAPKV_FUZZ_PROFILE", "ci"))
