@@ -81,7 +81,7 @@ class KeyExists(Exception):
 # --------------------------------------------------------------------------- statistics
 
 
-def percentiles(samples: Sequence[int] | array.array) -> dict[str, int]:
+def percentiles(samples: Sequence[int] | array.array[int]) -> dict[str, int]:
     """Nearest-rank percentiles (each one an observed value) of nanosecond *samples*.
 
     >>> p = percentiles(range(1, 1001))
@@ -450,19 +450,21 @@ class DiskcacheAdapter(Adapter):
     codecs = ("json", "mmapkv", "pickle")
 
     def open(self) -> None:
-        import diskcache
+        import diskcache  # type: ignore[import-untyped]
 
         self.cache = cache = diskcache.Cache(self.dir)
-        # "pickle" is diskcache's own default: hand it the dict and let it pickle.
-        encode, decode = (self.encode, self.decode) if self.codec != "pickle" else (None, None)
         add, getitem = cache.add, cache.__getitem__
+        # "pickle" is diskcache's own default: hand it the dict and let it pickle.
+        encode: Callable[[Any], Any] = (lambda v: v) if self.codec == "pickle" else self.encode
 
-        if encode is None:
+        if self.codec == "pickle":
             def create(k: str, v: Any) -> None:
                 if not add(k, v):
                     raise KeyExists(k)
             read = getitem
         else:
+            decode = self.decode
+
             def create(k: str, v: Any) -> None:
                 if not add(k, encode(v)):
                     raise KeyExists(k)
@@ -473,7 +475,7 @@ class DiskcacheAdapter(Adapter):
         def batch(pairs: list[tuple[str, Any]]) -> None:
             with cache.transact():  # rolls back if we raise
                 for k, v in pairs:
-                    if not add(k, v if encode is None else encode(v)):
+                    if not add(k, encode(v)):
                         raise KeyExists(k)
 
         self.create, self.read, self.delete, self.batch = create, read, cache.__delitem__, batch
@@ -491,7 +493,7 @@ class SqlitedictAdapter(Adapter):
     codecs = ("json", "mmapkv", "pickle")
 
     def open(self) -> None:
-        from sqlitedict import SqliteDict
+        from sqlitedict import SqliteDict  # type: ignore[import-untyped]
 
         kwargs: dict[str, Any] = {}
         if self.codec != "pickle":
@@ -613,7 +615,7 @@ class Group:
         self.delete_order = [k for k, _ in self.create_order]
         rng.shuffle(self.delete_order)
         self.expected = {f"user:{i:08d}": pool[i % len(pool)] for i in range(n)}
-        self.samples: dict[str, dict[str, array.array]] = {
+        self.samples: dict[str, dict[str, array.array[int]]] = {
             a.name: {op: array.array("q") for op in OPS} for a in self.adapters}
         self.usage: dict[str, tuple[int, int]] = {}
         self.seconds = {a.name: 0.0 for a in self.adapters}  # wall time in the phases
@@ -823,7 +825,7 @@ def table_probes(path: str, miss_keys: Iterable[str] = ()) -> dict[str, Any]:
             "load": round(len(hits) / g.table_capacity, 4), "hit": stats(hits), "miss": stats(misses)}
 
 
-def fill_to_ceiling(tmp: str, max_size: int | None, pool: list[dict[str, Any]]) -> tuple[dict[str, Any], array.array]:
+def fill_to_ceiling(tmp: str, max_size: int | None, pool: list[dict[str, Any]]) -> tuple[dict[str, Any], array.array[int]]:
     """Create keys into one fresh store until it is full; time every create.
 
     Returns the summary and the raw latencies (for the chart).  With the default ceiling
@@ -1120,6 +1122,16 @@ def machine_info() -> dict[str, Any]:
 
     versions["mmapkv"] = __version__
     info["versions"] = versions
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:  # which code was measured, when run from a checkout
+        git = ["git", "-C", here]
+        info["commit"] = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                        timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", "mmapkv"], capture_output=True,
+                               text=True, timeout=10, check=True).stdout
+        info["mmapkv_changed_since_commit"] = sorted(line[3:] for line in dirty.splitlines())
+    except (OSError, subprocess.SubprocessError):
+        pass
     return info
 
 
@@ -1135,7 +1147,7 @@ def _find(groups: list[dict[str, Any]], n: int, size: str) -> dict[str, Any] | N
 
 def _median(group: dict[str, Any] | None, store: str, op: str) -> float | None:
     try:
-        return group["stores"][store]["ops"][op]["median_ns"]  # type: ignore[index]
+        return group["stores"][store]["ops"][op]["median_ns"]  # type: ignore[index, no-any-return]
     except (KeyError, TypeError):
         return None
 
@@ -1166,12 +1178,12 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
             add(f"{op} faster than py-lmdb (same codec, sync=False)", f"{a / b:.2f}x lmdb's time", a < b)
     dc = [s for s in (head or {}).get("stores", {}) if s.startswith("diskcache")]
     if dc:
-        worst = []
+        worst: list[tuple[float, str]] = []
         for op in OPS:
             mine = _median(head, "mmapkv", op)
-            theirs = [m for m in (_median(head, s, op) for s in dc) if m]
-            if mine and theirs:
-                worst.append((min(theirs) / mine, op))
+            peers = [m for m in (_median(head, s, op) for s in dc) if m]
+            if mine and peers:
+                worst.append((min(peers) / mine, op))
         if worst:
             r, op = min(worst)
             add("every operation at least 4x faster than diskcache (its fastest codec)",
@@ -1180,7 +1192,7 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     jn = min((g["n"] for g in groups if "jsonfile" in g["stores"]), default=None)
     if jn is not None:
         jg = _find(groups, jn, size) or next(g for g in groups if g["n"] == jn and "jsonfile" in g["stores"])
-        ratios = []
+        ratios: list[tuple[float, str]] = []
         for op in OPS:
             mine, theirs = _median(jg, "mmapkv", op), _median(jg, "jsonfile", op)
             if mine and theirs:
@@ -1349,7 +1361,7 @@ def format_goals(goals: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-def draw_chart(results: dict[str, Any], fill_latencies: array.array | None, path: str) -> str | None:
+def draw_chart(results: dict[str, Any], fill_latencies: array.array[int] | None, path: str) -> str | None:
     """Write the PNG; return None, or why it was not drawn."""
     try:
         import matplotlib
@@ -1390,8 +1402,7 @@ def draw_chart(results: dict[str, Any], fill_latencies: array.array | None, path
     ax2 = fig.add_subplot(2, 2, 3)
     fill = results.get("fill")
     if fill and fill_latencies:
-        xs = range(len(fill_latencies))
-        ax2.scatter(xs, [v / 1000 for v in fill_latencies], s=1, alpha=0.4, rasterized=True)
+        ax2.scatter(range(len(fill_latencies)), [v / 1000 for v in fill_latencies], s=1, alpha=0.4, rasterized=True)
         for gr in fill["growths"]:
             ax2.axvline(gr["create_index"], color="red", alpha=0.25, linewidth=0.8)
         ax2.set_yscale("log")
