@@ -530,6 +530,12 @@ class Engine:
                 klen = header[6]
                 yield slot, state, header[4], mm[off + KEY_OFFSET:off + KEY_OFFSET + klen]
 
+    def is_indexed(self, slot: int, key: bytes) -> bool:
+        """True if the table leads from *key* to *slot*: a damaged key byte breaks this
+        (its fingerprint no longer matches), without reading the value."""
+        index = self.find(key, fingerprint(key))
+        return index >= 0 and self.slot_at(index) == slot
+
     def index_of_slot(self, slot: int, key: bytes) -> int:
         index = self.find(key, fingerprint(key))
         if index < 0 or self.slot_at(index) != slot:

@@ -305,18 +305,24 @@ class Store:
             return engine.live_count
 
     def keys(self) -> list[str]:
-        """The unexpired keys, in file order (a snapshot list).  O(slots)."""
+        """The unexpired keys, in file order (a snapshot list).  O(slots).
+
+        A slot whose key was damaged on disk (it no longer hashes to its table entry)
+        is left out: it could not be read either; ``verify()`` reports it.
+        """
         with self._lock:
             engine = self._engine
             if engine is None:
                 raise self._closed()
             now = self._clock() if engine.ttl_count else 0.0
-            try:
-                return [key.decode("utf-8") for _, _, expires, key in engine.iter_slots()
-                        if not expires or now < expires]
-            except UnicodeDecodeError:
-                raise CorruptStoreError(f"{self._path}: a stored key is not UTF-8; run "
-                                        "`python -m mmapkv verify`") from None
+            keys = []
+            for slot, _, expires, key in engine.iter_slots():
+                if (not expires or now < expires) and engine.is_indexed(slot, key):
+                    try:
+                        keys.append(key.decode("utf-8"))
+                    except UnicodeDecodeError:  # cannot be: it hashed to a stored key
+                        continue
+            return keys
 
     def __iter__(self) -> Any:
         return iter(self.keys())

@@ -204,8 +204,6 @@ def test_non_stores_are_refused_and_left_untouched(tmp_path: Any) -> None:
     write_report("fault_corrupt", {"non-store files tried": cases, "non-store files refused": result["refused"]})
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: keys() lists a name read from a slot whose checksum "
-                   "fails (a damaged key byte), i.e. a key that was never stored")
 def test_keys_never_lists_a_damaged_name(tmp_path: Any) -> None:
     """A flipped bit in a stored key must not make keys() report a key nobody stored."""
     path = os.path.join(tmp_path, "s.mmapkv")
