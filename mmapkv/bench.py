@@ -619,7 +619,17 @@ class Group:
             a.name: {op: array.array("q") for op in OPS} for a in self.adapters}
         self.usage: dict[str, tuple[int, int]] = {}
         self.seconds = {a.name: 0.0 for a in self.adapters}  # wall time in the phases
+        # Page faults of this process while each store ran each phase (getrusage): a read
+        # that faults in a page from disk is a different operation from one that does not.
+        self.faults = {a.name: {op: [0, 0] for op in OPS} for a in self.adapters}
+        self.drops_before = _page_cache_drops()
         self.quick = quick
+
+    def _count_faults(self, a: Adapter, op: str, before: tuple[int, int]) -> None:
+        minor, major = _faults()
+        counts = self.faults[a.name][op]
+        counts[0] += minor - before[0]
+        counts[1] += major - before[1]
 
     def cap(self, a: Adapter, op: str) -> int | None:
         cap = a.caps.get(op)
@@ -633,9 +643,10 @@ class Group:
             for turn, start in enumerate(range(0, len(work), CHUNK)):
                 part = work[start:start + CHUNK]
                 for a in _rotated(self.adapters, turn):
-                    t0 = time.monotonic()
+                    t0, f0 = time.monotonic(), _faults()
                     run(a, part, start)
                     self.seconds[a.name] += time.monotonic() - t0
+                    self._count_faults(a, op, f0)
         finally:
             gc.enable()
 
@@ -750,9 +761,11 @@ class Group:
             for rep in range(repeats):
                 for a in _rotated(stores, rep):
                     a.close()
+                    f0 = _faults()
                     t0 = _perf()
                     a.open()
                     t1 = _perf()
+                    self._count_faults(a, "open", f0)
                     self.samples[a.name]["open"].append(t1 - t0)
         finally:
             gc.enable()
@@ -765,6 +778,7 @@ class Group:
                 samples = self.samples[a.name][op]
                 if samples:
                     ops[op] = percentiles(samples)
+                    ops[op]["minor_faults"], ops[op]["major_faults"] = self.faults[a.name][op]
             apparent, allocated = self.usage.get(a.name, (0, 0))
             stores[a.name] = {"family": a.family, "codec": a.codec, "ops": ops,
                               "file_bytes": apparent, "disk_bytes": allocated,
@@ -776,7 +790,10 @@ class Group:
                     op: round(p["median_ns"] / mm["ops"][op]["median_ns"], 3)
                     for op, p in entry["ops"].items() if op in mm["ops"] and mm["ops"][op].get("median_ns")}
         value_lengths = [len(encode_json(v)) for v in self.pool]
+        drops = _page_cache_drops()
         return {"n": self.n, "value_size": self.size_name,
+                "page_cache_dropped_during_run": None if drops is None or self.drops_before is None
+                else drops > self.drops_before,
                 "value_bytes_median": sorted(value_lengths)[len(value_lengths) // 2],
                 "batch_keys": BATCH, "stores": stores}
 
@@ -888,6 +905,29 @@ def fill_to_ceiling(tmp: str, max_size: int | None, pool: list[dict[str, Any]]) 
         "read_hit_at_full_load": percentiles(reads), "probes": probes,
     }
     return summary, latencies
+
+
+def _faults() -> tuple[int, int]:
+    """(minor, major) page faults of this process so far; zeros where unknown."""
+    try:
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_minflt, usage.ru_majflt
+    except (ImportError, OSError):  # pragma: no cover - not Unix
+        return 0, 0
+
+
+def _page_cache_drops() -> int | None:
+    """How often anyone wrote to /proc/sys/vm/drop_caches since boot (Linux), or None."""
+    try:
+        with open("/proc/vmstat") as f:
+            for line in f:
+                if line.startswith("drop_pagecache "):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def _anon_kib() -> int | None:
@@ -1508,6 +1548,7 @@ def main(argv: Sequence[Any] | None = None) -> int:
                 _progress(started, f"N={n:,} {size}: {', '.join(a.name for a in group.adapters)}")
                 group.run()
                 results["groups"].append(group.summary())
+                _fault_notes(results["groups"][-1], notes)
         if JsonFileAdapter in classes and min(ns) > JSONFILE_MAX_N:
             notes.append(f"jsonfile skipped: it runs only at N <= {JSONFILE_MAX_N:,}")
         fill_lat = None
@@ -1556,6 +1597,19 @@ def _remove_later(path: str) -> None:
                          stderr=subprocess.DEVNULL, start_new_session=True)
     else:  # pragma: no cover
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _fault_notes(group: dict[str, Any], notes: list[str]) -> None:
+    """Say where disk reads (major faults) were part of what was timed."""
+    where = f"N={group['n']:,} {group['value_size']}"
+    if group.get("page_cache_dropped_during_run"):
+        notes.append(f"{where}: another process dropped the page cache (drop_caches) during this group")
+    for name, store in group["stores"].items():
+        for op in ("read_hit", "read_miss"):  # writes fault in fresh pages by design
+            p = store["ops"].get(op)
+            if p and p.get("major_faults", 0) > p["count"] // 100:
+                notes.append(f"{where}: {name} {op} had {p['major_faults']:,} major page faults in "
+                             f"{p['count']:,} calls: pages read back from disk, not from the page cache")
 
 
 def _progress(started: float, what: str) -> None:
