@@ -54,7 +54,7 @@ FIGURES = [
     ("fault_corrupt", "reads exact", "    exact value"),
     ("fault_corrupt", "reads refused", "    refused with an MmapKVError"),
     ("fault_corrupt", "wrong data", "    wrong data"),
-    ("fault_corrupt", "keys() listed names never stored", "  keys() listed a damaged name (known bug)"),
+    ("fault_corrupt", "keys() listed names never stored", "  keys() listed a name never stored"),
     ("fault_corrupt", "non-store files tried", "non-store files tried"),
     ("fault_corrupt", "non-store files refused", "  refused, left byte-identical"),
     ("fault_disk", "growth failures provoked", "full-disk failures provoked"),
@@ -95,6 +95,11 @@ def main(argv: list[str]) -> int:
         value = reports.get(report, {}).get(key, 0)
         print(f"| {report} | {label} | {value:,} |" if isinstance(value, int) else
               f"| {report} | {label} | {value} |")
+    fuzz = reports.get("fuzz_state_machine", {})
+    misuse = sum(int(v) for k, v in fuzz.items()  # type: ignore[call-overload]
+                 if k in ("raised InvalidKeyError", "raised InvalidValueError", "raised InvalidTTLError",
+                          "raised ValueTooLargeError", "raised InvalidArgumentError"))
+    print(f"| fuzz_state_machine | bad arguments refused with the predicted class | {misuse:,} |")
     undocumented = sum(int(r.get(UNDOCUMENTED, 0)) for r in reports.values())  # type: ignore[call-overload]
     print(f"| all | {UNDOCUMENTED} | {undocumented} |")
     return proc.returncode

@@ -145,6 +145,8 @@ def test_damaged_store_never_gives_wrong_data(tmp_path: Any, kind: str, state: s
     assert result["foreign"] == [], (
         f"{context}: a non-mmapkv exception: {result['foreign'][0]['trace']}\ndamage: "
         f"{damages[result['foreign'][0]['case']]}")
+    assert result["invented_keys"] == [], (
+        f"{context}: keys() listed names never stored: {result['invented_keys'][:3]}")
     assert result["refused"] + result["opened"] == CASES
     assert set(result["errors"]) <= {"CorruptStoreError", "FormatVersionError", "KeyNotFoundError",
                                      "KeyExpiredError"}, result["errors"]
