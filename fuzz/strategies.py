@@ -83,9 +83,9 @@ def normalise(value: Any) -> Any:
 # ------------------------------------------------------------------ keys
 
 #: every code point except surrogates (which UTF-8 cannot encode)
-_unicode = st.characters(exclude_categories=("Cs",))
+_unicode = st.characters(codec="utf-8")
 _ascii = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
-_wide = st.characters(min_codepoint=0x10000, max_codepoint=0x10FFFF, exclude_categories=("Cs",))
+_wide = st.characters(min_codepoint=0x10000, max_codepoint=0x10FFFF, codec="utf-8")
 
 valid_keys: st.SearchStrategy[str] = st.one_of(
     st.text(_ascii, min_size=1, max_size=MAX_KEY_LENGTH),

@@ -233,9 +233,11 @@ class StoreMachine(RuleBasedStateMachine):
 
     def _pick_key(self, data: st.DataObject) -> str:
         """A key the model holds (live or expired) half the time, else any key."""
-        if self.model and data.draw(st.booleans(), label="known key"):
+        known: bool = data.draw(st.booleans(), label="known key")
+        if self.model and known:
             return data.draw(st.sampled_from(sorted(self.model)), label="key")
-        return data.draw(keys, label="key")
+        key: str = data.draw(keys, label="key")
+        return key
 
     @rule(data=st.data())
     def delete(self, data: st.DataObject) -> None:

@@ -168,7 +168,7 @@ def _install_pauses(pauser: _Pauser) -> None:
         real_delete(self, index)
         pauser.at("delete.unindexed")
 
-    eng.reserve = reserve  # type: ignore[assignment]
+    eng.reserve = reserve
     eng.Engine.grow = grow  # type: ignore[method-assign]
     eng.Engine.set_batch_commit = set_batch_commit  # type: ignore[method-assign]
     eng.Engine.commit_pending = commit_pending  # type: ignore[method-assign]
@@ -387,7 +387,7 @@ def check(args: dict[str, Any]) -> None:
                 except Exception:
                     foreign(case, name)
                     continue
-                if name == "keys":
+                if name == "keys" and isinstance(listed, list):
                     invented = [k for k in listed if k not in expected]
                     if invented:
                         result["invented_keys"].append({"case": case, "keys": invented[:5]})

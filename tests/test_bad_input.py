@@ -24,7 +24,7 @@ from fault_child import write_report
 from mmapkv.format import MAX_FILE_SIZE, Geometry
 
 SMALLEST = Geometry.smallest_max_size()
-PRESENT = {"present": {"v": 1}, "ключ": {"list": [1, 2], "big": 2 ** 70}, "gone-soon": {"x": None}}
+PRESENT: dict[str, dict[str, Any]] = {"present": {"v": 1}, "ключ": {"list": [1, 2], "big": 2 ** 70}, "gone-soon": {"x": None}}
 
 Call = Callable[[mmapkv.Store], Any]
 

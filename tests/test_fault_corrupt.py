@@ -115,7 +115,8 @@ def run_checker(directory: str, files: list[str], expected: dict[str, Any]) -> d
         f"the checker died with exit code {proc.returncode} on case {last_case} "
         f"({files[last_case] if last_case is not None else '-'}):\n{proc.stderr.decode()[-3000:]}")
     assert lines and lines[-1]["ev"] == "done"
-    return lines[-1]
+    done: dict[str, Any] = lines[-1]
+    return done
 
 
 @pytest.mark.parametrize("state", ["clean", "crashed"])
