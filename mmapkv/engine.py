@@ -237,11 +237,18 @@ class Engine:
         self.ttl_count, self.next_expiry, self.next_seq = ttl, next_expiry, next_seq
         if self.readonly:
             return
+        self._dirty = False
         if not clean:
             self.recover()
-        # From here until close the file is "dirty": a crash makes the next open recover.
+
+    def _mark_dirty(self) -> None:
+        """Before the first change of a session: clear CLEAN on disk, so that a crash
+        from here on makes the next open recover.  Deferred from open to here because
+        the msync costs milliseconds on a busy disk, and a session that only reads
+        never pays it."""
         _U32.pack_into(self._mm, SB_FLAGS, 0)
         self._mm.flush(0, PAGE_SIZE)
+        self._dirty = True
 
     def _map(self, size: int) -> None:
         access = mmap.ACCESS_READ if self.readonly else mmap.ACCESS_WRITE
@@ -278,7 +285,7 @@ class Engine:
         ``release_lock=False`` is for a forked child: the lock belongs to the parent,
         and ``flock`` locks are shared across fork, so the child must not unlock.
         """
-        if self._mapped and not self.readonly and release_lock:
+        if self._mapped and not self.readonly and release_lock and self._dirty:
             self._mm.flush()
             header = SUPERBLOCK.pack(MAGIC, VERSION, FLAG_CLEAN, self.geometry.max_size,
                                      self.file_size, self.high_water, self.free_head,
@@ -378,6 +385,8 @@ class Engine:
                state: int = STATE_LIVE, seq: int = 0) -> int:
         """Write an entry into a free slot (the caller made sure there is one) and, if it is
         LIVE, index it.  Returns the slot.  The caller checked the key is absent."""
+        if not self._dirty:
+            self._mark_dirty()
         slot = self._pop_free_slot()
         off = self._slots_offset + slot * SLOT_STRIDE
         if not seq:
@@ -426,11 +435,15 @@ class Engine:
 
     def set_batch_commit(self, seq: int) -> None:
         """The one write that commits a batch: its PENDING slots carry this sequence."""
+        if not self._dirty:
+            self._mark_dirty()
         _U64.pack_into(self._mm, SB_BATCH_COMMIT, seq)
         self._changed()
 
     def remove(self, index: int) -> None:
         """Drop the entry at table *index* and free its slot."""
+        if not self._dirty:
+            self._mark_dirty()
         slot = (self._table[index] & SLOT_MASK) - 1
         self._table_delete(index)
         self._free_slot(slot)
@@ -499,6 +512,8 @@ class Engine:
         new_size = self.geometry.grown_size(self.file_size)
         if new_size <= self.file_size:
             return False
+        if not self._dirty:
+            self._mark_dirty()
         old_size = self.file_size
         try:
             reserve(self._fd, new_size)
@@ -565,6 +580,8 @@ class Engine:
         live twice, the newer write (higher seq) wins.  O(slots + bytes of live values).
         """
         mm, view, base = self._mm, self._view, self._slots_offset
+        if not self._dirty:
+            self._mark_dirty()
         self._table_bytes[:] = bytes(len(self._table_bytes))
         batch = _U64.unpack_from(mm, SB_BATCH_COMMIT)[0]
         live = bytearray(self.slot_count)  # 1 = kept

@@ -145,10 +145,16 @@ def test_superblock_of_an_empty_store(path: str) -> None:
     assert fields[9] == math.inf
 
 
-def test_open_store_is_marked_dirty(path: str) -> None:
-    """While the store is open the file's CLEAN flag is clear (a crash must recover)."""
+def test_store_is_marked_dirty_from_its_first_change(path: str) -> None:
+    """Opening and reading leave the file byte for byte as it was (CLEAN set); from the
+    first change until close the CLEAN flag is clear (a crash must recover)."""
+    mmapkv.Store(path).close()
+    before = read_bytes(path)
     store = mmapkv.Store(path)
     try:
+        assert "k" not in store and len(store) == 0
+        assert read_bytes(path) == before
+        store.create("k", {"v": 1})
         flags = struct.unpack_from("<I", read_bytes(path), 12)[0]
         assert flags & 1 == 0
     finally:
