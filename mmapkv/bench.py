@@ -656,10 +656,10 @@ class Group:
         self._phase("create", self.create_order, self._creates)
         for a in self.adapters:
             self.usage[a.name] = a.usage()
-        # Reads run on the map that wrote the values (a long-running process): after a
-        # reopen, pages not yet faulted in are unmapped page cache, which some hosts (this
-        # one: DAMON "pageout" of unmapped pages idle ~30 s) evict mid-phase, and the reads
-        # would time the disk.  Reads from a cold file are the resident test's subject.
+        # Reads run on the map that wrote the values, as in a long-running process, before
+        # the reopens of the open phase.  Pages idle for long can still be evicted by the
+        # host (this VM runs a DAMON "pageout" scheme); the fault counts in the results say
+        # when a read went to disk.  Reads from a cold file are the resident test's subject.
         self._phase("read_hit", self.read_order, self._reads)
         self._phase("read_miss", self.miss_order, self._misses)
         self._opens()
