@@ -203,10 +203,14 @@ class Engine:
                                     f"in its first bytes; {actual:,} bytes long); it was left untouched")
         (_, version, flags, stored_max, file_size, hwm, free_head, live, ttl, next_expiry,
          next_seq, _batch, checksum) = SUPERBLOCK.unpack(head)
+        if version > VERSION:
+            raise FormatVersionError(f"{path} has mmapkv format version {version}; this mmapkv "
+                                     f"reads version {VERSION} (upgrade mmapkv to open it)")
+        if version == 1:  # unaligned slots; no release wrote it (docs/format.md)
+            raise FormatVersionError(f"{path} has mmapkv format version 1, a development format "
+                                     f"this mmapkv no longer reads (it reads version {VERSION})")
         if version != VERSION:
-            cls = FormatVersionError if version > VERSION else CorruptStoreError
-            raise cls(f"{path} has mmapkv format version {version}; this mmapkv reads "
-                      f"version {VERSION} (upgrade mmapkv to open it)")
+            raise CorruptStoreError(f"{path} has format version {version}, which no mmapkv wrote")
         if not (Geometry.smallest_max_size() <= stored_max <= MAX_FILE_SIZE):
             raise CorruptStoreError(f"{path}: superblock max_size {stored_max} is out of range")
         if max_size is not None and max_size != stored_max:

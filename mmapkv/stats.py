@@ -232,7 +232,7 @@ def render(r: dict[str, Any]) -> str:
          "NOT clean (a crash?): the next writer rebuilds the table from the slots"),
         ("file size", f"{_bytes(r['file_size'])} ({r['file_size']:,} bytes) of a "
                       f"{_bytes(r['max_size'])} ceiling ({r['file_used_percent']:g}% used)"),
-        ("slot size", f"{r['slot_size']:,} bytes of value ({r['slot_stride']:,} with header)"),
+        ("slot size", f"{r['slot_size']:,} bytes of value ({r['slot_stride']:,} with header and padding)"),
         ("capacity", f"{r['capacity']:,} slots now, {r['max_capacity']:,} at the ceiling"),
         ("live keys", f"{r['live_keys']:,}"),
         ("expired keys", f"{r['expired_keys']:,} not yet reclaimed"),

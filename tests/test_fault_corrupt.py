@@ -27,7 +27,7 @@ import pytest
 
 import mmapkv
 from fault_child import child_command, child_env, make_value, write_report
-from mmapkv.format import KEY_OFFSET, SLOT_STRIDE, VALUE_OFFSET, Geometry
+from mmapkv.format import KEY_OFFSET, SLOT_STRIDE, VALUE_OFFSET, VERSION, Geometry
 
 CASES = int(os.environ.get("MMAPKV_FAULT_CASES", "250"))
 MAX_SIZE = Geometry.smallest_max_size() * 4
@@ -176,8 +176,8 @@ def random_non_store(rng: random.Random, case: int) -> bytes:
         body = magic + body
     elif style == 4:  # the magic, a future version, then garbage
         body = magic + struct.pack("<I", rng.randrange(2, 2 ** 32)) + body
-    elif style == 5:  # the magic and version 1 with a zeroed or random superblock
-        body = magic + struct.pack("<I", 1) + (bytes(size) if rng.random() < 0.5 else body)
+    elif style == 5:  # the magic and the current version with a zeroed or random superblock
+        body = magic + struct.pack("<I", VERSION) + (bytes(size) if rng.random() < 0.5 else body)
     return body
 
 

@@ -53,7 +53,7 @@ def path(tmp_path: Any) -> str:
 # --------------------------------------------------------------------- sizes
 
 def test_struct_sizes() -> None:
-    """Superblock 80 bytes, slot header 40, value at 168, stride 16,552, 16 KiB values."""
+    """Superblock 80 bytes, slot header 40, value at 168, stride 20,480 (page-aligned), 16 KiB values."""
     assert fmt.SUPERBLOCK.size == 80
     assert fmt.SUPERBLOCK.format == SUPERBLOCK.format
     assert fmt.SLOT_HEADER.size == 40
@@ -62,7 +62,7 @@ def test_struct_sizes() -> None:
     assert fmt.MAX_KEY_BYTES == 128 == 32 * 4
     assert fmt.VALUE_OFFSET == VALUE_AT == 168
     assert fmt.MAX_VALUE_BYTES == 16_384
-    assert fmt.SLOT_STRIDE == 16_552 == 168 + 16_384
+    assert fmt.SLOT_STRIDE == 20_480 == 5 * 4096 >= 168 + 16_384
     assert fmt.PAGE_SIZE == 4096
     assert fmt.MAX_FILE_SIZE == 1 << 30
 
@@ -71,7 +71,7 @@ def test_magic_and_constants() -> None:
     """The magic number, version and state words are the documented bytes."""
     assert fmt.MAGIC == b"\x89MKV\r\n\x1a\n"
     assert len(fmt.MAGIC) == 8
-    assert fmt.VERSION == 1
+    assert fmt.VERSION == 2
     assert fmt.FLAG_CLEAN == 1
     assert fmt.STATE_FREE == 0
     assert fmt.STATE_LIVE == int.from_bytes(b"LIVE", "little")
@@ -81,17 +81,18 @@ def test_magic_and_constants() -> None:
 
 def test_geometry_of_1_gib() -> None:
     """The 1 GiB ceiling: 131,072 table positions, slots from 1,052,672, a ~1 MiB initial
-    file (1,185,088 bytes, 8 slots) and 64,807 slots at the ceiling."""
+    file (1,216,512 bytes, 8 slots) and 52,377 slots at the ceiling."""
     g = fmt.Geometry(1 << 30)
     assert g.table_capacity == 131_072
     assert g.table_offset == 4096
     assert g.slots_offset == 1_052_672 == 4096 + 8 * 131_072
-    assert g.initial_size == 1_185_088 == 1_052_672 + 8 * 16_552
-    assert g.max_slots == 64_807 == (2**30 - 1_052_672) // 16_552
+    assert g.initial_size == 1_216_512 == 1_052_672 + 8 * 20_480
+    assert g.max_slots == 52_377 == (2**30 - 1_052_672) // 20_480
     assert g.max_slots * 2 <= g.table_capacity  # the table is at most half full
     assert g.slot_count(g.initial_size) == 8
-    assert g.slot_offset(3) == 1_052_672 + 3 * 16_552
-    assert g.grown_size(g.initial_size) == 2 * 1_185_088
+    assert g.slot_offset(3) == 1_052_672 + 3 * 20_480
+    assert all(g.slot_offset(n) % 4096 == 0 for n in range(g.max_slots))
+    assert g.grown_size(g.initial_size) == 2 * 1_216_512
     assert g.grown_size(600 << 20) == 1 << 30  # clamped
     assert g.is_valid_size(g.initial_size) and g.is_valid_size(4 * g.initial_size)
     assert g.is_valid_size(1 << 30) and not g.is_valid_size(3 * g.initial_size)
@@ -109,7 +110,7 @@ def test_smallest_max_size() -> None:
 # --------------------------------------------------------------------- real file bytes
 
 def test_superblock_of_a_closed_store(path: str) -> None:
-    """After a clean close the superblock has the magic, version 1, CLEAN, the ceiling, the
+    """After a clean close the superblock has the magic, version 2, CLEAN, the ceiling, the
     real file size, exact counters and a valid checksum; the rest of page 0 is zero."""
     with mmapkv.Store(path, clock=clock) as store:
         store.create("a", {"v": 1})
@@ -120,7 +121,7 @@ def test_superblock_of_a_closed_store(path: str) -> None:
     (magic, version, flags, max_size, file_size, high_water, free_head, live, ttl, next_expiry,
      next_seq, _batch, checksum) = SUPERBLOCK.unpack_from(data, 0)
     assert magic == fmt.MAGIC
-    assert version == 1
+    assert version == 2
     assert flags & 1 == 1
     assert max_size == 1 << 30
     assert file_size == os.path.getsize(path) == len(data) == fmt.Geometry(1 << 30).initial_size
@@ -138,7 +139,7 @@ def test_superblock_of_an_empty_store(path: str) -> None:
     mmapkv.Store(path, max_size=fmt.Geometry.smallest_max_size() * 2).close()
     data = read_bytes(path)
     fields = SUPERBLOCK.unpack_from(data, 0)
-    assert fields[0] == fmt.MAGIC and fields[1] == 1 and fields[2] & 1
+    assert fields[0] == fmt.MAGIC and fields[1] == fmt.VERSION and fields[2] & 1
     assert fields[3] == fmt.Geometry.smallest_max_size() * 2
     assert fields[4] == len(data)
     assert fields[5:9] == (0, 0, 0, 0)
@@ -262,19 +263,30 @@ def test_wrong_magic(path: str) -> None:
 
 
 def test_newer_version(path: str) -> None:
-    """A version field of 2 is FormatVersionError naming the version; the file is left as it
+    """A version field of 3 is FormatVersionError naming the version; the file is left as it
     was and opens again once the version is restored."""
     with mmapkv.Store(path) as store:
         store.create("a", {"v": 1})
-    patch_bytes(path, 8, struct.pack("<I", 2))
+    patch_bytes(path, 8, struct.pack("<I", 3))
     assert_refused_untouched(path, FormatVersionError)
     with pytest.raises(FormatVersionError) as info:
         mmapkv.Store(path)
-    assert "2" in str(info.value)
-    patch_bytes(path, 8, struct.pack("<I", 1))
+    assert "version 3" in str(info.value) and "upgrade" in str(info.value)
+    patch_bytes(path, 8, struct.pack("<I", 2))
     with mmapkv.Store(path) as store:
         assert store._engine is not None and store._engine.was_clean
         assert store.read("a") == {"v": 1}
+
+
+def test_version_1_is_refused_by_name(path: str) -> None:
+    """Version 1 (the unaligned development format) is FormatVersionError saying so, and
+    the file is left as it was."""
+    with mmapkv.Store(path) as store:
+        store.create("a", {"v": 1})
+    patch_bytes(path, 8, struct.pack("<I", 1))
+    assert_refused_untouched(path, FormatVersionError)
+    with pytest.raises(FormatVersionError, match="version 1, a development format"):
+        mmapkv.Store(path)
 
 
 def test_version_zero_is_corrupt(path: str) -> None:

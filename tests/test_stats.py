@@ -72,7 +72,7 @@ def test_collect_counts_every_slot(store_path: str, clock: Any) -> None:
     want = populated(store_path, clock)
     r = stats.collect(store_path, now=clock.now)
     assert r["path"] == os.path.abspath(store_path)
-    assert r["format_version"] == 1 and r["clean_close"] is True
+    assert r["format_version"] == 2 and r["clean_close"] is True
     assert (r["live_keys"], r["expired_keys"], r["deleted_slots"]) == (want["live"], want["expired"], want["deleted"])
     assert r["high_water"] == want["high_water"]
     assert r["free_slots"] == r["capacity"] - want["high_water"]

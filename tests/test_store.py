@@ -247,7 +247,7 @@ def test_stats(make_store: MakeStore) -> None:
     assert stats.capacity >= 2
     assert stats.max_size in (SMALL_MAX_SIZE, mmapkv.MAX_FILE_SIZE)
     assert stats.slot_size == LIMIT
-    assert stats.format_version == 1
+    assert stats.format_version == 2
 
 
 def test_path_is_absolute_and_pathlike_accepted(tmp_path: Any, clock: FakeClock) -> None:
