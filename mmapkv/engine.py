@@ -375,6 +375,8 @@ class Engine:
 
     def expires_at(self, index: int) -> float:
         """The expiry of the entry at table *index* (0.0 = never)."""
+        if not self.ttl_count:  # no entry has one: skip reading the slot
+            return 0.0
         slot = (self._table[index] & SLOT_MASK) - 1
         expires: float = SLOT_HEADER.unpack_from(self._mm, self._slots_offset + slot * SLOT_STRIDE)[4]
         return expires
@@ -391,6 +393,7 @@ class Engine:
         LIVE, index it.  Returns the slot.  The caller checked the key is absent."""
         if not self._dirty:
             self._mark_dirty()
+        free_head, high_water = self.free_head, self.high_water
         slot = self._pop_free_slot()
         off = self._slots_offset + slot * SLOT_STRIDE
         if not seq:
@@ -398,9 +401,19 @@ class Engine:
             self.next_seq += 1
         body = BODY_HEADER.pack(seq, expires, len(data), len(key), flags, 0) + \
             key + _KEY_PAD[len(key):] + data
-        mm = self._mm
-        mm[off + BODY_OFFSET:off + BODY_OFFSET + len(body)] = body
-        _COMMIT.pack_into(mm, off, state, 0, xxh3_64_intdigest(body))
+        # The body goes in with pwrite, not through the map: a slot's page is often not in
+        # memory yet, and a write fault on it costs more than the syscall.  The commit
+        # below then maps the page (a cheap fault: it is in the page cache now).
+        try:
+            written = os.pwrite(self._fd, body, off + BODY_OFFSET)
+            if written != len(body):
+                raise OSError(errno.ENOSPC, f"short write ({written} of {len(body)} bytes)")
+        except OSError as exc:
+            self.free_head, self.high_water = free_head, high_water  # the slot stays FREE
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(exc.errno, f"cannot write to {self.path}: {exc.strerror}") from None
+            raise StoreAccessError(exc.errno, f"cannot write to {self.path}: {exc.strerror or exc}") from None
+        _COMMIT.pack_into(self._mm, off, state, 0, xxh3_64_intdigest(body))
         self.live_count += 1
         if expires:
             self.ttl_count += 1
@@ -451,11 +464,12 @@ class Engine:
         slot = (self._table[index] & SLOT_MASK) - 1
         self._table_delete(index)
         self._free_slot(slot)
-        self._changed()
+        if self.durable:
+            self._mm.flush()
 
     def _free_slot(self, slot: int) -> None:
         off = self._slots_offset + slot * SLOT_STRIDE
-        if SLOT_HEADER.unpack_from(self._mm, off)[4]:
+        if self.ttl_count and _unpack_header(self._mm, off)[4]:
             self.ttl_count -= 1
         _FREE.pack_into(self._mm, off, STATE_FREE, self.free_head)
         self.free_head = slot + 1

@@ -101,3 +101,49 @@ def test_growth_on_a_full_filesystem(small_tmpfs: str) -> None:
     facts = run_diskfull(path, None, None)
     check_growth_failure(facts, path, errno.ENOSPC)
     write_report("fault_disk", {"growth failures provoked": 1, "keys checked after failure": facts["stored"]})
+
+
+
+@pytest.mark.parametrize("code, error", [(errno.ENOSPC, "DiskFullError"), (errno.EIO, "StoreAccessError"),
+                                         ("short", "DiskFullError")])
+@pytest.mark.parametrize("from_free_list", [True, False], ids=["freed-slot", "new-slot"])
+def test_a_failed_slot_write_changes_nothing(tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+                                             code: Any, error: str, from_free_list: bool) -> None:
+    """A create whose slot write fails (a full disk on a sparse file, an I/O error, a short
+    write) raises, indexes nothing and leaves its slot free, whether it came from the free
+    list or from past high_water: the store reads as before, and the next create takes
+    the same slot."""
+    import mmapkv
+    from mmapkv import engine as eng
+
+    path = os.path.join(tmp_path, "s.mmapkv")
+    real_pwrite = eng.os.pwrite
+    store = mmapkv.Store(path)
+    store.create("kept", {"v": 1})
+    if from_free_list:
+        store.create("gone", {"v": 2})
+        store.delete("gone")
+    engine = store._engine
+    assert engine is not None
+    before = (engine.free_head, engine.high_water, engine.live_count)
+    assert bool(engine.free_head) == from_free_list
+
+    def failing(fd: int, data: bytes, offset: int) -> int:
+        if code == "short":
+            return real_pwrite(fd, data[:10], offset)
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(eng.os, "pwrite", failing)
+    with pytest.raises(getattr(mmapkv, error)) as info:
+        store.create("new", {"v": 3})
+    assert path in str(info.value)
+    assert (engine.free_head, engine.high_water, engine.live_count) == before
+    assert "new" not in store and len(store) == 1 and store.verify() == []
+    monkeypatch.setattr(eng.os, "pwrite", real_pwrite)
+    store.create("new", {"v": 3})
+    assert store.read("new") == {"v": 3} and store.read("kept") == {"v": 1}
+    assert engine.high_water == (before[1] if from_free_list else before[1] + 1)
+    assert engine.free_head == 0
+    store.close()
+    with mmapkv.Store(path) as again:
+        assert sorted(again.keys()) == ["kept", "new"] and again.verify() == []
