@@ -855,6 +855,10 @@ def fill_to_ceiling(tmp: str, max_size: int | None, pool: list[dict[str, Any]]) 
     from . import Store, StoreFullError
 
     path = os.path.join(tmp, "fill.mmapkv")
+    if hasattr(os, "sync"):
+        # Start from a quiet disk: the groups before leave gigabytes of dirty pages, and the
+        # first create's one-page msync (the session's crash barrier) would queue behind them.
+        os.sync()
     store = Store(path, max_size=max_size)
     latencies = array.array("q")
     growths = []
@@ -906,6 +910,7 @@ def fill_to_ceiling(tmp: str, max_size: int | None, pool: list[dict[str, Any]]) 
         "seconds": round(elapsed, 2), "create": percentiles(latencies),
         "store_full_error_ns": full_ns, "growths": growths,
         "slowest": [{"create_index": j, "ns": latencies[j]} for j in order],
+        "first_create_ns": latencies[0] if latencies else None,  # it msyncs the superblock page
         "read_hit_at_full_load": percentiles(reads), "probes": probes,
     }
     return summary, latencies
@@ -1267,7 +1272,9 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     if fill:
         goals.append({"goal": "slowest single create under 100 ms, growths included, up to the ceiling",
                       "measured": f"max {fill['create']['max_ns'] / 1e6:.2f} ms, p99.9 "
-                                  f"{fill['create']['p999_ns'] / 1e3:.0f} us over {fill['keys']:,} creates",
+                                  f"{fill['create']['p999_ns'] / 1e3:.0f} us over {fill['keys']:,} creates"
+                                  + (f"; the first (it msyncs the superblock page) {first / 1e6:.2f} ms"
+                                     if (first := fill.get("first_create_ns")) is not None else ""),
                       "holds": fill["create"]["max_ns"] < 100e6,
                       "where": f"fill to {fill['max_size']:,} B", "note": ""})
         p = fill["probes"]
