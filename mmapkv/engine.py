@@ -464,8 +464,7 @@ class Engine:
         slot = (self._table[index] & SLOT_MASK) - 1
         self._table_delete(index)
         self._free_slot(slot)
-        if self.durable:
-            self._mm.flush()
+        self._changed()
 
     def _free_slot(self, slot: int) -> None:
         off = self._slots_offset + slot * SLOT_STRIDE

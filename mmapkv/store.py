@@ -280,7 +280,7 @@ class Store:
         ``InvalidKeyError`` (a ``TypeError``/``ValueError``) rather than answering False.
         """
         kb = _key_bytes(key)
-        fp = _xxh3(kb) >> FINGERPRINT_SHIFT  # fingerprint(), inlined
+        fp = fingerprint(kb)
         with self._lock:
             engine = self._engine
             if engine is None:
@@ -374,7 +374,7 @@ class Store:
         data, flags = _encode(value)
         if ttl is not None:
             ttl = _check_ttl(ttl)
-        fp = _xxh3(kb) >> FINGERPRINT_SHIFT  # fingerprint(), inlined
+        fp = fingerprint(kb)
         with self._lock:
             engine = self._engine
             if engine is None:
@@ -397,7 +397,7 @@ class Store:
         :raises InvalidKeyError: *key* is not a valid key.
         """
         kb = _key_bytes(key)
-        fp = _xxh3(kb) >> FINGERPRINT_SHIFT  # fingerprint(), inlined
+        fp = fingerprint(kb)
         with self._lock:
             engine = self._engine
             if engine is None:

@@ -73,7 +73,7 @@ def test_mmapkv_only_measurements(results: dict[str, Any]) -> None:
     fill = results["fill"]
     _check_percentiles(fill["create"], "fill")
     assert fill["keys"] > 0 and fill["file_bytes"] <= fill["max_size"]
-    assert fill["first_create_ns"] == min(fill["create"]["max_ns"], fill["first_create_ns"]) > 0
+    assert 0 < fill["first_create_ns"] <= fill["create"]["max_ns"]
     assert [g["from_bytes"] < g["to_bytes"] for g in fill["growths"]] == [True] * len(fill["growths"])
     assert fill["growths"] and fill["growths"][-1]["to_bytes"] == fill["file_bytes"]
     probes = fill["probes"]

@@ -103,7 +103,6 @@ def test_growth_on_a_full_filesystem(small_tmpfs: str) -> None:
     write_report("fault_disk", {"growth failures provoked": 1, "keys checked after failure": facts["stored"]})
 
 
-
 @pytest.mark.parametrize("code, error", [(errno.ENOSPC, "DiskFullError"), (errno.EIO, "StoreAccessError"),
                                          ("short", "DiskFullError")])
 @pytest.mark.parametrize("from_free_list", [True, False], ids=["freed-slot", "new-slot"])
