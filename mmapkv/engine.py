@@ -5,8 +5,8 @@ Nothing per key lives in Python memory; a lookup reads the table entries it prob
 and the header of the slot that matches.
 
 Crash model (see docs/design.md): the slots are the truth and the table is an index
-derived from them.  A slot becomes visible with one final write of its state word and
-checksum; a delete is one write of the state word.  Counters live in Python while the
+derived from them.  A slot is written whole (state word and checksum, then the body) with
+one pwrite; a write cut short fails its checksum.  A delete is one write of the state word.  Counters live in Python while the
 store is open and reach the superblock only on a clean close, so after a crash (the
 superblock's CLEAN flag unset) ``recover`` rebuilds the table and counters from the slots.
 """
@@ -67,7 +67,7 @@ if sys.byteorder != "little":  # the table is read through a native u64 memoryvi
     raise ImportError("mmapkv's file format is little-endian; this machine is big-endian")
 
 _KEY_PAD = bytes(MAX_KEY_BYTES)
-_COMMIT = SLOT_HEADER.__class__("<IIQ")  # state, next_free, checksum: the one final write
+_COMMIT = SLOT_HEADER.__class__("<IIQ")  # state, next_free, checksum: a slot's first 16 bytes
 _FREE = SLOT_HEADER.__class__("<II")     # state, next_free
 _U32 = SLOT_HEADER.__class__("<I")
 _unpack_header = SLOT_HEADER.unpack_from
@@ -401,19 +401,23 @@ class Engine:
             self.next_seq += 1
         body = BODY_HEADER.pack(seq, expires, len(data), len(key), flags, 0) + \
             key + _KEY_PAD[len(key):] + data
-        # The body goes in with pwrite, not through the map: a slot's page is often not in
-        # memory yet, and a write fault on it costs more than the syscall.  The commit
-        # below then maps the page (a cheap fault: it is in the page cache now).
+        # The whole slot, state word and checksum first, goes in with one pwrite, not
+        # through the map: a write fault on a slot's page costs more than the syscall.
+        # It needs no second, committing write: a slot whose write is cut short (a kill
+        # mid-syscall, a crash before writeback) fails its checksum, and recovery frees it.
+        slot_bytes = _COMMIT.pack(state, 0, xxh3_64_intdigest(body)) + body
         try:
-            written = os.pwrite(self._fd, body, off + BODY_OFFSET)
-            if written != len(body):
-                raise OSError(errno.ENOSPC, f"short write ({written} of {len(body)} bytes)")
+            written = os.pwrite(self._fd, slot_bytes, off)
+            if written != len(slot_bytes):
+                # Put back the free-list link the write began to overwrite (the slot's
+                # header was (FREE, the new free_head)), so the slot stays free.
+                os.pwrite(self._fd, _FREE.pack(STATE_FREE, self.free_head), off)
+                raise OSError(errno.ENOSPC, f"short write ({written} of {len(slot_bytes)} bytes)")
         except OSError as exc:
             self.free_head, self.high_water = free_head, high_water  # the slot stays FREE
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFullError(exc.errno, f"cannot write to {self.path}: {exc.strerror}") from None
             raise StoreAccessError(exc.errno, f"cannot write to {self.path}: {exc.strerror or exc}") from None
-        _COMMIT.pack_into(self._mm, off, state, 0, xxh3_64_intdigest(body))
         self.live_count += 1
         if expires:
             self.ttl_count += 1

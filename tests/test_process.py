@@ -678,6 +678,41 @@ def test_batch_is_all_or_nothing_across_a_crash(path: str, monkeypatch: pytest.M
         assert store.verify() == []
 
 
+@pytest.mark.parametrize("from_free_list", [True, False], ids=["freed-slot", "new-slot"])
+def test_slot_write_cut_between_pages(path: str, monkeypatch: pytest.MonkeyPatch,
+                                      from_free_list: bool) -> None:
+    """A kill in the middle of a slot's one pwrite can leave its first page (state LIVE,
+    checksum) written and the rest not; recovery frees that slot and keeps everything
+    acknowledged, also when the rest of the page still holds a freed entry's bytes."""
+    from mmapkv import engine as eng
+    from mmapkv.format import PAGE_SIZE
+
+    big = {"text": "y" * 9_000}  # three pages of slot
+    store = mmapkv.Store(path)
+    store.create("kept", {"v": 1})
+    if from_free_list:
+        store.create("old", {"text": "o" * 9_000})
+        store.delete("old")
+    real_pwrite = eng.os.pwrite
+
+    def first_page_then_die(fd: int, data: bytes, offset: int) -> int:
+        assert len(data) > PAGE_SIZE
+        real_pwrite(fd, data[:PAGE_SIZE - offset % PAGE_SIZE], offset)
+        raise Crash
+
+    monkeypatch.setattr(eng.os, "pwrite", first_page_then_die)
+    with pytest.raises(Crash):
+        store.create("cut", big)
+    monkeypatch.setattr(eng.os, "pwrite", real_pwrite)
+    simulate_crash(store)
+    with mmapkv.Store(path) as store:
+        assert contents(store) == {"kept": {"v": 1}}
+        assert store.verify() == []
+        store.create("cut", big)
+    with mmapkv.Store(path) as store:
+        assert contents(store) == {"kept": {"v": 1}, "cut": big}
+
+
 def test_torn_entry_is_never_returned(path: str) -> None:
     """A slot whose bytes do not match its checksum (a torn write) is dropped by recovery
     after a crash, and is CorruptStoreError (never data) in a store closed cleanly."""
