@@ -6,9 +6,10 @@ and the header of the slot that matches.
 
 Crash model (see docs/design.md): the slots are the truth and the table is an index
 derived from them.  A slot is written whole (state word and checksum, then the body) with
-one pwrite; a write cut short fails its checksum.  A delete is one write of the state word.  Counters live in Python while the
-store is open and reach the superblock only on a clean close, so after a crash (the
-superblock's CLEAN flag unset) ``recover`` rebuilds the table and counters from the slots.
+one pwrite; a write cut short fails its checksum.  A delete is one write of the state word.
+Counters live in Python while the store is open and reach the superblock only on a clean
+close, so after a crash (the superblock's CLEAN flag unset) ``recover`` rebuilds the table
+and counters from the slots.
 """
 
 from __future__ import annotations
