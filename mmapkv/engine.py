@@ -10,6 +10,12 @@ one pwrite; a write cut short fails its checksum.  A delete is one write of the 
 Counters live in Python while the store is open and reach the superblock only on a clean
 close, so after a crash (the superblock's CLEAN flag unset) ``recover`` rebuilds the table
 and counters from the slots.
+
+Interrupts: an exception can land between any two bytecodes of a change (Ctrl-C's
+``KeyboardInterrupt``, ``MemoryError``...).  ``Store`` runs every change inside
+``with engine.change():``; one that ends by any exception but a clean refusal leaves
+``busy`` set, and the next use calls ``repair``: exactly the recovery a crash gets, so an
+interrupted change is, in this process too, all there or not there at all.
 """
 
 from __future__ import annotations
@@ -20,9 +26,9 @@ import mmap
 import os
 import stat
 import sys
-import uuid
 from typing import Iterator
 
+import portalocker
 from xxhash import xxh3_64_intdigest
 
 from .errors import (
@@ -32,6 +38,7 @@ from .errors import (
     InvalidArgumentError,
     MmapKVError,
     StoreAccessError,
+    StoreFullError,
     StoreLockedError,
 )
 from .format import (
@@ -61,8 +68,9 @@ from .format import (
     Geometry,
 )
 from .locking import lock_file, unlock_file
+from .tempfiles import remove_abandoned, temporary_path
 
-__all__ = ["Engine", "fingerprint"]
+__all__ = ["Engine", "DamagedEntry", "fingerprint", "CLEAN_FAILURES"]
 
 if sys.byteorder != "little":  # the table is read through a native u64 memoryview
     raise ImportError("mmapkv's file format is little-endian; this machine is big-endian")
@@ -74,6 +82,18 @@ _U32 = SLOT_HEADER.__class__("<I")
 _unpack_header = SLOT_HEADER.unpack_from
 _U64 = SLOT_HEADER.__class__("<Q")
 _SEARCH_LIMIT = 3  # open attempts when the path is replaced under us (by compact)
+
+#: Errors a change raises only after putting everything back as it was: they leave the
+#: engine usable.  Any other exception inside a change makes the next use repair first.
+CLEAN_FAILURES: tuple[type[BaseException], ...] = (StoreFullError, StoreAccessError)
+
+
+class DamagedEntry(CorruptStoreError):
+    """A stored entry failed its checksum; ``index`` is its table position (or -1)."""
+
+    def __init__(self, message: str, index: int, slot: int) -> None:
+        super().__init__(message)
+        self.index, self.slot = index, slot
 
 
 def fingerprint(key: bytes) -> int:
@@ -90,39 +110,57 @@ def reserve(fd: int, size: int) -> None:
         os.ftruncate(fd, size)
 
 
-def create_file(path: str, max_size: int) -> None:
+def create_file(path: str, max_size: int, *, in_place: bool = False) -> bool:
     """Write a new, empty, clean store at *path* unless something is there already.
+    Returns True if this call made it.
 
-    The file is built under a temporary name and linked into place, so a crash never
-    leaves a half-initialised file at *path*, and an existing file is never overwritten.
+    The file is built under a temporary name (locked, magic number first, see
+    ``tempfiles``) and linked into place, so a crash never leaves a half-initialised file
+    at *path*, and an existing file is never overwritten.  ``in_place=True`` builds it at
+    *path* itself, which must be a fresh temporary name (compact uses it).
     """
     geometry = Geometry(max_size)
-    # Short, so a store name near the OS's 255-byte limit still gets a temporary sibling.
-    tmp = os.path.join(os.path.dirname(path) or ".",
-                       f".{os.path.basename(path)[:32]}.{uuid.uuid4().hex[:16]}.tmp")
+    tmp = path if in_place else temporary_path(path, "create")
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    made = False
     try:
-        try:
-            reserve(fd, geometry.initial_size)
-        except OSError as exc:
-            raise DiskFullError(exc.errno, f"cannot create {path}: {exc.strerror}") from None
+        try:  # a fresh name: nobody else can hold it, so this fails only on a broken system
+            portalocker.lock(fd, portalocker.LOCK_EX | portalocker.LOCK_NB)
+        except (portalocker.LockException, OSError) as exc:
+            raise StoreAccessError(getattr(exc, "errno", None) or errno.EIO,
+                                   f"cannot lock the new file {tmp}: {exc}") from None
         header = SUPERBLOCK.pack(MAGIC, VERSION, FLAG_CLEAN, max_size, geometry.initial_size,
                                  0, 0, 0, 0, math.inf, 1, 0, 0)
         header = header[:SB_CHECKSUM] + _U64.pack(xxh3_64_intdigest(header[:SB_CHECKSUM]))
         os.pwrite(fd, header, 0)
-        os.fsync(fd)
         try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass  # another process created it first: use theirs
+            reserve(fd, geometry.initial_size)
+        except OSError as exc:
+            raise DiskFullError(exc.errno, f"cannot create {path}: {exc.strerror}") from None
+        os.fsync(fd)
+        if in_place:
+            made = True
+        else:
+            try:
+                os.link(tmp, path)
+                made = True
+            except FileExistsError:
+                pass  # another process created it first: use theirs
+            except FileNotFoundError:
+                pass  # a cleaner took our temporary file for abandoned: the caller retries
     finally:
         os.close(fd)
-        os.unlink(tmp)
+        if not in_place or not made:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
     dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # the new name itself survives power loss
     finally:
         os.close(dir_fd)
+    return made
 
 
 class Engine:
@@ -144,6 +182,10 @@ class Engine:
         self.readonly = readonly
         self.durable = durable
         self.was_clean = False
+        #: open change brackets; non-zero outside a change means one was interrupted
+        self.changes = 0
+        #: set by compact just before it renames its new file over this one
+        self.successor: Engine | None = None
         self._fd = -1
         self._mapped = False
         self._fd = self._open_and_lock(max_size, lock_timeout, create)
@@ -245,6 +287,12 @@ class Engine:
         self._dirty = False
         if not clean:
             self.recover()
+            remove_abandoned(path)  # what a process killed while compacting left beside it
+
+    def mark_dirty(self) -> None:
+        """Clear CLEAN on disk (if not done yet this session): the next open recovers."""
+        if not self._dirty:
+            self._mark_dirty()
 
     def _mark_dirty(self) -> None:
         """Before the first change of a session: clear CLEAN on disk, so that a crash
@@ -274,13 +322,13 @@ class Engine:
     def _unmap(self) -> None:
         if not self._mapped:
             return
+        self._mapped = False  # first: an interrupt below must not leave a closed map "mapped"
         for view in (self._table, self._table_bytes, self._view):
             view.release()
         try:
             self._mm.close()
         except BufferError:  # a view escaped (in a traceback?); the GC unmaps it later
             pass
-        self._mapped = False
 
     # ----------------------------------------------------------------- closing
 
@@ -289,17 +337,25 @@ class Engine:
 
         ``release_lock=False`` is for a forked child: the lock belongs to the parent,
         and ``flock`` locks are shared across fork, so the child must not unlock.
+        After an interrupted change the file is left marked unclean, so the next open
+        recovers it, as after a crash.
         """
-        if self._mapped and not self.readonly and release_lock and self._dirty:
-            self._mm.flush()
-            header = SUPERBLOCK.pack(MAGIC, VERSION, FLAG_CLEAN, self.geometry.max_size,
-                                     self.file_size, self.high_water, self.free_head,
-                                     self.live_count, self.ttl_count, self.next_expiry,
-                                     self.next_seq, _U64.unpack_from(self._mm, SB_BATCH_COMMIT)[0], 0)
-            self._mm[:SB_CHECKSUM] = header[:SB_CHECKSUM]
-            _U64.pack_into(self._mm, SB_CHECKSUM, xxh3_64_intdigest(header[:SB_CHECKSUM]))
-            self._mm.flush(0, PAGE_SIZE)
+        if self._mapped and not self.readonly and release_lock and self._dirty and not self.changes:
+            self.mark_clean()
         self._release(release_lock)
+
+    def mark_clean(self) -> None:
+        """Sync everything, then write the counters and the CLEAN flag to the superblock
+        and sync it: an open now needs no recovery.  The next change clears it again."""
+        self._mm.flush()
+        header = SUPERBLOCK.pack(MAGIC, VERSION, FLAG_CLEAN, self.geometry.max_size,
+                                 self.file_size, self.high_water, self.free_head,
+                                 self.live_count, self.ttl_count, self.next_expiry,
+                                 self.next_seq, _U64.unpack_from(self._mm, SB_BATCH_COMMIT)[0], 0)
+        self._mm[:SB_CHECKSUM] = header[:SB_CHECKSUM]
+        _U64.pack_into(self._mm, SB_CHECKSUM, xxh3_64_intdigest(header[:SB_CHECKSUM]))
+        self._mm.flush(0, PAGE_SIZE)
+        self._dirty = False
 
     def _release(self, release_lock: bool = True) -> None:
         self._unmap()
@@ -309,9 +365,56 @@ class Engine:
             os.close(self._fd)
             self._fd = -1
 
+    def __del__(self) -> None:
+        # The last word on the file descriptor (and so the lock) when a close was itself
+        # interrupted: without it the lock would outlive the Store in this process.
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:  # pragma: no cover
+                pass
+            self._fd = -1
+
     def flush(self) -> None:
         """msync the whole map: what was written survives power loss from here on."""
         self._mm.flush()
+
+    # ----------------------------------------------------------------- interrupts
+
+    def change(self) -> Engine:
+        """The bracket every change runs in: ``with engine.change(): ...``.
+
+        Nesting is counted.  A clean exit, or one of ``CLEAN_FAILURES`` (raised only after
+        everything was put back), closes the bracket; any other exception leaves it open,
+        which the engine reads as "interrupted: repair before the next use".
+        """
+        return self
+
+    def __enter__(self) -> None:
+        self.changes += 1
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None or issubclass(exc_type, CLEAN_FAILURES):
+            self.changes -= 1
+
+    @property
+    def busy(self) -> bool:
+        """True outside a change if one was interrupted: call ``repair`` before use."""
+        return self.changes > 0
+
+    def repair(self) -> None:
+        """Bring the store back to a consistent state after an interrupted change.
+
+        The same as opening after a crash: reload the superblock and, unless nothing was
+        changed since the file was last clean, rebuild the table, free list and counters
+        from the slots (``recover``).  O(slots) then.  Interrupted itself, it simply runs
+        again at the next use.
+        """
+        next_seq = self.next_seq
+        self._unmap()
+        self._load(None)
+        self.next_seq = max(self.next_seq, next_seq)  # sequence numbers never repeat
+        self.changes = 0
 
     def _changed(self) -> None:
         if self.durable:
@@ -347,7 +450,10 @@ class Engine:
     def get(self, key: bytes, fp: int) -> tuple[memoryview, int, float] | None:
         """Find *key* and return its value bytes (a view into the map: decode it before
         the next write), codec flags and expiry, after checking the slot's checksum; or
-        None.  The read hot path: ``find`` and the slot read fused into one loop."""
+        None.  The read hot path: ``find`` and the slot read fused into one loop.
+
+        :raises DamagedEntry: the entry fails its checksum (``recover`` drops it).
+        """
         table, mask, mm = self._table, self._mask, self._mm
         i = fp & mask
         distance = 0
@@ -366,8 +472,7 @@ class Engine:
                     end = off + VALUE_OFFSET + vlen
                     if state != STATE_LIVE or vlen > MAX_VALUE_BYTES or \
                             xxh3_64_intdigest(view[off + BODY_OFFSET:end]) != checksum:
-                        raise CorruptStoreError(f"{self.path}: slot {slot} fails its checksum; run "
-                                                "`python -m mmapkv verify` (the entry is lost)")
+                        raise DamagedEntry(f"{self.path}: slot {slot} fails its checksum", i, slot)
                     return view[off + VALUE_OFFSET:end], flags, expires
             if (i - (entry >> FINGERPRINT_SHIFT)) & mask < distance:
                 return None
@@ -409,16 +514,23 @@ class Engine:
         slot_bytes = _COMMIT.pack(state, 0, xxh3_64_intdigest(body)) + body
         try:
             written = os.pwrite(self._fd, slot_bytes, off)
-            if written != len(slot_bytes):
-                # Put back the free-list link the write began to overwrite (the slot's
-                # header was (FREE, the new free_head)), so the slot stays free.
-                os.pwrite(self._fd, _FREE.pack(STATE_FREE, self.free_head), off)
-                raise OSError(errno.ENOSPC, f"short write ({written} of {len(slot_bytes)} bytes)")
         except OSError as exc:
-            self.free_head, self.high_water = free_head, high_water  # the slot stays FREE
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(exc.errno, f"cannot write to {self.path}: {exc.strerror}") from None
-            raise StoreAccessError(exc.errno, f"cannot write to {self.path}: {exc.strerror or exc}") from None
+            if self._landed(slot_bytes, off):  # the error came after the write
+                self.changes += 1  # it is on disk but counted nowhere: leave it to repair
+            else:
+                self.free_head, self.high_water = free_head, high_water  # the slot stays FREE
+            raise self._write_error(exc) from None
+        if written != len(slot_bytes):
+            # A full disk mid-write: put back the free-list link the write began to
+            # overwrite (the slot's header was (FREE, the new free_head)), so it stays free.
+            try:
+                os.pwrite(self._fd, _FREE.pack(STATE_FREE, self.free_head), off)
+            except OSError as exc:
+                self.changes += 1  # the slot is half written: leave the store to repair
+                raise self._write_error(exc) from None
+            self.free_head, self.high_water = free_head, high_water
+            raise self._write_error(OSError(errno.ENOSPC, f"short write ({written} of "
+                                                          f"{len(slot_bytes)} bytes)"))
         self.live_count += 1
         if expires:
             self.ttl_count += 1
@@ -428,6 +540,19 @@ class Engine:
             self._table_insert(fp << FINGERPRINT_SHIFT | (slot + 1))
             self._changed()
         return slot
+
+    def _landed(self, slot_bytes: bytes, off: int) -> bool:
+        """After an error around a slot write: did any of it reach the file?  pwrite
+        writes nothing when it fails, but an exception can come just after it returned."""
+        try:
+            return os.pread(self._fd, BODY_OFFSET, off) == slot_bytes[:BODY_OFFSET]
+        except OSError:
+            return True  # cannot tell: assume the worst, and repair
+
+    def _write_error(self, exc: OSError) -> MmapKVError:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DiskFullError(exc.errno, f"cannot write to {self.path}: {exc.strerror or exc}")
+        return StoreAccessError(exc.errno, f"cannot write to {self.path}: {exc.strerror or exc}")
 
     def begin_batch(self) -> int:
         """The sequence number every PENDING slot of one batch carries."""
@@ -573,6 +698,13 @@ class Engine:
         index = self.find(key, fingerprint(key))
         return index >= 0 and self.slot_at(index) == slot
 
+    def is_intact(self, slot: int) -> bool:
+        """True if the LIVE *slot* passes its checksum (what ``get`` checks before a read)."""
+        off = self._slots_offset + slot * SLOT_STRIDE
+        _, _, checksum, _, _, vlen, _, _, _ = _unpack_header(self._mm, off)
+        return vlen <= MAX_VALUE_BYTES and \
+            xxh3_64_intdigest(self._view[off + BODY_OFFSET:off + VALUE_OFFSET + vlen]) == checksum
+
     def index_of_slot(self, slot: int, key: bytes) -> int:
         index = self.find(key, fingerprint(key))
         if index < 0 or self.slot_at(index) != slot:
@@ -652,7 +784,9 @@ class Engine:
             if expires:
                 self.ttl_count += 1
                 self.next_expiry = min(self.next_expiry, expires)
-        self.next_seq = max(self.next_seq, max_seq + 1)
+        # Never reuse a sequence number: not one a surviving slot carries, and not the
+        # committed batch's, or a later batch cut short would be taken for that one.
+        self.next_seq = max(self.next_seq, max_seq + 1, batch + 1)
         mm.flush()
 
     def check(self) -> list[str]:

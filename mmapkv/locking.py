@@ -45,9 +45,14 @@ def lock_file(fd: int, path: str, *, shared: bool = False, timeout: float = 0.0)
         except FileNotFoundError:
             same = False
         if not same:
-            portalocker.unlock(fd)
+            unlock_file(fd)
         return same
 
 
 def unlock_file(fd: int) -> None:
-    portalocker.unlock(fd)
+    """Let go of the lock on *fd*.  Never raises: closing *fd*, which follows, lets go
+    of it anyway."""
+    try:
+        portalocker.unlock(fd)
+    except (portalocker.LockException, OSError):
+        pass

@@ -16,7 +16,8 @@ import platformdirs
 from xxhash import xxh3_64_intdigest
 
 from . import codec
-from .engine import Engine, fingerprint
+from .engine import CLEAN_FAILURES, DamagedEntry, Engine, fingerprint
+from .tempfiles import remove_abandoned
 from .errors import (
     CorruptStoreError,
     InvalidArgumentError,
@@ -184,6 +185,58 @@ class Store:
             self._forked = True
             engine.close(release_lock=False)
 
+    def _use(self) -> Engine:
+        """The engine, ready for use; call with the lock held.
+
+        Raises ``StoreClosedError`` after ``close`` (or in a forked child).  If a change
+        was interrupted by an exception (Ctrl-C, ``MemoryError``...), repairs the store
+        first, exactly as recovery after a crash would (docs/design.md, "Interrupts").
+        """
+        engine = self._engine
+        if engine is None:
+            raise self._closed()
+        if engine.changes:
+            engine = self._repair(engine)
+        return engine
+
+    def _repair(self, engine: Engine) -> Engine:
+        """``_use`` after an interrupted change.  Every step may be interrupted again, so
+        each leaves things for the next call to finish: the Store is switched to another
+        engine by one assignment, and only once that engine is ready."""
+        try:
+            replaced = not os.path.samestat(os.fstat(engine._fd), os.stat(self._path))
+        except FileNotFoundError:
+            replaced = False
+        successor = engine.successor
+        if not replaced:
+            if successor is not None:  # a compact stopped before its rename: drop its file
+                successor.close()
+                remove_abandoned(self._path)
+                engine.successor = None
+            engine.repair()
+            return engine
+        # A compact renamed its finished file over ours and was interrupted before it
+        # switched the Store over: that file is the store now.
+        if successor is not None and successor._fd >= 0 and \
+                os.path.samestat(os.fstat(successor._fd), os.stat(self._path)):
+            successor.path = self._path
+            new = successor
+        else:
+            new = Engine(self._path, durable=engine.durable, create=False)
+        self._engine = new
+        engine.successor = None
+        engine._release()
+        return new
+
+    def _dropped(self, engine: Engine, damaged: DamagedEntry, key: str) -> CorruptStoreError:
+        """Drop a damaged entry (recovery frees every slot that fails its checksum), so
+        that ``in``, ``len`` and ``keys`` agree with ``read``, and say so."""
+        with engine.change():
+            engine.recover()
+        return CorruptStoreError(
+            f"{self._path}: the entry of key {key!r} fails its checksum (slot {damaged.slot}) "
+            "and was dropped: its value is lost; `mmapkv verify` checks the rest of the file")
+
     def close(self) -> None:
         """Write the counters, mark the file cleanly closed, sync it and unlock it.
 
@@ -197,10 +250,7 @@ class Store:
     def flush(self) -> None:
         """Force every change so far to disk (msync): it now survives power loss."""
         with self._lock:
-            engine = self._engine
-            if engine is None:
-                raise self._closed()
-            engine.flush()
+            self._use().flush()
 
     def __enter__(self) -> Store:
         return self
@@ -209,8 +259,13 @@ class Store:
         self.close()
 
     def __del__(self) -> None:
+        # A finaliser must never block: if the lock is held (by a thread that is about
+        # to drop its own reference, or left held), leave the file to the engine's own
+        # finaliser, which closes the descriptor: the next open then recovers.
         try:
-            if self._engine is not None and os.getpid() == self._pid:
+            if self._engine is not None and os.getpid() == self._pid and \
+                    self._lock.acquire(blocking=False):
+                self._lock.release()
                 self.close()
         except Exception:  # pragma: no cover - interpreter shutdown
             pass
@@ -239,13 +294,15 @@ class Store:
         else:
             kb = _key_bytes(key)
         fp = _xxh3(kb) >> FINGERPRINT_SHIFT
-        lock = self._lock
-        lock.acquire()  # not `with`: half the cost on a path this short
-        try:
+        # `with`, not acquire() and try: an interrupt between those two would keep the lock.
+        with self._lock:
             engine = self._engine
-            if engine is None:
-                raise self._closed()
-            found = engine.get(kb, fp)
+            if engine is None or engine.changes:
+                engine = self._use()
+            try:
+                found = engine.get(kb, fp)
+            except DamagedEntry as damaged:
+                raise self._dropped(engine, damaged, key) from None
             if found is None:
                 raise KeyNotFoundError(f"key {key!r} is not in {self._path}")
             data, flags, expires = found
@@ -257,8 +314,6 @@ class Store:
                 return _loads(data) if not flags else _decode(data, flags)
             except ValueError as exc:
                 raise CorruptStoreError(f"{self._path}: the value of {key!r} is not JSON: {exc}") from None
-        finally:
-            lock.release()
 
     def get(self, key: str, default: Any = None) -> Any:
         """Like :meth:`read`, but return *default* for a missing or expired key.
@@ -274,54 +329,60 @@ class Store:
             return default
 
     def __contains__(self, key: object) -> bool:
-        """True if *key* is stored and unexpired.  Cost: one lookup, no decoding.
+        """True if *key* is stored and unexpired.  Cost: one lookup and a checksum, no
+        decoding.
 
         Like ``read``, a *key* that could never be stored (not a ``str``, too long) raises
-        ``InvalidKeyError`` (a ``TypeError``/``ValueError``) rather than answering False.
+        ``InvalidKeyError`` (a ``TypeError``/``ValueError``) rather than answering False,
+        and a damaged entry raises ``CorruptStoreError`` (and is dropped).
         """
         kb = _key_bytes(key)
         fp = fingerprint(kb)
         with self._lock:
-            engine = self._engine
-            if engine is None:
-                raise self._closed()
-            index = engine.find(kb, fp)
-            if index < 0:
-                return False
-            expires = engine.expires_at(index)
-            return not expires or self._clock() < expires
+            engine = self._use()
+            try:
+                found = engine.get(kb, fp)
+            except DamagedEntry as damaged:
+                raise self._dropped(engine, damaged, str(key)) from None
+            return found is not None and (not found[2] or self._clock() < found[2])
 
     def __len__(self) -> int:
         """The number of unexpired keys.
 
         O(1), unless a TTL has passed since the last count: then expired entries are
-        reclaimed first, O(slots).
+        reclaimed first, O(slots).  It counts what the file records as live: an entry
+        damaged on disk is counted until an operation finds it and drops it (``read``,
+        ``in``, ``keys``) or recovery does; the checksums are not read for a count.
         """
         with self._lock:
-            engine = self._engine
-            if engine is None:
-                raise self._closed()
+            engine = self._use()
             self._reclaim_expired(engine)
             return engine.live_count
 
     def keys(self) -> list[str]:
-        """The unexpired keys, in file order (a snapshot list).  O(slots).
+        """The unexpired keys, in file order (a snapshot list).  O(slots + bytes of values):
+        each entry's checksum is checked, so ``keys()`` lists what ``read`` can read.
 
-        A slot whose key was damaged on disk (it no longer hashes to its table entry)
-        is left out: it could not be read either; ``verify()`` reports it.
+        :raises CorruptStoreError: entries damaged on disk were found; they are dropped
+            (their values are lost), and the next call lists the intact keys.
         """
         with self._lock:
-            engine = self._engine
-            if engine is None:
-                raise self._closed()
+            engine = self._use()
             now = self._clock() if engine.ttl_count else 0.0
             keys = []
+            damaged = 0
             for slot, _, expires, key in engine.iter_slots():
-                if (not expires or now < expires) and engine.is_indexed(slot, key):
-                    try:
-                        keys.append(key.decode("utf-8"))
-                    except UnicodeDecodeError:  # cannot be: it hashed to a stored key
-                        continue
+                if not (engine.is_indexed(slot, key) and engine.is_intact(slot)):
+                    damaged += 1
+                elif not expires or now < expires:
+                    keys.append(key.decode("utf-8"))  # it hashed to a stored key: UTF-8
+            if damaged:
+                with engine.change():
+                    engine.recover()
+                raise CorruptStoreError(
+                    f"{self._path}: " + ("1 entry fails its checksum and was" if damaged == 1
+                                         else f"{damaged} entries fail their checksums and were")
+                    + " dropped (the values are lost); the other keys are intact: call keys() again")
             return keys
 
     def __iter__(self) -> Any:
@@ -333,9 +394,7 @@ class Store:
         See ``python -m mmapkv.stats`` for the full report (probe lengths, value sizes).
         """
         with self._lock:
-            engine = self._engine
-            if engine is None:
-                raise self._closed()
+            engine = self._use()
             self._reclaim_expired(engine)
             g = engine.geometry
             return StoreStats(
@@ -351,10 +410,7 @@ class Store:
         For tests and post-mortems; O(slots + table).  See ``Engine.check`` for the list.
         """
         with self._lock:
-            engine = self._engine
-            if engine is None:
-                raise self._closed()
-            return engine.check()
+            return self._use().check()
 
     # ----------------------------------------------------------------- writes
 
@@ -376,19 +432,19 @@ class Store:
             ttl = _check_ttl(ttl)
         fp = fingerprint(kb)
         with self._lock:
-            engine = self._engine
-            if engine is None:
-                raise self._closed()
+            engine = self._use()
             index = engine.find(kb, fp)
             now = self._clock() if ttl is not None or index >= 0 else 0.0
             if index >= 0:
                 old_expiry = engine.expires_at(index)
                 if not old_expiry or now < old_expiry:
                     raise KeyExistsError(f"key {key!r} already exists in {self._path}")
-                engine.remove(index)
-            if engine.live_count >= engine.slot_count:
-                self._make_room(engine, 1)
-            engine.insert(kb, fp, data, flags, now + ttl if ttl is not None else 0.0)
+            with engine.change():
+                if index >= 0:
+                    engine.remove(index)
+                if engine.live_count >= engine.slot_count:
+                    self._make_room(engine, 1)
+                engine.insert(kb, fp, data, flags, now + ttl if ttl is not None else 0.0)
 
     def delete(self, key: str) -> None:
         """Remove *key* and free its slot.
@@ -399,17 +455,15 @@ class Store:
         kb = _key_bytes(key)
         fp = fingerprint(kb)
         with self._lock:
-            engine = self._engine
-            if engine is None:
-                raise self._closed()
+            engine = self._use()
             index = engine.find(kb, fp)
             if index < 0:
                 raise KeyNotFoundError(f"key {key!r} is not in {self._path}")
             expires = engine.expires_at(index)
+            with engine.change():
+                engine.remove(index)  # an expired one too: reclaim it while we are here
             if expires and self._clock() >= expires:
-                engine.remove(index)  # reclaim it while we are here
                 raise KeyExpiredError(f"key {key!r} expired at {expires:.0f} (unix time)")
-            engine.remove(index)
 
     def batch_create(self, items: Mapping[str, dict[str, Any]] | Iterable[tuple[Any, ...]],
                      ttl: int | None = None) -> None:
@@ -453,9 +507,7 @@ class Store:
             data, flags = _encode(value)
             prepared.append((key, kb, fingerprint(kb), data, flags, item_ttl))
         with self._lock:
-            engine = self._engine
-            if engine is None:
-                raise self._closed()
+            engine = self._use()
             if not prepared:
                 return
             now = self._clock()
@@ -467,25 +519,27 @@ class Store:
                     if not old_expiry or now < old_expiry:
                         raise KeyExistsError(f"key {key!r} already exists in {self._path}")
                     expired.append((kb, fp))
-            for kb, fp in expired:
-                engine.remove(engine.find(kb, fp))
-            self._make_room(engine, len(prepared))
-            seq = engine.begin_batch()
-            written: list[tuple[int, int]] = []
-            try:
-                for _, kb, fp, data, flags, t in prepared:
-                    expires = now + t if t is not None else 0.0
-                    written.append((engine.insert(kb, fp, data, flags, expires, STATE_PENDING, seq), fp))
-            except BaseException:
-                engine.abort_batch(written)
-                raise
-            engine.commit_batch(seq, written)
+            with engine.change():
+                for kb, fp in expired:
+                    engine.remove(engine.find(kb, fp))
+                self._make_room(engine, len(prepared))
+                seq = engine.begin_batch()
+                written: list[tuple[int, int]] = []
+                try:
+                    for _, kb, fp, data, flags, t in prepared:
+                        expires = now + t if t is not None else 0.0
+                        written.append((engine.insert(kb, fp, data, flags, expires, STATE_PENDING, seq), fp))
+                except CLEAN_FAILURES:  # a full disk: give the slots back, change nothing
+                    engine.abort_batch(written)
+                    raise
+                engine.commit_batch(seq, written)
 
     # ----------------------------------------------------------------- room
 
     def _reclaim_expired(self, engine: Engine) -> None:
         if engine.ttl_count and engine.next_expiry <= self._clock():
-            engine.sweep(self._clock())
+            with engine.change():
+                engine.sweep(self._clock())
 
     def _make_room(self, engine: Engine, needed: int) -> None:
         """Ensure *needed* free slots: reclaim expired entries, then grow the file."""

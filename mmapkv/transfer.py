@@ -21,7 +21,6 @@ import os
 import shutil
 import stat
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
@@ -29,7 +28,8 @@ from typing import IO
 from xxhash import xxh3_64_intdigest
 
 from . import codec
-from .engine import Engine, fingerprint
+from .engine import Engine, create_file, fingerprint
+from .tempfiles import remove_abandoned, temporary_path
 from .errors import (
     CorruptStoreError,
     InvalidKeyError,
@@ -93,10 +93,8 @@ class RestoreResult:
 
 
 def _engine(store: Store) -> Engine:
-    engine = store._engine
-    if engine is None:
-        raise store._closed()
-    return engine
+    """The store's engine, ready (closed check, repair after an interrupt); lock held."""
+    return store._use()
 
 
 def _read_slot(engine: Engine, slot: int) -> Entry | str | None:
@@ -305,28 +303,34 @@ def restore(store: Store, source: IO[bytes], *, skip_existing: bool = False,
                     f"{name} line {number}: key {kb.decode()!r} already exists in {store.path}; "
                     "nothing was restored (skip_existing / --skip-existing keeps stored keys)")
         needed = len(lines) - len(skip)
-        if needed:
-            store._make_room(engine, needed)
-        # Pass 2: write PENDING slots of one batch, then commit them with one write,
-        # exactly as Store.batch_create does: a crash before the commit drops them all.
-        seq = engine.begin_batch()
-        written: list[tuple[int, int]] = []
-        try:
-            source.seek(start)
-            for number, key, kb, data, flags, expires in _parse(source, name, progress, size, total):
-                if (expires and expires <= now) or kb in skip:
-                    continue
-                if lines.get(kb) != number:
+        failure: MmapKVError | None = None
+        with engine.change():
+            if needed:
+                store._make_room(engine, needed)
+            # Pass 2: write PENDING slots of one batch, then commit them with one write,
+            # exactly as Store.batch_create does: a crash before the commit drops them all,
+            # and so does an interrupt (the change stays open; the next use repairs).
+            seq = engine.begin_batch()
+            written: list[tuple[int, int]] = []
+            try:
+                source.seek(start)
+                for number, key, kb, data, flags, expires in _parse(source, name, progress, size, total):
+                    if (expires and expires <= now) or kb in skip:
+                        continue
+                    if lines.get(kb) != number:
+                        raise InvalidDumpError(f"{name} changed while it was being restored; nothing was restored")
+                    fp = fingerprint(kb)
+                    written.append((engine.insert(kb, fp, data, flags, expires, STATE_PENDING, seq), fp))
+                if len(written) != needed:
                     raise InvalidDumpError(f"{name} changed while it was being restored; nothing was restored")
-                fp = fingerprint(kb)
-                written.append((engine.insert(kb, fp, data, flags, expires, STATE_PENDING, seq), fp))
-            if len(written) != needed:
-                raise InvalidDumpError(f"{name} changed while it was being restored; nothing was restored")
-        except BaseException:
-            engine.abort_batch(written)
-            raise
-        if written:
-            engine.commit_batch(seq, written)
+            except MmapKVError as exc:  # bad input or a full disk: give the slots back
+                engine.abort_batch(written)
+                failure = exc
+            else:
+                if written:
+                    engine.commit_batch(seq, written)
+        if failure is not None:
+            raise failure
     if progress is not None:
         progress(total, total)
     return RestoreResult(len(written), len(skip), expired)
@@ -366,35 +370,42 @@ def compact(store: Store, *, skip_corrupt: bool = False,
             if previous is None or entry.seq > previous[0]:
                 chosen[entry.key] = (entry.seq, entry.slot)
         slots = sorted(slot for _, slot in chosen.values())  # slot order keeps the file order
-        directory, base = os.path.split(path)
-        # Short whatever the store's name: create_file builds its own temporary name on
-        # top of this one, and a name must stay under the file system's 255 bytes.
-        tmp = os.path.join(directory, f".{base[:32]}.compact-{uuid.uuid4().hex[:16]}.tmp")
-        new = Engine(tmp, max_size=old.geometry.max_size, durable=old.durable)  # created locked
-        try:
-            os.chmod(tmp, stat.S_IMODE(os.fstat(old._fd).st_mode))
-            while new.slot_count < len(slots):
-                new.grow()
-            for n, slot in enumerate(slots):
-                if progress is not None and n % _PROGRESS_EVERY == 0:
-                    progress(old.high_water + n * old.high_water // max(len(slots), 1), total)
-                got = _read_slot(old, slot)
-                assert isinstance(got, Entry)  # checked in pass 1, under the same lock
-                new.insert(got.key, fingerprint(got.key), got.data, got.flags, got.expires_at)
-            new.flush()
-            os.fsync(new._fd)  # the file's size and blocks, not only the mapped pages
-            os.replace(tmp, path)  # the commit point: from here the path names the new file
-        except BaseException:
-            new.close()
+        directory = os.path.dirname(path)
+        remove_abandoned(path)  # what an earlier, killed compact left
+        # From here until the switch a kill leaves a temporary file beside the store:
+        # marking the store unclean makes the next open recover and remove it.
+        old.mark_dirty()
+        with old.change():  # an interrupt before the switch: the next use sorts it out
+            tmp = temporary_path(path, "compact")
+            create_file(tmp, old.geometry.max_size, in_place=True)
+            new = Engine(tmp, durable=old.durable, create=False)  # locked from here on
             try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        new.path = path
-        store._engine = new
+                os.chmod(tmp, stat.S_IMODE(os.fstat(old._fd).st_mode))
+                while new.slot_count < len(slots):
+                    new.grow()
+                for n, slot in enumerate(slots):
+                    if progress is not None and n % _PROGRESS_EVERY == 0:
+                        progress(old.high_water + n * old.high_water // max(len(slots), 1), total)
+                    got = _read_slot(old, slot)
+                    assert isinstance(got, Entry)  # checked in pass 1, under the same lock
+                    new.insert(got.key, fingerprint(got.key), got.data, got.flags, got.expires_at)
+                new.mark_clean()  # counters written, flagged clean, synced
+                os.fsync(new._fd)  # the file's size and blocks, not only the mapped pages
+                old.successor = new  # Store._repair takes it over if we stop past the rename
+                os.replace(tmp, path)  # the commit point: from here the path names the new file
+            except BaseException:
+                old.successor = None
+                new._release()  # its file goes: nothing to write or sync
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+                raise
+            new.path = path
+            store._engine = new
         old_size = old.file_size
         # The old inode is unlinked: unmap and unlock it without syncing pages nobody reads.
+        old.successor = None
         old._release()
         dir_fd = os.open(directory or ".", os.O_RDONLY)
         try:
