@@ -12,6 +12,9 @@ was acknowledged:
 ``rival``    tries to open a store again and again and counts how it was refused.
 ``check``    opens damaged store files and reads every key, classifying each outcome.
 ``diskfull`` fills a store under ``RLIMIT_FSIZE`` and reports how growth failed.
+``sigint``   works through random calls while its parent fires SIGINTs at it; after each
+             interrupted call it reads the store back (retrying through further
+             interrupts) and reports whether it holds the state before or after the call.
 
 Importing this module has no side effects (pytest's doctest collection imports it).
 """
@@ -464,7 +467,103 @@ def diskfull(args: dict[str, Any]) -> None:
     emit(facts)
 
 
-MODES = {"writer": writer, "holder": holder, "rival": rival, "check": check, "diskfull": diskfull}
+def _sigint_call(rng: random.Random, model: dict[str, int], counter: list[int]
+                 ) -> tuple[str, Any, dict[str, int]]:
+    """A random call on the store, as (name, function of the store, the model after it)."""
+    import io
+
+    from mmapkv import transfer
+
+    def fresh(n: int) -> dict[str, int]:
+        counter[0] += n
+        return {f"s{counter[0] - i}": rng.randrange(10**9) for i in range(n)}
+
+    roll = rng.random()
+    if model and roll < 0.3:
+        key = rng.choice(sorted(model))
+        return "delete", lambda s: s.delete(key), {k: v for k, v in model.items() if k != key}
+    if roll < 0.6:
+        (key, nonce), = fresh(1).items()
+        return "create", lambda s: s.create(key, make_value(key, nonce, 200)), {**model, key: nonce}
+    if roll < 0.8:
+        items = fresh(rng.randint(2, 5))
+        return "batch", lambda s: s.batch_create({k: make_value(k, n, 300) for k, n in items.items()}), \
+            {**model, **items}
+    if roll < 0.95:
+        items = fresh(rng.randint(2, 5))
+        text = "".join(json.dumps({"key": k, "value": make_value(k, n, 250), "expires_at": None}) + "\n"
+                       for k, n in items.items()).encode()
+        return "restore", lambda s: transfer.restore(s, io.BytesIO(text)), {**model, **items}
+    return "compact", transfer.compact, dict(model)
+
+
+def sigint(args: dict[str, Any]) -> None:
+    """Random calls, interrupted by the parent's SIGINTs; SIGTERM ends the session with a
+    close.  SIGINT is blocked except around the store's calls, so the interrupts land in
+    mmapkv (and in reading it back), not in this bookkeeping."""
+    import mmapkv
+
+    def say(event: dict[str, Any]) -> None:
+        os.write(1, (json.dumps(event) + "\n").encode())
+
+    def block() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    def unblock() -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    block()
+    rng = random.Random(args["seed"])
+    store = mmapkv.Store(args["path"], max_size=args["max_size"])
+    model = {k: store.read(k)["nonce"] for k in store.keys()}
+    say({"ev": "ready", "model": model})
+    counter = [args["first"]]
+    calls = interrupted = 0
+    name, after = "none", model
+    open_call = False  # an interrupted call whose outcome is not known yet
+    while True:
+        try:
+            if open_call:  # read it back; an interrupt here just means: read it again
+                unblock()
+                actual = {k: store.read(k)["nonce"] for k in store.keys()}
+                problems = store.verify()
+                block()
+                if actual not in (model, after):
+                    say({"ev": "violation", "call": name, "before": model, "after": after,
+                         "actual": actual})
+                if problems:
+                    say({"ev": "violation", "call": name, "verify": problems})
+                model, open_call = actual, False
+                say({"ev": "state", "model": model})
+                continue
+            if stop.is_set():
+                break
+            name, call, after = _sigint_call(rng, model, counter)
+            calls += 1
+            say({"ev": "begin", "call": name, "after": after})
+            open_call = True
+            unblock()
+            try:
+                call(store)
+            except mmapkv.StoreFullError:
+                after = model
+            block()
+            model, open_call = after, False
+            say({"ev": "ack", "model": model})
+        except KeyboardInterrupt:
+            try:  # inline, not block(): a Python call's entry is where a signal lands
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            except KeyboardInterrupt:  # one that arrived before the block took effect
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            interrupted += 1
+    store.close()
+    say({"ev": "closed", "model": model, "calls": calls, "interrupted": interrupted})
+
+
+MODES = {"writer": writer, "holder": holder, "rival": rival, "check": check, "diskfull": diskfull,
+         "sigint": sigint}
 
 if __name__ == "__main__":
     sys.path.insert(0, ROOT)

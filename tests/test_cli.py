@@ -224,8 +224,6 @@ def test_verify_good_and_corrupt(run: Run, path: str) -> None:
     assert code == 1
     lines = out.splitlines()
     assert lines[0] == "slot 1 fails its checksum" and lines[-1].endswith("1 problem found")
-    code, _, err = run("get", "bad", "--path", path)  # reading it is a store problem
-    assert code == 4 and "fails its checksum" in err
     assert json.loads(run("get", "good", "--path", path)[1]) == {"v": 1}
     code, _, err = run("dump", "--path", path)
     assert code == 4 and "--skip-corrupt" in err
@@ -237,6 +235,18 @@ def test_verify_good_and_corrupt(run: Run, path: str) -> None:
     code, out, err = run("compact", "--skip-corrupt", "--path", path)
     assert code == 0 and out.endswith(", 1 key\n")
     assert err == "mmapkv: warning: left out: slot 1 fails its checksum\n"
+    assert run("verify", "--path", path)[:2] == (0, f"{path}: ok (1 entry in 8 slots)\n")
+
+
+def test_get_of_a_damaged_entry_reports_and_drops_it(run: Run, path: str) -> None:
+    with mmapkv.Store(path) as store:
+        store.create("good", {"v": 1})
+        store.create("bad", {"v": "corrupt-me-please"})
+    flip_value_byte(path, b"corrupt-me-please")
+    code, _, err = run("get", "bad", "--path", path)  # reading it is a store problem
+    assert code == 4 and "fails its checksum" in err and "dropped" in err
+    code, _, err = run("get", "bad", "--path", path)  # dropped on detection: now missing
+    assert code == 3 and "not in" in err
     assert run("verify", "--path", path)[:2] == (0, f"{path}: ok (1 entry in 8 slots)\n")
 
 

@@ -1,0 +1,127 @@
+"""Raise an exception at the n-th bytecode a call executes: the interrupt harness.
+
+Ctrl-C's ``KeyboardInterrupt`` (or ``SystemExit`` from a signal handler, a ``MemoryError``)
+can land between any two bytecodes.  ``count_steps(call)`` runs *call* under
+``sys.settrace`` with opcode events on and counts the bytecodes it executes, in every
+Python frame it enters (mmapkv, the standard library, portalocker...).
+``interrupt_at(call, n, exc)`` runs it again and raises *exc* just before the n-th, so a
+test can try every point of a call, one by one, and check what each leaves behind.
+
+One gap is modelled on CPython rather than injected: the bytecodes between the end of a
+``with`` body and the call of its ``__exit__`` (three ``LOAD_CONST None``, ``PRECALL``,
+``CALL``, after a ``SWAP`` when the body returns).  They lie outside the block's exception handler, so an exception "before" them
+would skip ``__exit__``; but CPython raises a signal's exception only at function entry,
+backward jumps and after a call returns, and those bytecodes cannot fail, so no real
+interrupt lands there (python/cpython#74174: a ``with lock:`` on a lock whose
+``__enter__``/``__exit__`` are C is atomic with respect to Ctrl-C).  For the same reason
+the entry of a ``with`` block's exception handler (``PUSH_EXC_INFO``,
+``WITH_EXCEPT_START``, which calls ``__exit__``) is skipped, and so is ``NOP`` (no effect,
+cannot fail: the same point as the bytecode after it).  Every other bytecode of every
+frame is tried, except in finalisers (``__del__``), whose exceptions Python ignores.
+
+Importing this module has no side effects (pytest's doctest collection imports it).
+
+>>> def f():
+...     x = 1
+...     return x + 1
+>>> steps = count_steps(f)
+>>> interrupt_at(f, steps, KeyboardInterrupt)
+(True, KeyboardInterrupt())
+>>> interrupt_at(f, steps + 1, KeyboardInterrupt)
+(False, None)
+"""
+
+from __future__ import annotations
+
+import dis
+import gc
+import sys
+from collections.abc import Callable
+from types import CodeType, FrameType
+from typing import Any
+
+__all__ = ["count_steps", "interrupt_at"]
+
+
+_UNINTERRUPTIBLE: dict[CodeType, frozenset[int]] = {}
+
+
+def _with_exits(code: CodeType) -> frozenset[int]:
+    """Offsets of the bytecodes that call a ``with`` block's ``__exit__`` on the way out."""
+    found = _UNINTERRUPTIBLE.get(code)
+    if found is None:
+        ins = list(dis.get_instructions(code))
+        # No effect and cannot fail: the same point as the bytecode after them.
+        offsets = {x.offset for x in ins if x.opname in ("NOP", "PUSH_EXC_INFO")}
+        # An exception handler of a `with` calls __exit__ first: nothing can come between.
+        offsets.update(x.offset for x in ins if x.opname == "WITH_EXCEPT_START")
+        for i in range(len(ins) - 4):
+            window = ins[i:i + 5]
+            if all(x.opname == "LOAD_CONST" and x.argval is None for x in window[:3]):
+                tail = [x.opname for x in window[3:]]
+                if tail in (["PRECALL", "CALL"], ["CALL", "POP_TOP"]) and window[3].arg == 2:
+                    if i and ins[i - 1].opname == "SWAP":  # a `return` inside the block
+                        offsets.add(ins[i - 1].offset)
+                    offsets.update(x.offset for x in window[:3])
+                    offsets.update(x.offset for x in window[3:] if x.opname in ("PRECALL", "CALL"))
+        found = _UNINTERRUPTIBLE[code] = frozenset(offsets)
+    return found
+
+
+def _run(call: Callable[[], Any], stop_at: int, exc: type[BaseException] | None,
+         injected: list[bool] | None = None) -> int:
+    steps = 0
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        nonlocal steps
+        if event == "opcode" and frame.f_lasti not in _with_exits(frame.f_code):
+            steps += 1
+            if steps == stop_at and exc is not None:
+                if injected is not None:
+                    injected.append(True)
+                raise exc()
+        return local
+
+    def on_call(frame: FrameType, event: str, arg: Any) -> Any:
+        caller: FrameType | None = frame
+        while caller is not None:
+            if caller.f_code.co_name == "__del__":
+                # A finaliser, run whenever an object dies, not by the call; Python
+                # ignores what it raises, so an interrupt there would be lost anyway.
+                return None
+            caller = caller.f_back
+        frame.f_trace_opcodes = True
+        frame.f_trace_lines = False
+        return local(frame, event, arg)
+
+    # Collect first and not during: a garbage collection runs finalisers and weakref
+    # callbacks of objects the call never touched, and Python ignores what they raise.
+    gc.collect()
+    gc.disable()
+    sys.settrace(on_call)
+    try:
+        call()
+    finally:
+        sys.settrace(None)
+        gc.enable()
+    return steps
+
+
+def count_steps(call: Callable[[], Any]) -> int:
+    """Run *call* and return the number of bytecodes it executed (exceptions propagate)."""
+    return _run(call, 0, None)
+
+
+def interrupt_at(call: Callable[[], Any], step: int,
+                 exc: type[BaseException]) -> tuple[bool, BaseException | None]:
+    """Run *call*, raising *exc* just before its *step*-th bytecode.
+
+    Returns (whether the exception was injected, what came out of the call: the injected
+    exception, another one the call turned it into or raised itself, or None).
+    """
+    injected: list[bool] = []
+    try:
+        _run(call, step, exc, injected)
+    except BaseException as out:  # noqa: BLE001 - the point is to see everything
+        return bool(injected), out
+    return bool(injected), None

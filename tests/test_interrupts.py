@@ -1,0 +1,247 @@
+"""Every mutating call is atomic against an exception at any bytecode inside it.
+
+For each scenario (a store in a given state, one call on it) the harness of
+``tests/interrupts.py`` first counts the bytecodes the call executes, then, for every one
+of them in turn, runs the call on a fresh copy of the store and raises an exception just
+before that bytecode: ``KeyboardInterrupt`` (Ctrl-C), ``MemoryError`` and ``OSError``.
+After each interrupted call:
+
+1. a copy of the file's bytes, taken at once, is what a kill -9 right after the interrupt
+   would leave; opened (recovery), it must hold the state before the call or after it;
+2. in the interrupted process the ``Store`` must go on: it must hold exactly the same
+   state as that crash copy, and ``verify()`` must be clean;
+3. a follow-up write must succeed; after a clean close and reopen, and after a crash
+   (another byte copy), the store must hold that state plus the follow-up.
+
+``KeyboardInterrupt`` is tried at every bytecode; ``MemoryError`` and ``OSError`` at every
+``MMAPKV_INTERRUPT_EVERY``-th (default 4, to keep the suite's time; 1 tries all of them,
+as the published figures in docs/reliability.md do).  The counts go to
+``$MMAPKV_REPORT_DIR/interrupts.json`` for docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+import mmapkv
+from mmapkv import transfer
+from mmapkv.format import Geometry
+
+from conftest import FakeClock
+from fault_child import write_report
+from interrupts import count_steps, interrupt_at
+
+T0 = 1_700_000_000.0
+SMALL = Geometry.smallest_max_size() * 4    # 8 slots at first, 33 at the ceiling
+EVERY = int(os.environ.get("MMAPKV_INTERRUPT_EVERY", "4"))
+EXCEPTIONS: tuple[type[BaseException], ...] = (KeyboardInterrupt, MemoryError, OSError)
+
+State = dict[str, tuple[Any, float]]
+
+
+def snapshot(store: mmapkv.Store) -> State:
+    """Every live key with its value and absolute expiry (0.0 = none)."""
+    keys = store.keys()  # first: it repairs what an interrupt left, before we look inside
+    engine = store._engine
+    assert engine is not None
+    state = {}
+    for key in keys:
+        index = engine.find(key.encode(), mmapkv.engine.fingerprint(key.encode()))
+        state[key] = (store.read(key), engine.expires_at(index))
+    return state
+
+
+def crash_copy(store: mmapkv.Store, where: str) -> str:
+    """The file as a kill -9 at this instant would leave it (the page cache's bytes)."""
+    shutil.copyfile(store.path, where)
+    return where
+
+
+@dataclass
+class Scenario:
+    """A store built by *setup* at clock ``T0``, then *call* at ``T0 + 100``."""
+
+    setup: Callable[[mmapkv.Store, FakeClock], None]
+    call: Callable[[mmapkv.Store, FakeClock], Any]
+    max_size: int = SMALL
+    #: if set, *call* is first interrupted (KeyboardInterrupt) at this fraction of its
+    #: bytecodes, and what is tried at every bytecode is the repair the next use runs
+    repair_at: float | None = None
+
+
+def _fill(store: mmapkv.Store, n: int, *, ttl: int | None = None, prefix: str = "k") -> None:
+    for i in range(n):
+        store.create(f"{prefix}{i}", {"i": i, "pad": "x" * 40}, ttl=ttl)
+
+
+def _dump_of(entries: dict[str, Any]) -> bytes:
+    lines = [f'{{"key":"{k}","value":{{"r":{v}}},"expires_at":null}}' for k, v in entries.items()]
+    return ("\n".join(lines) + "\n").encode()
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "create": Scenario(lambda s, c: _fill(s, 3),
+                       lambda s, c: s.create("new", {"v": [1, 2.5, "é"]}, ttl=60)),
+    "create-grows-the-file": Scenario(lambda s, c: _fill(s, 8),
+                                      lambda s, c: s.create("new", {"v": 1})),
+    "create-over-expired": Scenario(lambda s, c: (_fill(s, 2), s.create("new", {"old": 1}, ttl=50)),
+                                    lambda s, c: s.create("new", {"v": 2})),
+    "create-sweeps-at-ceiling": Scenario(lambda s, c: (_fill(s, 30), _fill(s, 3, ttl=50, prefix="t")),
+                                         lambda s, c: s.create("new", {"v": 3})),
+    "delete": Scenario(lambda s, c: _fill(s, 3, ttl=500), lambda s, c: s.delete("k1")),
+    "delete-expired": Scenario(lambda s, c: (_fill(s, 2), _fill(s, 2, ttl=50, prefix="t")),
+                               lambda s, c: s.delete("t0")),
+    "batch-create-grows": Scenario(
+        lambda s, c: (_fill(s, 6), s.create("b0", {"old": 0}, ttl=50)),
+        lambda s, c: s.batch_create({"b0": {"n": 0}, "b1": {"n": 1}, "b2": {"n": 2}}, ttl=900)),
+    "restore": Scenario(lambda s, c: _fill(s, 2),
+                        lambda s, c: transfer.restore(s, io.BytesIO(_dump_of({"r1": 1, "r2": 2, "r3": 3})))),
+    "compact": Scenario(lambda s, c: (_fill(s, 12), [s.delete(f"k{i}") for i in range(0, 12, 2)],
+                                      _fill(s, 2, ttl=50, prefix="t")),
+                        lambda s, c: transfer.compact(s)),
+    "compact-grows-the-new-file": Scenario(lambda s, c: (_fill(s, 12), s.delete("k0")),
+                                           lambda s, c: transfer.compact(s)),
+    "repair-after-batch-half-written": Scenario(
+        lambda s, c: _fill(s, 6),
+        lambda s, c: s.batch_create({"b0": {"n": 0}, "b1": {"n": 1}, "b2": {"n": 2}}),
+        repair_at=0.5),
+    "repair-after-batch-half-committed": Scenario(
+        lambda s, c: _fill(s, 6),
+        lambda s, c: s.batch_create({"b0": {"n": 0}, "b1": {"n": 1}, "b2": {"n": 2}}),
+        repair_at=0.93),
+    "len-sweeps-expired": Scenario(lambda s, c: (_fill(s, 2), _fill(s, 3, ttl=50, prefix="t")),
+                                   lambda s, c: len(s)),
+    "close": Scenario(lambda s, c: (_fill(s, 3), s.delete("k0"), _fill(s, 1, prefix="z")),
+                      lambda s, c: s.close()),
+}
+
+
+#: calls whose effect no reader can see: they reclaim expired entries, or rewrite the file
+INVISIBLE = ("delete-expired", "len-sweeps-expired", "close", "compact",
+             "compact-grows-the-new-file")
+
+
+@dataclass
+class Prepared:
+    template: str
+    before: State
+    after: State
+    steps: int
+    call_steps: int = 0
+
+
+def prepare(tmp: str, scenario: Scenario) -> Prepared:
+    template = os.path.join(tmp, "template.mmapkv")
+    clock = FakeClock(T0)
+    with mmapkv.Store(template, max_size=scenario.max_size, clock=clock) as store:
+        scenario.setup(store, clock)
+        clock.advance(100)
+        before = snapshot(store)
+    path = os.path.join(tmp, "after.mmapkv")
+    shutil.copyfile(template, path)
+    store = mmapkv.Store(path, clock=clock)
+    steps = call_steps = count_steps(_run_call(scenario, store, clock))
+    store.close()
+    with mmapkv.Store(path, clock=clock) as store:
+        after = snapshot(store)
+    if scenario.repair_at is not None:  # what is tried is the repair after an interrupt
+        shutil.copyfile(template, path)
+        store = mmapkv.Store(path, clock=clock)
+        steps = count_steps(_interrupted_then_used(scenario, store, clock, call_steps))
+        store.close()
+    os.unlink(path)
+    return Prepared(template, before, after, steps, call_steps)
+
+
+def _interrupted_then_used(scenario: Scenario, store: mmapkv.Store, clock: FakeClock,
+                           call_steps: int) -> Callable[[], None]:
+    """Interrupt the scenario's call (untraced) at ``repair_at``; return the next use."""
+    injected, out = interrupt_at(_run_call(scenario, store, clock),
+                                 int(call_steps * (scenario.repair_at or 0)), KeyboardInterrupt)
+    assert injected and isinstance(out, KeyboardInterrupt)
+    assert store._engine is not None and store._engine.changes, "nothing left to repair"
+    return lambda: len(store)
+
+
+def _run_call(scenario: Scenario, store: mmapkv.Store, clock: FakeClock) -> Callable[[], None]:
+    def call() -> None:
+        try:
+            scenario.call(store, clock)
+        except mmapkv.KeyExpiredError:
+            pass  # delete of an expired key says so after reclaiming it
+    return call
+
+
+def try_every_step(tmp: str, scenario: Scenario, prepared: Prepared,
+                   exc: type[BaseException], every: int) -> dict[str, int]:
+    counts = {"points": 0, "ended_before": 0, "after_state": 0, "before_state": 0}
+    for step in range(1, prepared.steps + 1, every):
+        path = os.path.join(tmp, "try.mmapkv")
+        shutil.copyfile(prepared.template, path)
+        clock = FakeClock(T0 + 100)
+        store = mmapkv.Store(path, clock=clock)
+        call = _run_call(scenario, store, clock) if scenario.repair_at is None else \
+            _interrupted_then_used(scenario, store, clock, prepared.call_steps)
+        injected, out = interrupt_at(call, step, exc)
+        where = f"{exc.__name__} at bytecode {step} of {prepared.steps}"
+        # not reached, or caught and handled inside the call (a repair, though, settles
+        # an earlier interrupted call, which may have ended either way)
+        finished = out is None and scenario.repair_at is None
+        if not injected:
+            counts["ended_before"] += 1
+        elif out is not None:
+            assert isinstance(out, (exc, mmapkv.MmapKVError)), f"{where}: {out!r} came out"
+        else:
+            assert exc is OSError, f"{where}: swallowed"  # an OSError may be handled
+        del out  # as an `except` block would: its traceback holds the call's frames
+        counts["points"] += 1
+        assert not store._lock.locked(), f"{where}: the store's lock was left held"
+        crashed = crash_copy(store, os.path.join(tmp, "crash.mmapkv"))
+        try:
+            state = snapshot(store)   # the Store goes on (repairing first if it must)
+            assert store.verify() == [], where
+        except mmapkv.StoreClosedError:  # close was the interrupted call: it got far enough
+            state = None
+        with mmapkv.Store(crashed, clock=clock) as recovered:
+            crash_state = snapshot(recovered)
+            assert recovered.verify() == [], where
+        assert crash_state in ((prepared.after,) if finished else (prepared.before, prepared.after)), \
+            f"{where}: a crash now keeps {crash_state}, not what the call says it did"
+        counts["after_state" if crash_state == prepared.after else "before_state"] += 1
+        if state is not None:
+            assert state == crash_state, f"{where}: in process {state}, after a crash {crash_state}"
+            store.create("follow-up", {"ok": True})
+            crash_copy(store, crashed)
+            store.close()
+        expected = dict(crash_state, **{"follow-up": ({"ok": True}, 0.0)}) if state is not None \
+            else crash_state
+        for reopen in (path, crashed):
+            with mmapkv.Store(reopen, clock=clock) as again:
+                assert snapshot(again) == expected, f"{where}: reopened {reopen}"
+                assert again.verify() == [], where
+        del store
+        os.unlink(crashed)
+        os.unlink(path)
+    return counts
+
+
+@pytest.mark.parametrize("exc", EXCEPTIONS, ids=lambda e: e.__name__)
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_interrupt_at_every_bytecode(name: str, exc: type[BaseException], tmp_path: Any) -> None:
+    scenario = SCENARIOS[name]
+    prepared = prepare(str(tmp_path), scenario)
+    assert prepared.before != prepared.after or name in INVISIBLE
+    every = 1 if exc is KeyboardInterrupt else EVERY
+    counts = try_every_step(str(tmp_path), scenario, prepared, exc, every)
+    assert counts["points"] >= prepared.steps // every
+    write_report("interrupts", {f"{name}.{exc.__name__}.points": counts["points"],
+                                "points": counts["points"], "scenarios": 1,
+                                "after_state": counts["after_state"],
+                                "before_state": counts["before_state"]})

@@ -1,0 +1,99 @@
+"""What a killed compact (or create) leaves beside a store is removed, and nothing else is.
+
+Issue 10, item 10: a compact killed part way left its temporary file beside the store
+for good.  Now the next open (which recovers: compact marks the store unclean first) or
+the next compact removes it, but only a file that is ours and abandoned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import mmapkv
+from fault_child import child_env
+from mmapkv import transfer
+from mmapkv.engine import create_file
+from mmapkv.format import Geometry
+from mmapkv.tempfiles import remove_abandoned, temporary_path
+
+SMALL = Geometry.smallest_max_size() * 4
+
+
+def _siblings(path: str) -> list[str]:
+    base = os.path.basename(path)
+    return sorted(n for n in os.listdir(os.path.dirname(path)) if n != base)
+
+
+def test_a_killed_compact_leaves_nothing_behind_after_the_next_open(tmp_path: Any) -> None:
+    path = os.path.join(tmp_path, "s.mmapkv")
+    with mmapkv.Store(path, max_size=SMALL) as store:
+        for i in range(20):
+            store.create(f"k{i}", {"i": i, "pad": "x" * 3000})
+    code = f"""if True:
+        import os, signal, mmapkv
+        from mmapkv import engine, transfer
+        real = engine.Engine.insert
+        seen = [0]
+        def insert(self, *args, **kwargs):
+            seen[0] += 1
+            if seen[0] == 10 and self.path != {path!r}:  # inside the compact's new file
+                print("paused", flush=True)
+                signal.pause()
+            return real(self, *args, **kwargs)
+        engine.Engine.insert = insert
+        store = mmapkv.Store({path!r})
+        transfer.compact(store)
+    """
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=child_env())
+    assert child.stdout is not None
+    assert child.stdout.readline() == b"paused\n"
+    assert len(_siblings(path)) == 1, "the compact's temporary file should exist now"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    with mmapkv.Store(path) as store:
+        assert store._engine is not None and not store._engine.was_clean  # it recovered
+        assert sorted(store.keys(), key=lambda k: int(k[1:])) == [f"k{i}" for i in range(20)]
+        assert store.verify() == []
+    assert _siblings(path) == []
+
+
+def test_only_abandoned_files_of_ours_are_removed(tmp_path: Any) -> None:
+    path = os.path.join(tmp_path, "s.mmapkv")
+    mmapkv.Store(path).close()
+    dead = temporary_path(path, "compact")
+    create_file(dead, SMALL, in_place=True)           # ours, nobody holds it: goes
+    empty = temporary_path(path, "create")
+    open(empty, "wb").close()                          # ours, killed before its first byte: goes
+    alive = temporary_path(path, "compact")
+    create_file(alive, SMALL, in_place=True)
+    holder = mmapkv.Store(alive)                       # ours, but a live process holds it: stays
+    foreign = temporary_path(path, "compact")
+    with open(foreign, "w") as f:                      # our name pattern, not our content: stays
+        json.dump({"not": "a store"}, f)
+    lookalike = os.path.join(tmp_path, ".s.mmapkv.compact-nothex.tmp")
+    open(lookalike, "wb").close()                      # not quite our pattern: stays
+    other_store = os.path.join(tmp_path, ".t.mmapkv.compact-0123456789abcdef.tmp")
+    create_file(other_store, SMALL, in_place=True)     # another store's: stays
+    removed = remove_abandoned(path)
+    assert sorted(removed) == sorted([dead, empty])
+    assert all(os.path.exists(p) for p in (alive, foreign, lookalike, other_store))
+    holder.close()
+    assert remove_abandoned(path) == [alive]
+
+
+def test_compact_removes_what_an_earlier_compact_left(tmp_path: Any) -> None:
+    path = os.path.join(tmp_path, "s.mmapkv")
+    with mmapkv.Store(path) as store:
+        store.create("k", {"v": 1})
+    left = temporary_path(path, "compact")
+    create_file(left, SMALL, in_place=True)
+    with mmapkv.Store(path) as store:  # a clean open does not look (it costs a listdir)
+        assert os.path.exists(left)
+        transfer.compact(store)
+        assert store.read("k") == {"v": 1}
+    assert _siblings(path) == []
