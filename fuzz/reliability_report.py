@@ -28,6 +28,9 @@ TESTS = [
     "tests/test_fault_rivals.py",
     "tests/test_fault_threads.py",
     "tests/test_bad_input.py",
+    "tests/test_interrupts.py",
+    "tests/test_crash_sequences.py",
+    "tests/test_fault_sigint.py",
 ]
 
 #: (report file, figure, label) in the order of the table
@@ -63,6 +66,20 @@ FIGURES = [
     ("fault_rivals", "rival opens refused", "rival opens refused with StoreLockedError"),
     ("fault_threads", "thread operations", "operations from 8 threads"),
     ("bad_input", "bad inputs tried", "bad inputs tried"),
+    ("interrupts", "scenarios", "interrupt scenarios x exception types"),
+    ("interrupts", "points", "interrupt points tried (bytecodes)"),
+    ("interrupts", "before_state", "  a crash then keeps the state before the call"),
+    ("interrupts", "after_state", "  a crash then keeps the state after the call"),
+    ("crash_sequences", "sessions", "random walks: sessions"),
+    ("crash_sequences", "calls", "  calls"),
+    ("crash_sequences", "interrupted", "  calls interrupted at a random bytecode"),
+    ("crash_sequences", "crashes", "  crashes (sessions ended without close)"),
+    ("crash_sequences", "crash_after_interrupt", "  crashes right after an interrupt"),
+    ("fault_sigint", "sessions", "SIGINT storms: sessions"),
+    ("fault_sigint", "sigints sent", "  SIGINTs sent"),
+    ("fault_sigint", "calls", "  calls made"),
+    ("fault_sigint", "interrupted calls", "  calls interrupted (each read back whole)"),
+    ("fault_sigint", "sessions killed", "  sessions ended by SIGKILL"),
 ]
 
 UNDOCUMENTED = "errors other than the documented ones"
