@@ -317,6 +317,18 @@ def test_unavailable_paths(run: Run, tmp_path: Any, kind: str) -> None:
         assert target.read_bytes() == b"just text\n" * 1000
 
 
+@pytest.mark.parametrize("command", [["stats"], ["get", "k"], ["keys"], ["verify"], ["dump"],
+                                     ["compact"], ["create", "k", "{}"]])
+def test_fifo_is_refused_at_once(tmp_path: Any, command: list[str]) -> None:
+    fifo = str(tmp_path / "fifo.mmapkv")
+    os.mkfifo(fifo)
+    # A read-only open() of a FIFO waits for a writer: the timeout turns that hang into a failure.
+    done = subprocess.run([sys.executable, "-m", "mmapkv", *command, "--path", fifo],
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (cli.EXIT_UNAVAILABLE, "")
+    assert done.stderr == f"mmapkv: error: {fifo} is not a regular file\n"
+
+
 # ------------------------------------------------------------------ usage (exit 2) and the rest
 
 @pytest.mark.parametrize("args", [[], ["nope"], ["get"], ["create", "k"], ["create", "k", "{}", "--ttl", "x"],

@@ -225,3 +225,13 @@ def test_progress_bar_only_on_a_terminal(store_path: str, monkeypatch: Any, caps
     assert stats.main([store_path]) == 0
     err = capsys.readouterr().err
     assert "\rscanning [" in err and "100%" in err and err.endswith("\r")
+
+
+def test_fifo_is_refused_at_once(tmp_path: Any) -> None:
+    fifo = str(tmp_path / "fifo.mmapkv")
+    os.mkfifo(fifo)
+    # A read-only open() of a FIFO waits for a writer: the timeout turns that hang into a failure.
+    done = subprocess.run([sys.executable, "-m", "mmapkv.stats", fifo],
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (4, "")
+    assert done.stderr == f"python -m mmapkv.stats: error: {fifo} is not a regular file\n"
