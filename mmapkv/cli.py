@@ -130,7 +130,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 def cmd_create(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.json == "-" else args.json
     try:
-        value = json.loads(text)
+        value = transfer.loads(text)
     except ValueError as exc:
         raise InputError(f"the value is not valid JSON: {exc}") from None
     with _open(args.path, create=True) as store:

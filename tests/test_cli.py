@@ -109,6 +109,31 @@ def test_data_errors_exit_3(run: Run, path: str, args: list[str], message: str) 
     assert (code, out) == (3, "") and message in err and err.startswith("mmapkv: error: ")
 
 
+DEEP = '{"a":' * 100_000 + "1" + "}" * 100_000  # json.loads raises RecursionError on it
+
+
+@pytest.mark.parametrize("source", ["argument", "stdin"])
+def test_deeply_nested_value_is_bad_input(run: Run, path: str, monkeypatch: Any, source: str) -> None:
+    stdin(monkeypatch, DEEP.encode())
+    code, out, err = run("create", "k", DEEP if source == "argument" else "-", "--path", path)
+    assert (code, out) == (cli.EXIT_DATA, "")
+    assert "nests too deeply to parse (a value may nest at most 255 levels)" in err
+    assert not os.path.exists(path)
+
+
+def test_deeply_nested_dump_line_is_bad_input(run: Run, tmp_path: Any, path: str) -> None:
+    dump_file = tmp_path / "deep.jsonl"
+    dump_file.write_text('{"key":"ok","value":{},"expires_at":null}\n'
+                         f'{{"key":"k","value":{DEEP},"expires_at":null}}\n')
+    code, out, err = run("restore", str(dump_file), "--path", path)
+    assert (code, out) == (cli.EXIT_DATA, "")
+    assert err == (f"mmapkv: error: {dump_file} line 2 is not JSON: it nests too deeply to parse "
+                   "(a value may nest at most 255 levels)\n")
+    assert not os.path.exists(path)  # all or nothing: not even the good first line
+    with mmapkv.Store(path) as store, pytest.raises(transfer.InvalidDumpError, match="line 2"):
+        transfer.restore(store, io.BytesIO(dump_file.read_bytes()))
+
+
 def test_expired_key_is_not_found(run: Run, path: str) -> None:
     line = b'{"key":"old","value":{},"expires_at":1000.5}\n'
     with mmapkv.Store(path, clock=lambda: 0.0) as store:  # a clock from before 1970 + 1000 s
