@@ -41,6 +41,10 @@ in unix seconds):
                          0-64, 65-256, 257-1024, 1025-4096, 4097-16384
 ``keys_with_ttl``        live keys that carry an expiry
 ``next_expiry``          the earliest expiry among live keys (null if none)
+``bad_expiries``         live keys whose expiry is not a finite time (NaN or infinite,
+                         which no mmapkv writes: a damaged slot, ``mmapkv verify`` says
+                         which); counted in ``live_keys`` and ``keys_with_ttl`` too, but
+                         not in ``next_expiry``
 
 ``live_keys + expired_keys + free_slots + deleted_slots + pending_slots == capacity``.
 
@@ -133,7 +137,7 @@ def _report(engine: Engine, now: float, progress: Progress | None) -> dict[str, 
     live = expired = pending = free_below = 0
     last_used = 0  # after a crash the superblock's high_water may be stale: trust the slots
     value_sizes: list[int] = []
-    ttl_keys = 0
+    ttl_keys = bad_expiries = 0
     next_expiry = math.inf
     unpack = SLOT_HEADER.unpack_from
     for slot in range(capacity):
@@ -152,7 +156,10 @@ def _report(engine: Engine, now: float, progress: Progress | None) -> dict[str, 
             value_sizes.append(vlen)
             if expires:
                 ttl_keys += 1
-                next_expiry = min(next_expiry, expires)
+                if math.isfinite(expires):
+                    next_expiry = min(next_expiry, expires)
+                else:  # only damage writes these; JSON has no NaN or infinity
+                    bad_expiries += 1
         elif state == STATE_PENDING:
             pending += 1
     if progress is not None:
@@ -195,7 +202,8 @@ def _report(engine: Engine, now: float, progress: Progress | None) -> dict[str, 
         "value_bytes_max": value_sizes[-1] if value_sizes else None,
         "value_histogram": _histogram(value_sizes, _VALUE_BUCKETS) if value_sizes else [],
         "keys_with_ttl": ttl_keys,
-        "next_expiry": next_expiry if ttl_keys else None,
+        "next_expiry": next_expiry if math.isfinite(next_expiry) else None,
+        "bad_expiries": bad_expiries,
     }
 
 
@@ -209,7 +217,10 @@ def _bytes(n: int) -> str:
 
 
 def _when(t: float, now: float) -> str:
-    stamp = datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        stamp = datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, ValueError, OSError):  # past year 9999 or time_t: damage, or a ms clock
+        stamp = f"unix time {t!r}, past the dates this tool can show"
     delta = t - now
     for unit, seconds in (("d", 86400), ("h", 3600), ("min", 60)):
         if delta >= seconds:
@@ -256,6 +267,9 @@ def render(r: dict[str, Any]) -> str:
     ttl = f"{r['keys_with_ttl']:,}"
     if r["next_expiry"] is not None:
         ttl += f", next expiry {_when(r['next_expiry'], r['now'])}"
+    if r["bad_expiries"]:
+        ttl += (f"; {r['bad_expiries']:,} with an expiry that is not a time (NaN or infinite): "
+                "a damaged slot, `mmapkv verify` says which")
     out.append(f"{'keys with a TTL':<16} {ttl}")
     return "\n".join(out)
 
