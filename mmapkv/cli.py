@@ -66,8 +66,8 @@ EXIT_USAGE = 2
 EXIT_DATA = 3
 EXIT_UNAVAILABLE = stats.EXIT_UNAVAILABLE
 EXIT_INTERNAL = 70       # sysexits.h EX_SOFTWARE
-EXIT_INTERRUPTED = 130   # 128 + SIGINT, what a shell reports
-EXIT_BROKEN_PIPE = 141   # 128 + SIGPIPE, what `head` leaves other tools with
+EXIT_INTERRUPTED = stats.EXIT_INTERRUPTED
+EXIT_BROKEN_PIPE = stats.EXIT_BROKEN_PIPE
 
 DEMO_TTL = 60
 
@@ -307,6 +307,10 @@ def _error(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit code (see the module docstring)."""
+    return stats.run_tool(PROG, lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -314,17 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         return int(args.func(args))
-    except KeyboardInterrupt:
-        _error("interrupted")
-        return EXIT_INTERRUPTED
     except BrokenPipeError:
-        # The reader went away (`| head`): stop quietly, and keep the interpreter's final
-        # flush of stdout from failing again on the way out.
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError, AttributeError):
-            pass
-        return EXIT_BROKEN_PIPE
+        raise  # run_tool's to handle: the reader went away, the store is fine
     except _DATA_ERRORS as exc:
         _error(describe_error(exc))
         return EXIT_DATA

@@ -3,7 +3,8 @@
 The file is opened with a shared lock and a read-only map (``Engine(readonly=True,
 create=False)``): no recovery, no flag written, not a byte changed.  A store that another
 process holds, a missing file and a file that is not a store each get a one-line message
-naming the path and exit code 4.
+naming the path and exit code 4.  As with ``mmapkv``, Ctrl-C exits 130 and a reader that
+goes away early (``| head``) 141, without a traceback.
 
 Fields of the report (``--json`` prints them as one JSON object; sizes in bytes, times
 in unix seconds):
@@ -79,9 +80,13 @@ from .format import (
 )
 from .store import default_path
 
-__all__ = ["collect", "render", "main", "ProgressBar", "describe_error", "EXIT_UNAVAILABLE"]
+__all__ = ["collect", "render", "main", "ProgressBar", "describe_error", "run_tool",
+           "EXIT_UNAVAILABLE", "EXIT_INTERRUPTED", "EXIT_BROKEN_PIPE"]
 
-EXIT_UNAVAILABLE = 4  # the same code ``mmapkv`` uses when a store cannot be opened
+PROG = "python -m mmapkv.stats"
+EXIT_UNAVAILABLE = 4     # the same code ``mmapkv`` uses when a store cannot be opened
+EXIT_INTERRUPTED = 130   # 128 + SIGINT, what a shell reports
+EXIT_BROKEN_PIPE = 141   # 128 + SIGPIPE, what `head` leaves other tools with
 
 Progress = Callable[[int, int], None]
 
@@ -328,10 +333,38 @@ def describe_error(exc: BaseException) -> str:
     return " ".join(text.split())  # one line, whatever the message held
 
 
+def run_tool(prog: str, body: Callable[[], int]) -> int:
+    """Run a command line's *body* and return its exit code, made safe for a shell.
+
+    Ctrl-C ends it with one line on stderr and :data:`EXIT_INTERRUPTED`;
+    a reader that goes away (``| head``) ends it quietly with :data:`EXIT_BROKEN_PIPE`.
+    """
+    stdout = sys.stdout
+    try:
+        code = body()
+        stdout.flush()  # a closed pipe shows here, not in the interpreter's final flush
+        return code
+    except KeyboardInterrupt:
+        print(f"{prog}: error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Keep the interpreter's final flush of what is still buffered from failing again.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return EXIT_BROKEN_PIPE
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Print the report for ``[PATH] [--json]``; return the exit code (0, 2 usage, 4 unavailable)."""
+    """Print the report for ``[PATH] [--json]``; return the exit code (0, 2 usage, 4 unavailable,
+    130 interrupted, 141 stdout closed early)."""
+    return run_tool(PROG, lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mmapkv.stats",
+        prog=PROG,
         description="Report on an mmapkv store without changing a byte of it.")
     parser.add_argument("path", nargs="?", default=None, metavar="PATH",
                         help=f"the store file (default: {default_path()})")

@@ -402,6 +402,23 @@ def test_progress_bar_only_on_a_terminal(run: Run, path: str, tmp_path: Any, mon
     assert run("get", "a", "--path", path)[2] == ""  # single-key commands draw none
 
 
+@pytest.mark.parametrize("args", [["mmapkv.stats", "{path}"], ["mmapkv.stats", "{path}", "--json"],
+                                  ["mmapkv", "stats", "--path", "{path}"], ["mmapkv", "keys", "--path", "{path}"],
+                                  ["mmapkv", "dump", "--path", "{path}"]])
+def test_reader_gone_is_a_quiet_exit_141(path: str, args: list[str]) -> None:
+    with mmapkv.Store(path) as store:
+        store.create("k", {"v": 1})
+    # `... | head` whose head has quit already: every write fails, deterministically.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", *(a.format(path=path) for a in args)],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (cli.EXIT_BROKEN_PIPE, "")
+
+
 def test_python_dash_m(path: str) -> None:
     done = subprocess.run([sys.executable, "-m", "mmapkv", "create", "k", '{"x": 1}', "--path", path],
                           capture_output=True, text=True)
