@@ -29,7 +29,10 @@ Exit codes:
 ==  ================================================================================
 
 Errors are one line on stderr, ``mmapkv: error: ...``, never a traceback.  Commands that
-walk the whole store draw a progress bar on stderr when it is a terminal.
+walk the whole store draw a progress bar on stderr when it is a terminal.  A character
+that stdout's encoding cannot hold (``PYTHONIOENCODING=ascii``) is written as a JSON
+``\\uXXXX`` escape, so ``get`` and ``dump`` print valid JSON of the same text in any
+encoding; ``keys`` prints the same escapes.  Input JSON is read as UTF-8.
 """
 
 from __future__ import annotations
@@ -128,7 +131,8 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    text = sys.stdin.read() if args.json == "-" else args.json
+    # JSON text is UTF-8 (RFC 8259): read bytes, whatever encoding the locale gives stdin.
+    text = sys.stdin.buffer.read() if args.json == "-" else args.json
     try:
         value = transfer.loads(text)
     except ValueError as exc:

@@ -56,6 +56,7 @@ values are not read.
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import math
 import os
@@ -333,13 +334,29 @@ def describe_error(exc: BaseException) -> str:
     return " ".join(text.split())  # one line, whatever the message held
 
 
+def _json_escape(exc: UnicodeError) -> tuple[str, int]:
+    """Codec error handler: what the output encoding cannot hold, as JSON's ``\\uXXXX``
+    escapes, so that JSON output stays valid and lossless in any encoding."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    return json.dumps(exc.object[exc.start:exc.end])[1:-1], exc.end
+
+
+codecs.register_error("mmapkv.jsonescape", _json_escape)
+
+
 def run_tool(prog: str, body: Callable[[], int]) -> int:
     """Run a command line's *body* and return its exit code, made safe for a shell.
 
-    Ctrl-C ends it with one line on stderr and :data:`EXIT_INTERRUPTED`;
+    While it runs, characters stdout's encoding cannot hold (``PYTHONIOENCODING=ascii``)
+    are written as JSON ``\\uXXXX`` escapes rather than failing, unless the user chose an
+    error handler.  Ctrl-C ends it with one line on stderr and :data:`EXIT_INTERRUPTED`;
     a reader that goes away (``| head``) ends it quietly with :data:`EXIT_BROKEN_PIPE`.
     """
     stdout = sys.stdout
+    escape = getattr(stdout, "errors", None) == "strict" and hasattr(stdout, "reconfigure")
+    if escape:
+        stdout.reconfigure(errors="mmapkv.jsonescape")  # type: ignore[union-attr]
     try:
         code = body()
         stdout.flush()  # a closed pipe shows here, not in the interpreter's final flush
@@ -354,6 +371,12 @@ def run_tool(prog: str, body: Callable[[], int]) -> int:
         except (OSError, ValueError, AttributeError):
             pass
         return EXIT_BROKEN_PIPE
+    finally:
+        if escape:
+            try:
+                stdout.reconfigure(errors="strict")  # type: ignore[union-attr]
+            except (OSError, ValueError):  # its flush met the closed pipe again
+                pass
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -427,3 +427,26 @@ def test_python_dash_m(path: str) -> None:
                           capture_output=True, text=True)
     assert done.returncode == 3 and done.stderr.startswith("mmapkv: error: ")
     assert "Traceback" not in done.stderr
+
+
+def test_output_in_an_encoding_without_the_characters(tmp_path: Any) -> None:
+    path = str(tmp_path / "café.mmapkv")
+    key, value = "café:☃", {"ü": "emoji 😀", "n": 1}
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+
+    def mmapkv_cli(*args: str, input: bytes = b"") -> bytes:
+        done = subprocess.run([sys.executable, "-m", "mmapkv", *args, "--path", path], input=input,
+                              capture_output=True, env=env, timeout=60)
+        assert (done.returncode, done.stderr) == (0, b""), (args, done.stderr)
+        return done.stdout.decode("ascii")  # nothing but ASCII, and nothing lost
+
+    mmapkv_cli("create", key, "-", input=json.dumps(value, ensure_ascii=False).encode())
+    assert json.loads(mmapkv_cli("get", key)) == value
+    assert mmapkv_cli("get", key) == '{"\\u00fc":"emoji \\ud83d\\ude00","n":1}\n'
+    assert mmapkv_cli("keys") == "caf\\u00e9:\\u2603\n"
+    entry = json.loads(mmapkv_cli("dump"))
+    assert (entry["key"], entry["value"]) == (key, value)
+    assert "caf\\u00e9.mmapkv" in mmapkv_cli("stats") and "ok (1 entry" in mmapkv_cli("verify")
+    done = subprocess.run([sys.executable, "-m", "mmapkv.stats", path, "--json"],
+                          capture_output=True, env=env, timeout=60)
+    assert json.loads(done.stdout)["path"] == path
