@@ -7,7 +7,7 @@ Commands, each with ``--path`` (default: :func:`mmapkv.default_path`) and ``--he
     delete KEY                 remove a key
     keys [--prefix P]          list the live keys, sorted
     stats [--json]             the report of ``python -m mmapkv.stats``
-    dump [FILE]                JSON Lines: key, value, expires_at (stdout by default)
+    dump [FILE] [--force]      JSON Lines: key, value, expires_at (stdout by default)
     restore FILE               the reverse ("-" reads stdin); all or nothing
     verify                     check every slot and the table; exit 1 on any problem
     compact                    rewrite into the smallest file that holds the live keys
@@ -20,13 +20,19 @@ Exit codes:
 1   a check failed: ``verify`` found problems
 2   usage error (bad arguments; from argparse)
 3   the data given is wrong: key not found (or expired), key exists, invalid key,
-    value, TTL, JSON text or dump line, or an input/output FILE that cannot be opened
+    value, TTL, JSON text or dump line, an input/output FILE that cannot be opened,
+    or a dump FILE that exists already (``--force`` replaces it)
 4   the store is unavailable: held by another process, missing, not a store,
     corrupt, full, or the file system refused
 70  internal error (a bug: please report it; ``MMAPKV_TRACEBACK=1`` shows the traceback)
 130 interrupted (Ctrl-C)
 141 stdout was closed early (``mmapkv dump | head``)
 ==  ================================================================================
+
+``dump FILE`` writes a temporary file beside FILE and renames it into place only once
+the dump is complete, so a failed or interrupted dump leaves no partial file, and an
+existing FILE is replaced (with ``--force``) or left as it was; never emptied.  Devices
+and FIFOs (``/dev/null``, a named pipe) are written to directly.
 
 Errors are one line on stderr, ``mmapkv: error: ...``, never a traceback.  Commands that
 walk the whole store draw a progress bar on stderr when it is a terminal.  A character
@@ -40,8 +46,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -164,27 +172,63 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _dump(args: argparse.Namespace, out: IO[str]) -> None:
+    with _open(args.path) as store, ProgressBar("dumping") as bar:
+        transfer.dump(store, out, skip_corrupt=args.skip_corrupt, on_skip=_left_out, progress=bar)
+
+
 def cmd_dump(args: argparse.Namespace) -> int:
-    out: IO[str]
     if args.file in (None, "-"):
-        out = sys.stdout
-    else:
-        try:
-            out = open(args.file, "w", encoding="utf-8", newline="\n")
-        except OSError as exc:
-            raise InputError(f"cannot write {args.file}: {describe_error(exc)}") from None
+        _dump(args, sys.stdout)
+        return EXIT_OK
+    name = args.file
+    target = os.path.realpath(name)  # through a symbolic link, as `> FILE` writes
+
+    def cannot_write(exc: OSError) -> InputError:
+        return InputError(f"cannot write {name}: {exc.strerror or exc}")
+
+    def exists() -> InputError:
+        return InputError(f"{name} exists; pass --force to replace it (once the dump is complete)")
+
     try:
-        with _open(args.path) as store, ProgressBar("dumping") as bar:
-            transfer.dump(store, out, skip_corrupt=args.skip_corrupt, on_skip=_left_out,
-                          progress=bar)
-    except BaseException:
-        if out is not sys.stdout:  # no half dump left behind to be restored later
-            out.close()
-            if os.path.isfile(args.file):  # not /dev/null or a pipe
-                os.unlink(args.file)
-        raise
-    if out is not sys.stdout:
-        out.close()
+        old: os.stat_result | None = os.stat(target)
+    except FileNotFoundError:
+        old = None
+    except OSError as exc:
+        raise cannot_write(exc) from None
+    if old is not None and not stat.S_ISREG(old.st_mode):  # /dev/null, a FIFO: nothing to keep
+        try:
+            out = open(name, "w", encoding="utf-8", newline="\n")
+        except OSError as exc:
+            raise cannot_write(exc) from None
+        with out:
+            _dump(args, out)
+        return EXIT_OK
+    if old is not None and not args.force:
+        raise exists()
+    # A temporary file in FILE's directory, renamed into place only once it is complete:
+    # FILE is never seen half written, and a failed dump leaves it as it was.
+    directory, base = os.path.split(target)
+    tmp = os.path.join(directory, f".{base[:32]}.dump-{uuid.uuid4().hex[:16]}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as exc:
+        raise cannot_write(exc) from None
+    try:
+        with open(fd, "w", encoding="utf-8", newline="\n") as out:
+            if old is not None:
+                os.fchmod(fd, stat.S_IMODE(old.st_mode))  # the replacement keeps FILE's mode
+            _dump(args, out)
+            out.flush()
+            os.fsync(fd)  # on disk before it takes FILE's name
+        if not args.force and os.path.lexists(target):  # it appeared while we were dumping
+            raise exists()
+        os.replace(tmp, target)
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:  # renamed into place
+            pass
     return EXIT_OK
 
 
@@ -290,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p = command("dump", cmd_dump, "write every live entry as JSON Lines")
     p.add_argument("file", nargs="?", metavar="FILE", help="output file (default: stdout)")
+    p.add_argument("--force", action="store_true",
+                   help="replace FILE if it exists (only once the dump is complete)")
     p.add_argument("--skip-corrupt", action="store_true",
                    help="leave out entries that fail their checksum instead of stopping")
     p = command("restore", cmd_restore, "create the entries of a dump; all or nothing")

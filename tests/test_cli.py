@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -226,6 +228,89 @@ def test_failed_dump_leaves_no_file(run: Run, tmp_path: Any, held: str) -> None:
     out = tmp_path / "out.jsonl"
     assert run("dump", str(out), "--path", held)[0] == 4
     assert not out.exists()
+    assert sorted(os.listdir(tmp_path)) == ["held.mmapkv"]  # nor a temporary file
+
+
+EARLIER = b'{"key":"earlier","value":{"dump":"worth keeping"},"expires_at":null}\n' * 100
+
+
+def test_dump_does_not_replace_a_file_without_force(run: Run, tmp_path: Any, path: str) -> None:
+    with mmapkv.Store(path) as store:
+        store.create("k", {"v": 1})
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(EARLIER)
+    os.chmod(out, 0o640)
+    code, _, err = run("dump", str(out), "--path", path)
+    assert code == cli.EXIT_DATA and err == f"mmapkv: error: {out} exists; pass --force to replace it (once the dump is complete)\n"
+    assert out.read_bytes() == EARLIER
+    assert run("dump", str(out), "--force", "--path", path)[:2] == (0, "")
+    assert out.read_bytes() == b'{"key":"k","value":{"v":1},"expires_at":null}\n'
+    assert os.stat(out).st_mode & 0o777 == 0o640  # the replacement keeps the file's mode
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(out)
+    assert run("dump", str(link), "--force", "--path", path)[0] == 0
+    assert link.is_symlink() and link.read_bytes() == out.read_bytes()  # written through the link
+    assert sorted(os.listdir(tmp_path)) == ["cli.mmapkv", "link.jsonl", "out.jsonl"]
+
+
+def test_file_that_appears_during_the_dump_is_kept(run: Run, tmp_path: Any, path: str,
+                                                   monkeypatch: Any) -> None:
+    mmapkv.Store(path).close()
+    out = tmp_path / "out.jsonl"
+    real_dump = transfer.dump
+
+    def dump_while_another_writes(*args: Any, **kwargs: Any) -> Any:
+        out.write_bytes(EARLIER)
+        return real_dump(*args, **kwargs)
+
+    monkeypatch.setattr(transfer, "dump", dump_while_another_writes)
+    code, _, err = run("dump", str(out), "--path", path)
+    assert code == cli.EXIT_DATA and "exists; pass --force" in err
+    assert out.read_bytes() == EARLIER
+    assert sorted(os.listdir(tmp_path)) == ["cli.mmapkv", "out.jsonl"]
+
+
+@pytest.mark.parametrize("failure", ["mistyped --path", "locked store", "Ctrl-C", "damaged entry"])
+def test_failed_dump_keeps_the_earlier_file(run: Run, tmp_path: Any, path: str, held: str,
+                                           monkeypatch: Any, failure: str) -> None:
+    with mmapkv.Store(path) as store:
+        for i in range(100):
+            store.create(f"k{i}", {"i": i, "pad": "corrupt-me" if i == 60 else ""})
+    store_path, code = {"mistyped --path": (path + ".typo", 4), "locked store": (held, 4),
+                        "Ctrl-C": (path, cli.EXIT_INTERRUPTED), "damaged entry": (path, 4)}[failure]
+    if failure == "damaged entry":
+        flip_value_byte(path, b"corrupt-me")
+    if failure == "Ctrl-C":
+        def interrupt(done: int, total: int) -> None:
+            if done >= 64:  # part of the dump is written by now
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(cli, "ProgressBar", lambda label: contextlib.nullcontext(interrupt))
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(EARLIER)
+    assert run("dump", str(out), "--force", "--path", store_path)[0] == code
+    assert out.read_bytes() == EARLIER
+    assert sorted(os.listdir(tmp_path)) == ["cli.mmapkv", "held.mmapkv", "out.jsonl"]
+
+
+def test_dump_to_a_device_or_a_fifo(run: Run, tmp_path: Any, path: str) -> None:
+    with mmapkv.Store(path) as store:
+        store.create("k", {"v": 1})
+    devices = sorted(os.listdir(os.path.dirname(os.devnull)))
+    assert run("dump", os.devnull, "--path", path)[:2] == (0, "")  # no --force: nothing to keep
+    assert sorted(os.listdir(os.path.dirname(os.devnull))) == devices  # no temporary file there
+    assert os.path.exists(os.devnull) and not os.path.isfile(os.devnull)
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()), daemon=True)
+    reader.start()
+    try:
+        assert run("dump", fifo, "--path", path)[:2] == (0, "")
+    finally:
+        reader.join(timeout=60)
+    assert got == [b'{"key":"k","value":{"v":1},"expires_at":null}\n']
+    assert sorted(os.listdir(tmp_path)) == ["cli.mmapkv", "fifo"]
 
 
 # ------------------------------------------------------------------ verify / compact
@@ -390,7 +475,7 @@ def test_progress_bar_only_on_a_terminal(run: Run, path: str, tmp_path: Any, mon
     with mmapkv.Store(path) as store:
         store.create("a", {})
     dump_file = str(tmp_path / "d.jsonl")
-    commands = {"dumping": ["dump", dump_file], "verifying": ["verify"], "compacting": ["compact"],
+    commands = {"dumping": ["dump", dump_file, "--force"], "verifying": ["verify"], "compacting": ["compact"],
                 "scanning": ["stats"], "restoring": ["restore", dump_file, "--skip-existing"]}
     for args in commands.values():
         assert run(*args, "--path", path)[2] == ""
