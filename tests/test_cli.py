@@ -519,7 +519,7 @@ def test_output_in_an_encoding_without_the_characters(tmp_path: Any) -> None:
     key, value = "café:☃", {"ü": "emoji 😀", "n": 1}
     env = {**os.environ, "PYTHONIOENCODING": "ascii"}
 
-    def mmapkv_cli(*args: str, input: bytes = b"") -> bytes:
+    def mmapkv_cli(*args: str, input: bytes = b"") -> str:
         done = subprocess.run([sys.executable, "-m", "mmapkv", *args, "--path", path], input=input,
                               capture_output=True, env=env, timeout=60)
         assert (done.returncode, done.stderr) == (0, b""), (args, done.stderr)
