@@ -535,3 +535,6 @@ def test_output_in_an_encoding_without_the_characters(tmp_path: Any) -> None:
     done = subprocess.run([sys.executable, "-m", "mmapkv.stats", path, "--json"],
                           capture_output=True, env=env, timeout=60)
     assert json.loads(done.stdout)["path"] == path
+    done = subprocess.run([sys.executable, "-m", "mmapkv", "keys", "--path", path], capture_output=True,
+                          env={**env, "PYTHONIOENCODING": "ascii:replace"}, timeout=60)
+    assert done.stdout == b"caf?:?\n"  # an error handler the user chose is theirs
