@@ -7,7 +7,7 @@ Commands, each with ``--path`` (default: :func:`mmapkv.default_path`) and ``--he
     delete KEY                 remove a key
     keys [--prefix P]          list the live keys, sorted
     stats [--json]             the report of ``python -m mmapkv.stats``
-    dump [FILE]                JSON Lines: key, value, expires_at (stdout by default)
+    dump [FILE] [--force]      JSON Lines: key, value, expires_at (stdout by default)
     restore FILE               the reverse ("-" reads stdin); all or nothing
     verify                     check every slot and the table; exit 1 on any problem
     compact                    rewrite into the smallest file that holds the live keys
@@ -20,7 +20,8 @@ Exit codes:
 1   a check failed: ``verify`` found problems
 2   usage error (bad arguments; from argparse)
 3   the data given is wrong: key not found (or expired), key exists, invalid key,
-    value, TTL, JSON text or dump line, or an input/output FILE that cannot be opened
+    value, TTL, JSON text or dump line, an input/output FILE that cannot be opened,
+    or a dump FILE that exists already (``--force`` replaces it)
 4   the store is unavailable: held by another process, missing, not a store,
     corrupt, full, or the file system refused
 70  internal error (a bug: please report it; ``MMAPKV_TRACEBACK=1`` shows the traceback)
@@ -28,8 +29,16 @@ Exit codes:
 141 stdout was closed early (``mmapkv dump | head``)
 ==  ================================================================================
 
+``dump FILE`` writes a temporary file beside FILE and renames it into place only once
+the dump is complete, so a failed or interrupted dump leaves no partial file, and an
+existing FILE is replaced (with ``--force``) or left as it was; never emptied.  Devices
+and FIFOs (``/dev/null``, a named pipe) are written to directly.
+
 Errors are one line on stderr, ``mmapkv: error: ...``, never a traceback.  Commands that
-walk the whole store draw a progress bar on stderr when it is a terminal.
+walk the whole store draw a progress bar on stderr when it is a terminal.  A character
+that stdout's encoding cannot hold (``PYTHONIOENCODING=ascii``) is written as a JSON
+``\\uXXXX`` escape, so ``get`` and ``dump`` print valid JSON of the same text in any
+encoding; ``keys`` prints the same escapes.  Input JSON is read as UTF-8.
 """
 
 from __future__ import annotations
@@ -37,8 +46,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -66,8 +77,8 @@ EXIT_USAGE = 2
 EXIT_DATA = 3
 EXIT_UNAVAILABLE = stats.EXIT_UNAVAILABLE
 EXIT_INTERNAL = 70       # sysexits.h EX_SOFTWARE
-EXIT_INTERRUPTED = 130   # 128 + SIGINT, what a shell reports
-EXIT_BROKEN_PIPE = 141   # 128 + SIGPIPE, what `head` leaves other tools with
+EXIT_INTERRUPTED = stats.EXIT_INTERRUPTED
+EXIT_BROKEN_PIPE = stats.EXIT_BROKEN_PIPE
 
 DEMO_TTL = 60
 
@@ -128,9 +139,10 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    text = sys.stdin.read() if args.json == "-" else args.json
+    # JSON text is UTF-8 (RFC 8259): read bytes, whatever encoding the locale gives stdin.
+    text = sys.stdin.buffer.read() if args.json == "-" else args.json
     try:
-        value = json.loads(text)
+        value = transfer.loads(text)
     except ValueError as exc:
         raise InputError(f"the value is not valid JSON: {exc}") from None
     with _open(args.path, create=True) as store:
@@ -160,27 +172,63 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _dump(args: argparse.Namespace, out: IO[str]) -> None:
+    with _open(args.path) as store, ProgressBar("dumping") as bar:
+        transfer.dump(store, out, skip_corrupt=args.skip_corrupt, on_skip=_left_out, progress=bar)
+
+
 def cmd_dump(args: argparse.Namespace) -> int:
-    out: IO[str]
     if args.file in (None, "-"):
-        out = sys.stdout
-    else:
-        try:
-            out = open(args.file, "w", encoding="utf-8", newline="\n")
-        except OSError as exc:
-            raise InputError(f"cannot write {args.file}: {describe_error(exc)}") from None
+        _dump(args, sys.stdout)
+        return EXIT_OK
+    name = args.file
+    target = os.path.realpath(name)  # through a symbolic link, as `> FILE` writes
+
+    def cannot_write(exc: OSError) -> InputError:
+        return InputError(f"cannot write {name}: {exc.strerror or exc}")
+
+    def exists() -> InputError:
+        return InputError(f"{name} exists; pass --force to replace it (once the dump is complete)")
+
     try:
-        with _open(args.path) as store, ProgressBar("dumping") as bar:
-            transfer.dump(store, out, skip_corrupt=args.skip_corrupt, on_skip=_left_out,
-                          progress=bar)
-    except BaseException:
-        if out is not sys.stdout:  # no half dump left behind to be restored later
-            out.close()
-            if os.path.isfile(args.file):  # not /dev/null or a pipe
-                os.unlink(args.file)
-        raise
-    if out is not sys.stdout:
-        out.close()
+        old: os.stat_result | None = os.stat(target)
+    except FileNotFoundError:
+        old = None
+    except OSError as exc:
+        raise cannot_write(exc) from None
+    if old is not None and not stat.S_ISREG(old.st_mode):  # /dev/null, a FIFO: nothing to keep
+        try:
+            out = open(name, "w", encoding="utf-8", newline="\n")
+        except OSError as exc:
+            raise cannot_write(exc) from None
+        with out:
+            _dump(args, out)
+        return EXIT_OK
+    if old is not None and not args.force:
+        raise exists()
+    # A temporary file in FILE's directory, renamed into place only once it is complete:
+    # FILE is never seen half written, and a failed dump leaves it as it was.
+    directory, base = os.path.split(target)
+    tmp = os.path.join(directory, f".{base[:32]}.dump-{uuid.uuid4().hex[:16]}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as exc:
+        raise cannot_write(exc) from None
+    try:
+        with open(fd, "w", encoding="utf-8", newline="\n") as out:
+            if old is not None:
+                os.fchmod(fd, stat.S_IMODE(old.st_mode))  # the replacement keeps FILE's mode
+            _dump(args, out)
+            out.flush()
+            os.fsync(fd)  # on disk before it takes FILE's name
+        if not args.force and os.path.lexists(target):  # it appeared while we were dumping
+            raise exists()
+        os.replace(tmp, target)
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:  # renamed into place
+            pass
     return EXIT_OK
 
 
@@ -286,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p = command("dump", cmd_dump, "write every live entry as JSON Lines")
     p.add_argument("file", nargs="?", metavar="FILE", help="output file (default: stdout)")
+    p.add_argument("--force", action="store_true",
+                   help="replace FILE if it exists (only once the dump is complete)")
     p.add_argument("--skip-corrupt", action="store_true",
                    help="leave out entries that fail their checksum instead of stopping")
     p = command("restore", cmd_restore, "create the entries of a dump; all or nothing")
@@ -307,6 +357,10 @@ def _error(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit code (see the module docstring)."""
+    return stats.run_tool(PROG, lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -314,17 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         return int(args.func(args))
-    except KeyboardInterrupt:
-        _error("interrupted")
-        return EXIT_INTERRUPTED
     except BrokenPipeError:
-        # The reader went away (`| head`): stop quietly, and keep the interpreter's final
-        # flush of stdout from failing again on the way out.
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError, AttributeError):
-            pass
-        return EXIT_BROKEN_PIPE
+        raise  # run_tool's to handle: the reader went away, the store is fine
     except _DATA_ERRORS as exc:
         _error(describe_error(exc))
         return EXIT_DATA

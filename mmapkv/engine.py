@@ -210,6 +210,8 @@ class Engine:
         path = self.path
         if os.path.isdir(path):
             raise InvalidArgumentError(f"{path} is a directory; give the path of a store file")
+        if os.path.exists(path) and not os.path.isfile(path):  # open() of a FIFO would block
+            raise InvalidArgumentError(f"{path} is not a regular file")
         if os.path.islink(path) and not os.path.exists(path):
             raise InvalidArgumentError(f"{path} is a symbolic link to {os.readlink(path)}, "
                                        "which does not exist")

@@ -3,7 +3,8 @@
 The file is opened with a shared lock and a read-only map (``Engine(readonly=True,
 create=False)``): no recovery, no flag written, not a byte changed.  A store that another
 process holds, a missing file and a file that is not a store each get a one-line message
-naming the path and exit code 4.
+naming the path and exit code 4.  As with ``mmapkv``, Ctrl-C exits 130 and a reader that
+goes away early (``| head``) 141, without a traceback.
 
 Fields of the report (``--json`` prints them as one JSON object; sizes in bytes, times
 in unix seconds):
@@ -41,6 +42,10 @@ in unix seconds):
                          0-64, 65-256, 257-1024, 1025-4096, 4097-16384
 ``keys_with_ttl``        live keys that carry an expiry
 ``next_expiry``          the earliest expiry among live keys (null if none)
+``bad_expiries``         live keys whose expiry is not a finite time (NaN or infinite,
+                         which no mmapkv writes: a damaged slot, ``mmapkv verify`` says
+                         which); counted in ``live_keys`` and ``keys_with_ttl`` too, but
+                         not in ``next_expiry``
 
 ``live_keys + expired_keys + free_slots + deleted_slots + pending_slots == capacity``.
 
@@ -51,6 +56,7 @@ values are not read.
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import math
 import os
@@ -75,9 +81,13 @@ from .format import (
 )
 from .store import default_path
 
-__all__ = ["collect", "render", "main", "ProgressBar", "describe_error", "EXIT_UNAVAILABLE"]
+__all__ = ["collect", "render", "main", "ProgressBar", "describe_error", "run_tool",
+           "EXIT_UNAVAILABLE", "EXIT_INTERRUPTED", "EXIT_BROKEN_PIPE"]
 
-EXIT_UNAVAILABLE = 4  # the same code ``mmapkv`` uses when a store cannot be opened
+PROG = "python -m mmapkv.stats"
+EXIT_UNAVAILABLE = 4     # the same code ``mmapkv`` uses when a store cannot be opened
+EXIT_INTERRUPTED = 130   # 128 + SIGINT, what a shell reports
+EXIT_BROKEN_PIPE = 141   # 128 + SIGPIPE, what `head` leaves other tools with
 
 Progress = Callable[[int, int], None]
 
@@ -133,7 +143,7 @@ def _report(engine: Engine, now: float, progress: Progress | None) -> dict[str, 
     live = expired = pending = free_below = 0
     last_used = 0  # after a crash the superblock's high_water may be stale: trust the slots
     value_sizes: list[int] = []
-    ttl_keys = 0
+    ttl_keys = bad_expiries = 0
     next_expiry = math.inf
     unpack = SLOT_HEADER.unpack_from
     for slot in range(capacity):
@@ -152,7 +162,10 @@ def _report(engine: Engine, now: float, progress: Progress | None) -> dict[str, 
             value_sizes.append(vlen)
             if expires:
                 ttl_keys += 1
-                next_expiry = min(next_expiry, expires)
+                if math.isfinite(expires):
+                    next_expiry = min(next_expiry, expires)
+                else:  # only damage writes these; JSON has no NaN or infinity
+                    bad_expiries += 1
         elif state == STATE_PENDING:
             pending += 1
     if progress is not None:
@@ -195,7 +208,8 @@ def _report(engine: Engine, now: float, progress: Progress | None) -> dict[str, 
         "value_bytes_max": value_sizes[-1] if value_sizes else None,
         "value_histogram": _histogram(value_sizes, _VALUE_BUCKETS) if value_sizes else [],
         "keys_with_ttl": ttl_keys,
-        "next_expiry": next_expiry if ttl_keys else None,
+        "next_expiry": next_expiry if math.isfinite(next_expiry) else None,
+        "bad_expiries": bad_expiries,
     }
 
 
@@ -209,7 +223,10 @@ def _bytes(n: int) -> str:
 
 
 def _when(t: float, now: float) -> str:
-    stamp = datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        stamp = datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, ValueError, OSError):  # past year 9999 or time_t: damage, or a ms clock
+        stamp = f"unix time {t!r}, past the dates this tool can show"
     delta = t - now
     for unit, seconds in (("d", 86400), ("h", 3600), ("min", 60)):
         if delta >= seconds:
@@ -256,6 +273,9 @@ def render(r: dict[str, Any]) -> str:
     ttl = f"{r['keys_with_ttl']:,}"
     if r["next_expiry"] is not None:
         ttl += f", next expiry {_when(r['next_expiry'], r['now'])}"
+    if r["bad_expiries"]:
+        ttl += (f"; {r['bad_expiries']:,} with an expiry that is not a time (NaN or infinite): "
+                "a damaged slot, `mmapkv verify` says which")
     out.append(f"{'keys with a TTL':<16} {ttl}")
     return "\n".join(out)
 
@@ -314,10 +334,60 @@ def describe_error(exc: BaseException) -> str:
     return " ".join(text.split())  # one line, whatever the message held
 
 
+def _json_escape(exc: UnicodeError) -> tuple[str, int]:
+    """Codec error handler: what the output encoding cannot hold, as JSON's ``\\uXXXX``
+    escapes, so that JSON output stays valid and lossless in any encoding."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    return json.dumps(exc.object[exc.start:exc.end])[1:-1], exc.end
+
+
+codecs.register_error("mmapkv.jsonescape", _json_escape)
+
+
+def run_tool(prog: str, body: Callable[[], int]) -> int:
+    """Run a command line's *body* and return its exit code, made safe for a shell.
+
+    While it runs, characters stdout's encoding cannot hold (``PYTHONIOENCODING=ascii``)
+    are written as JSON ``\\uXXXX`` escapes rather than failing, unless the user chose an
+    error handler.  Ctrl-C ends it with one line on stderr and :data:`EXIT_INTERRUPTED`;
+    a reader that goes away (``| head``) ends it quietly with :data:`EXIT_BROKEN_PIPE`.
+    """
+    stdout = sys.stdout
+    escape = getattr(stdout, "errors", None) == "strict" and hasattr(stdout, "reconfigure")
+    if escape:
+        stdout.reconfigure(errors="mmapkv.jsonescape")  # type: ignore[union-attr]
+    try:
+        code = body()
+        stdout.flush()  # a closed pipe shows here, not in the interpreter's final flush
+        return code
+    except KeyboardInterrupt:
+        print(f"{prog}: error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Keep the interpreter's final flush of what is still buffered from failing again.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return EXIT_BROKEN_PIPE
+    finally:
+        if escape:
+            try:
+                stdout.reconfigure(errors="strict")  # type: ignore[union-attr]
+            except (OSError, ValueError):  # its flush met the closed pipe again
+                pass
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Print the report for ``[PATH] [--json]``; return the exit code (0, 2 usage, 4 unavailable)."""
+    """Print the report for ``[PATH] [--json]``; return the exit code (0, 2 usage, 4 unavailable,
+    130 interrupted, 141 stdout closed early)."""
+    return run_tool(PROG, lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mmapkv.stats",
+        prog=PROG,
         description="Report on an mmapkv store without changing a byte of it.")
     parser.add_argument("path", nargs="?", default=None, metavar="PATH",
                         help=f"the store file (default: {default_path()})")

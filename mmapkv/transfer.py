@@ -23,7 +23,7 @@ import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 from xxhash import xxh3_64_intdigest
 
@@ -53,7 +53,7 @@ from .store import MAX_TTL, Store, _key_bytes
 
 __all__ = [
     "Entry", "DumpResult", "RestoreResult", "InvalidDumpError",
-    "dump", "restore", "compact", "check_slots",
+    "dump", "restore", "compact", "check_slots", "loads",
 ]
 
 Progress = Callable[[int, int], None]
@@ -203,6 +203,16 @@ def dump(store: Store, out: IO[str], *, skip_corrupt: bool = False,
 
 # ------------------------------------------------------------------ restore
 
+def loads(text: str | bytes) -> Any:
+    """``json.loads``, with text nested too deeply for it raising ``ValueError``, as any
+    other bad JSON does, rather than ``RecursionError``."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("it nests too deeply to parse (a value may nest at most "
+                         f"{codec.MAX_DEPTH} levels)") from None
+
+
 def _parse(source: IO[bytes], name: str, progress: Progress | None, done: int,
            total: int) -> Iterator[tuple[int, str, bytes, bytes, int, float]]:
     """(line number, key, key bytes, value bytes, codec flags, expires_at) per entry line."""
@@ -214,7 +224,7 @@ def _parse(source: IO[bytes], name: str, progress: Progress | None, done: int,
             continue
         where = f"{name} line {number}"
         try:
-            obj = json.loads(line)
+            obj = loads(line)
         except ValueError as exc:
             raise InvalidDumpError(f"{where} is not JSON: {exc}") from None
         if not isinstance(obj, dict) or not {"key", "value"} <= obj.keys() or obj.keys() - _FIELDS:

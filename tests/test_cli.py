@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -109,6 +111,31 @@ def test_data_errors_exit_3(run: Run, path: str, args: list[str], message: str) 
     assert (code, out) == (3, "") and message in err and err.startswith("mmapkv: error: ")
 
 
+DEEP = '{"a":' * 100_000 + "1" + "}" * 100_000  # json.loads raises RecursionError on it
+
+
+@pytest.mark.parametrize("source", ["argument", "stdin"])
+def test_deeply_nested_value_is_bad_input(run: Run, path: str, monkeypatch: Any, source: str) -> None:
+    stdin(monkeypatch, DEEP.encode())
+    code, out, err = run("create", "k", DEEP if source == "argument" else "-", "--path", path)
+    assert (code, out) == (cli.EXIT_DATA, "")
+    assert "nests too deeply to parse (a value may nest at most 255 levels)" in err
+    assert not os.path.exists(path)
+
+
+def test_deeply_nested_dump_line_is_bad_input(run: Run, tmp_path: Any, path: str) -> None:
+    dump_file = tmp_path / "deep.jsonl"
+    dump_file.write_text('{"key":"ok","value":{},"expires_at":null}\n'
+                         f'{{"key":"k","value":{DEEP},"expires_at":null}}\n')
+    code, out, err = run("restore", str(dump_file), "--path", path)
+    assert (code, out) == (cli.EXIT_DATA, "")
+    assert err == (f"mmapkv: error: {dump_file} line 2 is not JSON: it nests too deeply to parse "
+                   "(a value may nest at most 255 levels)\n")
+    assert not os.path.exists(path)  # all or nothing: not even the good first line
+    with mmapkv.Store(path) as store, pytest.raises(transfer.InvalidDumpError, match="line 2"):
+        transfer.restore(store, io.BytesIO(dump_file.read_bytes()))
+
+
 def test_expired_key_is_not_found(run: Run, path: str) -> None:
     line = b'{"key":"old","value":{},"expires_at":1000.5}\n'
     with mmapkv.Store(path, clock=lambda: 0.0) as store:  # a clock from before 1970 + 1000 s
@@ -201,6 +228,89 @@ def test_failed_dump_leaves_no_file(run: Run, tmp_path: Any, held: str) -> None:
     out = tmp_path / "out.jsonl"
     assert run("dump", str(out), "--path", held)[0] == 4
     assert not out.exists()
+    assert sorted(os.listdir(tmp_path)) == ["held.mmapkv"]  # nor a temporary file
+
+
+EARLIER = b'{"key":"earlier","value":{"dump":"worth keeping"},"expires_at":null}\n' * 100
+
+
+def test_dump_does_not_replace_a_file_without_force(run: Run, tmp_path: Any, path: str) -> None:
+    with mmapkv.Store(path) as store:
+        store.create("k", {"v": 1})
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(EARLIER)
+    os.chmod(out, 0o640)
+    code, _, err = run("dump", str(out), "--path", path)
+    assert code == cli.EXIT_DATA and err == f"mmapkv: error: {out} exists; pass --force to replace it (once the dump is complete)\n"
+    assert out.read_bytes() == EARLIER
+    assert run("dump", str(out), "--force", "--path", path)[:2] == (0, "")
+    assert out.read_bytes() == b'{"key":"k","value":{"v":1},"expires_at":null}\n'
+    assert os.stat(out).st_mode & 0o777 == 0o640  # the replacement keeps the file's mode
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(out)
+    assert run("dump", str(link), "--force", "--path", path)[0] == 0
+    assert link.is_symlink() and link.read_bytes() == out.read_bytes()  # written through the link
+    assert sorted(os.listdir(tmp_path)) == ["cli.mmapkv", "link.jsonl", "out.jsonl"]
+
+
+def test_file_that_appears_during_the_dump_is_kept(run: Run, tmp_path: Any, path: str,
+                                                   monkeypatch: Any) -> None:
+    mmapkv.Store(path).close()
+    out = tmp_path / "out.jsonl"
+    real_dump = transfer.dump
+
+    def dump_while_another_writes(*args: Any, **kwargs: Any) -> Any:
+        out.write_bytes(EARLIER)
+        return real_dump(*args, **kwargs)
+
+    monkeypatch.setattr(transfer, "dump", dump_while_another_writes)
+    code, _, err = run("dump", str(out), "--path", path)
+    assert code == cli.EXIT_DATA and "exists; pass --force" in err
+    assert out.read_bytes() == EARLIER
+    assert sorted(os.listdir(tmp_path)) == ["cli.mmapkv", "out.jsonl"]
+
+
+@pytest.mark.parametrize("failure", ["mistyped --path", "locked store", "Ctrl-C", "damaged entry"])
+def test_failed_dump_keeps_the_earlier_file(run: Run, tmp_path: Any, path: str, held: str,
+                                           monkeypatch: Any, failure: str) -> None:
+    with mmapkv.Store(path) as store:
+        for i in range(100):
+            store.create(f"k{i}", {"i": i, "pad": "corrupt-me" if i == 60 else ""})
+    store_path, code = {"mistyped --path": (path + ".typo", 4), "locked store": (held, 4),
+                        "Ctrl-C": (path, cli.EXIT_INTERRUPTED), "damaged entry": (path, 4)}[failure]
+    if failure == "damaged entry":
+        flip_value_byte(path, b"corrupt-me")
+    if failure == "Ctrl-C":
+        def interrupt(done: int, total: int) -> None:
+            if done >= 64:  # part of the dump is written by now
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(cli, "ProgressBar", lambda label: contextlib.nullcontext(interrupt))
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(EARLIER)
+    assert run("dump", str(out), "--force", "--path", store_path)[0] == code
+    assert out.read_bytes() == EARLIER
+    assert sorted(os.listdir(tmp_path)) == ["cli.mmapkv", "held.mmapkv", "out.jsonl"]
+
+
+def test_dump_to_a_device_or_a_fifo(run: Run, tmp_path: Any, path: str) -> None:
+    with mmapkv.Store(path) as store:
+        store.create("k", {"v": 1})
+    devices = sorted(os.listdir(os.path.dirname(os.devnull)))
+    assert run("dump", os.devnull, "--path", path)[:2] == (0, "")  # no --force: nothing to keep
+    assert sorted(os.listdir(os.path.dirname(os.devnull))) == devices  # no temporary file there
+    assert os.path.exists(os.devnull) and not os.path.isfile(os.devnull)
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()), daemon=True)
+    reader.start()
+    try:
+        assert run("dump", fifo, "--path", path)[:2] == (0, "")
+    finally:
+        reader.join(timeout=60)
+    assert got == [b'{"key":"k","value":{"v":1},"expires_at":null}\n']
+    assert sorted(os.listdir(tmp_path)) == ["cli.mmapkv", "fifo"]
 
 
 # ------------------------------------------------------------------ verify / compact
@@ -327,6 +437,18 @@ def test_unavailable_paths(run: Run, tmp_path: Any, kind: str) -> None:
         assert target.read_bytes() == b"just text\n" * 1000
 
 
+@pytest.mark.parametrize("command", [["stats"], ["get", "k"], ["keys"], ["verify"], ["dump"],
+                                     ["compact"], ["create", "k", "{}"]])
+def test_fifo_is_refused_at_once(tmp_path: Any, command: list[str]) -> None:
+    fifo = str(tmp_path / "fifo.mmapkv")
+    os.mkfifo(fifo)
+    # A read-only open() of a FIFO waits for a writer: the timeout turns that hang into a failure.
+    done = subprocess.run([sys.executable, "-m", "mmapkv", *command, "--path", fifo],
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (cli.EXIT_UNAVAILABLE, "")
+    assert done.stderr == f"mmapkv: error: {fifo} is not a regular file\n"
+
+
 # ------------------------------------------------------------------ usage (exit 2) and the rest
 
 @pytest.mark.parametrize("args", [[], ["nope"], ["get"], ["create", "k"], ["create", "k", "{}", "--ttl", "x"],
@@ -363,7 +485,7 @@ def test_progress_bar_only_on_a_terminal(run: Run, path: str, tmp_path: Any, mon
     with mmapkv.Store(path) as store:
         store.create("a", {})
     dump_file = str(tmp_path / "d.jsonl")
-    commands = {"dumping": ["dump", dump_file], "verifying": ["verify"], "compacting": ["compact"],
+    commands = {"dumping": ["dump", dump_file, "--force"], "verifying": ["verify"], "compacting": ["compact"],
                 "scanning": ["stats"], "restoring": ["restore", dump_file, "--skip-existing"]}
     for args in commands.values():
         assert run(*args, "--path", path)[2] == ""
@@ -375,6 +497,23 @@ def test_progress_bar_only_on_a_terminal(run: Run, path: str, tmp_path: Any, mon
     assert run("get", "a", "--path", path)[2] == ""  # single-key commands draw none
 
 
+@pytest.mark.parametrize("args", [["mmapkv.stats", "{path}"], ["mmapkv.stats", "{path}", "--json"],
+                                  ["mmapkv", "stats", "--path", "{path}"], ["mmapkv", "keys", "--path", "{path}"],
+                                  ["mmapkv", "dump", "--path", "{path}"]])
+def test_reader_gone_is_a_quiet_exit_141(path: str, args: list[str]) -> None:
+    with mmapkv.Store(path) as store:
+        store.create("k", {"v": 1})
+    # `... | head` whose head has quit already: every write fails, deterministically.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", *(a.format(path=path) for a in args)],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (cli.EXIT_BROKEN_PIPE, "")
+
+
 def test_python_dash_m(path: str) -> None:
     done = subprocess.run([sys.executable, "-m", "mmapkv", "create", "k", '{"x": 1}', "--path", path],
                           capture_output=True, text=True)
@@ -383,3 +522,29 @@ def test_python_dash_m(path: str) -> None:
                           capture_output=True, text=True)
     assert done.returncode == 3 and done.stderr.startswith("mmapkv: error: ")
     assert "Traceback" not in done.stderr
+
+
+def test_output_in_an_encoding_without_the_characters(tmp_path: Any) -> None:
+    path = str(tmp_path / "café.mmapkv")
+    key, value = "café:☃", {"ü": "emoji 😀", "n": 1}
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+
+    def mmapkv_cli(*args: str, input: bytes = b"") -> str:
+        done = subprocess.run([sys.executable, "-m", "mmapkv", *args, "--path", path], input=input,
+                              capture_output=True, env=env, timeout=60)
+        assert (done.returncode, done.stderr) == (0, b""), (args, done.stderr)
+        return done.stdout.decode("ascii")  # nothing but ASCII, and nothing lost
+
+    mmapkv_cli("create", key, "-", input=json.dumps(value, ensure_ascii=False).encode())
+    assert json.loads(mmapkv_cli("get", key)) == value
+    assert mmapkv_cli("get", key) == '{"\\u00fc":"emoji \\ud83d\\ude00","n":1}\n'
+    assert mmapkv_cli("keys") == "caf\\u00e9:\\u2603\n"
+    entry = json.loads(mmapkv_cli("dump"))
+    assert (entry["key"], entry["value"]) == (key, value)
+    assert "caf\\u00e9.mmapkv" in mmapkv_cli("stats") and "ok (1 entry" in mmapkv_cli("verify")
+    done = subprocess.run([sys.executable, "-m", "mmapkv.stats", path, "--json"],
+                          capture_output=True, env=env, timeout=60)
+    assert json.loads(done.stdout)["path"] == path
+    done = subprocess.run([sys.executable, "-m", "mmapkv", "keys", "--path", path], capture_output=True,
+                          env={**env, "PYTHONIOENCODING": "ascii:replace"}, timeout=60)
+    assert done.stdout == b"caf?:?\n"  # an error handler the user chose is theirs

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 import textwrap
@@ -16,8 +17,8 @@ from typing import Any
 import pytest
 
 import mmapkv
-from mmapkv import codec, stats
-from mmapkv.format import FINGERPRINT_SHIFT, PAGE_SIZE, Geometry
+from mmapkv import cli, codec, stats
+from mmapkv.format import FINGERPRINT_SHIFT, PAGE_SIZE, SLOT_HEADER, SUPERBLOCK, Geometry
 
 SMALL_MAX_SIZE = Geometry.smallest_max_size() * 4  # a 128-position table: collisions happen
 
@@ -225,3 +226,85 @@ def test_progress_bar_only_on_a_terminal(store_path: str, monkeypatch: Any, caps
     assert stats.main([store_path]) == 0
     err = capsys.readouterr().err
     assert "\rscanning [" in err and "100%" in err and err.endswith("\r")
+
+
+def test_fifo_is_refused_at_once(tmp_path: Any) -> None:
+    fifo = str(tmp_path / "fifo.mmapkv")
+    os.mkfifo(fifo)
+    # A read-only open() of a FIFO waits for a writer: the timeout turns that hang into a failure.
+    done = subprocess.run([sys.executable, "-m", "mmapkv.stats", fifo],
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (4, "")
+    assert done.stderr == f"python -m mmapkv.stats: error: {fifo} is not a regular file\n"
+
+
+EXPIRES_AT = 24  # offset of a slot header's f64 expires_at (docs/format.md)
+
+
+def strict_json(text: str) -> Any:
+    """json.loads that refuses NaN and Infinity, as every JSON parser but Python's does."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def report_both_ways(path: str, capsys: Any) -> tuple[str, dict[str, Any]]:
+    """The text and the JSON report of both command lines, which must agree and not crash."""
+    assert stats.main([path]) == 0
+    text = capsys.readouterr().out
+    assert stats.main([path, "--json"]) == 0
+    report = strict_json(capsys.readouterr().out)
+    assert cli.main(["stats", "--path", path]) == 0
+    assert capsys.readouterr().out == text
+    return text, report
+
+
+@pytest.mark.parametrize("expiry, live, bad, shown", [
+    (1.8e12, 1, 0, "unix time 1800000000000.0, past the dates this tool can show"),  # ms clock
+    (1e300, 1, 0, "unix time 1e+300, past the dates"),
+    (2.0 ** 63, 1, 0, "past the dates"),
+    (float("nan"), 1, 1, "1 with an expiry that is not a time (NaN or infinite)"),
+    (float("inf"), 1, 1, "1 with an expiry that is not a time (NaN or infinite)"),
+    (float("-inf"), 0, 0, "expired keys     1 not yet reclaimed"),  # as the store judges it
+    (-5.0, 0, 0, "expired keys     1 not yet reclaimed"),
+])
+def test_damaged_expiry_is_reported(store_path: str, capsys: Any, expiry: float, live: int,
+                                    bad: int, shown: str) -> None:
+    with mmapkv.Store(store_path, max_size=SMALL_MAX_SIZE) as store:
+        store.create("a", {"x": 1}, ttl=600)
+    with open(store_path, "r+b") as f:
+        f.seek(Geometry(SMALL_MAX_SIZE).slot_offset(0) + EXPIRES_AT)
+        f.write(struct.pack("<d", expiry))
+    text, report = report_both_ways(store_path, capsys)
+    assert (report["live_keys"], report["expired_keys"], report["bad_expiries"]) == (live, 1 - live, bad)
+    assert report["keys_with_ttl"] == live
+    assert report["next_expiry"] == (expiry if live and not bad else None)
+    assert shown in text
+
+
+def test_every_flipped_bit_of_a_header_is_reported_or_refused(store_path: str, capsys: Any) -> None:
+    with mmapkv.Store(store_path, max_size=SMALL_MAX_SIZE) as store:
+        store.create("a", {"x": 1}, ttl=600)
+        store.create("b", {"x": 2})
+    g = Geometry(SMALL_MAX_SIZE)
+    headers = [(0, SUPERBLOCK.size), *((g.slot_offset(n), g.slot_offset(n) + SLOT_HEADER.size) for n in (0, 1))]
+    with open(store_path, "r+b") as f:
+        for start, end in headers:
+            for at in range(start, end):
+                f.seek(at)
+                byte = f.read(1)[0]
+                for bit in range(8):
+                    f.seek(at)
+                    f.write(bytes([byte ^ (1 << bit)]))
+                    f.flush()
+                    code = stats.main([store_path, "--json"])
+                    out, err = capsys.readouterr()
+                    if code == 0:
+                        assert isinstance(strict_json(out), dict) and err == ""
+                        assert stats.main([store_path]) == 0
+                    else:
+                        assert code == stats.EXIT_UNAVAILABLE and out == "", (at, bit)
+                        assert err.count("\n") == 1 and store_path in err, (at, bit, err)
+                    capsys.readouterr()
+                f.seek(at)
+                f.write(bytes([byte]))

@@ -1,0 +1,41 @@
+"""CI runs what a newcomer runs: README.md's two quick-start commands, verbatim and first.
+
+A fresh checkout has only what those two commands install, so CI must not install an extra
+(the benchmark's peers, say) before the second of them runs the test suite.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+TOP = Path(__file__).resolve().parent.parent
+
+
+def quick_start_commands() -> list[str]:
+    """The shell commands of README.md's "Quick start" section, one per code block."""
+    readme = (TOP / "README.md").read_text(encoding="utf-8")
+    section = re.search(r"^## Quick start\s*$(.*?)^## ", readme, re.S | re.M)
+    assert section, "README.md has no '## Quick start' section"
+    blocks = re.findall(r"```(?:sh|bash|console)?\n(.*?)```", section.group(1), re.S)
+    return [" ".join(line.strip() for line in block.splitlines()
+                     if line.strip() and not line.strip().startswith("#")) for block in blocks]
+
+
+def ci_lines() -> list[str]:
+    text = (TOP / ".ci" / "run").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def test_ci_runs_the_quick_start_first_in_a_fresh_venv_and_home() -> None:
+    commands = quick_start_commands()
+    assert len(commands) == 2, commands  # install and run; install and test
+    lines = ci_lines()
+    for command in commands:
+        assert command in lines, f".ci/run does not run the README's command verbatim: {command}"
+    at = [lines.index(command) for command in commands]
+    installs = [n for n, line in enumerate(lines) if "pip install" in line and "--upgrade pip" not in line]
+    assert installs[:2] == at, "the README's two commands must be .ci/run's first two installs, in order"
+    before = lines[:at[0]]
+    assert any(line.startswith("export HOME=") for line in before), "no fresh HOME"
+    assert any(re.search(r"-m venv ", line) for line in before), "no fresh virtual environment"
