@@ -54,6 +54,8 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from . import __version__, stats, transfer
+from .format import VERSION as FORMAT_VERSION
+from .legacy import is_v2
 from .errors import (
     InvalidKeyError,
     InvalidTTLError,
@@ -264,7 +266,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         assert engine is not None
         recovered = not engine.was_clean
         with ProgressBar("verifying") as bar:
-            problems = transfer.check_slots(store, progress=bar)
+            problems = transfer.check_records(store, progress=bar)
             problems += [p for p in store.verify() if p not in problems]  # one line per fault
         slots, keys = engine.slot_count, engine.live_count
     if recovered:
@@ -280,6 +282,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
+    path = os.path.abspath(args.path)
+    if is_v2(path):  # an older format: compacting is how it is converted
+        with ProgressBar("converting") as bar:
+            old_size, new_size, keys = transfer.convert_v2(path, progress=bar)
+        print(f"converted {path} from format version 2 to {FORMAT_VERSION}: "
+              f"{old_size:,} -> {new_size:,} bytes, {_plural(keys, 'key')}")
+        return EXIT_OK
     with _open(args.path) as store, ProgressBar("compacting") as bar:
         old_size, new_size, keys = transfer.compact(store, skip_corrupt=args.skip_corrupt,
                                                     on_skip=_left_out, progress=bar)

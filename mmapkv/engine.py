@@ -1,21 +1,24 @@
-"""The file engine: superblock, on-disk hash table and slots, mapped into memory.
+"""The file engine: superblock, slots, records and the hash table, mapped into memory.
 
-It knows bytes, not dicts, and it does not lock: ``Store`` serialises every call.
-Nothing per key lives in Python memory; a lookup reads the table entries it probes
-and the header of the slot that matches.
+It knows bytes, not dicts, and it does not lock: ``Store`` serialises every change.
+Nothing per key lives in Python memory; a lookup reads one directory entry, the table
+entries it probes and the header of the record that matches.  ``slots.py`` allocates
+slots and sub-slots, ``table.py`` is the hash table; this module joins them and owns the
+crash model.
 
-Crash model (see docs/design.md): the slots are the truth and the table is an index
-derived from them.  A slot is written whole (state word and checksum, then the body) with
-one pwrite; a write cut short fails its checksum.  A delete is one write of the state word.
-Counters live in Python while the store is open and reach the superblock only on a clean
-close, so after a crash (the superblock's CLEAN flag unset) ``recover`` rebuilds the table
-and counters from the slots.
+Crash model (docs/design.md): the records are the truth; the table, the slot info and the
+counters are derived from them.  A record is written whole with one pwrite (state word
+and checksum first); a write cut short fails its checksum.  A delete is one write of the
+state word.  The derived structures change in the map while the store is open and reach
+the superblock's counters on a clean close; after a crash (CLEAN unset) ``recover``
+rebuilds them from the records.  Four superblock words are written in place and trusted
+after a crash: ``file_size``, ``seq_limit`` (sequence numbers never repeat),
+``batch_commit`` (which pending records are committed) and ``floor_seq`` (clear()).
 
 Interrupts: an exception can land between any two bytecodes of a change (Ctrl-C's
 ``KeyboardInterrupt``, ``MemoryError``...).  ``Store`` runs every change inside
 ``with engine.change():``; one that ends by any exception but a clean refusal leaves
-``busy`` set, and the next use calls ``repair``: exactly the recovery a crash gets, so an
-interrupted change is, in this process too, all there or not there at all.
+``changes`` non-zero, and the next use calls ``repair``: exactly the recovery a crash gets.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ import errno
 import math
 import mmap
 import os
+import secrets
 import stat
 import sys
-from typing import Iterator
+from collections import Counter
+from collections.abc import Iterator
 
 import portalocker
 from xxhash import xxh3_64_intdigest
@@ -42,46 +47,56 @@ from .errors import (
     StoreLockedError,
 )
 from .format import (
-    BODY_HEADER,
     BODY_OFFSET,
+    CLASS_COUNT,
+    CLASS_SIZES,
     FINGERPRINT_SHIFT,
     FLAG_CLEAN,
+    HOME_SHIFT,
     KEY_OFFSET,
+    KIND_FREE,
+    KIND_SEGMENT,
     MAGIC,
     MAX_FILE_SIZE,
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
     PAGE_SIZE,
+    RECORD_HEADER,
     SB_BATCH_COMMIT,
     SB_CHECKSUM,
     SB_FILE_SIZE,
     SB_FLAGS,
-    SLOT_HEADER,
-    SLOT_MASK,
-    SLOT_STRIDE,
+    SB_FLOOR_SEQ,
+    SB_SEQ_LIMIT,
+    SEGMENT_ENTRIES,
+    SLOT_SIZE,
     STATE_FREE,
     STATE_LIVE,
     STATE_PENDING,
     SUPERBLOCK,
-    VALUE_OFFSET,
+    UNIT,
+    UNIT_MASK,
     VERSION,
     Geometry,
+    class_for,
 )
 from .locking import lock_file, unlock_file
+from .slots import PER_SLOT, Slots
+from .table import HOME_OF_ENTRY, SEGMENT_MASK, SEGMENT_STRIDE, Table
 from .tempfiles import remove_abandoned, temporary_path
 
-__all__ = ["Engine", "DamagedEntry", "fingerprint", "CLEAN_FAILURES"]
+__all__ = ["Engine", "DamagedEntry", "CLEAN_FAILURES", "create_file", "reserve"]
 
-if sys.byteorder != "little":  # the table is read through a native u64 memoryview
+if sys.byteorder != "little":  # the table is read through native u64/u16 memoryviews
     raise ImportError("mmapkv's file format is little-endian; this machine is big-endian")
 
-_KEY_PAD = bytes(MAX_KEY_BYTES)
-_COMMIT = SLOT_HEADER.__class__("<IIQ")  # state, next_free, checksum: a slot's first 16 bytes
-_FREE = SLOT_HEADER.__class__("<II")     # state, next_free
-_U32 = SLOT_HEADER.__class__("<I")
-_unpack_header = SLOT_HEADER.unpack_from
-_U64 = SLOT_HEADER.__class__("<Q")
-_SEARCH_LIMIT = 3  # open attempts when the path is replaced under us (by compact)
+_HEAD = RECORD_HEADER.__class__("<IIQ")    # state, reserved, checksum: a record's first 16 bytes
+_BODY = RECORD_HEADER.__class__("<QdHBB")  # seq .. value_flags, as written at BODY_OFFSET
+_U32 = RECORD_HEADER.__class__("<I")
+_U64 = RECORD_HEADER.__class__("<Q")
+_unpack_record = RECORD_HEADER.unpack_from
+_SEARCH_LIMIT = 3        # open attempts when the path is replaced under us (by compact)
+_SEQ_RESERVE = 1 << 16   # sequence numbers reserved on disk at a time (one superblock write)
 
 #: Errors a change raises only after putting everything back as it was: they leave the
 #: engine usable.  Any other exception inside a change makes the next use repair first.
@@ -89,16 +104,11 @@ CLEAN_FAILURES: tuple[type[BaseException], ...] = (StoreFullError, StoreAccessEr
 
 
 class DamagedEntry(CorruptStoreError):
-    """A stored entry failed its checksum; ``index`` is its table position (or -1)."""
+    """A stored entry failed its checksum (or the table pointed at no record)."""
 
-    def __init__(self, message: str, index: int, slot: int) -> None:
+    def __init__(self, message: str, offset: int) -> None:
         super().__init__(message)
-        self.index, self.slot = index, slot
-
-
-def fingerprint(key: bytes) -> int:
-    """The part of ``xxh3_64(key)`` a table entry keeps; its low bits give the home position."""
-    return xxh3_64_intdigest(key) >> FINGERPRINT_SHIFT
+        self.offset = offset
 
 
 def reserve(fd: int, size: int) -> None:
@@ -110,14 +120,27 @@ def reserve(fd: int, size: int) -> None:
         os.ftruncate(fd, size)
 
 
-def create_file(path: str, max_size: int, *, in_place: bool = False) -> bool:
+def _superblock(geometry: Geometry, *, flags: int, file_size: int, seed: int, seq_limit: int,
+                batch_commit: int, floor_seq: int, high_water: int, pool_head: int,
+                pool_count: int, live_count: int, ttl_count: int, depth: int,
+                next_expiry: float, next_seq: int, heads: list[int], segments: int) -> bytes:
+    """The superblock's bytes, checksum included."""
+    head = SUPERBLOCK.pack(MAGIC, VERSION, flags, geometry.max_size, file_size, seed, seq_limit,
+                           batch_commit, floor_seq, high_water, pool_head, pool_count,
+                           live_count, ttl_count, depth, next_expiry, next_seq, *heads,
+                           segments, 0, 0)
+    return head[:SB_CHECKSUM] + _U64.pack(xxh3_64_intdigest(head[:SB_CHECKSUM])) + head[SB_CHECKSUM + 8:]
+
+
+def create_file(path: str, max_size: int, *, in_place: bool = False, seed: int | None = None) -> bool:
     """Write a new, empty, clean store at *path* unless something is there already.
     Returns True if this call made it.
 
     The file is built under a temporary name (locked, magic number first, see
     ``tempfiles``) and linked into place, so a crash never leaves a half-initialised file
     at *path*, and an existing file is never overwritten.  ``in_place=True`` builds it at
-    *path* itself, which must be a fresh temporary name (compact uses it).
+    *path* itself, which must be a fresh temporary name (compact uses it).  The new store
+    has one table segment, in slot 0, and a random hash seed unless *seed* is given.
     """
     geometry = Geometry(max_size)
     tmp = path if in_place else temporary_path(path, "create")
@@ -129,14 +152,19 @@ def create_file(path: str, max_size: int, *, in_place: bool = False) -> bool:
         except (portalocker.LockException, OSError) as exc:
             raise StoreAccessError(getattr(exc, "errno", None) or errno.EIO,
                                    f"cannot lock the new file {tmp}: {exc}") from None
-        header = SUPERBLOCK.pack(MAGIC, VERSION, FLAG_CLEAN, max_size, geometry.initial_size,
-                                 0, 0, 0, 0, math.inf, 1, 0, 0)
-        header = header[:SB_CHECKSUM] + _U64.pack(xxh3_64_intdigest(header[:SB_CHECKSUM]))
+        header = _superblock(geometry, flags=FLAG_CLEAN, file_size=geometry.initial_size,
+                             seed=secrets.randbits(64) if seed is None else seed, seq_limit=1, batch_commit=0,
+                             floor_seq=0, high_water=1, pool_head=0, pool_count=0,
+                             live_count=0, ttl_count=0, depth=0, next_expiry=math.inf,
+                             next_seq=1, heads=[0] * CLASS_COUNT, segments=1)
         os.pwrite(fd, header, 0)
         try:
             reserve(fd, geometry.initial_size)
         except OSError as exc:
             raise DiskFullError(exc.errno, f"cannot create {path}: {exc.strerror}") from None
+        # Slot 0 is the table's first segment (its entries are the file's zeros); the
+        # directory's entry 0 already names slot 0.
+        os.pwrite(fd, bytes([KIND_SEGMENT]), geometry.info_offset)
         os.fsync(fd)
         if in_place:
             made = True
@@ -169,8 +197,6 @@ class Engine:
     # Counters: exact while open; written to the superblock by a clean close.
     file_size: int
     slot_count: int
-    high_water: int
-    free_head: int
     live_count: int
     ttl_count: int
     next_expiry: float
@@ -188,6 +214,7 @@ class Engine:
         self.successor: Engine | None = None
         self._fd = -1
         self._mapped = False
+        self._dirty = False
         self._fd = self._open_and_lock(max_size, lock_timeout, create)
         try:
             self._load(max_size)
@@ -243,19 +270,24 @@ class Engine:
         fd, path = self._fd, self.path
         actual = os.fstat(fd).st_size
         head = os.pread(fd, SUPERBLOCK.size, 0)
-        if len(head) < SUPERBLOCK.size or head[:8] != MAGIC:
+        if len(head) < 12 or head[:8] != MAGIC:
             raise CorruptStoreError(f"{path} is not an mmapkv store (no mmapkv magic number "
                                     f"in its first bytes; {actual:,} bytes long); it was left untouched")
-        (_, version, flags, stored_max, file_size, hwm, free_head, live, ttl, next_expiry,
-         next_seq, _batch, checksum) = SUPERBLOCK.unpack(head)
+        version = _U32.unpack_from(head, 8)[0]
+        if version in (1, 2):
+            raise FormatVersionError(
+                f"{path} has mmapkv format version {version}; this mmapkv reads version {VERSION}. "
+                f"Convert it with `mmapkv compact --path {path}` (it keeps every key; the file "
+                "is left untouched until then)")
         if version > VERSION:
             raise FormatVersionError(f"{path} has mmapkv format version {version}; this mmapkv "
                                      f"reads version {VERSION} (upgrade mmapkv to open it)")
-        if version == 1:  # unaligned slots; no release wrote it (docs/format.md)
-            raise FormatVersionError(f"{path} has mmapkv format version 1, a development format "
-                                     f"this mmapkv no longer reads (it reads version {VERSION})")
-        if version != VERSION:
+        if version != VERSION or len(head) < SUPERBLOCK.size:
             raise CorruptStoreError(f"{path} has format version {version}, which no mmapkv wrote")
+        sb = SUPERBLOCK.unpack(head)
+        (_, _, flags, stored_max, file_size, seed, seq_limit, batch, floor, hwm, pool_head,
+         pool_count, live, ttl, depth, next_expiry, next_seq) = sb[:17]
+        heads, segments, checksum = list(sb[17:17 + CLASS_COUNT]), sb[17 + CLASS_COUNT], sb[18 + CLASS_COUNT]
         if not (Geometry.smallest_max_size() <= stored_max <= MAX_FILE_SIZE):
             raise CorruptStoreError(f"{path}: superblock max_size {stored_max} is out of range")
         if max_size is not None and max_size != stored_max:
@@ -277,13 +309,22 @@ class Engine:
                 raise CorruptStoreError(f"{path} is {actual:,} bytes, its superblock says {file_size:,}")
             if not self.readonly:  # a growth that did not finish before a crash: undo it
                 os.ftruncate(fd, file_size)
+        self.seed = seed
+        self.slots = Slots(geometry.info_offset, geometry.slots_offset)
+        self.table = Table(self.slots, geometry.slots_offset, geometry.max_depth)
         self._map(file_size)
-        self.slot_count = geometry.slot_count(file_size)
-        if clean and not (hwm <= self.slot_count and free_head <= hwm and ttl <= live <= hwm):
+        slots = self.slots
+        if clean and not (hwm <= self.slot_count and pool_head <= hwm and pool_count <= hwm
+                          and ttl <= live and depth <= geometry.max_depth
+                          and all(h <= hwm for h in heads) and 1 <= segments <= hwm):
             clean = False
         self.was_clean = clean
-        self.high_water, self.free_head, self.live_count = hwm, free_head, live
-        self.ttl_count, self.next_expiry, self.next_seq = ttl, next_expiry, next_seq
+        slots.high_water, slots.pool_head, slots.pool_count, slots.heads = hwm, pool_head, pool_count, heads
+        self.table.set_depth(depth if depth <= geometry.max_depth else 0)
+        self.table.segment_count = segments
+        self.live_count, self.ttl_count, self.next_expiry = live, ttl, next_expiry
+        self.next_seq, self.seq_limit = next_seq, seq_limit
+        self.batch_commit, self.floor_seq = batch, floor
         if self.readonly:
             return
         self._dirty = False
@@ -315,17 +356,19 @@ class Engine:
         self._mm = mm
         self._mapped = True
         self._view = memoryview(mm)
-        self._table_bytes = self._view[g.table_offset:g.table_offset + 8 * g.table_capacity]
-        self._table = self._table_bytes.cast("Q")
+        self._q = self._view.cast("Q")
+        self._dir = self._view[g.dir_offset:g.dir_offset + 2 * (1 << g.max_depth)].cast("H")
         self.file_size = size
-        self._mask = g.table_capacity - 1
+        self.slot_count = g.slot_count(size)
         self._slots_offset = g.slots_offset
+        self.slots.attach(mm, self.slot_count)
+        self.table.attach(self._q, self._dir)
 
     def _unmap(self) -> None:
         if not self._mapped:
             return
         self._mapped = False  # first: an interrupt below must not leave a closed map "mapped"
-        for view in (self._table, self._table_bytes, self._view):
+        for view in (self._q, self._dir, self._view):
             view.release()
         try:
             self._mm.close()
@@ -350,12 +393,17 @@ class Engine:
         """Sync everything, then write the counters and the CLEAN flag to the superblock
         and sync it: an open now needs no recovery.  The next change clears it again."""
         self._mm.flush()
-        header = SUPERBLOCK.pack(MAGIC, VERSION, FLAG_CLEAN, self.geometry.max_size,
-                                 self.file_size, self.high_water, self.free_head,
-                                 self.live_count, self.ttl_count, self.next_expiry,
-                                 self.next_seq, _U64.unpack_from(self._mm, SB_BATCH_COMMIT)[0], 0)
-        self._mm[:SB_CHECKSUM] = header[:SB_CHECKSUM]
-        _U64.pack_into(self._mm, SB_CHECKSUM, xxh3_64_intdigest(header[:SB_CHECKSUM]))
+        slots = self.slots
+        header = _superblock(
+            self.geometry, flags=FLAG_CLEAN, file_size=self.file_size, seed=self.seed,
+            seq_limit=self.seq_limit, batch_commit=self.batch_commit, floor_seq=self.floor_seq,
+            high_water=slots.high_water, pool_head=slots.pool_head, pool_count=slots.pool_count,
+            live_count=self.live_count, ttl_count=self.ttl_count, depth=self.table.depth,
+            next_expiry=self.next_expiry, next_seq=self.next_seq, heads=slots.heads,
+            segments=self.table.segment_count)
+        self._mm[SB_FLAGS:SB_FLAGS + 4] = b"\0\0\0\0"
+        self._mm[SB_FLAGS + 4:SUPERBLOCK.size] = header[SB_FLAGS + 4:]
+        self._mm[:SB_FLAGS + 4] = header[:SB_FLAGS + 4]  # CLEAN last, once the rest is there
         self._mm.flush(0, PAGE_SIZE)
         self._dirty = False
 
@@ -381,6 +429,10 @@ class Engine:
         """msync the whole map: what was written survives power loss from here on."""
         self._mm.flush()
 
+    def _changed(self) -> None:
+        if self.durable:
+            self._mm.flush()
+
     # ----------------------------------------------------------------- interrupts
 
     def change(self) -> Engine:
@@ -399,17 +451,12 @@ class Engine:
         if exc_type is None or issubclass(exc_type, CLEAN_FAILURES):
             self.changes -= 1
 
-    @property
-    def busy(self) -> bool:
-        """True outside a change if one was interrupted: call ``repair`` before use."""
-        return self.changes > 0
-
     def repair(self) -> None:
         """Bring the store back to a consistent state after an interrupted change.
 
         The same as opening after a crash: reload the superblock and, unless nothing was
-        changed since the file was last clean, rebuild the table, free list and counters
-        from the slots (``recover``).  O(slots) then.  Interrupted itself, it simply runs
+        changed since the file was last clean, rebuild the table, slot info and counters
+        from the records (``recover``).  O(file) then.  Interrupted itself, it simply runs
         again at the next use.
         """
         next_seq = self.next_seq
@@ -418,242 +465,115 @@ class Engine:
         self.next_seq = max(self.next_seq, next_seq)  # sequence numbers never repeat
         self.changes = 0
 
-    def _changed(self) -> None:
-        if self.durable:
-            self._mm.flush()
+    # ----------------------------------------------------------------- keys
+
+    def fingerprint(self, key: bytes) -> int:
+        """The part of ``xxh3_64(key, seed)`` a table entry keeps."""
+        return xxh3_64_intdigest(key, self.seed) >> FINGERPRINT_SHIFT
+
+    def slot_of(self, offset: int) -> int:
+        return (offset - self._slots_offset) // SLOT_SIZE
+
+    def record_offset(self, position: int) -> int:
+        """The file offset of the record the table entry at *position* points at."""
+        return self._slots_offset + ((self._q[position] & UNIT_MASK) - 1) * UNIT
+
+    def _entry(self, fp: int, offset: int) -> int:
+        return fp << FINGERPRINT_SHIFT | ((offset - self._slots_offset) // UNIT + 1)
 
     # ----------------------------------------------------------------- lookups
 
     def find(self, key: bytes, fp: int) -> int:
-        """Table index of *key* (whose ``fingerprint`` is *fp*), or -1.  The hot path."""
-        table, mask, mm = self._table, self._mask, self._mm
-        i = fp & mask
+        """Position (in the map as u64s) of *key*'s table entry, or -1.  No checksum."""
+        q, mm = self._q, self._mm
+        base = self.table.q0 + self._dir[fp & self.table.dmask] * SEGMENT_STRIDE
+        i = (fp >> HOME_SHIFT) & SEGMENT_MASK
         distance = 0
+        limit = self.file_size - KEY_OFFSET
         while True:
-            entry = table[i]
+            entry = q[base + i]
             if not entry:
                 return -1
             if entry >> FINGERPRINT_SHIFT == fp:
-                slot = (entry & SLOT_MASK) - 1
-                if slot >= self.slot_count:
-                    raise CorruptStoreError(f"{self.path}: table entry {i} points past the last slot")
-                off = self._slots_offset + slot * SLOT_STRIDE + KEY_OFFSET
-                if mm[off:off + len(key)] == key and mm[off - 4] == len(key):
-                    return i
-            # Robin Hood: every entry after ours sits no closer to its home than we would.
-            if (i - (entry >> FINGERPRINT_SHIFT)) & mask < distance:
+                off = self._slots_offset + ((entry & UNIT_MASK) - 1) * UNIT
+                if off > limit:
+                    raise CorruptStoreError(f"{self.path}: a table entry points past the end of the file")
+                if mm[off + KEY_OFFSET - 2] == len(key) and mm[off + KEY_OFFSET:off + KEY_OFFSET + len(key)] == key:
+                    return base + i
+            if (i - (entry >> HOME_OF_ENTRY)) & SEGMENT_MASK < distance:
                 return -1
-            i = (i + 1) & mask
+            i = (i + 1) & SEGMENT_MASK
             distance += 1
-
-    def slot_at(self, index: int) -> int:
-        return (self._table[index] & SLOT_MASK) - 1
 
     def get(self, key: bytes, fp: int) -> tuple[memoryview, int, float] | None:
         """Find *key* and return its value bytes (a view into the map: decode it before
-        the next write), codec flags and expiry, after checking the slot's checksum; or
-        None.  The read hot path: ``find`` and the slot read fused into one loop.
+        the next change), codec flags and expiry, after checking the record's checksum;
+        or None.  The read hot path: ``find`` and the record read fused into one loop.
 
-        :raises DamagedEntry: the entry fails its checksum (``recover`` drops it).
+        :raises DamagedEntry: the record fails its checksum (``recover`` drops it).
         """
-        table, mask, mm = self._table, self._mask, self._mm
-        i = fp & mask
+        q, mm = self._q, self._mm
+        base = self.table.q0 + self._dir[fp & self.table.dmask] * SEGMENT_STRIDE
+        i = (fp >> HOME_SHIFT) & SEGMENT_MASK
         distance = 0
         while True:
-            entry = table[i]
+            entry = q[base + i]
             if not entry:
                 return None
             if entry >> FINGERPRINT_SHIFT == fp:
-                slot = (entry & SLOT_MASK) - 1
-                if slot >= self.slot_count:
-                    raise CorruptStoreError(f"{self.path}: table entry {i} points past the last slot")
-                off = self._slots_offset + slot * SLOT_STRIDE
-                state, _, checksum, _, expires, vlen, klen, flags, _ = _unpack_header(mm, off)
+                off = self._slots_offset + ((entry & UNIT_MASK) - 1) * UNIT
+                try:
+                    state, _, checksum, _, expires, vlen, klen, flags = _unpack_record(mm, off)
+                except Exception:  # struct.error past the end of the map
+                    raise DamagedEntry(f"{self.path}: a table entry points past the end of the file",
+                                       off) from None
                 if klen == len(key) and mm[off + KEY_OFFSET:off + KEY_OFFSET + klen] == key:
                     view = self._view
-                    end = off + VALUE_OFFSET + vlen
+                    end = off + KEY_OFFSET + klen + vlen
                     if state != STATE_LIVE or vlen > MAX_VALUE_BYTES or \
-                            xxh3_64_intdigest(view[off + BODY_OFFSET:end]) != checksum:
-                        raise DamagedEntry(f"{self.path}: slot {slot} fails its checksum", i, slot)
-                    return view[off + VALUE_OFFSET:end], flags, expires
-            if (i - (entry >> FINGERPRINT_SHIFT)) & mask < distance:
+                            xxh3_64_intdigest(view[off + BODY_OFFSET:end], off) != checksum:
+                        raise DamagedEntry(f"{self.path}: the record at offset {off} fails its "
+                                           "checksum", off)
+                    return view[off + KEY_OFFSET + klen:end], flags, expires
+            if (i - (entry >> HOME_OF_ENTRY)) & SEGMENT_MASK < distance:
                 return None
-            i = (i + 1) & mask
+            i = (i + 1) & SEGMENT_MASK
             distance += 1
 
-    def expires_at(self, index: int) -> float:
-        """The expiry of the entry at table *index* (0.0 = never)."""
-        if not self.ttl_count:  # no entry has one: skip reading the slot
+    def expires_at(self, position: int) -> float:
+        """The expiry of the record the entry at *position* points at (0.0 = never)."""
+        if not self.ttl_count:  # no record has one: skip reading it
             return 0.0
-        slot = (self._table[index] & SLOT_MASK) - 1
-        expires: float = SLOT_HEADER.unpack_from(self._mm, self._slots_offset + slot * SLOT_STRIDE)[4]
+        expires: float = RECORD_HEADER.unpack_from(self._mm, self.record_offset(position))[4]
         return expires
 
-    # ----------------------------------------------------------------- writes
-
-    def free_slots(self) -> int:
-        """Slots that could take a key now, without growing the file."""
-        return self.slot_count - self.live_count
-
-    def insert(self, key: bytes, fp: int, data: bytes, flags: int, expires: float,
-               state: int = STATE_LIVE, seq: int = 0) -> int:
-        """Write an entry into a free slot (the caller made sure there is one) and, if it is
-        LIVE, index it.  Returns the slot.  The caller checked the key is absent."""
-        if not self._dirty:
-            self._mark_dirty()
-        free_head, high_water = self.free_head, self.high_water
-        slot = self._pop_free_slot()
-        off = self._slots_offset + slot * SLOT_STRIDE
-        if not seq:
-            seq = self.next_seq
-            self.next_seq += 1
-        body = BODY_HEADER.pack(seq, expires, len(data), len(key), flags, 0) + \
-            key + _KEY_PAD[len(key):] + data
-        # The whole slot, state word and checksum first, goes in with one pwrite, not
-        # through the map: a write fault on a slot's page costs more than the syscall.
-        # It needs no second, committing write: a slot whose write is cut short (a kill
-        # mid-syscall, a crash before writeback) fails its checksum, and recovery frees it.
-        slot_bytes = _COMMIT.pack(state, 0, xxh3_64_intdigest(body)) + body
+    def is_intact(self, off: int) -> bool:
+        """True if the record at *off* passes its checksum (what ``get`` checks)."""
         try:
-            written = os.pwrite(self._fd, slot_bytes, off)
-        except OSError as exc:
-            if self._landed(slot_bytes, off):  # the error came after the write
-                self.changes += 1  # it is on disk but counted nowhere: leave it to repair
-            else:
-                self.free_head, self.high_water = free_head, high_water  # the slot stays FREE
-            raise self._write_error(exc) from None
-        if written != len(slot_bytes):
-            # A full disk mid-write: put back the free-list link the write began to
-            # overwrite (the slot's header was (FREE, the new free_head)), so it stays free.
-            try:
-                os.pwrite(self._fd, _FREE.pack(STATE_FREE, self.free_head), off)
-            except OSError as exc:
-                self.changes += 1  # the slot is half written: leave the store to repair
-                raise self._write_error(exc) from None
-            self.free_head, self.high_water = free_head, high_water
-            raise self._write_error(OSError(errno.ENOSPC, f"short write ({written} of "
-                                                          f"{len(slot_bytes)} bytes)"))
-        self.live_count += 1
-        if expires:
-            self.ttl_count += 1
-            if expires < self.next_expiry:
-                self.next_expiry = expires
-        if state == STATE_LIVE:
-            self._table_insert(fp << FINGERPRINT_SHIFT | (slot + 1))
-            self._changed()
-        return slot
+            _, _, checksum, _, _, vlen, klen, _ = _unpack_record(self._mm, off)
+        except Exception:
+            return False
+        return vlen <= MAX_VALUE_BYTES and klen <= MAX_KEY_BYTES and \
+            xxh3_64_intdigest(self._view[off + BODY_OFFSET:off + KEY_OFFSET + klen + vlen], off) == checksum
 
-    def _landed(self, slot_bytes: bytes, off: int) -> bool:
-        """After an error around a slot write: did any of it reach the file?  pwrite
-        writes nothing when it fails, but an exception can come just after it returned."""
-        try:
-            return os.pread(self._fd, BODY_OFFSET, off) == slot_bytes[:BODY_OFFSET]
-        except OSError:
-            return True  # cannot tell: assume the worst, and repair
+    # ----------------------------------------------------------------- room
 
-    def _write_error(self, exc: OSError) -> MmapKVError:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return DiskFullError(exc.errno, f"cannot write to {self.path}: {exc.strerror or exc}")
-        return StoreAccessError(exc.errno, f"cannot write to {self.path}: {exc.strerror or exc}")
-
-    def begin_batch(self) -> int:
-        """The sequence number every PENDING slot of one batch carries."""
-        seq = self.next_seq
-        self.next_seq += 1
-        return seq
-
-    def commit_batch(self, seq: int, written: list[tuple[int, int]]) -> None:
-        """Commit a batch's PENDING slots, given as (slot, fingerprint) pairs: one write of
-        ``batch_commit`` makes all of them survive a crash, then each is made LIVE."""
-        if self.durable:
-            self._mm.flush()  # the slots reach the disk before the commit that names them
-        self.set_batch_commit(seq)
-        for slot, fp in written:
-            self.commit_pending(slot, fp)
-        self._changed()
-
-    def abort_batch(self, written: list[tuple[int, int]]) -> None:
-        """Give back the PENDING slots of a batch that will not commit."""
-        for slot, _ in written:
-            self._free_slot(slot)
-
-    def commit_pending(self, slot: int, fp: int) -> None:
-        """Turn a PENDING slot of a committed batch LIVE and index it."""
-        _U32.pack_into(self._mm, self._slots_offset + slot * SLOT_STRIDE, STATE_LIVE)
-        self._table_insert(fp << FINGERPRINT_SHIFT | (slot + 1))
-
-    def set_batch_commit(self, seq: int) -> None:
-        """The one write that commits a batch: its PENDING slots carry this sequence."""
-        if not self._dirty:
-            self._mark_dirty()
-        _U64.pack_into(self._mm, SB_BATCH_COMMIT, seq)
-        self._changed()
-
-    def remove(self, index: int) -> None:
-        """Drop the entry at table *index* and free its slot."""
-        if not self._dirty:
-            self._mark_dirty()
-        slot = (self._table[index] & SLOT_MASK) - 1
-        self._table_delete(index)
-        self._free_slot(slot)
-        self._changed()
-
-    def _free_slot(self, slot: int) -> None:
-        off = self._slots_offset + slot * SLOT_STRIDE
-        if self.ttl_count and _unpack_header(self._mm, off)[4]:
-            self.ttl_count -= 1
-        _FREE.pack_into(self._mm, off, STATE_FREE, self.free_head)
-        self.free_head = slot + 1
-        self.live_count -= 1
-
-    def _pop_free_slot(self) -> int:
-        if self.free_head:
-            slot = self.free_head - 1
-            state, next_free = _FREE.unpack_from(self._mm, self._slots_offset + slot * SLOT_STRIDE)
-            if state != STATE_FREE or next_free > self.high_water:
-                raise CorruptStoreError(f"{self.path}: the free list is damaged at slot {slot}; "
-                                        "run `python -m mmapkv compact`")
-            self.free_head = next_free
-            return slot
-        if self.high_water < self.slot_count:
-            self.high_water += 1
-            return self.high_water - 1
-        raise AssertionError("no free slot: the caller must grow or sweep first")
-
-    def _table_insert(self, entry: int) -> None:
-        table, mask = self._table, self._mask
-        i = (entry >> FINGERPRINT_SHIFT) & mask
-        distance = 0
-        for _ in range(mask + 1):
-            current = table[i]
-            if not current:
-                table[i] = entry
-                return
-            current_distance = (i - (current >> FINGERPRINT_SHIFT)) & mask
-            if current_distance < distance:  # Robin Hood: the richer entry moves on
-                table[i] = entry
-                entry, distance = current, current_distance
-            i = (i + 1) & mask
-            distance += 1
-        raise CorruptStoreError(f"{self.path}: the hash table has no empty position")
-
-    def _table_delete(self, index: int) -> None:
-        """Backward-shift deletion: pull the following entries one step home."""
-        table, mask = self._table, self._mask
-        i = index
-        while True:
-            j = (i + 1) & mask
-            entry = table[j]
-            if not entry or (j - (entry >> FINGERPRINT_SHIFT)) & mask == 0:
-                table[i] = 0
-                return
-            table[i] = entry
-            i = j
-
-    # ----------------------------------------------------------------- growth
+    def room_for(self, record_sizes: list[int], fps: list[int]) -> bool:
+        """Make room for new records of these sizes and table entries for these
+        fingerprints: grow the file if that helps.  False if even the ceiling does not
+        hold them (the caller may reclaim expired records and ask again)."""
+        slots = self.slots
+        if len(record_sizes) == 1 and slots.heads[class_for(record_sizes[0])] and \
+                (not fps or self.slots.used(self._dir[fps[0] & self.table.dmask]) < SEGMENT_ENTRIES // 2):
+            return True  # the common create: a partial slot of its class, no split due
+        data = slots.slots_needed(Counter(class_for(size) for size in record_sizes))
+        want, must = self.table.needs(fps)
+        while slots.free_slots() < data + want and self.grow():
+            pass
+        return slots.free_slots() >= data + must
 
     def grow(self) -> bool:
-        """Double the file (up to the ceiling).  False if it is at the ceiling already.
+        """Double the slots (up to the ceiling).  False if the file is at its ceiling.
 
         The new space is allocated before it is mapped, and a failure leaves the file and
         the map as they were.
@@ -676,198 +596,491 @@ class Engine:
                 f"{exc.strerror}; free disk space, or delete keys to make room") from None
         self._unmap()
         self._map(new_size)
-        self.slot_count = self.geometry.slot_count(new_size)
         _U64.pack_into(self._mm, SB_FILE_SIZE, new_size)
         self._changed()
         return True
 
-    # ----------------------------------------------------------------- scans
+    # ----------------------------------------------------------------- writes
 
-    def iter_slots(self) -> Iterator[tuple[int, int, float, bytes]]:
-        """(slot, state, expires_at, key) for every LIVE slot, in slot order."""
-        mm, base = self._mm, self._slots_offset
-        for slot in range(self.high_water):
-            off = base + slot * SLOT_STRIDE
-            state = _U32.unpack_from(mm, off)[0]
-            if state == STATE_LIVE:
-                header = SLOT_HEADER.unpack_from(mm, off)
-                klen = header[6]
-                yield slot, state, header[4], mm[off + KEY_OFFSET:off + KEY_OFFSET + klen]
+    def _take_seq(self) -> int:
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        if seq >= self.seq_limit:  # reserve the next range on disk before using it
+            self.seq_limit = seq + _SEQ_RESERVE
+            _U64.pack_into(self._mm, SB_SEQ_LIMIT, self.seq_limit)
+        return seq
 
-    def is_indexed(self, slot: int, key: bytes) -> bool:
-        """True if the table leads from *key* to *slot*: a damaged key byte breaks this
-        (its fingerprint no longer matches), without reading the value."""
-        index = self.find(key, fingerprint(key))
-        return index >= 0 and self.slot_at(index) == slot
-
-    def is_intact(self, slot: int) -> bool:
-        """True if the LIVE *slot* passes its checksum (what ``get`` checks before a read)."""
-        off = self._slots_offset + slot * SLOT_STRIDE
-        _, _, checksum, _, _, vlen, _, _, _ = _unpack_header(self._mm, off)
-        return vlen <= MAX_VALUE_BYTES and \
-            xxh3_64_intdigest(self._view[off + BODY_OFFSET:off + VALUE_OFFSET + vlen]) == checksum
-
-    def index_of_slot(self, slot: int, key: bytes) -> int:
-        index = self.find(key, fingerprint(key))
-        if index < 0 or self.slot_at(index) != slot:
-            raise CorruptStoreError(f"{self.path}: slot {slot} is live but not in the table")
-        return index
-
-    def sweep(self, now: float) -> int:
-        """Free every entry expired at *now*; recompute ``next_expiry``.  O(slots)."""
-        freed = 0
-        next_expiry = math.inf
-        for slot, _, expires, key in self.iter_slots():  # removal moves no slot
-            if not expires:
-                continue
-            if expires <= now:
-                self.remove(self.index_of_slot(slot, key))
-                freed += 1
-            elif expires < next_expiry:
-                next_expiry = expires
-        self.next_expiry = next_expiry
-        return freed
-
-    def recover(self) -> None:
-        """Rebuild the table, the free list and the counters from the slots themselves.
-
-        Runs on open after a crash.  A LIVE slot (or a PENDING one from the last committed
-        batch) whose checksum holds is kept; anything else is freed.  Should one key be
-        live twice, the newer write (higher seq) wins.  O(slots + bytes of live values).
-        """
-        mm, view, base = self._mm, self._view, self._slots_offset
+    def write_record(self, key: bytes, data: bytes, flags: int, expires: float,
+                     state: int = STATE_LIVE, seq: int = 0) -> int:
+        """Write a record into a free sub-slot of its class (the caller made room) and
+        return its offset.  Not indexed: see ``insert``, ``replace``, ``commit_batch``."""
         if not self._dirty:
             self._mark_dirty()
-        self._table_bytes[:] = bytes(len(self._table_bytes))
-        batch = _U64.unpack_from(mm, SB_BATCH_COMMIT)[0]
-        live = bytearray(self.slot_count)  # 1 = kept
-        top = max_seq = 0
-        for slot in range(self.slot_count):
-            off = base + slot * SLOT_STRIDE
-            state, _, checksum, seq, _, vlen, klen, _, _ = SLOT_HEADER.unpack_from(mm, off)
-            if state == STATE_FREE:
-                continue
-            ok = (state == STATE_LIVE or (state == STATE_PENDING and seq == batch)) and \
-                vlen <= MAX_VALUE_BYTES and 1 <= klen <= MAX_KEY_BYTES and \
-                xxh3_64_intdigest(view[off + BODY_OFFSET:off + VALUE_OFFSET + vlen]) == checksum
-            if not ok:
-                _U32.pack_into(mm, off, STATE_FREE)
-                continue
-            if state == STATE_PENDING:
-                _U32.pack_into(mm, off, STATE_LIVE)
-            key = mm[off + KEY_OFFSET:off + KEY_OFFSET + klen]
-            fp = fingerprint(key)
-            index = self.find(key, fp)
-            if index >= 0:  # the same key twice: keep the newer write
-                other = self.slot_at(index)
-                other_seq = SLOT_HEADER.unpack_from(mm, base + other * SLOT_STRIDE)[3]
-                if other_seq > seq:
-                    _U32.pack_into(mm, off, STATE_FREE)
-                    continue
-                _U32.pack_into(mm, base + other * SLOT_STRIDE, STATE_FREE)
-                live[other] = 0
-                self._table[index] = fp << FINGERPRINT_SHIFT | (slot + 1)
+        off = self.slots.take_record(class_for(KEY_OFFSET + len(key) + len(data)))
+        if not seq:
+            seq = self._take_seq()
+        body = _BODY.pack(seq, expires, len(data), len(key), flags) + key + data
+        # The whole record, state word and checksum first, goes in with one pwrite, not
+        # through the map: a write fault on a page costs more than the syscall.  It needs
+        # no second, committing write: a record whose write is cut short (a kill
+        # mid-syscall, a crash before writeback) fails its checksum; recovery frees it.
+        record = _HEAD.pack(state, 0, xxh3_64_intdigest(body, off)) + body
+        try:
+            written = os.pwrite(self._fd, record, off)
+        except OSError as exc:
+            if self._landed(record, off):  # the error came after the write
+                self.changes += 1  # it is on disk but counted nowhere: leave it to repair
             else:
-                self._table_insert(fp << FINGERPRINT_SHIFT | (slot + 1))
-            live[slot] = 1
-            top = slot + 1
-            max_seq = max(max_seq, seq)
-        self.high_water, self.free_head = top, 0
-        self.live_count = self.ttl_count = 0
-        self.next_expiry = math.inf
-        for slot in range(top - 1, -1, -1):
-            off = base + slot * SLOT_STRIDE
-            if not live[slot]:
-                _FREE.pack_into(mm, off, STATE_FREE, self.free_head)
-                self.free_head = slot + 1
-                continue
-            self.live_count += 1
-            expires = SLOT_HEADER.unpack_from(mm, off)[4]
+                self.slots.give_record(off)  # nothing was written: the sub-slot is free again
+            raise self._write_error(exc) from None
+        if written != len(record):
+            # A full disk mid-write: the first bytes went in.  Make the state word FREE again.
+            try:
+                os.pwrite(self._fd, b"\0\0\0\0", off)
+            except OSError as exc:
+                self.changes += 1  # the record is half written: leave the store to repair
+                raise self._write_error(exc) from None
+            self.slots.give_record(off)
+            raise self._write_error(OSError(errno.ENOSPC, f"short write ({written} of "
+                                                          f"{len(record)} bytes)"))
+        self.live_count += 1
+        if expires:
+            self.ttl_count += 1
+            if expires < self.next_expiry:
+                self.next_expiry = expires
+        return off
+
+    def _landed(self, record: bytes, off: int) -> bool:
+        """After an error around a record write: did any of it reach the file?  pwrite
+        writes nothing when it fails, but an exception can come just after it returned."""
+        try:
+            return os.pread(self._fd, BODY_OFFSET, off) == record[:BODY_OFFSET]
+        except OSError:
+            return True  # cannot tell: assume the worst, and repair
+
+    def _write_error(self, exc: OSError) -> MmapKVError:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DiskFullError(exc.errno, f"cannot write to {self.path}: {exc.strerror or exc}")
+        return StoreAccessError(exc.errno, f"cannot write to {self.path}: {exc.strerror or exc}")
+
+    def insert(self, key: bytes, fp: int, data: bytes, flags: int, expires: float) -> int:
+        """Write a new LIVE record for *key* (absent: the caller checked) and index it."""
+        off = self.write_record(key, data, flags, expires)
+        self.table.insert(fp, self._entry(fp, off))
+        self._changed()
+        return off
+
+    def replace(self, position: int, key: bytes, fp: int, data: bytes, flags: int,
+                expires: float) -> int:
+        """Write a new record for the key whose entry is at *position*, point the entry at
+        it (one 8-byte store: a reader sees the old record or the new one), then free the
+        old record.  A crash in between leaves two LIVE copies: the newer one wins."""
+        old = self.record_offset(position)
+        off = self.write_record(key, data, flags, expires)
+        self._q[position] = self._entry(fp, off)
+        self._free_record(old)
+        self._changed()
+        return off
+
+    def remove(self, position: int) -> None:
+        """Drop the entry at *position* and free its record."""
+        if not self._dirty:
+            self._mark_dirty()
+        off = self.record_offset(position)
+        self.table.delete(position)
+        self._free_record(off)
+        self._changed()
+
+    def _free_record(self, off: int) -> None:
+        if self.ttl_count and RECORD_HEADER.unpack_from(self._mm, off)[4]:
+            self.ttl_count -= 1
+        _U32.pack_into(self._mm, off, STATE_FREE)  # the truth first, then what derives from it
+        self.slots.give_record(off)
+        self.live_count -= 1
+
+    # ----------------------------------------------------------------- batches
+
+    def begin_batch(self) -> int:
+        """The sequence number every PENDING record of one batch carries."""
+        if not self._dirty:
+            self._mark_dirty()
+        return self._take_seq()
+
+    def commit_batch(self, seq: int, written: list[tuple[int, int, int]]) -> None:
+        """Commit a batch's PENDING records, given as (offset, fingerprint, position of
+        the entry it replaces or -1): one write of ``batch_commit`` makes all of them
+        survive a crash, then each is made LIVE and indexed."""
+        if self.durable:
+            self._mm.flush()  # the records reach the disk before the commit that names them
+        self.batch_commit = seq
+        _U64.pack_into(self._mm, SB_BATCH_COMMIT, seq)
+        self._changed()
+        for off, fp, position in written:
+            _U32.pack_into(self._mm, off, STATE_LIVE)
+            if position < 0:
+                self.table.insert(fp, self._entry(fp, off))
+            else:
+                old = self.record_offset(position)
+                self._q[position] = self._entry(fp, off)
+                self._free_record(old)
+        self._changed()
+
+    def abort_batch(self, written: list[tuple[int, int, int]]) -> None:
+        """Give back the PENDING records of a batch that will not commit."""
+        for off, _, _ in written:
+            self._free_record(off)
+
+    # ----------------------------------------------------------------- scans
+
+    def record_slots(self) -> Iterator[tuple[int, int]]:
+        """(slot, class) of every record slot below the high-water mark."""
+        kind_of = self.slots.kind
+        for slot in range(self.slots.high_water):
+            kind = kind_of(slot)
+            if 1 <= kind <= CLASS_COUNT:
+                yield slot, kind - 1
+
+    def iter_records(self, states: tuple[int, ...] = (STATE_LIVE,)) -> Iterator[tuple[int, int, float, bytes]]:
+        """(offset, state, expires_at, key) of every record whose state is in *states*,
+        in file order.  Only sub-slots the slot info marks as taken are read."""
+        mm, info = self._mm, self.slots.info
+        for slot, cls in self.record_slots():
+            bits = int.from_bytes(info(slot)[5], "little")
+            size = CLASS_SIZES[cls]
+            base = self._slots_offset + slot * SLOT_SIZE
+            while bits:
+                low = bits & -bits
+                bits ^= low
+                off = base + (low.bit_length() - 1) * size
+                state, _, _, _, expires, _, klen, _ = _unpack_record(mm, off)
+                if state in states:
+                    yield off, state, expires, bytes(mm[off + KEY_OFFSET:off + KEY_OFFSET + klen])
+
+    def class_usage(self) -> dict[int, tuple[int, int, int]]:
+        """``{sub-slot size: (slots, sub-slots taken, sub-slots free)}`` over the classes
+        that hold a slot.  O(slots)."""
+        usage: dict[int, list[int]] = {}
+        for slot, cls in self.record_slots():
+            used = self.slots.info(slot)[2]
+            entry = usage.setdefault(CLASS_SIZES[cls], [0, 0, 0])
+            entry[0] += 1
+            entry[1] += used
+            entry[2] += PER_SLOT[cls] - used
+        return {size: (n, used, free) for size, (n, used, free) in sorted(usage.items())}
+
+    def is_indexed(self, off: int, key: bytes) -> bool:
+        """True if the table leads from *key* to the record at *off*: a damaged key byte
+        breaks this (its fingerprint no longer matches), without reading the value."""
+        position = self.find(key, self.fingerprint(key))
+        return position >= 0 and self.record_offset(position) == off
+
+    def sweep(self, now: float) -> int:
+        """Free every record expired at *now*; recompute ``next_expiry``.  O(records)."""
+        expired, next_expiry = [], math.inf
+        for off, _, expires, key in self.iter_records():
             if expires:
-                self.ttl_count += 1
-                self.next_expiry = min(self.next_expiry, expires)
-        # Never reuse a sequence number: not one a surviving slot carries, and not the
-        # committed batch's, or a later batch cut short would be taken for that one.
-        self.next_seq = max(self.next_seq, max_seq + 1, batch + 1)
+                if expires <= now:
+                    expired.append(key)
+                elif expires < next_expiry:
+                    next_expiry = expires
+        for key in expired:  # removing changes the slot info the scan reads: scan first
+            position = self.find(key, self.fingerprint(key))
+            if position >= 0:
+                self.remove(position)
+        self.next_expiry = next_expiry
+        return len(expired)
+
+    # ----------------------------------------------------------------- recovery
+
+    def recover(self) -> None:
+        """Rebuild the table, the slot info and the counters from the records themselves.
+
+        Runs on open after a crash (and after an interrupted change).  A record is kept if
+        it is LIVE (or PENDING with the last committed batch's sequence number), at or above
+        ``floor_seq``, fits its sub-slot and passes its checksum; anything else is freed.
+        Should one key be live twice, the newer write (higher seq) wins.  Record slots are
+        told apart by their slot info (written before any record goes in); every other
+        slot, old table segments included, is free.  O(file).
+        """
+        if not self._dirty:
+            self._mark_dirty()
+        mm, view, slots, table = self._mm, self._view, self.slots, self.table
+        g = self.geometry
+        seq_limit = _U64.unpack_from(mm, SB_SEQ_LIMIT)[0]
+        batch = self.batch_commit = _U64.unpack_from(mm, SB_BATCH_COMMIT)[0]
+        floor = self.floor_seq = _U64.unpack_from(mm, SB_FLOOR_SEQ)[0]
+        kinds = bytearray(mm[g.info_offset:g.info_offset + 24 * self.slot_count:24]) \
+            if self.slot_count else bytearray()
+        record_slots = [s for s in range(self.slot_count) if 1 <= kinds[s] <= CLASS_COUNT]
+        spare = [s for s in range(self.slot_count - 1, -1, -1) if not 1 <= kinds[s] <= CLASS_COUNT]
+        for slot in spare:
+            slots.set_info(slot, KIND_FREE)
+        # A fresh table, its segments taken from the slots no record is in.
+        slots.high_water = self.slot_count
+        slots.pool_head = slots.pool_count = 0
+        slots.heads = [0] * CLASS_COUNT
+        pool_order = list(spare)          # popped from the end: lowest slots first
+        taken: list[int] = []
+
+        def take_spare() -> int:
+            slot = pool_order.pop()
+            taken.append(slot)
+            return slot
+
+        slots.take_slot = take_spare  # type: ignore[method-assign]
+        slots.free_slots = lambda: len(pool_order)  # type: ignore[method-assign]
+        try:
+            self.table.segment_count = 0
+            table.new()
+            bits: dict[int, int] = {}
+            live = ttl = 0
+            next_expiry = math.inf
+            top_seq = 0
+            for slot in record_slots:
+                cls = kinds[slot] - 1
+                size = CLASS_SIZES[cls]
+                base = self._slots_offset + slot * SLOT_SIZE
+                kept = 0
+                for index in range(PER_SLOT[cls]):
+                    off = base + index * size
+                    state, _, checksum, seq, expires, vlen, klen, _ = _unpack_record(mm, off)
+                    if state == STATE_FREE:
+                        continue
+                    ok = (state == STATE_LIVE or (state == STATE_PENDING and seq == batch)) and \
+                        seq >= floor and 1 <= klen <= MAX_KEY_BYTES and vlen <= MAX_VALUE_BYTES and \
+                        KEY_OFFSET + klen + vlen <= size and \
+                        xxh3_64_intdigest(view[off + BODY_OFFSET:off + KEY_OFFSET + klen + vlen], off) == checksum
+                    if not ok:
+                        _U32.pack_into(mm, off, STATE_FREE)
+                        continue
+                    if state == STATE_PENDING:
+                        _U32.pack_into(mm, off, STATE_LIVE)
+                    key = bytes(mm[off + KEY_OFFSET:off + KEY_OFFSET + klen])
+                    fp = self.fingerprint(key)
+                    position = self.find(key, fp)
+                    if position >= 0:  # the same key twice: keep the newer write
+                        other = self.record_offset(position)
+                        other_seq, other_expires = RECORD_HEADER.unpack_from(mm, other)[3:5]
+                        if other_seq > seq:
+                            _U32.pack_into(mm, off, STATE_FREE)
+                            continue
+                        _U32.pack_into(mm, other, STATE_FREE)
+                        other_slot, within = divmod(other - self._slots_offset, SLOT_SIZE)
+                        other_bit = 1 << (within // CLASS_SIZES[kinds[other_slot] - 1])
+                        if other_slot == slot:
+                            kept &= ~other_bit
+                        else:
+                            bits[other_slot] &= ~other_bit
+                        live -= 1
+                        ttl -= bool(other_expires)
+                        self._q[position] = self._entry(fp, off)
+                    else:
+                        table.insert(fp, self._entry(fp, off))
+                    kept |= 1 << index
+                    live += 1
+                    if expires:
+                        ttl += 1
+                        next_expiry = min(next_expiry, expires)
+                    top_seq = max(top_seq, seq)
+                bits[slot] = kept
+        finally:
+            del slots.take_slot, slots.free_slots  # back to the class's own methods
+        # The slot info of the record slots, the partial lists and the pool; every list
+        # in ascending slot order, so that the lowest slots are taken first.
+        segments = set(taken)
+        high = max([s + 1 for s in taken] + [s + 1 for s in record_slots if bits.get(s)], default=0)
+        partial: list[list[int]] = [[] for _ in range(CLASS_COUNT)]
+        for slot in record_slots:
+            cls = kinds[slot] - 1
+            if bits.get(slot) and bin(bits[slot]).count("1") < PER_SLOT[cls]:
+                partial[cls].append(slot)
+        for cls, members in enumerate(partial):
+            slots.heads[cls] = members[0] + 1 if members else 0
+            for k, slot in enumerate(members):
+                slots.set_info(slot, cls + 1, 0, bin(bits[slot]).count("1"),
+                               members[k - 1] + 1 if k else 0,
+                               members[k + 1] + 1 if k + 1 < len(members) else 0, bits[slot])
+        slots.high_water = high
+        for slot in range(self.slot_count - 1, -1, -1):
+            if slot in segments:
+                continue
+            cls = kinds[slot] - 1
+            if bits.get(slot) and bin(bits[slot]).count("1") == PER_SLOT[cls]:
+                slots.set_info(slot, cls + 1, 0, PER_SLOT[cls], 0, 0, bits[slot])
+            elif not bits.get(slot):
+                if slot < high:
+                    slots.give_slot(slot)
+                elif kinds[slot]:
+                    slots.set_info(slot, KIND_FREE)
+        self.live_count, self.ttl_count, self.next_expiry = live, ttl, next_expiry
+        # Never reuse a sequence number: not one a surviving record carries, not the
+        # committed batch's (a later batch cut short would be taken for it), not below
+        # the floor, and not one the reservation on disk may have handed out.
+        self.next_seq = max(self.next_seq, seq_limit, top_seq + 1, batch + 1, floor)
+        self.seq_limit = self.next_seq + _SEQ_RESERVE
+        _U64.pack_into(mm, SB_SEQ_LIMIT, self.seq_limit)
         mm.flush()
+
+    # ----------------------------------------------------------------- invariants
 
     def check(self) -> list[str]:
         """Every broken invariant of the file, as sentences; empty when all hold.
 
-        1. each table entry points at a LIVE slot inside the file whose checksum holds
-           and whose key hashes to the entry's fingerprint;
-        2. Robin Hood order: no entry is further from home than the one after it allows,
-           and no empty position lies between an entry and its home;
-        3. every LIVE slot is indexed exactly once, and none lies at or past high_water;
-        4. the free list holds FREE slots below high_water, no cycle, and with the LIVE
-           slots accounts for every slot below high_water;
-        5. live_count, ttl_count and next_expiry agree with the slots.
+        1. the directory names segments only, each segment is named by exactly the
+           2**(depth - local depth) directory entries its low fingerprint bits select,
+           and the segment count is right;
+        2. each table entry points at an aligned sub-slot of a record slot holding a
+           LIVE record whose checksum holds, whose key hashes to the entry's fingerprint,
+           which belongs in that segment, in Robin Hood order (no gap between an entry
+           and its home); each segment's ``used`` counts its entries;
+        3. every LIVE record is indexed exactly once; a sub-slot is marked taken in its
+           slot's bitmap exactly when it holds a live record; ``used`` counts the bits;
+        4. each class's partial list holds exactly its slots with a free sub-slot; the
+           pool holds free slots below high_water, no cycle, ``pool_count`` of them; every
+           slot below high_water is a record slot, a segment or on the pool;
+        5. live_count, ttl_count and next_expiry agree with the records.
         """
         problems: list[str] = []
-        mm, view, base, mask, table = self._mm, self._view, self._slots_offset, self._mask, self._table
+        slots, table, q, mm = self.slots, self.table, self._q, self._mm
+        hw = slots.high_water
+        if hw > self.slot_count:
+            return [f"high_water {hw} is past the {self.slot_count} slots of the file"]
+        infos = [slots.info(s) for s in range(hw)]
+        # 1. directory
+        size = 1 << table.depth
+        directory = self._dir[:size].tolist()
+        groups: dict[int, list[int]] = {}
+        for index, segment in enumerate(directory):
+            groups.setdefault(segment, []).append(index)
+        for segment, indexes in groups.items():
+            if not (segment < hw and infos[segment][0] == KIND_SEGMENT):
+                problems.append(f"directory entry {indexes[0]} names slot {segment}, not a segment")
+                continue
+            local = infos[segment][1]
+            expected = list(range(indexes[0] & ((1 << local) - 1), size, 1 << local)) \
+                if local <= table.depth else []
+            if indexes != expected:
+                problems.append(f"segment {segment} (local depth {local}) is named by directory "
+                                f"entries {indexes[:4]}..., not every {1 << local}th")
+        segments = [s for s in range(hw) if infos[s][0] == KIND_SEGMENT]
+        if sorted(groups) != segments and not problems:
+            problems.append(f"segments {sorted(set(segments) - set(groups))} are in no directory entry")
+        if table.segment_count != len(segments):
+            problems.append(f"segment_count is {table.segment_count}, there are {len(segments)}")
+        # 2. entries
         indexed: dict[int, int] = {}
-        for i in range(mask + 1):
-            entry = table[i]
-            if not entry:
+        for segment in groups:
+            if not (segment < hw and infos[segment][0] == KIND_SEGMENT):
                 continue
-            fp, slot = entry >> FINGERPRINT_SHIFT, (entry & SLOT_MASK) - 1
-            if not 0 <= slot < self.slot_count:
-                problems.append(f"table[{i}] points at slot {slot}, outside the file")
-                continue
-            if slot in indexed:
-                problems.append(f"slot {slot} is indexed twice (table[{indexed[slot]}], table[{i}])")
-            indexed[slot] = i
-            off = base + slot * SLOT_STRIDE
-            state, _, checksum, _, _, vlen, klen, _, _ = SLOT_HEADER.unpack_from(mm, off)
-            if state != STATE_LIVE:
-                problems.append(f"table[{i}] points at slot {slot}, which is not LIVE")
-                continue
-            if vlen > MAX_VALUE_BYTES or xxh3_64_intdigest(view[off + BODY_OFFSET:off + VALUE_OFFSET + vlen]) != checksum:
-                problems.append(f"slot {slot} fails its checksum")
-                continue
-            if fingerprint(mm[off + KEY_OFFSET:off + KEY_OFFSET + klen]) != fp:
-                problems.append(f"table[{i}] has a fingerprint that is not its key's (slot {slot})")
-            distance = (i - fp) & mask
-            if distance:
-                before = table[(i - 1) & mask]
-                if not before:
-                    problems.append(f"table[{i}] is {distance} from home with an empty position before it")
-                elif ((i - 1 - (before >> FINGERPRINT_SHIFT)) & mask) + 1 < distance:
-                    problems.append(f"table[{i}] breaks Robin Hood order")
+            local = infos[segment][1]
+            low = groups[segment][0] & ((1 << local) - 1)
+            base = table.base(segment)
+            entries = q[base:base + SEGMENT_ENTRIES].tolist()
+            count = 0
+            for i, entry in enumerate(entries):
+                if not entry:
+                    continue
+                count += 1
+                fp = entry >> FINGERPRINT_SHIFT
+                where = f"segment {segment} entry {i}"
+                if fp & ((1 << local) - 1) != low:
+                    problems.append(f"{where} belongs in another segment")
+                distance = (i - (entry >> HOME_OF_ENTRY)) & SEGMENT_MASK
+                if distance and not entries[(i - 1) & SEGMENT_MASK]:
+                    problems.append(f"{where} is {distance} from home with an empty position before it")
+                elif distance:
+                    before = entries[(i - 1) & SEGMENT_MASK]
+                    if ((i - 1 - (before >> HOME_OF_ENTRY)) & SEGMENT_MASK) + 1 < distance:
+                        problems.append(f"{where} breaks Robin Hood order")
+                off = self._slots_offset + ((entry & UNIT_MASK) - 1) * UNIT
+                slot, within = divmod(off - self._slots_offset, SLOT_SIZE)
+                if not (0 <= slot < hw and 1 <= infos[slot][0] <= CLASS_COUNT
+                        and within % CLASS_SIZES[infos[slot][0] - 1] == 0):
+                    problems.append(f"{where} points at offset {off}, not a sub-slot of a record slot")
+                    continue
+                if off in indexed:
+                    problems.append(f"the record at {off} is indexed twice")
+                indexed[off] = fp
+                state, _, _, _, _, _, klen, _ = _unpack_record(mm, off)
+                if state != STATE_LIVE:
+                    problems.append(f"{where} points at a record that is not LIVE")
+                elif not self.is_intact(off):
+                    problems.append(f"the record at offset {off} fails its checksum")
+                elif self.fingerprint(bytes(mm[off + KEY_OFFSET:off + KEY_OFFSET + klen])) != fp:
+                    problems.append(f"{where} has a fingerprint that is not its key's")
+            if count != infos[segment][2]:
+                problems.append(f"segment {segment} counts {infos[segment][2]} entries, holds {count}")
+        # 3. records and bitmaps; 4. lists and pool
         live = ttl = 0
         next_expiry = math.inf
-        for slot in range(self.slot_count):
-            off = base + slot * SLOT_STRIDE
-            state = _U32.unpack_from(mm, off)[0]
-            if state == STATE_LIVE:
-                if slot >= self.high_water:
-                    problems.append(f"slot {slot} is LIVE at or past high_water {self.high_water}")
-                if slot not in indexed:
-                    problems.append(f"slot {slot} is LIVE but not in the table")
-                live += 1
-                expires = SLOT_HEADER.unpack_from(mm, off)[4]
-                if expires:
-                    ttl += 1
-                    next_expiry = min(next_expiry, expires)
-            elif state != STATE_FREE:
-                problems.append(f"slot {slot} has state {state:#x} outside a batch")
-        free, seen, slot_plus_one = 0, set(), self.free_head
-        while slot_plus_one:
-            slot = slot_plus_one - 1
-            if slot in seen or slot >= self.high_water:
-                problems.append(f"the free list loops or runs past high_water at slot {slot}")
+        partial: list[set[int]] = [set() for _ in range(CLASS_COUNT)]
+        for slot in range(hw):
+            kind, _, used, _, _, bitmap = infos[slot]
+            if not 1 <= kind <= CLASS_COUNT:
+                continue
+            cls = kind - 1
+            bits = int.from_bytes(bitmap, "little")
+            if bin(bits).count("1") != used or not used:
+                problems.append(f"slot {slot} says {used} sub-slots are taken, its bitmap {bin(bits).count('1')}")
+            if used < PER_SLOT[cls]:
+                partial[cls].add(slot)
+            for index in range(PER_SLOT[cls]):
+                off = self._slots_offset + slot * SLOT_SIZE + index * CLASS_SIZES[cls]
+                state, _, _, seq, expires, _, _, _ = _unpack_record(mm, off)
+                taken = bool(bits >> index & 1)
+                is_live = state == STATE_LIVE and seq >= self.floor_seq and self.is_intact(off)
+                if state == STATE_PENDING and seq >= self.floor_seq and taken:
+                    problems.append(f"the record at offset {off} is PENDING outside a batch")
+                elif taken and state != STATE_LIVE:
+                    problems.append(f"slot {slot} marks sub-slot {index} taken, it is not LIVE")
+                elif is_live and not taken:
+                    problems.append(f"the LIVE record at offset {off} is not marked taken")
+                if taken and state == STATE_LIVE:
+                    live += 1
+                    if off not in indexed:
+                        problems.append(f"the LIVE record at offset {off} is not in the table")
+                    if expires:
+                        ttl += 1
+                        next_expiry = min(next_expiry, expires)
+        for cls in range(CLASS_COUNT):
+            seen: list[int] = []
+            prev, head = 0, slots.heads[cls]
+            while head:
+                slot = head - 1
+                if slot >= hw or slot in seen:
+                    problems.append(f"class {CLASS_SIZES[cls]}'s partial list loops or leaves the file")
+                    break
+                kind, _, _, back, nxt, _ = infos[slot]
+                if kind != cls + 1 or back != prev:
+                    problems.append(f"slot {slot} on class {CLASS_SIZES[cls]}'s partial list is "
+                                    f"of kind {kind} or links back to {back - 1}")
+                seen.append(slot)
+                prev, head = head, nxt
+            if set(seen) != partial[cls] and PER_SLOT[cls] > 1:
+                problems.append(f"class {CLASS_SIZES[cls]}'s partial list holds {sorted(seen)[:5]}, "
+                                f"its slots with free sub-slots are {sorted(partial[cls])[:5]}")
+        pooled: set[int] = set()
+        head = slots.pool_head
+        while head:
+            slot = head - 1
+            if slot >= hw or slot in pooled:
+                problems.append(f"the pool loops or runs past high_water at slot {slot}")
                 break
-            seen.add(slot)
-            state, slot_plus_one = _FREE.unpack_from(mm, base + slot * SLOT_STRIDE)
-            if state != STATE_FREE:
-                problems.append(f"slot {slot} is on the free list but not FREE")
-            free += 1
-        if free + live != self.high_water:
-            problems.append(f"{free} free + {live} live slots != high_water {self.high_water}")
+            if infos[slot][0] != KIND_FREE:
+                problems.append(f"slot {slot} is on the pool but of kind {infos[slot][0]}")
+            pooled.add(slot)
+            head = infos[slot][4]
+        if len(pooled) != slots.pool_count:
+            problems.append(f"pool_count is {slots.pool_count}, the pool holds {len(pooled)}")
+        for slot in range(hw):
+            if infos[slot][0] == KIND_FREE and slot not in pooled:
+                problems.append(f"slot {slot} is free but not on the pool")
+        if len(indexed) != live:
+            problems.append(f"{len(indexed)} table entries for {live} LIVE records")
         if live != self.live_count:
-            problems.append(f"live_count is {self.live_count}, the slots hold {live}")
+            problems.append(f"live_count is {self.live_count}, the records hold {live}")
         if ttl != self.ttl_count:
-            problems.append(f"ttl_count is {self.ttl_count}, the slots hold {ttl}")
+            problems.append(f"ttl_count is {self.ttl_count}, the records hold {ttl}")
         if next_expiry < self.next_expiry:
-            problems.append(f"next_expiry {self.next_expiry} is after an entry's expiry {next_expiry}")
+            problems.append(f"next_expiry {self.next_expiry} is after a record's expiry {next_expiry}")
         return problems

@@ -12,24 +12,31 @@ in unix seconds):
 ``path``                 absolute path of the store file
 ``format_version``       the superblock's format version
 ``clean_close``          true if the last holder closed the file cleanly; false after a
-                         crash (the next writer will rebuild the table from the slots)
+                         crash (the next writer rebuilds the table and slot info from
+                         the records; until then the figures below may be stale)
 ``now``                  the time expiries were judged against
 ``file_size``            bytes in the file now
 ``max_size``             the file's ceiling, fixed at creation
 ``file_used_percent``    ``file_size`` as a percentage of ``max_size``
-``slot_size``            the largest value a slot holds (16,384)
-``slot_stride``          bytes a slot takes in the file, header included
+``slot_size``            bytes a slot takes in the file (the unit of the file)
+``max_value_bytes``      the largest value a key can hold (16,384)
 ``capacity``             slots in the file now
 ``max_capacity``         slots the file holds at its ceiling
-``high_water``           slots below this index have been used at least once
-``live_keys``            committed entries that have not expired
-``expired_keys``         committed entries past their expiry, not yet reclaimed
-``free_slots``           slots never used (at or past ``high_water``)
-``deleted_slots``        slots below ``high_water`` that are free again
-``pending_slots``        slots of a batch that never committed (only after a crash)
-``table_capacity``       positions in the on-disk hash table
+``high_water``           slots below this index have been used since the last clear
+``record_slots``         slots split into sub-slots of one class (or holding one record)
+``segment_slots``        slots holding the hash table's segments
+``free_slots``           slots any class or the table can take: on the pool, or never used
+``live_keys``            committed records that have not expired
+``expired_keys``         committed records past their expiry, not yet reclaimed
+``pending_records``      records of a batch that never committed (only after a crash)
+``classes``              one object per sub-slot size that holds a slot: ``size``,
+                         ``per_slot``, ``slots``, ``used`` and ``free`` sub-slots, ``fill``
+                         (used / (used + free))
+``table_depth``          the directory's global depth: it has 2**depth entries
+``table_segments``       segments (2,048 positions each)
+``table_capacity``       positions in the table
 ``table_entries``        occupied positions
-``load_factor``          ``table_entries / table_capacity`` (at most 0.5 by design)
+``load_factor``          ``table_entries / table_capacity``
 ``probe_mean``           mean probe length of the entries (null when there are none);
                          an entry's probe length is its Robin Hood distance from home + 1
 ``probe_max``            longest probe length (null when there are none)
@@ -43,14 +50,15 @@ in unix seconds):
 ``keys_with_ttl``        live keys that carry an expiry
 ``next_expiry``          the earliest expiry among live keys (null if none)
 ``bad_expiries``         live keys whose expiry is not a finite time (NaN or infinite,
-                         which no mmapkv writes: a damaged slot, ``mmapkv verify`` says
+                         which no mmapkv writes: a damaged record, ``mmapkv verify`` says
                          which); counted in ``live_keys`` and ``keys_with_ttl`` too, but
                          not in ``next_expiry``
 
-``live_keys + expired_keys + free_slots + deleted_slots + pending_slots == capacity``.
+``record_slots + segment_slots + free_slots == capacity``; ``live_keys + expired_keys +
+pending_records`` is the sum of the classes' ``used``.
 
-Cost: one pass over the slot headers and one over the table, O(capacity + table_capacity);
-values are not read.
+Cost: one pass over the slot info, the taken sub-slots' headers and the table's segments,
+O(capacity + records); values are not read.
 """
 
 from __future__ import annotations
@@ -70,15 +78,19 @@ from typing import Any, TextIO
 from .engine import Engine
 from .errors import MmapKVError
 from .format import (
-    FINGERPRINT_SHIFT,
+    CLASS_COUNT,
+    CLASS_SIZES,
+    KIND_SEGMENT,
     MAX_VALUE_BYTES,
-    SLOT_HEADER,
-    SLOT_STRIDE,
-    STATE_FREE,
+    RECORD_HEADER,
+    SEGMENT_ENTRIES,
+    SLOT_SIZE,
     STATE_LIVE,
     STATE_PENDING,
     VERSION,
 )
+from .slots import PER_SLOT
+from .table import HOME_OF_ENTRY, SEGMENT_MASK
 from .store import default_path
 
 __all__ = ["collect", "render", "main", "ProgressBar", "describe_error", "run_tool",
@@ -136,48 +148,67 @@ def _probe_buckets(longest: int) -> list[tuple[int, int]]:
 
 
 def _report(engine: Engine, now: float, progress: Progress | None) -> dict[str, Any]:
-    g = engine.geometry
-    mm = engine._mm
-    assert mm is not None
-    base, capacity = g.slots_offset, engine.slot_count
-    live = expired = pending = free_below = 0
-    last_used = 0  # after a crash the superblock's high_water may be stale: trust the slots
+    """The figures, read defensively: a file that was not closed cleanly may hold stale
+    slot info and table entries (recovery, which a read-only open does not run, would
+    rebuild them), and a damaged one anything at all."""
+    g, slots, mm = engine.geometry, engine.slots, engine._mm
+    capacity = engine.slot_count
+    high_water = min(slots.high_water, capacity)
+    live = expired = pending = 0
     value_sizes: list[int] = []
     ttl_keys = bad_expiries = 0
     next_expiry = math.inf
-    unpack = SLOT_HEADER.unpack_from
-    for slot in range(capacity):
+    classes: dict[int, list[int]] = {}
+    segments = record_slots = 0
+    for slot in range(high_water):
         if progress is not None and slot % _PROGRESS_EVERY == 0:
             progress(slot, capacity)
-        state, _, _, _, expires, vlen, _, _, _ = unpack(mm, base + slot * SLOT_STRIDE)
-        if state == STATE_FREE:
-            free_below += 1
+        kind, _, used, _, _, bitmap = slots.info(slot)
+        if kind == KIND_SEGMENT:
+            segments += 1
             continue
-        last_used = slot + 1
-        if state == STATE_LIVE:
-            if expires and expires <= now:
-                expired += 1
-                continue
-            live += 1
-            value_sizes.append(vlen)
-            if expires:
-                ttl_keys += 1
-                if math.isfinite(expires):
-                    next_expiry = min(next_expiry, expires)
-                else:  # only damage writes these; JSON has no NaN or infinity
-                    bad_expiries += 1
-        elif state == STATE_PENDING:
-            pending += 1
+        if not 1 <= kind <= CLASS_COUNT:
+            continue
+        record_slots += 1
+        cls = kind - 1
+        size = CLASS_SIZES[cls]
+        bits = int.from_bytes(bitmap, "little") & ((1 << PER_SLOT[cls]) - 1)
+        taken = bin(bits).count("1")
+        entry = classes.setdefault(cls, [0, 0])
+        entry[0] += 1
+        entry[1] += taken
+        base = g.slots_offset + slot * SLOT_SIZE
+        while bits:
+            low = bits & -bits
+            bits ^= low
+            state, _, _, _, expires, vlen, _, _ = RECORD_HEADER.unpack_from(mm, base + (low.bit_length() - 1) * size)
+            if state == STATE_PENDING:
+                pending += 1
+            elif state == STATE_LIVE:
+                if expires and expires <= now:
+                    expired += 1
+                    continue
+                live += 1
+                value_sizes.append(vlen)
+                if expires:
+                    ttl_keys += 1
+                    if math.isfinite(expires):
+                        next_expiry = min(next_expiry, expires)
+                    else:  # only damage writes these; JSON has no NaN or infinity
+                        bad_expiries += 1
     if progress is not None:
         progress(capacity, capacity)
-    high_water = max(engine.high_water, last_used)
-    free_slots = capacity - high_water  # FREE slots past the high-water mark: never used
-    deleted = free_below - free_slots
 
     # Probe lengths straight from the on-disk table: distance from home + 1.
-    mask = g.table_capacity - 1
-    probes = [((i - (e >> FINGERPRINT_SHIFT)) & mask) + 1
-              for i, e in enumerate(engine._table.tolist()) if e]
+    probes: list[int] = []
+    q = engine._q
+    for segment in engine.table.segments():
+        if not 0 <= segment < capacity:
+            continue
+        base = engine.table.base(segment)
+        probes += [((i - (e >> HOME_OF_ENTRY)) & SEGMENT_MASK) + 1
+                   for i, e in enumerate(q[base:base + SEGMENT_ENTRIES].tolist()) if e]
+    table_capacity = segments * SEGMENT_ENTRIES
     value_sizes.sort()
     return {
         "path": engine.path,
@@ -187,19 +218,26 @@ def _report(engine: Engine, now: float, progress: Progress | None) -> dict[str, 
         "file_size": engine.file_size,
         "max_size": g.max_size,
         "file_used_percent": round(100 * engine.file_size / g.max_size, 2),
-        "slot_size": MAX_VALUE_BYTES,
-        "slot_stride": SLOT_STRIDE,
+        "slot_size": SLOT_SIZE,
+        "max_value_bytes": MAX_VALUE_BYTES,
         "capacity": capacity,
         "max_capacity": g.max_slots,
         "high_water": high_water,
+        "record_slots": record_slots,
+        "segment_slots": segments,
+        "free_slots": capacity - record_slots - segments,
         "live_keys": live,
         "expired_keys": expired,
-        "free_slots": free_slots,
-        "deleted_slots": deleted,
-        "pending_slots": pending,
-        "table_capacity": g.table_capacity,
+        "pending_records": pending,
+        "classes": [{"size": CLASS_SIZES[cls], "per_slot": PER_SLOT[cls], "slots": n, "used": used,
+                     "free": n * PER_SLOT[cls] - used,
+                     "fill": round(used / (n * PER_SLOT[cls]), 3)}
+                    for cls, (n, used) in sorted(classes.items())],
+        "table_depth": engine.table.depth,
+        "table_segments": segments,
+        "table_capacity": table_capacity,
         "table_entries": len(probes),
-        "load_factor": len(probes) / g.table_capacity,
+        "load_factor": round(len(probes) / table_capacity, 4) if table_capacity else 0.0,
         "probe_mean": round(sum(probes) / len(probes), 3) if probes else None,
         "probe_max": max(probes) if probes else None,
         "probe_histogram": _histogram(probes, _probe_buckets(max(probes, default=0))),
@@ -249,16 +287,21 @@ def render(r: dict[str, Any]) -> str:
          "NOT clean (a crash?): the next writer rebuilds the table from the slots"),
         ("file size", f"{_bytes(r['file_size'])} ({r['file_size']:,} bytes) of a "
                       f"{_bytes(r['max_size'])} ceiling ({r['file_used_percent']:g}% used)"),
-        ("slot size", f"{r['slot_size']:,} bytes of value ({r['slot_stride']:,} with header and padding)"),
-        ("capacity", f"{r['capacity']:,} slots now, {r['max_capacity']:,} at the ceiling"),
+        ("slots", f"{r['capacity']:,} now, {r['max_capacity']:,} at the ceiling, of "
+                  f"{r['slot_size']:,} bytes: {r['record_slots']:,} records, {r['segment_slots']:,} "
+                  f"table, {r['free_slots']:,} free"),
         ("live keys", f"{r['live_keys']:,}"),
-        ("expired keys", f"{r['expired_keys']:,} not yet reclaimed"),
-        ("free slots", f"{r['free_slots']:,} never used, {r['deleted_slots']:,} deleted"
-                       + (f", {r['pending_slots']:,} of an uncommitted batch" if r["pending_slots"] else "")),
-        ("load factor", f"{r['load_factor']:.3g} ({r['table_entries']:,} of "
-                        f"{r['table_capacity']:,} table positions used)"),
+        ("expired keys", f"{r['expired_keys']:,} not yet reclaimed"
+                         + (f", {r['pending_records']:,} of an uncommitted batch" if r["pending_records"] else "")),
+        ("hash table", f"{r['table_segments']:,} segments, depth {r['table_depth']}, load "
+                       f"{r['load_factor']:.3g} ({r['table_entries']:,} of {r['table_capacity']:,} "
+                       "positions)"),
     ]
     out = [f"{name:<16} {text}" for name, text in lines]
+    if r["classes"]:
+        out.append(f"{'sub-slots':<16} {'size':>7} {'slots':>8} {'used':>10} {'free':>10}  fill")
+        out += [f"{'':<16} {c['size']:>7,} {c['slots']:>8,} {c['used']:>10,} {c['free']:>10,}  "
+                f"{100 * c['fill']:.0f}%" for c in r["classes"]]
     if r["probe_max"] is None:
         out.append(f"{'probe length':<16} - (no entries)")
     else:

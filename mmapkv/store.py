@@ -16,7 +16,7 @@ import platformdirs
 from xxhash import xxh3_64_intdigest
 
 from . import codec
-from .engine import CLEAN_FAILURES, DamagedEntry, Engine, fingerprint
+from .engine import CLEAN_FAILURES, DamagedEntry, Engine
 from .tempfiles import remove_abandoned
 from .errors import (
     CorruptStoreError,
@@ -29,7 +29,19 @@ from .errors import (
     StoreClosedError,
     StoreFullError,
 )
-from .format import FINGERPRINT_SHIFT, MAX_FILE_SIZE, MAX_VALUE_BYTES, SLOT_STRIDE, STATE_PENDING, VERSION, Geometry
+from .format import (
+    CLASS_SIZES,
+    FINGERPRINT_SHIFT,
+    KEY_OFFSET,
+    MAX_FILE_SIZE,
+    MAX_VALUE_BYTES,
+    SEGMENT_ENTRIES,
+    SLOT_SIZE,
+    STATE_PENDING,
+    VERSION,
+    Geometry,
+    class_for,
+)
 
 __all__ = ["Store", "StoreStats", "default_path", "MAX_KEY_LENGTH", "MAX_TTL"]
 
@@ -81,14 +93,16 @@ class StoreStats:
     format_version: int
     file_size: int
     max_size: int
-    slot_size: int            #: largest value a slot holds
-    slot_stride: int          #: bytes a slot takes in the file, header included
+    slot_size: int            #: bytes a slot takes in the file (the unit of the file)
+    max_value_bytes: int      #: largest value a key can hold
     capacity: int             #: slots in the file now
     max_capacity: int         #: slots the file holds at its ceiling
+    free_slots: int           #: slots any class or the table can take without growing
     live_keys: int            #: unexpired keys (what ``len()`` says)
     keys_with_ttl: int
-    table_capacity: int
-    load_factor: float        #: stored entries / table positions (at most 0.5)
+    table_segments: int
+    table_capacity: int       #: positions in the hash table (2,048 per segment)
+    load_factor: float        #: stored entries / table positions
     durable: bool
 
 
@@ -160,6 +174,8 @@ class Store:
         self._lock = threading.Lock()
         self._engine = Engine(self._path, max_size=max_size, durable=bool(durable),
                               lock_timeout=float(lock_timeout))
+        # Keys hash with the file's own seed; compact keeps it, so it never changes.
+        self._seed = self._engine.seed
         self._pid = os.getpid()
         _OPEN_STORES.add(self)
 
@@ -228,13 +244,22 @@ class Store:
         engine._release()
         return new
 
-    def _dropped(self, engine: Engine, damaged: DamagedEntry, key: str) -> CorruptStoreError:
-        """Drop a damaged entry (recovery frees every slot that fails its checksum), so
-        that ``in``, ``len`` and ``keys`` agree with ``read``, and say so."""
+    def _dropped(self, engine: Engine, damaged: DamagedEntry, key: str, kb: bytes,
+                 fp: int) -> tuple[memoryview, int, float] | None:
+        """A damaged entry was found: recover (which frees every record that fails its
+        checksum and rebuilds the table), so that ``in``, ``len`` and ``keys`` agree with
+        ``read``.  If the damage was in the table only, the key is there again: return it;
+        else raise ``CorruptStoreError``."""
         with engine.change():
             engine.recover()
-        return CorruptStoreError(
-            f"{self._path}: the entry of key {key!r} fails its checksum (slot {damaged.slot}) "
+        try:
+            found = engine.get(kb, fp)
+        except DamagedEntry:
+            found = None
+        if found is not None:
+            return found
+        raise CorruptStoreError(
+            f"{self._path}: the entry of key {key!r} fails its checksum (offset {damaged.offset}) "
             "and was dropped: its value is lost; `mmapkv verify` checks the rest of the file")
 
     def close(self) -> None:
@@ -293,7 +318,7 @@ class Store:
                 kb = _key_bytes(key)
         else:
             kb = _key_bytes(key)
-        fp = _xxh3(kb) >> FINGERPRINT_SHIFT
+        fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
         # `with`, not acquire() and try: an interrupt between those two would keep the lock.
         with self._lock:
             engine = self._engine
@@ -302,7 +327,7 @@ class Store:
             try:
                 found = engine.get(kb, fp)
             except DamagedEntry as damaged:
-                raise self._dropped(engine, damaged, key) from None
+                found = self._dropped(engine, damaged, key, kb, fp)
             if found is None:
                 raise KeyNotFoundError(f"key {key!r} is not in {self._path}")
             data, flags, expires = found
@@ -337,13 +362,13 @@ class Store:
         and a damaged entry raises ``CorruptStoreError`` (and is dropped).
         """
         kb = _key_bytes(key)
-        fp = fingerprint(kb)
+        fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
         with self._lock:
             engine = self._use()
             try:
                 found = engine.get(kb, fp)
             except DamagedEntry as damaged:
-                raise self._dropped(engine, damaged, str(key)) from None
+                found = self._dropped(engine, damaged, str(key), kb, fp)
             return found is not None and (not found[2] or self._clock() < found[2])
 
     def __len__(self) -> int:
@@ -371,8 +396,8 @@ class Store:
             now = self._clock() if engine.ttl_count else 0.0
             keys = []
             damaged = 0
-            for slot, _, expires, key in engine.iter_slots():
-                if not (engine.is_indexed(slot, key) and engine.is_intact(slot)):
+            for off, _, expires, key in engine.iter_records():
+                if not (engine.is_indexed(off, key) and engine.is_intact(off)):
                     damaged += 1
                 elif not expires or now < expires:
                     keys.append(key.decode("utf-8"))  # it hashed to a stored key: UTF-8
@@ -397,12 +422,15 @@ class Store:
             engine = self._use()
             self._reclaim_expired(engine)
             g = engine.geometry
+            table_capacity = engine.table.segment_count * SEGMENT_ENTRIES
             return StoreStats(
                 path=self._path, format_version=VERSION, file_size=engine.file_size,
-                max_size=g.max_size, slot_size=MAX_VALUE_BYTES, slot_stride=SLOT_STRIDE,
-                capacity=engine.slot_count, max_capacity=g.max_slots, live_keys=engine.live_count,
-                keys_with_ttl=engine.ttl_count, table_capacity=g.table_capacity,
-                load_factor=engine.live_count / g.table_capacity, durable=engine.durable)
+                max_size=g.max_size, slot_size=SLOT_SIZE, max_value_bytes=MAX_VALUE_BYTES,
+                capacity=engine.slot_count, max_capacity=g.max_slots,
+                free_slots=engine.slots.free_slots(), live_keys=engine.live_count,
+                keys_with_ttl=engine.ttl_count, table_segments=engine.table.segment_count,
+                table_capacity=table_capacity, load_factor=engine.live_count / table_capacity,
+                durable=engine.durable)
 
     def verify(self) -> list[str]:
         """Walk the whole file and return every broken invariant (empty list: all good).
@@ -430,7 +458,7 @@ class Store:
         data, flags = _encode(value)
         if ttl is not None:
             ttl = _check_ttl(ttl)
-        fp = fingerprint(kb)
+        fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
         with self._lock:
             engine = self._use()
             index = engine.find(kb, fp)
@@ -442,8 +470,7 @@ class Store:
             with engine.change():
                 if index >= 0:
                     engine.remove(index)
-                if engine.live_count >= engine.slot_count:
-                    self._make_room(engine, 1)
+                self._make_room(engine, [KEY_OFFSET + len(kb) + len(data)], [fp])
                 engine.insert(kb, fp, data, flags, now + ttl if ttl is not None else 0.0)
 
     def delete(self, key: str) -> None:
@@ -453,7 +480,7 @@ class Store:
         :raises InvalidKeyError: *key* is not a valid key.
         """
         kb = _key_bytes(key)
-        fp = fingerprint(kb)
+        fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
         with self._lock:
             engine = self._use()
             index = engine.find(kb, fp)
@@ -505,7 +532,7 @@ class Store:
                 raise KeyExistsError(f"key {key!r} appears twice in the batch")
             seen.add(kb)
             data, flags = _encode(value)
-            prepared.append((key, kb, fingerprint(kb), data, flags, item_ttl))
+            prepared.append((key, kb, _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT, data, flags, item_ttl))
         with self._lock:
             engine = self._use()
             if not prepared:
@@ -522,13 +549,15 @@ class Store:
             with engine.change():
                 for kb, fp in expired:
                     engine.remove(engine.find(kb, fp))
-                self._make_room(engine, len(prepared))
+                self._make_room(engine, [KEY_OFFSET + len(kb) + len(data) for _, kb, _, data, _, _ in prepared],
+                                [fp for _, _, fp, _, _, _ in prepared])
                 seq = engine.begin_batch()
-                written: list[tuple[int, int]] = []
+                written: list[tuple[int, int, int]] = []
                 try:
                     for _, kb, fp, data, flags, t in prepared:
                         expires = now + t if t is not None else 0.0
-                        written.append((engine.insert(kb, fp, data, flags, expires, STATE_PENDING, seq), fp))
+                        off = engine.write_record(kb, data, flags, expires, STATE_PENDING, seq)
+                        written.append((off, fp, -1))
                 except CLEAN_FAILURES:  # a full disk: give the slots back, change nothing
                     engine.abort_batch(written)
                     raise
@@ -541,15 +570,21 @@ class Store:
             with engine.change():
                 engine.sweep(self._clock())
 
-    def _make_room(self, engine: Engine, needed: int) -> None:
-        """Ensure *needed* free slots: reclaim expired entries, then grow the file."""
-        if engine.free_slots() >= needed:
+    def _make_room(self, engine: Engine, record_sizes: list[int], fps: list[int]) -> None:
+        """Ensure room for new records of these sizes (and their table entries): grow the
+        file, else reclaim expired entries, else raise ``StoreFullError``."""
+        if engine.room_for(record_sizes, fps):
             return
         self._reclaim_expired(engine)
+        if engine.room_for(record_sizes, fps):
+            return
         g = engine.geometry
-        if engine.live_count + needed > g.max_slots:
-            raise StoreFullError(
-                f"{self._path} is full: {engine.live_count:,} keys in {g.max_slots:,} slots at "
-                f"its {g.max_size:,}-byte ceiling; delete keys to make room for {needed:,} more")
-        while engine.free_slots() < needed:
-            engine.grow()
+        classes = sorted({CLASS_SIZES[class_for(size)] for size in record_sizes})
+        free_elsewhere = sum(free for size, (_, _, free) in engine.class_usage().items()
+                             if size not in classes)
+        raise StoreFullError(
+            f"{self._path} is full: {engine.live_count:,} keys in {engine.slot_count:,} slots at "
+            f"its {g.max_size:,}-byte ceiling, and no free slot or {'/'.join(map(str, classes))}-byte "
+            f"sub-slot for {len(record_sizes):,} more"
+            + (f" ({free_elsewhere:,} sub-slots of other sizes are free: `mmapkv compact` "
+               "repacks them)" if free_elsewhere else "") + "; delete keys to make room")

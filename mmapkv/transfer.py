@@ -1,11 +1,12 @@
 """Whole-store operations behind the command line: dump, restore, compact, slot checks.
 
 They live in the package so they may use ``Store`` internals: each runs under the store's
-lock, reads slots straight from the map (the slots are the truth; the table is an index)
-and writes through the engine, so a dump keeps every value's exact JSON bytes and a
-restore keeps each entry's absolute expiry.
+lock, reads records straight from the map (the records are the truth; the table is an
+index) and writes through the engine, so a dump keeps every value's exact JSON bytes and a
+restore keeps each entry's absolute expiry.  ``convert_v2`` turns a store of format
+version 2 into the current format (``mmapkv compact`` runs it).
 
-The dump format is JSON Lines, one entry per line, in slot order::
+The dump format is JSON Lines, one entry per line, in file order::
 
     {"key":"user:1","value":{"name":"Ada"},"expires_at":1700000060.0}
     {"key":"config","value":{"debug":false},"expires_at":null}
@@ -21,15 +22,15 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
 from xxhash import xxh3_64_intdigest
 
 from . import codec
-from .engine import Engine, create_file, fingerprint
-from .tempfiles import remove_abandoned, temporary_path
+from .engine import Engine, create_file
 from .errors import (
     CorruptStoreError,
     InvalidKeyError,
@@ -37,23 +38,28 @@ from .errors import (
     InvalidValueError,
     KeyExistsError,
     MmapKVError,
+    StoreFullError,
+    StoreLockedError,
 )
 from .format import (
     BODY_OFFSET,
     KEY_OFFSET,
+    MAX_FILE_SIZE,
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
-    SLOT_HEADER,
-    SLOT_STRIDE,
+    RECORD_HEADER,
     STATE_LIVE,
     STATE_PENDING,
-    VALUE_OFFSET,
+    Geometry,
 )
+from .legacy import read_v2
+from .locking import lock_file
 from .store import MAX_TTL, Store, _key_bytes
+from .tempfiles import remove_abandoned, temporary_path
 
 __all__ = [
     "Entry", "DumpResult", "RestoreResult", "InvalidDumpError",
-    "dump", "restore", "compact", "check_slots", "loads",
+    "dump", "restore", "compact", "convert_v2", "check_records", "loads",
 ]
 
 Progress = Callable[[int, int], None]
@@ -68,9 +74,9 @@ class InvalidDumpError(MmapKVError, ValueError):
 
 @dataclass(frozen=True)
 class Entry:
-    """One committed slot, read straight from the map after its checksum was checked."""
+    """One committed record, read straight from the map after its checksum was checked."""
 
-    slot: int
+    offset: int        #: where the record is in the file
     key: bytes
     data: bytes        #: the value's compact UTF-8 JSON text, exactly as stored
     flags: int         #: codec flags (``format.CODEC_STDLIB``)
@@ -97,22 +103,21 @@ def _engine(store: Store) -> Engine:
     return store._use()
 
 
-def _read_slot(engine: Engine, slot: int) -> Entry | str | None:
-    """The entry in *slot* if it is LIVE and intact, a sentence if it is LIVE and broken,
+def _read_record(engine: Engine, off: int) -> Entry | str | None:
+    """The record at *off* if it is LIVE and intact, a sentence if it is LIVE and broken,
     None if it is not LIVE."""
     mm, view = engine._mm, engine._view
-    assert mm is not None
-    off = engine._slots_offset + slot * SLOT_STRIDE
-    state, _, checksum, seq, expires, vlen, klen, flags, _ = SLOT_HEADER.unpack_from(mm, off)
+    state, _, checksum, seq, expires, vlen, klen, flags = RECORD_HEADER.unpack_from(mm, off)
     if state != STATE_LIVE:
         return None
-    end = off + VALUE_OFFSET + vlen
-    if vlen > MAX_VALUE_BYTES or xxh3_64_intdigest(view[off + BODY_OFFSET:end]) != checksum:
-        return f"slot {slot} fails its checksum"  # Engine.check's words, so the two merge
-    if not 1 <= klen <= MAX_KEY_BYTES:
-        return f"slot {slot} has a key length of {klen}, outside 1 to {MAX_KEY_BYTES}"
-    return Entry(slot, bytes(mm[off + KEY_OFFSET:off + KEY_OFFSET + klen]),
-                 bytes(mm[off + VALUE_OFFSET:end]), flags, expires, seq)
+    end = off + KEY_OFFSET + klen + vlen
+    if vlen > MAX_VALUE_BYTES or klen > MAX_KEY_BYTES or \
+            xxh3_64_intdigest(view[off + BODY_OFFSET:end], off) != checksum:
+        return f"the record at offset {off} fails its checksum"  # Engine.check's words
+    if not klen:
+        return f"the record at offset {off} has an empty key"
+    return Entry(off, bytes(mm[off + KEY_OFFSET:off + KEY_OFFSET + klen]),
+                 bytes(mm[off + KEY_OFFSET + klen:end]), flags, expires, seq)
 
 
 def _skipper(skip_corrupt: bool, on_skip: Callable[[str], None] | None,
@@ -131,12 +136,16 @@ def _skipper(skip_corrupt: bool, on_skip: Callable[[str], None] | None,
 
 def _entries(engine: Engine, skip: Callable[[str], None] | None,
              progress: Progress | None, total: int) -> Iterator[Entry]:
-    """Every intact LIVE entry below high_water, in slot order.  A broken one raises
-    ``CorruptStoreError``, or with *skip* given, is passed over after ``skip(problem)``."""
-    for slot in range(engine.high_water):
-        if progress is not None and slot % _PROGRESS_EVERY == 0:
+    """Every intact LIVE record, in file order.  A broken one raises
+    ``CorruptStoreError``, or with *skip* given, is passed over after ``skip(problem)``.
+    *progress* counts slots."""
+    done = 0
+    for off, _, _, _ in engine.iter_records():
+        slot = engine.slot_of(off)
+        if progress is not None and slot - done >= _PROGRESS_EVERY:
+            done = slot
             progress(slot, total)
-        got = _read_slot(engine, slot)
+        got = _read_record(engine, off)
         if got is None:
             continue
         if isinstance(got, str):
@@ -179,7 +188,7 @@ def dump(store: Store, out: IO[str], *, skip_corrupt: bool = False,
     with store._lock:
         engine = _engine(store)
         now = store._clock()
-        total = engine.high_water
+        total = engine.slots.high_water
         for entry in _entries(engine, skip, progress, total):
             if entry.expires_at and entry.expires_at <= now:
                 expired += 1
@@ -284,8 +293,9 @@ def restore(store: Store, source: IO[bytes], *, skip_existing: bool = False,
     now = store._clock()
     # Pass 1: validate everything and learn the keys, before touching the store.
     lines: dict[bytes, int] = {}
+    sizes: dict[bytes, int] = {}  # record sizes, for the room check
     expired = 0
-    for number, key, kb, _, _, expires in _parse(source, name, progress, 0, total):
+    for number, key, kb, data, _, expires in _parse(source, name, progress, 0, total):
         if expires and expires <= now:
             expired += 1
             continue
@@ -295,17 +305,18 @@ def restore(store: Store, source: IO[bytes], *, skip_existing: bool = False,
         if kb in lines:
             raise KeyExistsError(f"{name} line {number}: key {key!r} appeared already on line {lines[kb]}")
         lines[kb] = number
+        sizes[kb] = KEY_OFFSET + len(kb) + len(data)
     with store._lock:
         engine = _engine(store)
         skip: set[bytes] = set()
+        expired_names: list[int] = []
         for kb, number in lines.items():
-            fp = fingerprint(kb)
-            index = engine.find(kb, fp)
-            if index < 0:
+            position = engine.find(kb, engine.fingerprint(kb))
+            if position < 0:
                 continue
-            old_expiry = engine.expires_at(index)
+            old_expiry = engine.expires_at(position)
             if old_expiry and old_expiry <= now:
-                engine.remove(index)  # expired: its name is free again, as in Store.create
+                expired_names.append(number)  # its name is free again, as in Store.create
             elif skip_existing:
                 skip.add(kb)
             else:
@@ -315,13 +326,18 @@ def restore(store: Store, source: IO[bytes], *, skip_existing: bool = False,
         needed = len(lines) - len(skip)
         failure: MmapKVError | None = None
         with engine.change():
+            for kb, number in lines.items():
+                if number in expired_names:
+                    engine.remove(engine.find(kb, engine.fingerprint(kb)))
             if needed:
-                store._make_room(engine, needed)
+                kept = [kb for kb in lines if kb not in skip]
+                store._make_room(engine, [sizes[kb] for kb in kept],
+                                 [engine.fingerprint(kb) for kb in kept])
             # Pass 2: write PENDING slots of one batch, then commit them with one write,
             # exactly as Store.batch_create does: a crash before the commit drops them all,
             # and so does an interrupt (the change stays open; the next use repairs).
             seq = engine.begin_batch()
-            written: list[tuple[int, int]] = []
+            written: list[tuple[int, int, int]] = []
             try:
                 source.seek(start)
                 for number, key, kb, data, flags, expires in _parse(source, name, progress, size, total):
@@ -329,8 +345,8 @@ def restore(store: Store, source: IO[bytes], *, skip_existing: bool = False,
                         continue
                     if lines.get(kb) != number:
                         raise InvalidDumpError(f"{name} changed while it was being restored; nothing was restored")
-                    fp = fingerprint(kb)
-                    written.append((engine.insert(kb, fp, data, flags, expires, STATE_PENDING, seq), fp))
+                    off = engine.write_record(kb, data, flags, expires, STATE_PENDING, seq)
+                    written.append((off, engine.fingerprint(kb), -1))
                 if len(written) != needed:
                     raise InvalidDumpError(f"{name} changed while it was being restored; nothing was restored")
             except MmapKVError as exc:  # bad input or a full disk: give the slots back
@@ -354,10 +370,11 @@ def compact(store: Store, *, skip_corrupt: bool = False,
     """Rewrite *store* into the smallest file that holds its unexpired keys.
 
     Expired and deleted entries are dropped; every live key keeps its value bytes and
-    absolute expiry.  Crash-safe: the new file is built, locked and synced under a
-    temporary name in the same directory, then renamed over the old one with
-    ``os.replace``, so the path always names a complete store, and some file at the path
-    is locked by us at every instant.  Returns ``(old_size, new_size, keys)``.
+    absolute expiry, and records are packed into as few slots as their classes allow (what
+    repacks sub-slots that deletes left free).  Crash-safe: the new file is built, locked
+    and synced under a temporary name in the same directory, then renamed over the old one
+    with ``os.replace``, so the path always names a complete store, and some file at the
+    path is locked by us at every instant.  Returns ``(old_size, new_size, keys)``.
     O(slots + bytes of live values).
 
     :raises CorruptStoreError: an entry fails its checksum (unless *skip_corrupt*, which
@@ -369,36 +386,30 @@ def compact(store: Store, *, skip_corrupt: bool = False,
         old = _engine(store)
         now = store._clock()
         path = store.path
-        # Pass 1: which slot holds each live key (the newer copy, should a crash have left two).
-        chosen: dict[bytes, tuple[int, int]] = {}
+        # Pass 1: where each live key's record is (the newer copy, should there be two).
+        chosen: dict[bytes, tuple[int, int, int]] = {}
         skip = _skipper(skip_corrupt, on_skip, [])
-        total = 2 * old.high_water
+        total = 2 * max(old.slots.high_water, 1)
         for entry in _entries(old, skip, progress, total):
             if entry.expires_at and entry.expires_at <= now:
                 continue
             previous = chosen.get(entry.key)
             if previous is None or entry.seq > previous[0]:
-                chosen[entry.key] = (entry.seq, entry.slot)
-        slots = sorted(slot for _, slot in chosen.values())  # slot order keeps the file order
-        directory = os.path.dirname(path)
+                chosen[entry.key] = (entry.seq, entry.offset, KEY_OFFSET + len(entry.key) + len(entry.data))
+        records = sorted((off, size) for _, off, size in chosen.values())  # keep the file order
         remove_abandoned(path)  # what an earlier, killed compact left
         # From here until the switch a kill leaves a temporary file beside the store:
         # marking the store unclean makes the next open recover and remove it.
         old.mark_dirty()
         with old.change():  # an interrupt before the switch: the next use sorts it out
             tmp = temporary_path(path, "compact")
-            create_file(tmp, old.geometry.max_size, in_place=True)
+            create_file(tmp, old.geometry.max_size, in_place=True, seed=old.seed)
             new = Engine(tmp, durable=old.durable, create=False)  # locked from here on
             try:
                 os.chmod(tmp, stat.S_IMODE(os.fstat(old._fd).st_mode))
-                while new.slot_count < len(slots):
-                    new.grow()
-                for n, slot in enumerate(slots):
-                    if progress is not None and n % _PROGRESS_EVERY == 0:
-                        progress(old.high_water + n * old.high_water // max(len(slots), 1), total)
-                    got = _read_slot(old, slot)
-                    assert isinstance(got, Entry)  # checked in pass 1, under the same lock
-                    new.insert(got.key, fingerprint(got.key), got.data, got.flags, got.expires_at)
+                _fill(new, ((_read_record(old, off), size) for off, size in records),
+                      [size for _, size in records],
+                      [new.fingerprint(key) for key in chosen], progress, total // 2, total)
                 new.mark_clean()  # counters written, flagged clean, synced
                 os.fsync(new._fd)  # the file's size and blocks, not only the mapped pages
                 old.successor = new  # Store._repair takes it over if we stop past the rename
@@ -417,33 +428,99 @@ def compact(store: Store, *, skip_corrupt: bool = False,
         # The old inode is unlinked: unmap and unlock it without syncing pages nobody reads.
         old.successor = None
         old._release()
-        dir_fd = os.open(directory or ".", os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename survives power loss
-        finally:
-            os.close(dir_fd)
+        _sync_directory(path)
         if progress is not None:
             progress(total, total)
-        return old_size, new.file_size, len(slots)
+        return old_size, new.file_size, len(records)
+
+
+def _fill(new: Engine, entries: Iterable[tuple[Entry | str | None, int]], sizes: list[int],
+          fps: list[int], progress: Progress | None, done: int, total: int) -> None:
+    """Insert *entries* (checked already) into the empty store *new*, growing it first."""
+    with new.change():
+        if not new.room_for(sizes, fps):
+            raise StoreFullError(f"{new.path}: {len(sizes):,} entries do not fit under the ceiling")
+        for n, (got, _) in enumerate(entries):
+            if progress is not None and n % _PROGRESS_EVERY == 0:
+                progress(done + n * (total - done) // max(len(sizes), 1), total)
+            assert isinstance(got, Entry)  # checked in pass 1, under the same lock
+            new.insert(got.key, new.fingerprint(got.key), got.data, got.flags, got.expires_at)
+
+
+def _sync_directory(path: str) -> None:
+    dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # a rename survives power loss
+    finally:
+        os.close(dir_fd)
+
+
+def convert_v2(path: str, *, now: float | None = None,
+               progress: Progress | None = None) -> tuple[int, int, int]:
+    """Convert the format-version-2 store at *path* to the current format, in place.
+
+    Every unexpired entry keeps its key, exact value bytes and absolute expiry.  The old
+    file is held under its lock throughout and replaced only once the new one is complete
+    and synced (the same rename as ``compact``); an error leaves it untouched.  Returns
+    ``(old_size, new_size, keys)``.  O(old file).
+    """
+    now = time.time() if now is None else now
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not lock_file(fd, path):
+            raise StoreLockedError(f"{path} was replaced while converting it; try again")
+        old_size = os.fstat(fd).st_size
+        max_size, entries = read_v2(path)
+        entries = [e for e in entries if not (e.expires_at and e.expires_at <= now)]
+        tmp = temporary_path(path, "compact")
+        # The same ceiling, unless version 3's smallest is larger (its layout differs).
+        create_file(tmp, min(max(max_size, Geometry.smallest_max_size()), MAX_FILE_SIZE),
+                    in_place=True)
+        new = Engine(tmp, create=False)
+        try:
+            os.chmod(tmp, stat.S_IMODE(os.fstat(fd).st_mode))
+            sizes = [KEY_OFFSET + len(e.key) + len(e.data) for e in entries]
+            converted = (Entry(0, e.key, e.data, e.flags, e.expires_at, e.seq) for e in entries)
+            _fill(new, ((entry, 0) for entry in converted), sizes,
+                  [new.fingerprint(e.key) for e in entries], progress, 0, max(len(entries), 1))
+            new.mark_clean()
+            os.fsync(new._fd)
+            os.replace(tmp, path)
+        except BaseException:
+            new._release()
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        new_size = new.file_size
+        new.close()
+        _sync_directory(path)
+    finally:
+        os.close(fd)
+    return old_size, new_size, len(entries)
 
 
 # ------------------------------------------------------------------ verify
 
-def check_slots(store: Store, *, progress: Progress | None = None) -> list[str]:
-    """Check every committed slot: checksum, key length, UTF-8 key, and a value that
+def check_records(store: Store, *, progress: Progress | None = None) -> list[str]:
+    """Check every committed record: checksum, key length, UTF-8 key, and a value that
     decodes as JSON.  Returns the problems as sentences (empty: all good).
 
-    Complements :meth:`Store.verify` (the table's invariants), which checks only the
-    slots the table points at, and never decodes values.  O(slots + bytes of values).
+    Complements :meth:`Store.verify` (the table's and the allocator's invariants), which
+    never decodes values.  O(records + bytes of values).
     """
     problems: list[str] = []
     with store._lock:
         engine = _engine(store)
-        total = engine.slot_count
-        for slot in range(total):
-            if progress is not None and slot % _PROGRESS_EVERY == 0:
+        total = max(engine.slots.high_water, 1)
+        done = 0
+        for off, _, _, _ in engine.iter_records():
+            slot = engine.slot_of(off)
+            if progress is not None and slot - done >= _PROGRESS_EVERY:
+                done = slot
                 progress(slot, total)
-            got = _read_slot(engine, slot)
+            got = _read_record(engine, off)
             if got is None:
                 continue
             if isinstance(got, str):
@@ -452,12 +529,12 @@ def check_slots(store: Store, *, progress: Progress | None = None) -> list[str]:
             try:
                 key = got.key.decode("utf-8")
             except UnicodeDecodeError:
-                problems.append(f"slot {slot} has a key that is not UTF-8: {got.key!r}")
+                problems.append(f"the record at offset {off} has a key that is not UTF-8: {got.key!r}")
                 continue
             try:
                 codec.decode(got.data, got.flags)
             except ValueError as exc:
-                problems.append(f"slot {slot} (key {key!r}) holds a value that is not JSON: {exc}")
+                problems.append(f"the record at offset {off} (key {key!r}) holds a value that is not JSON: {exc}")
         if progress is not None:
             progress(total, total)
     return problems

@@ -1,0 +1,89 @@
+"""Reading a store of format version 2, to convert it (``mmapkv compact``).
+
+Version 2 gave every key a whole 20,480-byte slot behind a hash table sized for the
+ceiling.  This module knows just enough of it to read its entries back: the superblock's
+first fields and the slot header (docs/format.md, "Version 2").  It never writes a byte of
+the old file.  An entry is kept as recovery would keep it: LIVE (or PENDING with the last
+committed batch's sequence number) and passing its checksum; of two copies of one key, the
+newer wins.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+
+from xxhash import xxh3_64_intdigest
+
+from .errors import CorruptStoreError
+from .format import MAGIC, MAX_KEY_BYTES, MAX_VALUE_BYTES, PAGE_SIZE, STATE_LIVE, STATE_PENDING
+
+__all__ = ["V2_VERSION", "V2Entry", "is_v2", "read_v2"]
+
+V2_VERSION = 2
+_SUPERBLOCK = struct.Struct("<8sIIQQIIIIdQQQ")  # magic .. checksum; batch_commit at 64
+_SLOT_HEADER = struct.Struct("<IIQQdIBBH")       # state .. reserved: 40 bytes
+_SLOT_STRIDE = 20_480
+_KEY_OFFSET = 40
+_VALUE_OFFSET = 168
+_BODY_OFFSET = 16
+
+
+@dataclass(frozen=True)
+class V2Entry:
+    key: bytes
+    data: bytes        #: the value's compact JSON text, exactly as stored
+    flags: int         #: codec flags (the same bits as version 3)
+    expires_at: float  #: unix seconds; 0.0 = never
+    seq: int
+
+
+def is_v2(path: str) -> bool:
+    """True if *path* starts like a version-2 store."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    return head[:8] == MAGIC and struct.unpack_from("<I", head, 8)[0] == V2_VERSION
+
+
+def _slots_offset(max_size: int) -> int:
+    most = max(max_size // _SLOT_STRIDE, 1)
+    capacity = 1 << max(4, (2 * most - 1).bit_length())
+    return -(-(PAGE_SIZE + 8 * capacity) // PAGE_SIZE) * PAGE_SIZE
+
+
+def read_v2(path: str) -> tuple[int, list[V2Entry]]:
+    """The ceiling (``max_size``) and every intact entry of the version-2 store at
+    *path*, the newest copy of each key, in slot order.  The caller holds the file's
+    lock.  O(slots)."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < PAGE_SIZE:
+            raise CorruptStoreError(f"{path} is too short to be a version-2 store")
+        with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
+            (magic, version, _, max_size, _, _, _, _, _, _, _, batch, _) = _SUPERBLOCK.unpack_from(mm, 0)
+            if magic != MAGIC or version != V2_VERSION:
+                raise CorruptStoreError(f"{path} is not a version-2 mmapkv store")
+            first = _slots_offset(max_size)
+            newest: dict[bytes, V2Entry] = {}
+            view = memoryview(mm)
+            try:
+                for off in range(first, size - _VALUE_OFFSET + 1, _SLOT_STRIDE):
+                    state, _, checksum, seq, expires, vlen, klen, flags, _ = _SLOT_HEADER.unpack_from(mm, off)
+                    if not (state == STATE_LIVE or (state == STATE_PENDING and seq == batch)):
+                        continue
+                    end = off + _VALUE_OFFSET + vlen
+                    if vlen > MAX_VALUE_BYTES or not 1 <= klen <= MAX_KEY_BYTES or end > size or \
+                            xxh3_64_intdigest(view[off + _BODY_OFFSET:end]) != checksum:
+                        continue
+                    key = bytes(mm[off + _KEY_OFFSET:off + _KEY_OFFSET + klen])
+                    if key not in newest or newest[key].seq < seq:
+                        newest[key] = V2Entry(key, bytes(mm[off + _VALUE_OFFSET:end]), flags, expires, seq)
+            finally:
+                view.release()
+    return max_size, list(newest.values())
+

@@ -1,0 +1,179 @@
+"""The slot allocator: the pool of free slots, and slots split into sub-slots by class.
+
+Every slot has a 24-byte slot-info entry (``format.SLOT_INFO``).  A slot is free (on the
+pool, or never used: at or above ``high_water``), a table segment, or a record slot of one
+class, split into ``SLOT_SIZE // CLASS_SIZES[class]`` equal sub-slots whose use is a bitmap
+in its slot info.  Each class keeps a doubly linked list of its slots that have a free
+sub-slot (its "partial" list), so taking and giving back a sub-slot is O(1); a slot whose
+last sub-slot is given back returns to the pool, where any class (or the table) can take it.
+
+Like the hash table, all of this is derived from the records themselves: after a crash the
+engine rebuilds it (``Engine.recover``).  Nothing per record lives in Python; the counters
+here (pool head, high-water mark, list heads) are a few integers, written to the superblock
+on a clean close.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .format import (
+    CLASS_COUNT,
+    CLASS_SIZES,
+    KIND_FREE,
+    KIND_SEGMENT,
+    SLOT_INFO,
+    SLOT_SIZE,
+)
+
+__all__ = ["Slots", "PER_SLOT"]
+
+#: sub-slots per slot, by class
+PER_SLOT = tuple(SLOT_SIZE // size for size in CLASS_SIZES)
+
+_U16 = struct.Struct("<H")        # one u16 field of an entry: used (2), prev (4), next (6)
+_pack_info = SLOT_INFO.pack_into
+_unpack_info = SLOT_INFO.unpack_from
+
+
+class Slots:
+    """Slot info, the pool and the partial lists of one open store."""
+
+    high_water: int           #: slots [0, high_water) have been used since the last clear
+    pool_head: int            #: 1 + first slot on the pool, 0 if none
+    pool_count: int
+    heads: list[int]          #: per class: 1 + first slot on its partial list, 0 if none
+
+    def __init__(self, info_offset: int, slots_offset: int) -> None:
+        self.info_offset = info_offset
+        self.slots_offset = slots_offset
+        self.slot_count = 0
+        self.high_water = self.pool_head = self.pool_count = 0
+        self.heads = [0] * CLASS_COUNT
+
+    def attach(self, mm: object, slot_count: int) -> None:
+        """Use the map *mm* (a new one after every growth), now *slot_count* slots long."""
+        self.mm = mm
+        self.slot_count = slot_count
+
+    # ----------------------------------------------------------------- slot info
+
+    def info(self, slot: int) -> tuple[int, int, int, int, int, bytes]:
+        """(kind, depth, used, prev, next, bitmap) of *slot*."""
+        return _unpack_info(self.mm, self.info_offset + SLOT_INFO.size * slot)  # type: ignore[arg-type]
+
+    def kind(self, slot: int) -> int:
+        return self.mm[self.info_offset + SLOT_INFO.size * slot]  # type: ignore[index, no-any-return]
+
+    def set_info(self, slot: int, kind: int, depth: int = 0, used: int = 0, prev: int = 0,
+                 nxt: int = 0, bitmap: int = 0) -> None:
+        _pack_info(self.mm, self.info_offset + SLOT_INFO.size * slot, kind, depth, used,  # type: ignore[arg-type]
+                   prev, nxt, bitmap.to_bytes(16, "little"))
+
+    def set_depth_used(self, slot: int, depth: int, used: int) -> None:
+        off = self.info_offset + SLOT_INFO.size * slot
+        self.mm[off + 1] = depth  # type: ignore[index]
+        _U16.pack_into(self.mm, off + 2, used)  # type: ignore[arg-type]
+
+    def used(self, slot: int) -> int:
+        return _U16.unpack_from(self.mm, self.info_offset + SLOT_INFO.size * slot + 2)[0]  # type: ignore[arg-type, no-any-return]
+
+    # ----------------------------------------------------------------- whole slots
+
+    def free_slots(self) -> int:
+        """Slots any class or the table could take now, without growing the file."""
+        return self.pool_count + self.slot_count - self.high_water
+
+    def take_slot(self) -> int:
+        """A free slot (from the pool, else the first never used).  The caller sets its
+        info and made sure there is one (``free_slots() > 0``)."""
+        if self.pool_head:
+            slot = self.pool_head - 1
+            self.pool_head = _U16.unpack_from(self.mm, self.info_offset + SLOT_INFO.size * slot + 6)[0]  # type: ignore[arg-type]
+            self.pool_count -= 1
+            return slot
+        if self.high_water < self.slot_count:
+            self.high_water += 1
+            return self.high_water - 1
+        raise AssertionError("no free slot: the caller must grow or refuse first")
+
+    def give_slot(self, slot: int) -> None:
+        """Put *slot* on the pool."""
+        self.set_info(slot, KIND_FREE, nxt=self.pool_head)
+        self.pool_head = slot + 1
+        self.pool_count += 1
+
+    # ----------------------------------------------------------------- sub-slots
+
+    def take_record(self, cls: int) -> int:
+        """The file offset of a free sub-slot of class *cls* (taking a slot from the pool if
+        the class has no partial slot).  The caller made sure one can be had."""
+        head = self.heads[cls]
+        if head:
+            slot = head - 1
+            kind, _, used, prev, nxt, bitmap = self.info(slot)
+            bits = int.from_bytes(bitmap, "little")
+        else:
+            slot = self.take_slot()
+            kind, used, prev, nxt, bits = cls + 1, 0, 0, 0, 0
+            if PER_SLOT[cls] > 1:  # it has free sub-slots: it goes on the partial list
+                self.heads[cls] = slot + 1
+        index = (~bits & (bits + 1)).bit_length() - 1   # the lowest clear bit
+        bits |= 1 << index
+        used += 1
+        if used == PER_SLOT[cls] and PER_SLOT[cls] > 1:  # full now: off the partial list
+            self._unlink(cls, slot, prev, nxt)
+            prev = nxt = 0
+        self.set_info(slot, kind, 0, used, prev, nxt, bits)
+        return self.slots_offset + slot * SLOT_SIZE + index * CLASS_SIZES[cls]
+
+    def give_record(self, offset: int) -> None:
+        """Give back the sub-slot at *offset*; a slot left empty returns to the pool."""
+        slot, within = divmod(offset - self.slots_offset, SLOT_SIZE)
+        kind, _, used, prev, nxt, bitmap = self.info(slot)
+        cls = kind - 1
+        if not 0 <= cls < CLASS_COUNT:
+            raise AssertionError(f"slot {slot} is not a record slot (kind {kind})")
+        bits = int.from_bytes(bitmap, "little") & ~(1 << (within // CLASS_SIZES[cls]))
+        used -= 1
+        per = PER_SLOT[cls]
+        if used == 0:
+            if per > 1 and used + 1 < per:  # it was on the partial list
+                self._unlink(cls, slot, prev, nxt)
+            self.give_slot(slot)
+            return
+        if used + 1 == per:  # it was full: back on the partial list, at its head
+            prev, nxt = 0, self.heads[cls]
+            if nxt:
+                _U16.pack_into(self.mm, self.info_offset + SLOT_INFO.size * (nxt - 1) + 4, slot + 1)  # type: ignore[arg-type]
+            self.heads[cls] = slot + 1
+        self.set_info(slot, kind, 0, used, prev, nxt, bits)
+
+    def _unlink(self, cls: int, slot: int, prev: int, nxt: int) -> None:
+        if prev:
+            _U16.pack_into(self.mm, self.info_offset + SLOT_INFO.size * (prev - 1) + 6, nxt)  # type: ignore[arg-type]
+        else:
+            self.heads[cls] = nxt
+        if nxt:
+            _U16.pack_into(self.mm, self.info_offset + SLOT_INFO.size * (nxt - 1) + 4, prev)  # type: ignore[arg-type]
+
+    def slots_needed(self, records_per_class: dict[int, int]) -> int:
+        """Whole slots that taking these records (``{class: count}``) would take from the
+        pool, after the free sub-slots of the classes' partial slots.  Walks each partial
+        list only as far as it must."""
+        needed = 0
+        for cls, count in records_per_class.items():
+            head = self.heads[cls]
+            while head and count > 0:
+                _, _, used, _, nxt, _ = self.info(head - 1)
+                count -= PER_SLOT[cls] - used
+                head = nxt
+            if count > 0:
+                needed += -(-count // PER_SLOT[cls])
+        return needed
+
+    def is_record_kind(self, kind: int) -> bool:
+        return 1 <= kind <= CLASS_COUNT
+
+    def is_segment(self, slot: int) -> bool:
+        return self.kind(slot) == KIND_SEGMENT

@@ -1,0 +1,190 @@
+"""The on-disk hash table: extendible hashing over segments of 2,048 entries.
+
+A directory of ``2**depth`` u16 slot numbers maps the low ``depth`` bits of a key's
+fingerprint to a segment: a slot holding 2,048 u64 entries (``format`` says how an entry
+packs a fingerprint and a record's offset).  Inside a segment, entries sit in Robin Hood
+order from their home position (fingerprint bits 17 to 27), wrapping at the segment's end,
+and a delete shifts the following entries back (no tombstones).  A lookup reads one
+directory entry and, nearly always, one page of one segment.
+
+A segment that reaches ``SPLIT_AT`` entries splits before the next insert: its entries are
+shared with a new segment by the next fingerprint bit (the directory doubles first if the
+segment already used every bit it has).  Growth is one segment at a time, about 1,000
+entries moved, a few milliseconds, never a rehash of the whole table.  At the file's
+ceiling with no free slot, a segment may fill past ``SPLIT_AT`` up to ``SEGMENT_FULL``.
+
+The table is derived from the records: after a crash the engine rebuilds it.
+"""
+
+from __future__ import annotations
+
+from .format import (
+    FINGERPRINT_SHIFT,
+    HOME_SHIFT,
+    KIND_SEGMENT,
+    SEGMENT_ENTRIES,
+    SEGMENT_FULL,
+    SLOT_SIZE,
+    SPLIT_AT,
+)
+from .slots import Slots
+
+__all__ = ["Table", "HOME_OF_ENTRY", "SEGMENT_MASK", "SEGMENT_STRIDE"]
+
+SEGMENT_MASK = SEGMENT_ENTRIES - 1
+HOME_OF_ENTRY = FINGERPRINT_SHIFT + HOME_SHIFT   # an entry's home: (entry >> 42) & mask
+SEGMENT_STRIDE = SLOT_SIZE // 8                  # u64s from one slot to the next
+_ZEROS = memoryview(bytes(8 * SEGMENT_ENTRIES)).cast("Q")
+
+
+class Table:
+    """The directory and segments of one open store (over the map of ``attach``)."""
+
+    depth: int  #: global depth: the directory has 2**depth entries
+
+    def __init__(self, slots: Slots, slots_offset: int, max_depth: int) -> None:
+        self.slots = slots
+        self.q0 = slots_offset // 8
+        self.max_depth = max_depth
+        self.depth = 0
+        self.dmask = 0
+        self.segment_count = 0
+
+    def attach(self, q: memoryview, directory: memoryview) -> None:
+        """Use *q* (the whole map as u64s) and *directory* (the directory region as u16s)."""
+        self.q = q
+        self.dir = directory
+
+    def set_depth(self, depth: int) -> None:
+        self.depth = depth
+        self.dmask = (1 << depth) - 1
+
+    # ----------------------------------------------------------------- layout
+
+    def base(self, segment: int) -> int:
+        """Index in ``q`` of the first entry of the segment in slot *segment*."""
+        return self.q0 + segment * SEGMENT_STRIDE
+
+    def segment_of(self, fp: int) -> int:
+        return self.dir[fp & self.dmask]  # type: ignore[no-any-return]
+
+    def segments(self) -> list[int]:
+        """Every segment's slot, once each, in directory order."""
+        return list(dict.fromkeys(self.dir[:1 << self.depth].tolist()))
+
+    def new(self) -> None:
+        """An empty table: depth 0, one segment (the caller made sure a slot is free)."""
+        segment = self._new_segment(0)
+        self.set_depth(0)
+        self.dir[0] = segment
+
+    def _new_segment(self, depth: int) -> int:
+        segment = self.slots.take_slot()
+        self.slots.set_info(segment, KIND_SEGMENT, depth)
+        self.segment_count += 1
+        base = self.base(segment)
+        self.q[base:base + SEGMENT_ENTRIES] = _ZEROS
+        return segment
+
+    # ----------------------------------------------------------------- changes
+
+    def insert(self, fp: int, entry: int) -> int:
+        """Add *entry* (whose fingerprint is *fp*); return its position in ``q``.  Splits a
+        full segment first when a slot is free.  The caller checked room (``needs``)."""
+        slots = self.slots
+        while True:
+            segment = self.dir[fp & self.dmask]
+            used = slots.used(segment)
+            if used < SPLIT_AT:
+                break
+            depth = slots.info(segment)[1]
+            if slots.free_slots() and (depth < self.depth or self.depth < self.max_depth):
+                self.split(segment, fp)
+                continue
+            if used >= SEGMENT_FULL:
+                raise AssertionError(f"segment in slot {segment} is full; room was not checked")
+            break
+        position = self.place(self.base(segment), entry)
+        slots.set_depth_used(segment, slots.info(segment)[1], used + 1)
+        return position
+
+    def place(self, base: int, entry: int) -> int:
+        """Robin Hood insert of *entry* into the segment at *base*; its final position."""
+        q = self.q
+        i = (entry >> HOME_OF_ENTRY) & SEGMENT_MASK
+        distance = 0
+        position = -1
+        for _ in range(SEGMENT_ENTRIES):
+            current = q[base + i]
+            if not current:
+                q[base + i] = entry
+                return base + i if position < 0 else position
+            current_distance = (i - (current >> HOME_OF_ENTRY)) & SEGMENT_MASK
+            if current_distance < distance:  # Robin Hood: the richer entry moves on
+                q[base + i] = entry
+                if position < 0:
+                    position = base + i
+                entry, distance = current, current_distance
+            i = (i + 1) & SEGMENT_MASK
+            distance += 1
+        raise AssertionError("a segment has no empty position")
+
+    def delete(self, position: int) -> None:
+        """Remove the entry at *position*: backward-shift the entries after it."""
+        q = self.q
+        segment, i = divmod(position - self.q0, SEGMENT_STRIDE)
+        base = position - i
+        while True:
+            j = (i + 1) & SEGMENT_MASK
+            entry = q[base + j]
+            if not entry or not (j - (entry >> HOME_OF_ENTRY)) & SEGMENT_MASK:
+                q[base + i] = 0
+                break
+            q[base + i] = entry
+            i = j
+        info = self.slots.info(segment)
+        self.slots.set_depth_used(segment, info[1], info[2] - 1)
+
+    def split(self, segment: int, fp: int) -> None:
+        """Share the entries of *segment* (the one *fp* maps to) with a new segment by the
+        fingerprint bit after its local depth.  O(entries of one segment)."""
+        slots, q = self.slots, self.q
+        depth = slots.info(segment)[1]
+        if depth == self.depth:  # every directory bit in use: double the directory
+            n = 1 << self.depth
+            self.dir[n:2 * n] = self.dir[:n]
+            self.set_depth(self.depth + 1)
+        base = self.base(segment)
+        entries = [e for e in q[base:base + SEGMENT_ENTRIES].tolist() if e]
+        q[base:base + SEGMENT_ENTRIES] = _ZEROS
+        sibling = self._new_segment(depth + 1)
+        bit = 1 << depth
+        sibling_base = self.base(sibling)
+        moved = 0
+        for entry in entries:
+            if (entry >> FINGERPRINT_SHIFT) & bit:
+                self.place(sibling_base, entry)
+                moved += 1
+            else:
+                self.place(base, entry)
+        slots.set_depth_used(segment, depth + 1, len(entries) - moved)
+        slots.set_depth_used(sibling, depth + 1, moved)
+        for index in range((fp & (bit - 1)) | bit, 1 << self.depth, bit << 1):
+            self.dir[index] = sibling
+
+    def needs(self, fps: list[int]) -> tuple[int, int]:
+        """Slots that adding entries for *fps* would want for splits, and the slots it
+        must have (segments that would otherwise pass ``SEGMENT_FULL``)."""
+        adds: dict[int, int] = {}
+        for fp in fps:
+            segment = self.dir[fp & self.dmask]
+            adds[segment] = adds.get(segment, 0) + 1
+        want = must = 0
+        half = SPLIT_AT // 2
+        for segment, count in adds.items():
+            total = self.slots.used(segment) + count
+            if total > SPLIT_AT:
+                want += -(-total // half) - 1
+            if total > SEGMENT_FULL:
+                must += -(-(total - SEGMENT_FULL) // half)
+        return want, must
