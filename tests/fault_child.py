@@ -38,10 +38,10 @@ ROOT = os.path.dirname(HERE)
 PAUSE_POINTS = {
     "grow.reserved": "the file is extended but not yet mapped, superblock size not updated",
     "grow.done": "a growth has finished, the create that needed it has not written yet",
-    "batch.pending": "a batch's slots are written PENDING, its commit word is not",
-    "batch.half": "a batch is committed and its first slot indexed, the rest still PENDING",
-    "create.unindexed": "a slot is committed LIVE but not yet in the hash table",
-    "delete.unindexed": "a key is out of the hash table but its slot is still LIVE",
+    "batch.pending": "a batch's records are written PENDING, its commit word is not",
+    "batch.half": "a batch is committed and its first record indexed, the rest still PENDING",
+    "create.unindexed": "a record is written LIVE but not yet in the hash table",
+    "delete.unindexed": "a key is out of the hash table but its record is still LIVE",
 }
 
 
@@ -136,11 +136,12 @@ class _Pauser:
 def _install_pauses(pauser: _Pauser) -> None:
     """Wrap engine internals (in this process only) so *pauser* can freeze inside them."""
     from mmapkv import engine as eng
+    from mmapkv import table as tbl
 
     real_reserve, real_grow = eng.reserve, eng.Engine.grow
-    real_set_commit, real_commit = eng.Engine.set_batch_commit, eng.Engine.commit_pending
-    real_insert, real_delete = eng.Engine._table_insert, eng.Engine._table_delete
-    batch_hits = [0]
+    real_commit = eng.Engine.commit_batch
+    real_insert, real_delete = tbl.Table.insert, tbl.Table.delete
+    in_batch = [False, 0]
 
     def reserve(fd: int, size: int) -> None:
         real_reserve(fd, size)
@@ -152,31 +153,33 @@ def _install_pauses(pauser: _Pauser) -> None:
             pauser.at("grow.done")
         return grown
 
-    def set_batch_commit(self: Any, seq: int) -> None:
+    def commit_batch(self: Any, seq: int, written: Any) -> None:
         pauser.at("batch.pending")
-        batch_hits[0] = 0
-        real_set_commit(self, seq)
+        in_batch[:] = [True, 0]
+        try:
+            real_commit(self, seq, written)
+        finally:
+            in_batch[0] = False
 
-    def commit_pending(self: Any, slot: int, fp: int) -> None:
-        real_commit(self, slot, fp)
-        batch_hits[0] += 1
-        if batch_hits[0] == 1:
-            pauser.at("batch.half")
+    def table_insert(self: Any, fp: int, entry: int) -> int:
+        if not in_batch[0]:
+            pauser.at("create.unindexed")
+        position = real_insert(self, fp, entry)
+        if in_batch[0]:
+            in_batch[1] += 1
+            if in_batch[1] == 1:
+                pauser.at("batch.half")
+        return position
 
-    def table_insert(self: Any, entry: int) -> None:
-        pauser.at("create.unindexed")
-        real_insert(self, entry)
-
-    def table_delete(self: Any, index: int) -> None:
-        real_delete(self, index)
+    def table_delete(self: Any, position: int) -> None:
+        real_delete(self, position)
         pauser.at("delete.unindexed")
 
     eng.reserve = reserve
     eng.Engine.grow = grow  # type: ignore[method-assign]
-    eng.Engine.set_batch_commit = set_batch_commit  # type: ignore[method-assign]
-    eng.Engine.commit_pending = commit_pending  # type: ignore[method-assign]
-    eng.Engine._table_insert = table_insert  # type: ignore[method-assign]
-    eng.Engine._table_delete = table_delete  # type: ignore[method-assign]
+    eng.Engine.commit_batch = commit_batch  # type: ignore[method-assign]
+    tbl.Table.insert = table_insert  # type: ignore[method-assign]
+    tbl.Table.delete = table_delete  # type: ignore[method-assign]
 
 
 # ------------------------------------------------------------------ modes
@@ -217,9 +220,9 @@ def writer(args: dict[str, Any]) -> None:
         else:
             op = {"op": "batch", "items": [new_item() for _ in range(rng.randint(1, 4))]}
             needed = len(op["items"])
-        op["grows"] = needed > 0 and engine.free_slots() < needed and \
-            engine.file_size < engine.geometry.max_size and \
-            engine.live_count + needed <= engine.geometry.max_slots
+        geometry = engine.geometry
+        ceiling = geometry.file_size(geometry.max_slots)
+        op["grows"] = needed > 0 and engine.slots.free_slots() < 2 and engine.file_size < ceiling
         emit({"ev": "begin", **op})
         try:
             if op["op"] == "delete":
@@ -237,7 +240,10 @@ def writer(args: dict[str, Any]) -> None:
             emit({"ev": "ack", "res": "ok"})
         except mmapkv.StoreFullError as exc:
             last_full = True
-            emit({"ev": "ack", "res": "full", "error": type(exc).__name__})
+            engine = store._engine
+            assert engine is not None
+            emit({"ev": "ack", "res": "full", "error": type(exc).__name__,
+                  "at_ceiling": engine.file_size == ceiling})
     store.close()
     emit({"ev": "done"})
 

@@ -22,6 +22,8 @@ import pytest
 
 import mmapkv
 from mmapkv import engine as eng
+from mmapkv import slots as slots_module
+from mmapkv import table as tbl
 from mmapkv import transfer
 from mmapkv.cli import EXIT_INTERRUPTED
 from mmapkv.cli import main as cli_main
@@ -82,7 +84,7 @@ def test_a_batch_cut_short_after_two_crashes_stays_invisible(tmp_path: Any,
     crash(store, path + ".1")
     store = mmapkv.Store(path + ".1")  # recovery
     assert contents(store) == {"a": {"n": 0}}
-    after_calls(monkeypatch, eng.Engine, "insert", 2)  # killed after the second slot
+    after_calls(monkeypatch, eng.Engine, "write_record", 2)  # killed after the second record
     with pytest.raises(Boom):
         store.batch_create({"x": {"n": 3}, "y": {"n": 4}, "z": {"n": 5}})
     crash(store, path + ".2")
@@ -91,7 +93,7 @@ def test_a_batch_cut_short_after_two_crashes_stays_invisible(tmp_path: Any,
         assert store.verify() == []
 
 
-@pytest.mark.parametrize("where", ["insert", "commit_pending", "abort_batch"])
+@pytest.mark.parametrize("where", ["write_record", "table_insert", "abort_batch"])
 def test_ctrl_c_inside_batch_create_leaves_all_or_nothing(tmp_path: Any, where: str,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 10, item 2: in this process, after a clean close and after a crash."""
@@ -100,8 +102,7 @@ def test_ctrl_c_inside_batch_create_leaves_all_or_nothing(tmp_path: Any, where: 
     store.create("keep", {"n": 0})
     batch = {f"b{i}": {"n": i} for i in range(10)}
     if where == "abort_batch":  # a full disk aborts the batch; Ctrl-C lands in the abort
-        after_calls(monkeypatch, eng.Engine, "insert", 10**9)
-        real_insert = eng.Engine.insert
+        real_insert = eng.Engine.write_record
         seen = [0]
 
         def full_at_fourth(self: Any, *args: Any, **kwargs: Any) -> int:
@@ -110,8 +111,8 @@ def test_ctrl_c_inside_batch_create_leaves_all_or_nothing(tmp_path: Any, where: 
                 raise mmapkv.DiskFullError(28, "no space left")
             return real_insert(self, *args, **kwargs)
 
-        monkeypatch.setattr(eng.Engine, "insert", full_at_fourth)
-        real_free = eng.Engine._free_slot
+        monkeypatch.setattr(eng.Engine, "write_record", full_at_fourth)
+        real_free = eng.Engine._free_record
         freed = [0]
 
         def free_then_boom(self: Any, slot: int) -> None:
@@ -120,7 +121,9 @@ def test_ctrl_c_inside_batch_create_leaves_all_or_nothing(tmp_path: Any, where: 
             if freed[0] == 2:
                 raise Boom
 
-        monkeypatch.setattr(eng.Engine, "_free_slot", free_then_boom)
+        monkeypatch.setattr(eng.Engine, "_free_record", free_then_boom)
+    elif where == "table_insert":  # committed, some records made LIVE and indexed
+        after_calls(monkeypatch, tbl.Table, "insert", 3)
     else:
         after_calls(monkeypatch, eng.Engine, where, 3)
     with pytest.raises(Boom):
@@ -129,7 +132,7 @@ def test_ctrl_c_inside_batch_create_leaves_all_or_nothing(tmp_path: Any, where: 
     seen_now = contents(store)
     assert seen_now in ({"keep": {"n": 0}}, {"keep": {"n": 0}, **batch})
     assert len(store) == len(seen_now) and store.verify() == []
-    image = crash(store, path + ".crash") if where != "insert" else None
+    image = crash(store, path + ".crash") if where != "write_record" else None
     if image is None:
         store.close()
     with mmapkv.Store(image or path) as again:
@@ -142,16 +145,16 @@ def test_ctrl_c_inside_create_never_comes_back(tmp_path: Any, monkeypatch: pytes
     path = os.path.join(tmp_path, "s.mmapkv")
     store = mmapkv.Store(path)
     store.create("other", {"n": 0})
-    after_calls(monkeypatch, eng.Engine, "_pop_free_slot", 1)  # a slot taken, not written
+    after_calls(monkeypatch, slots_module.Slots, "take_record", 1)  # a sub-slot taken, not written
     with pytest.raises(Boom):
         store.create("k", {"v": "old"})
-    real_insert = eng.Engine._table_insert
+    real_insert = tbl.Table.insert
 
-    def interrupted_insert(self: Any, entry: int) -> None:
-        monkeypatch.setattr(eng.Engine, "_table_insert", real_insert)
-        raise Boom  # the slot is written LIVE, not yet indexed
+    def interrupted_insert(self: Any, fp: int, entry: int) -> int:
+        monkeypatch.setattr(tbl.Table, "insert", real_insert)
+        raise Boom  # the record is written LIVE, not yet indexed
 
-    monkeypatch.setattr(eng.Engine, "_table_insert", interrupted_insert)
+    monkeypatch.setattr(tbl.Table, "insert", interrupted_insert)
     with pytest.raises(Boom):
         store.create("k", {"v": "old"})
     try:
@@ -178,7 +181,7 @@ def test_ctrl_c_in_restore_restores_nothing(tmp_path: Any, monkeypatch: pytest.M
     with open(dump, "w") as f:
         for i in range(50):
             f.write(f'{{"key":"r{i}","value":{{"n":{i}}},"expires_at":null}}\n')
-    after_calls(monkeypatch, eng.Engine, "insert", 20)
+    after_calls(monkeypatch, eng.Engine, "write_record", 20)
     assert cli_main(["restore", dump, "--path", path]) == EXIT_INTERRUPTED
     monkeypatch.undo()
     with mmapkv.Store(path) as store:
@@ -232,7 +235,7 @@ def _state(store: mmapkv.Store) -> dict[str, tuple[Any, float]]:
     out = {}
     for key in keys:
         kb = key.encode()
-        out[key] = (store.read(key), engine.expires_at(engine.find(kb, eng.fingerprint(kb))))
+        out[key] = (store.read(key), engine.expires_at(engine.find(kb, engine.fingerprint(kb))))
     return out
 
 

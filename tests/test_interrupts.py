@@ -53,7 +53,7 @@ def snapshot(store: mmapkv.Store) -> State:
     assert engine is not None
     state = {}
     for key in keys:
-        index = engine.find(key.encode(), mmapkv.engine.fingerprint(key.encode()))
+        index = engine.find(key.encode(), engine.fingerprint(key.encode()))
         state[key] = (store.read(key), engine.expires_at(index))
     return state
 
