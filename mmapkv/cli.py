@@ -54,8 +54,6 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from . import __version__, stats, transfer
-from .format import VERSION as FORMAT_VERSION
-from .legacy import is_v2
 from .errors import (
     InvalidKeyError,
     InvalidTTLError,
@@ -64,6 +62,8 @@ from .errors import (
     KeyNotFoundError,
     MmapKVError,
 )
+from .format import VERSION as FORMAT_VERSION
+from .legacy import is_v2
 from .stats import ProgressBar, describe_error
 from .store import Store, default_path
 
@@ -175,6 +175,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _dump(args: argparse.Namespace, out: IO[str]) -> None:
+    if is_v2(args.path):  # read in place: the way out for a store too full to convert
+        transfer.dump_v2(os.path.abspath(args.path), out)
+        return
     with _open(args.path) as store, ProgressBar("dumping") as bar:
         transfer.dump(store, out, skip_corrupt=args.skip_corrupt, on_skip=_left_out, progress=bar)
 

@@ -274,16 +274,22 @@ class Engine:
             raise CorruptStoreError(f"{path} is not an mmapkv store (no mmapkv magic number "
                                     f"in its first bytes; {actual:,} bytes long); it was left untouched")
         version = _U32.unpack_from(head, 8)[0]
-        if version in (1, 2):
+        if version == 2:
             raise FormatVersionError(
-                f"{path} has mmapkv format version {version}; this mmapkv reads version {VERSION}. "
+                f"{path} has mmapkv format version 2; this mmapkv reads version {VERSION}. "
                 f"Convert it with `mmapkv compact --path {path}` (it keeps every key; the file "
                 "is left untouched until then)")
+        if version == 1:  # unaligned slots; no release wrote it (docs/format.md)
+            raise FormatVersionError(f"{path} has mmapkv format version 1, a development format "
+                                     f"this mmapkv no longer reads (it reads version {VERSION})")
         if version > VERSION:
             raise FormatVersionError(f"{path} has mmapkv format version {version}; this mmapkv "
                                      f"reads version {VERSION} (upgrade mmapkv to open it)")
-        if version != VERSION or len(head) < SUPERBLOCK.size:
+        if version != VERSION:
             raise CorruptStoreError(f"{path} has format version {version}, which no mmapkv wrote")
+        if len(head) < SUPERBLOCK.size:
+            raise CorruptStoreError(f"{path} is truncated: {actual:,} bytes, shorter than its "
+                                    f"{SUPERBLOCK.size}-byte superblock")
         sb = SUPERBLOCK.unpack(head)
         (_, _, flags, stored_max, file_size, seed, seq_limit, batch, floor, hwm, pool_head,
          pool_count, live, ttl, depth, next_expiry, next_seq) = sb[:17]
@@ -564,12 +570,20 @@ class Engine:
         hold them (the caller may reclaim expired records and ask again)."""
         slots = self.slots
         if len(record_sizes) == 1 and slots.heads[class_for(record_sizes[0])] and \
-                (not fps or self.slots.used(self._dir[fps[0] & self.table.dmask]) < SEGMENT_ENTRIES // 2):
+                (not fps or not self.table.split_due(fps[0])):
             return True  # the common create: a partial slot of its class, no split due
         data = slots.slots_needed(Counter(class_for(size) for size in record_sizes))
         want, must = self.table.needs(fps)
-        while slots.free_slots() < data + want and self.grow():
-            pass
+        if slots.free_slots() + self.geometry.max_slots - self.slot_count < data + must:
+            return False  # not even at the ceiling: refuse before growing
+        while slots.free_slots() < data + want:
+            try:
+                if not self.grow():
+                    break
+            except DiskFullError:
+                if slots.free_slots() < data + must:
+                    raise
+                break  # the slots table splits would like: they can wait for a fuller disk
         return slots.free_slots() >= data + must
 
     def grow(self) -> bool:

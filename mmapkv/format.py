@@ -190,7 +190,7 @@ class Geometry:
         """The lowest ceiling that still holds the initial layout."""
         size = PAGE_SIZE
         while Geometry(size).max_slots < INITIAL_SLOTS:
-            size += SLOT_SIZE
+            size += PAGE_SIZE
         return size
 
     def file_size(self, slots: int) -> int:

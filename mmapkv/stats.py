@@ -153,17 +153,21 @@ def _report(engine: Engine, now: float, progress: Progress | None) -> dict[str, 
     rebuild them), and a damaged one anything at all."""
     g, slots, mm = engine.geometry, engine.slots, engine._mm
     capacity = engine.slot_count
-    high_water = min(slots.high_water, capacity)
+    # After a crash the superblock's high-water mark is from the last clean close: the
+    # slots above it may hold records since, so look at every slot then.
+    high_water = min(slots.high_water, capacity) if engine.was_clean else capacity
     live = expired = pending = 0
     value_sizes: list[int] = []
     ttl_keys = bad_expiries = 0
     next_expiry = math.inf
     classes: dict[int, list[int]] = {}
-    segments = record_slots = 0
+    segments = record_slots = last_used = 0
     for slot in range(high_water):
         if progress is not None and slot % _PROGRESS_EVERY == 0:
             progress(slot, capacity)
         kind, _, used, _, _, bitmap = slots.info(slot)
+        if kind:
+            last_used = slot + 1
         if kind == KIND_SEGMENT:
             segments += 1
             continue
@@ -222,7 +226,7 @@ def _report(engine: Engine, now: float, progress: Progress | None) -> dict[str, 
         "max_value_bytes": MAX_VALUE_BYTES,
         "capacity": capacity,
         "max_capacity": g.max_slots,
-        "high_water": high_water,
+        "high_water": high_water if engine.was_clean else last_used,
         "record_slots": record_slots,
         "segment_slots": segments,
         "free_slots": capacity - record_slots - segments,

@@ -7,7 +7,8 @@ order from their home position (fingerprint bits 17 to 27), wrapping at the segm
 and a delete shifts the following entries back (no tombstones).  A lookup reads one
 directory entry and, nearly always, one page of one segment.
 
-A segment that reaches ``SPLIT_AT`` entries splits before the next insert: its entries are
+A segment that reaches ``SPLIT_AT`` entries splits before the next insert (the fuzz suite
+lowers it, to drive the table through many splits in a few steps): its entries are
 shared with a new segment by the next fingerprint bit (the directory doubles first if the
 segment already used every bit it has).  Growth is one segment at a time, about 1,000
 entries moved, a few milliseconds, never a rehash of the whole table.  At the file's
@@ -171,6 +172,10 @@ class Table:
         slots.set_depth_used(sibling, depth + 1, moved)
         for index in range((fp & (bit - 1)) | bit, 1 << self.depth, bit << 1):
             self.dir[index] = sibling
+
+    def split_due(self, fp: int) -> bool:
+        """True if the segment *fp* maps to would split before taking another entry."""
+        return self.slots.used(self.dir[fp & self.dmask]) >= SPLIT_AT
 
     def needs(self, fps: list[int]) -> tuple[int, int]:
         """Slots that adding entries for *fps* would want for splits, and the slots it

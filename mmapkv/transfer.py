@@ -23,6 +23,7 @@ import shutil
 import stat
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -50,16 +51,20 @@ from .format import (
     RECORD_HEADER,
     STATE_LIVE,
     STATE_PENDING,
+    SPLIT_AT,
+    VERSION as FORMAT_VERSION,
     Geometry,
+    class_for,
 )
 from .legacy import read_v2
+from .slots import PER_SLOT
 from .locking import lock_file
 from .store import MAX_TTL, Store, _key_bytes
 from .tempfiles import remove_abandoned, temporary_path
 
 __all__ = [
     "Entry", "DumpResult", "RestoreResult", "InvalidDumpError",
-    "dump", "restore", "compact", "convert_v2", "check_records", "loads",
+    "dump", "dump_v2", "restore", "compact", "convert_v2", "check_records", "loads",
 ]
 
 Progress = Callable[[int, int], None]
@@ -182,32 +187,55 @@ def dump(store: Store, out: IO[str], *, skip_corrupt: bool = False,
 
     :raises CorruptStoreError: an entry fails its checksum (unless *skip_corrupt*).
     """
-    written = expired = 0
     corrupt: list[str] = []
     skip = _skipper(skip_corrupt, on_skip, corrupt)
     with store._lock:
         engine = _engine(store)
-        now = store._clock()
         total = engine.slots.high_water
-        for entry in _entries(engine, skip, progress, total):
-            if entry.expires_at and entry.expires_at <= now:
-                expired += 1
-                continue
-            try:
-                key, value = entry.key.decode("utf-8"), entry.data.decode("utf-8")
-            except UnicodeDecodeError:  # checksum held, so the writer was wrong: treat as corrupt
-                problem = f"slot {entry.slot} holds text that is not UTF-8"
-                if skip is None:
-                    raise CorruptStoreError(f"{engine.path}: {problem}") from None
-                skip(problem)
-                continue
-            expires = json.dumps(entry.expires_at) if entry.expires_at else "null"
-            out.write(f'{{"key":{json.dumps(key, ensure_ascii=False)},"value":{value},'
-                      f'"expires_at":{expires}}}\n')
-            written += 1
+        written, expired = _write_lines(_entries(engine, skip, progress, total), out,
+                                        store._clock(), skip, engine.path)
         if progress is not None:
             progress(total, total)
     return DumpResult(written, expired, len(corrupt))
+
+
+def dump_v2(path: str, out: IO[str], *, now: float | None = None) -> DumpResult:
+    """``dump`` for a store of format version 2, read in place and not changed: the way
+    out for one ``convert_v2`` cannot fit under the ceiling."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not lock_file(fd, path, shared=True):
+            raise StoreLockedError(f"{path} was replaced while reading it; try again")
+        _, entries = read_v2(path)
+        written, expired = _write_lines(
+            (Entry(0, e.key, e.data, e.flags, e.expires_at, e.seq) for e in entries), out,
+            time.time() if now is None else now, None, path)
+    finally:
+        os.close(fd)
+    return DumpResult(written, expired, 0)
+
+
+def _write_lines(entries: Iterable[Entry], out: IO[str], now: float,
+                 skip: Callable[[str], None] | None, path: str) -> tuple[int, int]:
+    """Write the unexpired *entries* as dump lines; (written, expired)."""
+    written = expired = 0
+    for entry in entries:
+        if entry.expires_at and entry.expires_at <= now:
+            expired += 1
+            continue
+        try:
+            key, value = entry.key.decode("utf-8"), entry.data.decode("utf-8")
+        except UnicodeDecodeError:  # checksum held, so the writer was wrong: treat as corrupt
+            problem = f"the record at offset {entry.offset} holds text that is not UTF-8"
+            if skip is None:
+                raise CorruptStoreError(f"{path}: {problem}") from None
+            skip(problem)
+            continue
+        expires = json.dumps(entry.expires_at) if entry.expires_at else "null"
+        out.write(f'{{"key":{json.dumps(key, ensure_ascii=False)},"value":{value},'
+                  f'"expires_at":{expires}}}\n')
+        written += 1
+    return written, expired
 
 
 # ------------------------------------------------------------------ restore
@@ -455,6 +483,18 @@ def _sync_directory(path: str) -> None:
         os.close(dir_fd)
 
 
+def _ceiling_for(max_size: int, sizes: list[int]) -> int:
+    """The v2 store's ceiling, or, when version 3 needs more room for the same entries
+    (its table takes slots), the ceiling of the next larger file, up to 1 GiB."""
+    size = min(max(max_size, Geometry.smallest_max_size()), MAX_FILE_SIZE)
+    per_class = Counter(class_for(n) for n in sizes)
+    slots = sum(-(-count // PER_SLOT[cls]) for cls, count in per_class.items())
+    slots += -(-len(sizes) // (SPLIT_AT // 2)) + 1  # table segments, generously
+    while Geometry(size).max_slots < slots and size < MAX_FILE_SIZE:
+        size = min(2 * size, MAX_FILE_SIZE)
+    return size
+
+
 def convert_v2(path: str, *, now: float | None = None,
                progress: Progress | None = None) -> tuple[int, int, int]:
     """Convert the format-version-2 store at *path* to the current format, in place.
@@ -472,17 +512,22 @@ def convert_v2(path: str, *, now: float | None = None,
         old_size = os.fstat(fd).st_size
         max_size, entries = read_v2(path)
         entries = [e for e in entries if not (e.expires_at and e.expires_at <= now)]
+        sizes = [KEY_OFFSET + len(e.key) + len(e.data) for e in entries]
         tmp = temporary_path(path, "compact")
-        # The same ceiling, unless version 3's smallest is larger (its layout differs).
-        create_file(tmp, min(max(max_size, Geometry.smallest_max_size()), MAX_FILE_SIZE),
-                    in_place=True)
+        create_file(tmp, _ceiling_for(max_size, sizes), in_place=True)
         new = Engine(tmp, create=False)
         try:
             os.chmod(tmp, stat.S_IMODE(os.fstat(fd).st_mode))
-            sizes = [KEY_OFFSET + len(e.key) + len(e.data) for e in entries]
             converted = (Entry(0, e.key, e.data, e.flags, e.expires_at, e.seq) for e in entries)
-            _fill(new, ((entry, 0) for entry in converted), sizes,
-                  [new.fingerprint(e.key) for e in entries], progress, 0, max(len(entries), 1))
+            try:
+                _fill(new, ((entry, 0) for entry in converted), sizes,
+                      [new.fingerprint(e.key) for e in entries], progress, 0, max(len(entries), 1))
+            except StoreFullError:
+                raise StoreFullError(
+                    f"{path}: its {len(entries):,} entries do not fit a version-{FORMAT_VERSION} "
+                    f"store under the {MAX_FILE_SIZE:,}-byte ceiling (it gives the hash table "
+                    "slots of its own); `mmapkv dump FILE --path` it, which reads version 2, and "
+                    "restore the dump into two stores") from None
             new.mark_clean()
             os.fsync(new._fd)
             os.replace(tmp, path)

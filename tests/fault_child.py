@@ -456,12 +456,13 @@ def diskfull(args: dict[str, Any]) -> None:
     except mmapkv.StoreFullError as exc:
         facts["batch"] = type(exc).__name__
     facts["keys_after_batch"] = sorted(store.keys()) == sorted(stored)
-    # writes that fit still work: free one slot, take it again
+    # writes that fit still work: free one sub-slot, take it again with a value of its class
     gone = sorted(stored)[0]
     store.delete(gone)
     del stored[gone]
-    store.create("fits", {"ok": True})
-    stored["fits"] = {"ok": True}
+    fits = make_value("fits", 0, args.get("value_size", 4000))
+    store.create("fits", fits)
+    stored["fits"] = fits
     facts["size_after_fit"] = os.path.getsize(path)
     store.close()
     with mmapkv.Store(path) as again:

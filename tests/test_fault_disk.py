@@ -105,13 +105,13 @@ def test_growth_on_a_full_filesystem(small_tmpfs: str) -> None:
 
 @pytest.mark.parametrize("code, error", [(errno.ENOSPC, "DiskFullError"), (errno.EIO, "StoreAccessError"),
                                          ("short", "DiskFullError")])
-@pytest.mark.parametrize("from_free_list", [True, False], ids=["freed-slot", "new-slot"])
+@pytest.mark.parametrize("from_free_list", [True, False], ids=["freed-sub-slot", "new-slot"])
 def test_a_failed_slot_write_changes_nothing(tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
                                              code: Any, error: str, from_free_list: bool) -> None:
-    """A create whose slot write fails (a full disk on a sparse file, an I/O error, a short
-    write) raises, indexes nothing and leaves its slot free, whether it came from the free
-    list or from past high_water: the store reads as before, and the next create takes
-    the same slot."""
+    """A create whose record write fails (a full disk on a sparse file, an I/O error, a
+    short write) raises, indexes nothing and gives its sub-slot back, whether it was a
+    freed sub-slot of a slot in use or the first of a slot taken for it: the store reads
+    as before, and the next create takes the same place."""
     import mmapkv
     from mmapkv import engine as eng
 
@@ -119,30 +119,32 @@ def test_a_failed_slot_write_changes_nothing(tmp_path: Any, monkeypatch: pytest.
     real_pwrite = eng.os.pwrite
     store = mmapkv.Store(path)
     store.create("kept", {"v": 1})
+    value = {"v": 3} if from_free_list else {"v": "x" * 3000}  # same class as "kept", or not
     if from_free_list:
         store.create("gone", {"v": 2})
         store.delete("gone")
     engine = store._engine
     assert engine is not None
-    before = (engine.free_head, engine.high_water, engine.live_count)
-    assert bool(engine.free_head) == from_free_list
+    before = (engine.slots.free_slots(), engine.slots.high_water, engine.live_count)
+    aimed: list[int] = []
 
     def failing(fd: int, data: bytes, offset: int) -> int:
+        aimed.append(offset)
         if code == "short":
             return real_pwrite(fd, data[:10], offset)
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(eng.os, "pwrite", failing)
     with pytest.raises(getattr(mmapkv, error)) as info:
-        store.create("new", {"v": 3})
+        store.create("new", value)
     assert path in str(info.value)
-    assert (engine.free_head, engine.high_water, engine.live_count) == before
+    assert (engine.slots.free_slots(), engine.live_count) == (before[0], before[2])
     assert "new" not in store and len(store) == 1 and store.verify() == []
     monkeypatch.setattr(eng.os, "pwrite", real_pwrite)
-    store.create("new", {"v": 3})
-    assert store.read("new") == {"v": 3} and store.read("kept") == {"v": 1}
-    assert engine.high_water == (before[1] if from_free_list else before[1] + 1)
-    assert engine.free_head == 0
+    store.create("new", value)
+    assert store.read("new") == value and store.read("kept") == {"v": 1}
+    assert engine.record_offset(engine.find(b"new", engine.fingerprint(b"new"))) == aimed[0]
     store.close()
     with mmapkv.Store(path) as again:
         assert sorted(again.keys()) == ["kept", "new"] and again.verify() == []
+        assert again.read("new") == value

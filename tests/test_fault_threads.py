@@ -115,7 +115,7 @@ def worker(store: mmapkv.Store, tid: int, seed: int, shared: Shared, private: di
                 if (key in store) != (key in private):
                     fail(f"`in` {key} disagrees with the model")
             elif op == "len":
-                if not 0 <= len(store) <= Geometry(MAX_SIZE).max_slots:
+                if not 0 <= len(store) <= 160 * Geometry(MAX_SIZE).max_slots:
                     fail("len out of range")
             elif op == "keys":
                 listed = store.keys()
@@ -170,7 +170,8 @@ def worker(store: mmapkv.Store, tid: int, seed: int, shared: Shared, private: di
                             shared.created[k].append(v)
             elif op == "stats":
                 stats = store.stats()
-                if stats.live_keys > stats.capacity or stats.capacity > stats.max_capacity:
+                if stats.live_keys > stats.table_capacity or stats.capacity > stats.max_capacity \
+                        or stats.free_slots > stats.capacity:
                     fail(f"stats inconsistent: {stats}")
             elif op == "verify":
                 broken = store.verify()
