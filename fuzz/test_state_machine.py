@@ -2,18 +2,22 @@
 
 The model is ``key -> (value, expires_at)`` holding every entry the store still keeps,
 expired-but-not-yet-reclaimed ones included (that is what decides ``KeyExpiredError``
-versus ``KeyNotFoundError``), plus the file size, which grows by doubling up to a small
-ceiling (8, 16 or 33 slots) so growth and ``StoreFullError`` happen within a run.  The
-rules the model follows are the store's documented ones:
+versus ``KeyNotFoundError``).  Values come in every size class (from a few bytes to
+16,384), the ceilings are small (8 to 36 slots) so growth and ``StoreFullError`` happen
+within a run, and the hash table splits a segment at 8 entries instead of 1,024, so a
+run drives it through many splits and directory doublings.  The rules are the store's
+documented ones:
 
 * a create/batch over an expired entry replaces it; a live one is ``KeyExistsError``;
-* when no slot is free, expired entries are reclaimed first, then the file doubles, and
-  only past ``max_slots`` is it ``StoreFullError``;
+* ``StoreFullError`` comes only at the ceiling, changes nothing, and only when the file
+  truly has no room: no free whole slot, and for some class of the write not enough free
+  sub-slots (read from the file's own slot info, after reclaiming expired entries);
+* the file only grows, by doubling its slots, and only to a size growth can produce;
 * ``len()`` and ``stats()`` reclaim expired entries; read/get/in/keys never change anything;
 * every bad argument raises its exact exception class and writes nothing.
 
-After every step: ``store.verify() == []``, the live keys and every value agree with the
-model, expired keys are invisible, and the file is exactly as big as the model says.
+After every step: ``store.verify() == []`` (the table's and the allocator's invariants),
+the live keys and every value agree with the model, expired keys are invisible.
 """
 
 from __future__ import annotations
@@ -38,11 +42,14 @@ from hypothesis.stateful import (
 
 import mmapkv
 from fuzz import strategies as S
-from mmapkv.format import Geometry
+from mmapkv import table as table_module
+from mmapkv.format import KEY_OFFSET, Geometry, class_for
+from mmapkv.slots import PER_SLOT
 
 PROFILE = settings.get_profile(os.environ.get("MMAPKV_FUZZ_PROFILE", "ci"))
 SMALLEST = Geometry.smallest_max_size()
-CEILINGS = [SMALLEST, 2 * SMALLEST, 4 * SMALLEST]   # 8, 16 and 33 slots
+CEILINGS = [SMALLEST, 2 * SMALLEST, 4 * SMALLEST]   # 8, 20 and 44 slots
+SPLIT_AT = 8  # instead of 1,024: a segment splits after a handful of keys
 
 #: a small pool of names so that creates collide with live, deleted and expired keys
 KEY_POOL = ["a", "b", "c", "d", "e", "f", "g", "h", "ключ", "键", "🔑", "k" * 32, "🔑" * 32,
@@ -52,6 +59,8 @@ keys = st.one_of(st.sampled_from(KEY_POOL), st.sampled_from(KEY_POOL), S.valid_k
 values = st.one_of(
     S.json_objects(max_leaves=8),
     S.json_objects(max_leaves=8),
+    # every size class, from a few bytes to a whole slot
+    st.integers(min_value=8, max_value=S.MAX_VALUE_BYTES).map(S.sized_object),
     S.boundary_objects(low=S.MAX_VALUE_BYTES - 50, high=S.MAX_VALUE_BYTES),
 )
 clock_steps = st.one_of(st.integers(min_value=0, max_value=40), st.sampled_from([0.5, 1e-3, 1000]))
@@ -82,6 +91,8 @@ class StoreMachine(RuleBasedStateMachine):
         self.model: dict[str, tuple[Any, float]] = {}
         self.geometry = Geometry(SMALLEST)
         self.file_size = 0
+        self._split_at = table_module.SPLIT_AT
+        table_module.SPLIT_AT = SPLIT_AT
         COUNTS["runs"] += 1
 
     # ------------------------------------------------------------ model helpers
@@ -93,23 +104,58 @@ class StoreMachine(RuleBasedStateMachine):
     def _live(self) -> dict[str, Any]:
         return {k: v for k, (v, _) in self.model.items() if not self._expired(k)}
 
-    def _slot_count(self) -> int:
-        return self.geometry.slot_count(self.file_size)
-
     def _sweep(self) -> None:
         for key in [k for k in self.model if self._expired(k)]:
             del self.model[key]
 
-    def _make_room(self, needed: int) -> bool:
-        """The store's rule for a write needing *needed* slots; False means StoreFullError."""
-        if self._slot_count() - len(self.model) >= needed:
-            return True
-        self._sweep()
-        if len(self.model) + needed > self.geometry.max_slots:
+    def _fits(self, record_sizes: list[int]) -> bool:
+        """Whether records of these sizes fit the file now, read from its slot info: the
+        free sub-slots of each class's slots, then the free whole slots and those growth
+        to the ceiling would add."""
+        engine = self.store._engine  # type: ignore[union-attr]
+        assert engine is not None
+        free_sub: collections.Counter[int] = collections.Counter()
+        for slot in range(engine.slots.high_water):
+            kind, _, used, _, _, _ = engine.slots.info(slot)
+            if 1 <= kind <= len(PER_SLOT):
+                free_sub[kind - 1] += PER_SLOT[kind - 1] - used
+        needed: collections.Counter[int] = collections.Counter(class_for(n) for n in record_sizes)
+        slots = sum(-(-max(0, count - free_sub[cls]) // PER_SLOT[cls]) for cls, count in needed.items())
+        room = engine.slots.free_slots() + self.geometry.max_slots - engine.slot_count
+        return slots <= room
+
+    def _write(self, expected: type[Exception] | None, sizes: list[int], call: Callable[[], Any]) -> bool:
+        """Run a create or batch whose keys are free; True if it wrote.  It may fail with
+        ``StoreFullError`` only when the file truly has no room (``_fits``)."""
+        before = os.path.getsize(self.path)
+        if expected is not None:
+            self._run(expected, call)
             return False
-        while self._slot_count() - len(self.model) < needed:
-            self.file_size = self.geometry.grown_size(self.file_size)
-            COUNTS["growths"] += 1
+        try:
+            call()
+        except mmapkv.StoreFullError as exc:
+            COUNTS["operations"] += 1
+            assert type(exc) is mmapkv.StoreFullError, exc
+            assert os.path.getsize(self.path) == self.geometry.file_size(self.geometry.max_slots), \
+                f"StoreFullError below the ceiling: {exc}"
+            self._sweep()  # the store reclaimed expired entries before giving up
+            assert not self._fits(sizes), f"StoreFullError with room in the file: {exc}"
+            COUNTS["raised StoreFullError"] += 1
+            return False
+        COUNTS["operations"] += 1
+        after = os.path.getsize(self.path)
+        assert after >= before and self.geometry.is_valid_size(after), (before, after)
+        COUNTS["growths"] += after > before
+        # A write that found no room reclaims every expired entry before it grows: all
+        # of them or none, and only when the file could not take the write as it was.
+        engine = self.store._engine  # type: ignore[union-attr]
+        assert engine is not None
+        expired = [k for k in self.model if self._expired(k)]
+        gone = [k for k in expired if engine.find(k.encode(), engine.fingerprint(k.encode())) < 0]
+        if gone:
+            assert gone == expired, f"a sweep reclaimed only {gone} of {expired}"
+            self._sweep()
+            COUNTS["sweeps by a write"] += 1
         return True
 
     def _expires(self, ttl: int | None) -> float:
@@ -141,14 +187,17 @@ class StoreMachine(RuleBasedStateMachine):
     @initialize(ceiling=st.sampled_from([CEILINGS[0], *CEILINGS]))
     def open_store(self, ceiling: int) -> None:
         self.geometry = Geometry(ceiling)
-        self.file_size = self.geometry.initial_size
         self.store = mmapkv.Store(self.path, max_size=ceiling, clock=self.clock)
 
     def teardown(self) -> None:
         try:
             if self.store is not None:
+                engine = self.store._engine
+                if engine is not None:
+                    COUNTS["table splits"] += engine.table.segment_count - 1
                 self.store.close()
         finally:
+            table_module.SPLIT_AT = self._split_at
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     @rule(how=st.sampled_from(["close", "close", "crash", "crash", "use after close"]),
@@ -207,11 +256,10 @@ class StoreMachine(RuleBasedStateMachine):
             expected = mmapkv.KeyExistsError
         else:
             self.model.pop(key, None)  # an expired entry under this name is replaced
-            if not self._make_room(1):
-                expected = mmapkv.StoreFullError
-        self._run(expected, lambda: self.store.create(key, value, ttl))  # type: ignore[union-attr]
-        if expected is None:
-            self.model[key] = (S.normalise(value), self._expires(ttl))
+        size = KEY_OFFSET + len(key.encode()) + S.json_size(value)
+        expires = self._expires(ttl)
+        if self._write(expected, [size], lambda: self.store.create(key, value, ttl)):  # type: ignore[union-attr]
+            self.model[key] = (S.normalise(value), expires)
 
     @rule(data=st.data(), which=st.sampled_from(["key", "value", "ttl", "read", "get", "delete",
                                                   "in"]))
@@ -261,7 +309,7 @@ class StoreMachine(RuleBasedStateMachine):
         """All or nothing: a batch with one defect raises its exception and writes nothing;
         a sound one needs room for all its keys or is StoreFullError."""
         assert self.store is not None
-        if big == 0:  # a batch about as big as the whole store
+        if big == 0:  # a batch about as big as the whole store (of big values)
             least, most = self.geometry.max_slots // 2, self.geometry.max_slots + 2
         else:
             least, most = 0, 5
@@ -316,8 +364,9 @@ class StoreMachine(RuleBasedStateMachine):
         note(f"batch_create({form}, {len(items)} items, ttl={default_ttl!r}) -> "
              f"{expected.__name__ if expected else 'ok'}")
         now = self.clock.now
-        self._run(expected, lambda: self.store.batch_create(argument, ttl=default_ttl))  # type: ignore[union-attr]
-        if expected is None:
+        sizes = [KEY_OFFSET + len(item[0].encode()) + S.json_size(item[1]) for item in items] \
+            if expected is None else []
+        if self._write(expected, sizes, lambda: self.store.batch_create(argument, ttl=default_ttl)):  # type: ignore[union-attr]
             for item in items:
                 ttl = item[2] if len(item) == 3 else default_ttl
                 self.model[item[0]] = (S.normalise(item[1]), now + ttl if ttl is not None else 0.0)
@@ -332,7 +381,7 @@ class StoreMachine(RuleBasedStateMachine):
             return mmapkv.KeyExistsError
         for name in names:
             self.model.pop(name, None)
-        return None if self._make_room(len(items)) else mmapkv.StoreFullError
+        return None
 
     # ------------------------------------------------------------ reads
 
@@ -368,10 +417,11 @@ class StoreMachine(RuleBasedStateMachine):
             self._sweep()
             stats = self.store.stats()
             assert stats.live_keys == len(self.model)
-            assert stats.capacity == self._slot_count()
-            assert stats.file_size == self.file_size
+            assert stats.file_size == os.path.getsize(self.path)
+            assert stats.capacity == self.geometry.slot_count(stats.file_size)
             assert stats.max_capacity == self.geometry.max_slots
             assert stats.max_size == self.geometry.max_size
+            assert 0 <= stats.free_slots < stats.capacity
         else:
             listed = self.store.keys()
             assert all(type(k) is str for k in listed)
@@ -395,7 +445,9 @@ class StoreMachine(RuleBasedStateMachine):
             assert self.store.read(key) == value, key
         for key in self.model.keys() - live.keys():
             assert key not in self.store
-        assert os.path.getsize(self.path) == self.file_size
+        size = os.path.getsize(self.path)
+        assert self.geometry.is_valid_size(size) and size >= self.file_size
+        self.file_size = size
         COUNTS["values compared"] += len(live)
 
 
