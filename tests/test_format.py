@@ -8,6 +8,7 @@ import math
 import os
 import random
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -67,8 +68,11 @@ def slot_info(data: bytes, info_offset: int, slot: int) -> tuple[int, int, int, 
 
 
 @pytest.fixture
-def path(tmp_path: Any) -> str:
-    return os.path.join(tmp_path, "fmt.mmapkv")
+def path(tmp_path: Any) -> Iterator[str]:
+    p = os.path.join(tmp_path, "fmt.mmapkv")
+    yield p
+    if os.path.exists(p):  # the disk is shared: a 1 GiB-ceiling store is 1.6 MiB
+        os.unlink(p)
 
 
 # --------------------------------------------------------------------- sizes
