@@ -386,6 +386,37 @@ def test_a_bitmap_bit_past_the_sub_slots_is_caught(tmp_path: Any) -> None:
     assert_reads_exact_or_refused(path, value)
 
 
+@pytest.mark.xfail(strict=True, raises=mmapkv.KeyNotFoundError, reason=(
+    "engine bug: Slots.take_record takes the lowest clear bitmap bit without checking it is "
+    "below SLOT_SIZE // class size; a stray bit in a clean file's bitmap hands out a sub-slot "
+    "past the slot, and the create overwrites the next slot's record"))
+def test_a_stray_bitmap_bit_never_lets_a_create_overwrite_another_record(tmp_path: Any) -> None:
+    """Slot info is derived and may be damaged, but a write must stay inside the slot it
+    was given: a record it never touched (here "whole", in the next slot) reads back."""
+    path = os.path.join(tmp_path, "s.mmapkv")
+    half, whole = make_value("half", 1, 9000), make_value("whole", 2, 16384)
+    with mmapkv.Store(path, max_size=MAX_SIZE) as store:
+        store.create("half", half)    # one of the two 10,240-byte sub-slots of its slot
+        store.create("whole", whole)  # the next slot, whole
+        engine = store._engine
+        assert engine is not None
+        offsets = [engine.record_offset(engine.find(k, engine.fingerprint(k)))
+                   for k in (b"half", b"whole")]
+    slot = (offsets[0] - GEOMETRY.slots_offset) // SLOT_SIZE
+    assert offsets[1] == GEOMETRY.slot_offset(slot + 1)
+    with open(path, "r+b") as f:  # bit 1 of the bitmap: both sub-slots taken, yet used is 1
+        f.seek(GEOMETRY.info_offset + SLOT_INFO.size * slot + 8)
+        f.write(b"\x03")
+    new: dict[str, Any] | None = make_value("new", 3, 9000)
+    with mmapkv.Store(path) as store:
+        try:
+            store.create("new", new)
+        except mmapkv.MmapKVError:  # noticing the damage is fine
+            new = None
+        assert store.read("whole") == whole and store.read("half") == half
+        assert new is None or store.read("new") == new
+
+
 @pytest.mark.xfail(strict=True, raises=UnicodeDecodeError, reason=(
     "engine bug: Store.keys decodes the key of every intact, indexed record as UTF-8 without a "
     "check; a forged record (checksum right, key not UTF-8) raises UnicodeDecodeError "
