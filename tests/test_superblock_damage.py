@@ -11,8 +11,10 @@ and in one dropped as after a crash; those three are refused, and the file left 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -39,6 +41,14 @@ def _fields() -> dict[str, tuple[int, int]]:
 
 
 FIELDS = _fields()
+
+
+@pytest.fixture(autouse=True)
+def _remove_the_store(store_path: str) -> Iterator[None]:
+    """The disk is shared: some 150 stores of a few MB each would outlive the run."""
+    yield
+    if os.path.exists(store_path):
+        os.unlink(store_path)
 
 
 def test_the_fields_are_where_format_says() -> None:
