@@ -335,14 +335,17 @@ def rival(args: dict[str, Any]) -> None:
 
 
 def check(args: dict[str, Any]) -> None:
-    """Open each damaged file and read every expected key: each outcome must be an
-    MmapKVError or the exact stored value.  Reports wrong data and foreign exceptions."""
+    """Open each damaged file and read every expected key, twice (the second pass reads
+    what the recovery a damaged read triggers left), then again after a close and a reopen
+    (what that recovery and the clean close wrote): each outcome must be an MmapKVError or
+    the exact stored value.  Reports wrong data, foreign exceptions and invented keys."""
     import mmapkv
 
     with open(args["expected"]) as f:
         expected: dict[str, Any] = json.load(f)
-    result: dict[str, Any] = {"refused": 0, "opened": 0, "reads_exact": 0, "reads_refused": 0,
-                              "wrong": [], "foreign": [], "invented_keys": [], "errors": {}}
+    result: dict[str, Any] = {"refused": 0, "opened": 0, "reopened": 0, "reads": 0,
+                              "reads_exact": 0, "reads_refused": 0, "wrong": [], "foreign": [],
+                              "invented_keys": [], "errors": {}}
 
     def foreign(case: int, what: str) -> None:
         result["foreign"].append({"case": case, "during": what, "trace": traceback.format_exc()})
@@ -351,62 +354,70 @@ def check(args: dict[str, Any]) -> None:
         name = type(exc).__name__
         result["errors"][name] = result["errors"].get(name, 0) + 1
 
-    for case, path in enumerate(args["files"]):
-        emit({"ev": "case", "case": case})
-        try:
-            store = mmapkv.Store(path)
-        except mmapkv.MmapKVError as exc:
-            result["refused"] += 1
-            refused(exc)
-            continue
-        except Exception:
-            foreign(case, "open")
-            continue
-        result["opened"] += 1
-        try:
-            for key, want in expected.items():
-                for how in ("read", "get", "in"):
-                    try:
-                        if how == "read":
-                            got = store.read(key)
-                        elif how == "get":
-                            got = store.get(key, None)
-                            if got is None:
-                                continue
-                        else:
-                            key in store  # noqa: B015 - only its exceptions matter
-                            continue
-                    except mmapkv.MmapKVError as exc:
-                        result["reads_refused"] += 1
-                        refused(exc)
-                        continue
-                    except Exception:
-                        foreign(case, f"{how} {key!r}")
-                        continue
-                    if got != want:
-                        result["wrong"].append({"case": case, "key": key, "got": repr(got)[:200]})
-                    else:
-                        result["reads_exact"] += 1
-            for name, call in (("keys", store.keys), ("len", store.__len__), ("verify", store.verify)):
+    def read_everything(case: int, store: Any, when: str) -> None:
+        for key, want in expected.items():
+            for how in ("read", "get", "in"):
+                result["reads"] += how != "in"
                 try:
-                    listed = call()
+                    if how == "read":
+                        got = store.read(key)
+                    elif how == "get":
+                        got = store.get(key, None)
+                        if got is None:
+                            continue
+                    else:
+                        key in store  # noqa: B015 - only its exceptions matter
+                        continue
                 except mmapkv.MmapKVError as exc:
+                    result["reads_refused"] += 1
                     refused(exc)
                     continue
                 except Exception:
-                    foreign(case, name)
+                    foreign(case, f"{how} {key!r} ({when})")
                     continue
-                if name == "keys" and isinstance(listed, list):
-                    invented = [k for k in listed if k not in expected]
-                    if invented:
-                        result["invented_keys"].append({"case": case, "keys": invented[:5]})
-        finally:
+                if got != want:
+                    result["wrong"].append({"case": case, "when": when, "how": how, "key": key,
+                                            "got": repr(got)[:200]})
+                else:
+                    result["reads_exact"] += 1
+        for name, call in (("keys", store.keys), ("len", store.__len__), ("verify", store.verify)):
             try:
-                store.close()
+                listed = call()
             except mmapkv.MmapKVError as exc:
                 refused(exc)
+                continue
             except Exception:
-                foreign(case, "close")
+                foreign(case, f"{name} ({when})")
+                continue
+            if name == "keys" and isinstance(listed, list):
+                invented = [k for k in listed if k not in expected]
+                if invented:
+                    result["invented_keys"].append({"case": case, "when": when, "keys": invented[:5]})
+
+    for case, path in enumerate(args["files"]):
+        emit({"ev": "case", "case": case})
+        for when in ("open", "reopen"):
+            try:
+                store = mmapkv.Store(path)
+            except mmapkv.MmapKVError as exc:
+                result["refused"] += when == "open"
+                refused(exc)
+                break
+            except Exception:
+                foreign(case, when)
+                break
+            result["opened" if when == "open" else "reopened"] += 1
+            try:
+                read_everything(case, store, when)
+                if when == "open":
+                    read_everything(case, store, "again")
+            finally:
+                try:
+                    store.close()
+                except mmapkv.MmapKVError as exc:
+                    refused(exc)
+                except Exception:
+                    foreign(case, f"close ({when})")
     emit({"ev": "done", **result})
 
 

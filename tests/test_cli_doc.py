@@ -100,7 +100,7 @@ def test_examples_print_what_the_page_shows(tmp_path: Any) -> None:
                     wrong.append(f"$ {command}\n" + "\n".join(diff))
             blocks.append(render(ran))
     finally:
-        shutil.rmtree(session)  # the compact example writes a store of some 40 MB
+        shutil.rmtree(session)  # the disk is shared: the session's stores go
     if update:
         parts = iter(blocks)
         DOC.write_text(BLOCK.sub(lambda m: f"```console\n{next(parts)}```", text), encoding="utf-8")

@@ -1,14 +1,19 @@
 """Torn and corrupt files: damage never turns into wrong data, a foreign exception or a
 dead interpreter; files that are not stores are refused and left byte for byte as they were.
 
-A store is populated (big and small values, unicode keys, big integers, deletions, a batch)
-and closed cleanly, or dropped as after a crash.  Copies of it are then damaged, seeded:
-random bit flips, zeroed ranges, truncation at random offsets, or all three, aimed at the
-superblock, the hash table, slot headers, keys, values, or anywhere.  A child process
+A store is populated (a value in every sub-slot class, 160 B to the whole slot; unicode
+keys, big integers, deletions, a batch, a TTL) and closed cleanly, or dropped as after a
+crash.  Copies of it are then damaged, seeded: random bit flips, zeroed ranges, truncation
+at random offsets, or all three, aimed at a region of the version-3 layout read from the
+file itself: the superblock, the directory, the slot-info region, the table's segments (all
+of them, or the entries in use), record headers, keys, values, or anywhere.  A child process
 (``fault_child.py check``) opens each copy and reads every key with ``read``, ``get`` and
-``in``, then ``keys``, ``len`` and ``verify``: every outcome must be an ``MmapKVError``
-subclass or the exact stored value.  The child must exit normally (a segfault or SIGBUS
-shows as a signal exit code; the last ``case`` line names the file that killed it).
+``in``, then ``keys``, ``len`` and ``verify``, twice, then again after a close and reopen:
+every outcome must be an ``MmapKVError`` subclass or the exact stored value.  Damage to what
+is derived from the records (slot info, directory, segments) may make a read fail, drop the
+entry, or, after the recovery a damaged read triggers, succeed: only wrong data is wrong.
+The child must exit normally (a segfault or SIGBUS shows as a signal exit code; the last
+``case`` line names the file that killed it).
 
 ``MMAPKV_FAULT_CASES`` sets the number of damaged copies per kind and state (default 250).
 """
@@ -27,24 +32,66 @@ import pytest
 
 import mmapkv
 from fault_child import child_command, child_env, make_value, write_report
-from mmapkv.format import KEY_OFFSET, SLOT_STRIDE, VALUE_OFFSET, VERSION, Geometry
+from mmapkv.format import (
+    CLASS_COUNT,
+    CLASS_SIZES,
+    KEY_OFFSET,
+    KIND_SEGMENT,
+    MAGIC,
+    PAGE_SIZE,
+    RECORD_HEADER,
+    SEGMENT_ENTRIES,
+    SLOT_INFO,
+    SLOT_SIZE,
+    SUPERBLOCK,
+    SUPERBLOCK_FIELDS,
+    VERSION,
+    Geometry,
+    class_for,
+)
 
 CASES = int(os.environ.get("MMAPKV_FAULT_CASES", "250"))
 MAX_SIZE = Geometry.smallest_max_size() * 4
 GEOMETRY = Geometry(MAX_SIZE)
+#: one value size per sub-slot class (with the keys below, up to 10 bytes): 160 B .. whole slot
+VALUE_SIZES = (100, 200, 260, 450, 560, 950, 1200, 1950, 2450, 4000, 5000, 10000, 16384)
+_DEPTH = SUPERBLOCK_FIELDS.index("global_depth")
+
+#: Foreign exceptions that engine bugs raise, each pinned down by a strict-xfail test below:
+#: (exception, engine function it comes out of, the test).  The damage runs report these as
+#: an xfail naming the test; any other foreign exception fails them.  Delete a line when
+#: its test starts to pass (strict: it then fails as XPASS).
+KNOWN_BUGS = [
+    ("IndexError", "get", "test_a_directory_entry_past_the_file_is_caught"),
+    ("IndexError", "find", "test_a_directory_entry_past_the_file_is_caught"),
+    ("struct.error", "iter_records", "test_a_bitmap_bit_past_the_sub_slots_is_caught"),
+]
+
+
+def known_bug(trace: str) -> str | None:
+    """The test that pins down the engine bug behind *trace*, or None."""
+    lines = trace.strip().splitlines()
+    frame = [line.strip() for line in lines if line.strip().startswith("File ")][-1]
+    exception = lines[-1].split(":")[0]
+    for name, function, test in KNOWN_BUGS:
+        if exception == name and "mmapkv/engine.py" in frame and frame.endswith(f", in {function}"):
+            return test
+    return None
 
 
 def populate(directory: str, crashed: bool) -> tuple[str, dict[str, Any]]:
-    """A store with 24 live keys of varied values (after deletes and a batch); returns its
-    path and the expected contents.  *crashed*: dropped without a clean close."""
+    """A store with 31 live keys, two values in each sub-slot class, closed cleanly, then
+    reopened for deletes, a batch and a TTL; returns its path and the expected contents.
+    *crashed*: the second session is dropped without a clean close."""
     path = os.path.join(directory, "pristine.mmapkv")
     expected: dict[str, Any] = {}
-    store = mmapkv.Store(path, max_size=MAX_SIZE)
-    for i in range(20):
-        key = ["k", "ключ", "🔑", "键"][i % 4] + str(i)
-        value = make_value(key, i, [200, 16384, 1000, 9000][i % 4])
-        store.create(key, value)
-        expected[key] = value
+    with mmapkv.Store(path, max_size=MAX_SIZE) as store:
+        for i in range(2 * CLASS_COUNT):
+            key = ["k", "ключ", "🔑", "键"][i % 4] + str(i)
+            value = make_value(key, i, VALUE_SIZES[i % CLASS_COUNT])
+            store.create(key, value)
+            expected[key] = value
+    store = mmapkv.Store(path)
     for key in ["k0", "🔑2", "k8"]:
         store.delete(key)
         del expected[key]
@@ -62,61 +109,111 @@ def populate(directory: str, crashed: bool) -> tuple[str, dict[str, Any]]:
     return path, expected
 
 
-def regions(data: bytes) -> list[tuple[int, int]]:
-    """Byte ranges worth aiming at: superblock, table, each used slot's header, key, value."""
-    high_water = struct.unpack_from("<I", data, 32)[0] or 30
-    out = [(0, 80), (0, 4096), (GEOMETRY.table_offset, GEOMETRY.table_offset + 8 * GEOMETRY.table_capacity)]
-    for slot in range(high_water):
-        off = GEOMETRY.slot_offset(slot)
-        out += [(off, off + KEY_OFFSET), (off + KEY_OFFSET, off + VALUE_OFFSET),
-                (off + VALUE_OFFSET, off + VALUE_OFFSET + 400)]
-    out.append((0, len(data)))
-    return [(a, min(b, len(data))) for a, b in out if a < len(data)]
+def regions(data: bytes) -> dict[str, list[tuple[int, int]]]:
+    """Byte ranges worth aiming at, by region of the layout.  Records and segments are
+    found through the slot info, not the superblock's counters (a crash leaves those stale)."""
+    g = GEOMETRY
+    depth = min(SUPERBLOCK.unpack_from(data)[_DEPTH], g.max_depth)
+    out: dict[str, list[tuple[int, int]]] = {
+        "superblock": [(0, SUPERBLOCK.size), (0, PAGE_SIZE)],
+        "directory": [(g.dir_offset, g.dir_offset + 2 * (1 << depth)), (g.dir_offset, g.info_offset)],
+        "slot info": [(g.info_offset, g.slots_offset)],
+        "segment": [], "table entry": [], "record header": [], "key": [], "value": [],
+        "anywhere": [(0, len(data))],
+    }
+    for slot in range(g.slot_count(len(data))):
+        at = g.info_offset + SLOT_INFO.size * slot
+        kind, _, _, _, _, bitmap = SLOT_INFO.unpack_from(data, at)
+        base = g.slot_offset(slot)
+        if kind:
+            out["slot info"].append((at, at + SLOT_INFO.size))
+        if kind == KIND_SEGMENT:
+            out["segment"].append((base, base + 8 * SEGMENT_ENTRIES))
+            out["table entry"] += [(base + 8 * i, base + 8 * i + 8) for i in range(SEGMENT_ENTRIES)
+                                   if data[base + 8 * i:base + 8 * i + 8] != bytes(8)]
+        elif 1 <= kind <= CLASS_COUNT:
+            size = CLASS_SIZES[kind - 1]
+            bits = int.from_bytes(bitmap, "little")
+            for index in range(SLOT_SIZE // size):
+                if bits >> index & 1:
+                    off = base + index * size
+                    vlen, klen = RECORD_HEADER.unpack_from(data, off)[5:7]
+                    out["record header"].append((off, off + KEY_OFFSET))
+                    out["key"].append((off + KEY_OFFSET, off + KEY_OFFSET + klen))
+                    out["value"].append((off + KEY_OFFSET + klen, off + KEY_OFFSET + klen + vlen))
+    return {name: [(a, min(b, len(data))) for a, b in spans if a < min(b, len(data))]
+            for name, spans in out.items()}
 
 
-def damage(data: bytes, kind: str, rng: random.Random) -> tuple[bytes, list[str]]:
-    """A damaged copy of *data* and a description of what was done to it."""
+def damage(data: bytes, kind: str, rng: random.Random,
+           spots: dict[str, list[tuple[int, int]]]) -> tuple[bytes, list[str]]:
+    """A damaged copy of *data* and a description of what was done to it, and where.  Each
+    blow picks a region (every region equally often), then a range in it."""
     buf = bytearray(data)
-    spots = regions(data)
     done: list[str] = []
+
+    def aim() -> tuple[str, int]:
+        region = rng.choice(sorted(name for name, spans in spots.items() if spans))
+        lo, hi = rng.choice(spots[region])
+        return region, rng.randrange(lo, hi)
+
     kinds = ["flip", "zero", "truncate"] if kind == "mixed" else [kind]
     for what in kinds:
         if what == "flip":
             for _ in range(rng.choice([1, 1, 2, 3, 8])):
-                lo, hi = rng.choice(spots)
-                at, bit = rng.randrange(lo, hi), rng.randrange(8)
+                region, at = aim()
+                bit = rng.randrange(8)
                 buf[at] ^= 1 << bit
-                done.append(f"flip byte {at} bit {bit}")
+                done.append(f"flip byte {at} bit {bit} ({region})")
         elif what == "zero":
             for _ in range(rng.choice([1, 1, 2, 3])):
-                lo, hi = rng.choice(spots)
-                at = rng.randrange(lo, hi)
+                region, at = aim()
                 length = rng.choice([1, 2, 4, 8, 16, 64, 512, 4096])
                 buf[at:at + length] = bytes(len(buf[at:at + length]))
-                done.append(f"zero {length} bytes at {at}")
+                done.append(f"zero {length} bytes at {at} ({region})")
         else:
-            lo, hi = rng.choice(spots)
-            at = rng.randrange(lo, hi) if rng.random() < 0.8 else rng.randrange(len(buf))
+            region, at = aim()
+            if rng.random() >= 0.8:
+                region, at = "anywhere", rng.randrange(len(buf))
             del buf[at:]
-            done.append(f"truncate at {at}")
+            done.append(f"truncate at {at} ({region})")
     return bytes(buf), done
 
 
 def run_checker(directory: str, files: list[str], expected: dict[str, Any]) -> dict[str, Any]:
-    """Run ``fault_child.py check`` over *files*; fail with the culprit if it dies."""
+    """Run ``fault_child.py check`` over *files*; fail with the culprit if it dies or hangs."""
     expected_path = os.path.join(directory, "expected.json")
     with open(expected_path, "w") as f:
         json.dump(expected, f)
-    proc = subprocess.run(child_command("check", {"files": files, "expected": expected_path}),
-                          capture_output=True, env=child_env(), timeout=600)
-    lines = [json.loads(line) for line in proc.stdout.decode().splitlines() if line]
+    command = child_command("check", {"files": files, "expected": expected_path})
+    try:
+        proc = subprocess.run(command, capture_output=True, env=child_env(), timeout=600)
+        stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as exc:  # a loop that damage made endless
+        stdout, stderr, code = exc.stdout or b"", exc.stderr or b"", None
+    lines = [json.loads(line) for line in stdout.decode().splitlines() if line]
     last_case = next((e["case"] for e in reversed(lines) if e["ev"] == "case"), None)
-    assert proc.returncode == 0, (
-        f"the checker died with exit code {proc.returncode} on case {last_case} "
-        f"({files[last_case] if last_case is not None else '-'}):\n{proc.stderr.decode()[-3000:]}")
+    assert code == 0, (
+        f"the checker {'hung' if code is None else f'died with exit code {code}'} on case "
+        f"{last_case} ({files[last_case] if last_case is not None else '-'}):\n{stderr.decode()[-3000:]}")
     assert lines and lines[-1]["ev"] == "done"
     done: dict[str, Any] = lines[-1]
     return done
+
+
+def test_the_store_fills_every_class_and_the_regions_are_found(tmp_path: Any) -> None:
+    """What the damage aims at is there: a record of every sub-slot class, every key's
+    record, table entries for all of them, the directory and the slot info."""
+    path, expected = populate(str(tmp_path), crashed=False)
+    with open(path, "rb") as f:
+        data = f.read()
+    spots = regions(data)
+    keys = {data[a:b].decode() for a, b in spots["key"]}
+    assert keys == set(expected)
+    assert len(spots["record header"]) == len(spots["value"]) == len(spots["table entry"]) == len(expected)
+    classes = {class_for(b - a) for (a, _), (_, b) in zip(spots["record header"], spots["value"])}
+    assert classes == set(range(CLASS_COUNT))
+    assert spots["segment"] and spots["directory"] and len(spots["slot info"]) > CLASS_COUNT
 
 
 @pytest.mark.parametrize("state", ["clean", "crashed"])
@@ -130,60 +227,68 @@ def test_damaged_store_never_gives_wrong_data(tmp_path: Any, kind: str, state: s
     pristine, expected = populate(directory, crashed=state == "crashed")
     with open(pristine, "rb") as f:
         data = f.read()
+    spots = regions(data)
     files, damages = [], []
     for case in range(CASES):
-        damaged, done = damage(data, kind, rng)
+        damaged, done = damage(data, kind, rng, spots)
         path = os.path.join(directory, f"case{case}.mmapkv")
         with open(path, "wb") as f:
             f.write(damaged)
         files.append(path)
         damages.append(done)
     result = run_checker(directory, files, expected)
+    shutil.rmtree(directory, ignore_errors=True)  # some 250 copies of a 700 KB file
     context = f"seed={seed} kind={kind} state={state}"
     assert result["wrong"] == [], (
         f"{context}: wrong data: {result['wrong'][:3]}; damage: "
         f"{[damages[w['case']] for w in result['wrong'][:3]]}")
-    assert result["foreign"] == [], (
-        f"{context}: a non-mmapkv exception: {result['foreign'][0]['trace']}\ndamage: "
-        f"{damages[result['foreign'][0]['case']]}")
+    known = [f for f in result["foreign"] if known_bug(f["trace"])]
+    foreign = [f for f in result["foreign"] if not known_bug(f["trace"])]
+    assert foreign == [], (
+        f"{context}: a non-mmapkv exception: {foreign[0]['trace']}\ndamage: {damages[foreign[0]['case']]}")
     assert result["invented_keys"] == [], (
-        f"{context}: keys() listed names never stored: {result['invented_keys'][:3]}")
+        f"{context}: keys() listed names never stored: {result['invented_keys'][:3]}; damage: "
+        f"{[damages[k['case']] for k in result['invented_keys'][:3]]}")
     assert result["refused"] + result["opened"] == CASES
     assert set(result["errors"]) <= {"CorruptStoreError", "FormatVersionError", "KeyNotFoundError",
-                                     "KeyExpiredError"}, result["errors"]
+                                     "KeyExpiredError"}, (context, result["errors"])
     if kind == "truncate":  # a store shorter than its superblock says is never opened
         assert result["opened"] == 0
-    reads = len(expected) * 2
     write_report("fault_corrupt", {
         "corrupted files tried": CASES, "opened anyway": result["opened"],
-        "refused at open": result["refused"], "reads exact": result["reads_exact"],
-        "reads refused": result["reads_refused"], "reads tried": result["opened"] * reads,
-        "wrong data": len(result["wrong"]), "errors other than the documented ones": len(result["foreign"]),
+        "refused at open": result["refused"], "reopened after the damage was read": result["reopened"],
+        "reads exact": result["reads_exact"], "reads refused": result["reads_refused"],
+        "reads tried": result["reads"], "wrong data": len(result["wrong"]),
+        "errors other than the documented ones": len(result["foreign"]),
         "keys() listed names never stored": len(result["invented_keys"])})
+    if known:
+        pytest.xfail(f"{context}: {len(known)} foreign exceptions from engine bugs that "
+                     f"{sorted({known_bug(f['trace']) for f in known})} pin down; the first in case "
+                     f"{known[0]['case']}, during {known[0]['during']}, damage {damages[known[0]['case']]}")
 
 
 def random_non_store(rng: random.Random, case: int) -> bytes:
     """Bytes that are not an mmapkv store: random, text, or a near miss of the header."""
-    magic = b"\x89MKV\r\n\x1a\n"
-    size = rng.choice([0, 1, 7, 8, 9, 79, 80, 81, 4096, rng.randrange(200_000)])
+    size = rng.choice([0, 1, 7, 8, 9, 79, 80, 81, SUPERBLOCK.size - 1, SUPERBLOCK.size,
+                       SUPERBLOCK.size + 1, PAGE_SIZE, rng.randrange(200_000)])
     body = rng.randbytes(size)
     style = case % 6
     if style == 1:  # text
         body = ("not a store\n" * (size // 12 + 1)).encode()[:size]
     elif style == 2:  # a truncated magic number
-        body = magic[:rng.randrange(1, 8)]
+        body = MAGIC[:rng.randrange(1, 8)]
     elif style == 3:  # the magic number, then garbage
-        body = magic + body
-    elif style == 4:  # the magic, a future version, then garbage
-        body = magic + struct.pack("<I", rng.randrange(2, 2 ** 32)) + body
+        body = MAGIC + body
+    elif style == 4:  # the magic, a version that is not this one (1, 2, future), then garbage
+        body = MAGIC + struct.pack("<I", rng.choice([1, 2, rng.randrange(VERSION + 1, 2 ** 32)])) + body
     elif style == 5:  # the magic and the current version with a zeroed or random superblock
-        body = magic + struct.pack("<I", VERSION) + (bytes(size) if rng.random() < 0.5 else body)
+        body = MAGIC + struct.pack("<I", VERSION) + (bytes(size) if rng.random() < 0.5 else body)
     return body
 
 
 def test_non_stores_are_refused_and_left_untouched(tmp_path: Any) -> None:
     """Opening a file that is not a store raises CorruptStoreError (FormatVersionError for
-    a newer version) and changes none of its bytes."""
+    another version) and changes none of its bytes."""
     rng = random.Random(55)
     cases = max(CASES, 60)
     files, contents = [], []
@@ -212,8 +317,13 @@ def test_keys_never_lists_a_damaged_name(tmp_path: Any) -> None:
     path = os.path.join(tmp_path, "s.mmapkv")
     with mmapkv.Store(path, max_size=MAX_SIZE) as store:
         store.create("abc", {"b": 2})
+        engine = store._engine
+        assert engine is not None
+        off = engine.record_offset(engine.find(b"abc", engine.fingerprint(b"abc")))
     with open(path, "r+b") as f:
-        f.seek(GEOMETRY.slot_offset(0) + KEY_OFFSET)
+        f.seek(off + KEY_OFFSET)
+        assert f.read(3) == b"abc"
+        f.seek(off + KEY_OFFSET)
         f.write(b"`")  # "abc" -> "`bc": still valid UTF-8, checksum now fails
     with mmapkv.Store(path) as store:
         with pytest.raises(mmapkv.CorruptStoreError, match="1 entry"):
@@ -221,11 +331,121 @@ def test_keys_never_lists_a_damaged_name(tmp_path: Any) -> None:
         assert store.keys() == [] and len(store) == 0 and store.verify() == []
 
 
+def small_store(tmp_path: Any, value: dict[str, Any]) -> tuple[str, int]:
+    """A closed store holding *value* under "k"; returns its path and the record's slot."""
+    path = os.path.join(tmp_path, "s.mmapkv")
+    with mmapkv.Store(path, max_size=MAX_SIZE) as store:
+        store.create("k", value)
+        engine = store._engine
+        assert engine is not None
+        slot = engine.slot_of(engine.record_offset(engine.find(b"k", engine.fingerprint(b"k"))))
+    return path, slot
+
+
+def assert_reads_exact_or_refused(path: str, value: dict[str, Any]) -> None:
+    """read, in and keys each give *value* (or "k") or raise an MmapKVError."""
+    with mmapkv.Store(path) as store:
+        for call, want in ((lambda: store.read("k"), value), (lambda: "k" in store, True),
+                           (store.keys, ["k"])):
+            try:
+                got = call()
+            except mmapkv.MmapKVError:
+                continue
+            assert got == want
+
+
+@pytest.mark.xfail(strict=True, raises=IndexError, reason=(
+    "engine bug: Engine.get and Engine.find index the map through a directory entry of a clean "
+    "file without checking it names a slot of the file; one past the end is an IndexError"))
+def test_a_directory_entry_past_the_file_is_caught(tmp_path: Any) -> None:
+    """The directory (derived, trusted in a clean file) names slot 37 of an 8-slot file:
+    the read must fail with an MmapKVError or, after recovery rebuilds the table, succeed."""
+    path, _ = small_store(tmp_path, {"v": 1})
+    with open(path, "r+b") as f:
+        f.seek(GEOMETRY.dir_offset)
+        f.write(struct.pack("<H", GEOMETRY.max_slots + 1))  # depth 0: the only entry
+    assert_reads_exact_or_refused(path, {"v": 1})
+
+
+@pytest.mark.xfail(strict=True, raises=struct.error, reason=(
+    "engine bug: Engine.iter_records (keys, dump, compact, check_records) follows every bit of "
+    "a slot's 128-bit bitmap, not only the first SLOT_SIZE // class size; a stray bit reads "
+    "past the map (struct.error)"))
+def test_a_bitmap_bit_past_the_sub_slots_is_caught(tmp_path: Any) -> None:
+    """A whole-slot record's slot info gets bitmap bit 127 set (one flipped bit): keys()
+    must list "k" or raise an MmapKVError, not read 127 slots further on."""
+    value = make_value("k", 1, 16384)
+    path, slot = small_store(tmp_path, value)
+    at = GEOMETRY.info_offset + SLOT_INFO.size * slot
+    with open(path, "r+b") as f:
+        f.seek(at)
+        kind, _, used, _, _, bitmap = SLOT_INFO.unpack(f.read(SLOT_INFO.size))
+        assert (kind, used, bitmap) == (CLASS_COUNT, 1, (1).to_bytes(16, "little"))
+        f.seek(at + 8 + 15)
+        f.write(b"\x80")
+    assert_reads_exact_or_refused(path, value)
+
+
+@pytest.mark.xfail(strict=True, raises=mmapkv.KeyNotFoundError, reason=(
+    "engine bug: Slots.take_record takes the lowest clear bitmap bit without checking it is "
+    "below SLOT_SIZE // class size; a stray bit in a clean file's bitmap hands out a sub-slot "
+    "past the slot, and the create overwrites the next slot's record"))
+def test_a_stray_bitmap_bit_never_lets_a_create_overwrite_another_record(tmp_path: Any) -> None:
+    """Slot info is derived and may be damaged, but a write must stay inside the slot it
+    was given: a record it never touched (here "whole", in the next slot) reads back."""
+    path = os.path.join(tmp_path, "s.mmapkv")
+    half, whole = make_value("half", 1, 9000), make_value("whole", 2, 16384)
+    with mmapkv.Store(path, max_size=MAX_SIZE) as store:
+        store.create("half", half)    # one of the two 10,240-byte sub-slots of its slot
+        store.create("whole", whole)  # the next slot, whole
+        engine = store._engine
+        assert engine is not None
+        offsets = [engine.record_offset(engine.find(k, engine.fingerprint(k)))
+                   for k in (b"half", b"whole")]
+    slot = (offsets[0] - GEOMETRY.slots_offset) // SLOT_SIZE
+    assert offsets[1] == GEOMETRY.slot_offset(slot + 1)
+    with open(path, "r+b") as f:  # bit 1 of the bitmap: both sub-slots taken, yet used is 1
+        f.seek(GEOMETRY.info_offset + SLOT_INFO.size * slot + 8)
+        f.write(b"\x03")
+    new: dict[str, Any] | None = make_value("new", 3, 9000)
+    with mmapkv.Store(path) as store:
+        try:
+            store.create("new", new)
+        except mmapkv.MmapKVError:  # noticing the damage is fine
+            new = None
+        assert store.read("whole") == whole and store.read("half") == half
+        assert new is None or store.read("new") == new
+
+
+@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError, reason=(
+    "engine bug: Store.keys decodes the key of every intact, indexed record as UTF-8 without a "
+    "check; a forged record (checksum right, key not UTF-8) raises UnicodeDecodeError "
+    "(`mmapkv keys` exits 70)"))
+def test_a_forged_key_that_is_not_utf8_is_caught(tmp_path: Any) -> None:
+    """A hostile file's record passes its checksum (seeded with its offset, so it must be
+    forged where it lies) but its key is not UTF-8: keys() must not list it, or say so."""
+    path, _ = small_store(tmp_path, {"v": 1})
+    with mmapkv.Store(path) as store:
+        engine = store._engine
+        assert engine is not None
+        with engine.change():  # past Store's validation: what a forged file holds
+            engine.room_for([64], [engine.fingerprint(b"\xff")])
+            engine.insert(b"\xff", engine.fingerprint(b"\xff"), b'{"v":2}', 0, 0.0)
+    assert_reads_exact_or_refused(path, {"v": 1})
+
+
 def test_checker_detects_wrong_data(tmp_path: Any) -> None:
-    """The checker itself can fail: a store holding a different value is reported."""
+    """The checker itself can fail: a store holding a different value is reported, by read
+    and get, in each of its passes (open, again, reopen)."""
     path = os.path.join(tmp_path, "s.mmapkv")
     with mmapkv.Store(path) as store:
         store.create("k", {"v": 1})
     result = run_checker(str(tmp_path), [path], {"k": {"v": 2}})
-    assert len(result["wrong"]) == 2  # read and get
+    assert sorted((w["when"], w["how"]) for w in result["wrong"]) == [
+        ("again", "get"), ("again", "read"), ("open", "get"), ("open", "read"),
+        ("reopen", "get"), ("reopen", "read")]
+    assert result["invented_keys"] == [] and result["reopened"] == 1
+    with mmapkv.Store(path) as store:  # and it names a key that was never stored
+        store.create("stranger", {})
+    assert run_checker(str(tmp_path), [path], {"k": {"v": 1}})["invented_keys"][0]["keys"] == ["stranger"]
     shutil.rmtree(tmp_path, ignore_errors=True)

@@ -7,12 +7,13 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from typing import Any
 
 import pytest
 
 import mmapkv
-from mmapkv import transfer
+from mmapkv import codec, transfer
 from mmapkv.errors import (
     CorruptStoreError,
     InvalidKeyError,
@@ -21,9 +22,12 @@ from mmapkv.errors import (
     KeyExistsError,
     StoreFullError,
 )
-from mmapkv.format import Geometry
+from mmapkv.format import CLASS_SIZES, KEY_OFFSET, MAX_VALUE_BYTES, Geometry, class_for
+from mmapkv.slots import PER_SLOT
 
 SMALL_MAX_SIZE = Geometry.smallest_max_size() * 4
+#: a value that takes a whole slot: each key of it adds one slot to the file
+WHOLE_SLOT = {"k": "x" * (MAX_VALUE_BYTES - 10)}
 
 VALUES: dict[str, dict[str, Any]] = {
     "plain": {"name": "Ada", "langs": ["en", "fr"]},
@@ -54,6 +58,37 @@ def dumped(store: mmapkv.Store) -> bytes:
     out = io.StringIO()
     transfer.dump(store, out)
     return out.getvalue().encode("utf-8")
+
+
+def padded(length: int) -> dict[str, str]:
+    """A value whose compact JSON is exactly *length* bytes (at least 8)."""
+    return {"p": "x" * (length - 8)}
+
+
+def class_values() -> dict[str, dict[str, str]]:
+    """Values at both ends of every sub-slot class (a record is header + key + value), from
+    10 bytes of JSON to 16,384: ``{key: value}``."""
+    out: dict[str, dict[str, str]] = {}
+    for cls, size in enumerate(CLASS_SIZES):
+        low = CLASS_SIZES[cls - 1] + 1 if cls else KEY_OFFSET + 4 + 10
+        for end, record in (("l", low), ("h", size)):
+            key = f"c{cls:02d}{end}"
+            value = padded(min(record - KEY_OFFSET - len(key), MAX_VALUE_BYTES))
+            assert class_for(KEY_OFFSET + len(key) + len(codec.encode(value)[0])) == cls
+            out[key] = value
+    return out
+
+
+def smallest_size(records: list[int], max_size: int = mmapkv.MAX_FILE_SIZE) -> int:
+    """The smallest file size growth can produce that holds records of these sizes, packed
+    by class, beside the table's one segment."""
+    g = Geometry(max_size)
+    per_class = Counter(class_for(size) for size in records)
+    slots = 1 + sum(-(-count // PER_SLOT[cls]) for cls, count in per_class.items())
+    size = g.initial_size
+    while g.slot_count(size) < slots:
+        size = g.grown_size(size)
+    return size
 
 
 # ------------------------------------------------------------------ dump
@@ -100,6 +135,28 @@ def test_round_trip_gives_an_identical_store(tmp_path: Any, clock: Any) -> None:
         assert dumped(b) == original
         clock.advance(200)  # the absolute expiry holds: the first TTL key (ttl=200) is gone
         assert "ünïcødé:ключ" not in b and "plain" in b
+
+
+def test_round_trip_across_every_class(tmp_path: Any, clock: Any) -> None:
+    """Values from 10 bytes of JSON to 16,384, at both ends of every sub-slot class, some
+    with a TTL: the dump restores to the same entries (value bytes, absolute expiry)."""
+    values = class_values()
+    with mmapkv.Store(tmp_path / "a", clock=clock) as a:
+        for n, (key, value) in enumerate(values.items()):
+            a.create(key, value, ttl=60 * n if n % 3 else None)
+        engine = a._engine
+        assert engine is not None and sorted(engine.class_usage()) == list(CLASS_SIZES)
+        original, want = dumped(a), entries(a)
+    assert len(want) == 2 * len(CLASS_SIZES)
+    clock.advance(30)  # absolute expiries: restoring later does not move them
+    with mmapkv.Store(tmp_path / "b", clock=clock) as b:
+        assert transfer.restore(b, io.BytesIO(original)).restored == len(values)
+        assert dumped(b) == original and entries(b) == want
+        for key, value in values.items():
+            assert b.read(key) == value
+        engine = b._engine
+        assert engine is not None and sorted(engine.class_usage()) == list(CLASS_SIZES)
+        assert b.verify() == [] and transfer.check_records(b) == []
 
 
 def test_restore_skips_expired_entries(tmp_path: Any, clock: Any) -> None:
@@ -223,15 +280,18 @@ def test_restore_input_changed_between_passes_writes_nothing(tmp_path: Any, cloc
 
 
 def test_restore_that_does_not_fit_writes_nothing(tmp_path: Any, clock: Any) -> None:
-    slots = Geometry(SMALL_MAX_SIZE).max_slots
-    data = b"".join(b'{"key":"k%d","value":{}}\n' % i for i in range(slots + 1))
+    g = Geometry(SMALL_MAX_SIZE)
+    fits = g.max_slots - 2  # one slot is the table's segment, one holds "mine"
+    line = b'{"key":"k%%d","value":%s}\n' % json.dumps(WHOLE_SLOT).encode()
+    data = b"".join(line % i for i in range(fits + 1))
     with mmapkv.Store(tmp_path / "b", clock=clock, max_size=SMALL_MAX_SIZE) as b:
         b.create("mine", {})
         with pytest.raises(StoreFullError):
             transfer.restore(b, io.BytesIO(data))
         assert b.keys() == ["mine"] and b.verify() == []
-        assert transfer.restore(b, io.BytesIO(data[:data.index(b'{"key":"k%d"' % (slots - 1))])).restored == slots - 1
-        assert len(b) == slots and b.verify() == []
+        assert transfer.restore(b, io.BytesIO(data[:data.index(b'{"key":"k%d"' % fits)])).restored == fits
+        assert len(b) == fits + 1 and b.verify() == []
+        assert b.stats().file_size == g.file_size(g.max_slots) and b.stats().free_slots == 0
 
 
 def test_restore_grows_the_file(tmp_path: Any, clock: Any) -> None:
@@ -246,8 +306,9 @@ def test_restore_grows_the_file(tmp_path: Any, clock: Any) -> None:
 def test_compact_shrinks_and_keeps_every_live_key(tmp_path: Any, clock: Any) -> None:
     path = str(tmp_path / "s")
     with mmapkv.Store(path, clock=clock) as store:
-        for i in range(300):
-            store.create(f"k{i}", {"i": i, "pad": "y" * (i % 50)}, ttl=1000 + i if i % 3 == 0 else None)
+        for i in range(300):  # ~1 KiB values, 20 to a slot: the file grows to 16 slots
+            store.create(f"k{i}", {"i": i, "pad": "y" * (900 + i % 50)},
+                         ttl=1000 + i if i % 3 == 0 else None)
         for i in range(300):
             if i % 10:
                 store.delete(f"k{i}")  # 30 keys stay ...
@@ -261,32 +322,83 @@ def test_compact_shrinks_and_keeps_every_live_key(tmp_path: Any, clock: Any) -> 
         assert new_size < old_size and new_size == os.path.getsize(path)
         assert os.stat(path).st_ino != inode  # a new file took the old one's name
         assert entries(store) == want and store.verify() == []
-        smallest = Geometry(mmapkv.MAX_FILE_SIZE).initial_size
-        while Geometry(mmapkv.MAX_FILE_SIZE).slot_count(smallest) < 30:
-            smallest *= 2
-        assert new_size == smallest  # the smallest size growth can produce that holds 30
+        records = [KEY_OFFSET + len(key.encode()) + len(codec.encode(value)[0])
+                   for key, (value, _) in want.items()]
+        assert new_size == smallest_size(records)  # the smallest size growth can produce that holds them
         store.create("after", {"still": "usable"})  # and the store goes on: it grows again
         for i in range(40):
-            store.create(f"more{i}", {})
+            store.create(f"more{i}", WHOLE_SLOT)
         assert store.verify() == []
     assert os.listdir(tmp_path) == ["s"]  # no temporary file left behind
     with mmapkv.Store(path, clock=clock) as store:
-        assert len(store) == 71 and store.read("k0") == {"i": 0, "pad": ""}
+        assert len(store) == 71 and store.read("k0") == {"i": 0, "pad": "y" * 900}
         assert store.verify() == []
 
 
 def test_compact_picks_the_smallest_size_that_holds_the_keys(tmp_path: Any, clock: Any) -> None:
-    g = Geometry(SMALL_MAX_SIZE)  # 8, 16, then 33 slots at the ceiling
-    sizes = [g.initial_size, 2 * g.initial_size, SMALL_MAX_SIZE]
-    assert [g.slot_count(size) for size in sizes] == [8, 16, 33]
+    g = Geometry(SMALL_MAX_SIZE)  # the slot count doubles from 8, then the ceiling's 36
+    sizes = [g.initial_size]
+    while g.grown_size(sizes[-1]) > sizes[-1]:
+        sizes.append(g.grown_size(sizes[-1]))
+    assert [g.slot_count(size) for size in sizes] == [8, 16, 32, 36]
     with mmapkv.Store(tmp_path / "s", clock=clock, max_size=SMALL_MAX_SIZE) as store:
-        for i in range(33):
-            store.create(f"k{i}", {})
-        for keep, size in ((16, sizes[1]), (9, sizes[1]), (8, sizes[0]), (0, sizes[0])):
+        for i in range(35):  # a slot each, and one for the table: the file is full
+            store.create(f"k{i}", WHOLE_SLOT)
+        assert store.stats().file_size == sizes[3] and store.stats().free_slots == 0
+        for keep, size in ((35, sizes[3]), (31, sizes[2]), (16, sizes[2]), (15, sizes[1]),
+                           (8, sizes[1]), (7, sizes[0]), (0, sizes[0])):
             for key in store.keys()[keep:]:
                 store.delete(key)
             assert transfer.compact(store)[1:] == (size, keep)
             assert len(store) == keep and store.verify() == []
+
+
+def test_compact_repacks_sub_slots(tmp_path: Any, clock: Any) -> None:
+    """Deletes leave free sub-slots spread over a class's slots; compact packs the live
+    records into as few slots as their classes allow."""
+    with mmapkv.Store(tmp_path / "s", clock=clock) as store:
+        for i in range(4 * 128):  # four full slots of 160-byte sub-slots
+            store.create(f"k{i}", {"i": i})
+        for i in range(40):  # two full slots of 1,024-byte sub-slots
+            store.create(f"b{i}", {"i": i, "pad": "z" * 880})
+        for i in range(4 * 128):
+            if i % 4:
+                store.delete(f"k{i}")
+        for i in range(1, 40, 2):
+            store.delete(f"b{i}")
+        engine = store._engine
+        assert engine is not None
+        assert engine.class_usage() == {160: (4, 128, 384), 1024: (2, 20, 20)}
+        want = entries(store)
+        transfer.compact(store)
+        engine = store._engine
+        assert engine is not None
+        assert engine.class_usage() == {160: (1, 128, 0), 1024: (1, 20, 0)}
+        assert entries(store) == want and store.verify() == []
+
+
+def test_compact_keeps_the_hash_seed_and_every_entry(tmp_path: Any, clock: Any) -> None:
+    """Keys hash with the file's own seed, which compact carries over, and every key keeps
+    its value bytes and its absolute expiry, in every class."""
+    path = str(tmp_path / "s")
+    values = class_values()
+    with mmapkv.Store(path, clock=clock) as store:
+        for n, (key, value) in enumerate(values.items()):
+            store.create(key, value, ttl=100 + n if n % 2 else None)
+        engine = store._engine
+        assert engine is not None
+        seed, want = engine.seed, entries(store)
+        clock.advance(50)  # a compact later keeps the expiries where they were
+        transfer.compact(store)
+        engine = store._engine
+        assert engine is not None and engine.seed == seed
+        assert entries(store) == want and store.verify() == []
+        for key, value in values.items():
+            assert store.read(key) == value
+    with mmapkv.Store(path, clock=clock) as store:  # and the new file says so itself
+        engine = store._engine
+        assert engine is not None and engine.seed == seed and engine.was_clean
+        assert entries(store) == want
 
 
 def test_compact_a_store_with_a_long_name(tmp_path: Any, clock: Any) -> None:
@@ -314,13 +426,15 @@ def test_compact_keeps_the_lock(tmp_path: Any, clock: Any) -> None:
 
 
 def test_compact_of_an_empty_store(tmp_path: Any, clock: Any) -> None:
+    initial = Geometry(SMALL_MAX_SIZE).initial_size
     with mmapkv.Store(tmp_path / "s", clock=clock, max_size=SMALL_MAX_SIZE) as store:
+        assert transfer.compact(store) == (initial, initial, 0)  # never below the initial size
         for i in range(20):
-            store.create(f"k{i}", {})
+            store.create(f"k{i}", WHOLE_SLOT)
         for i in range(20):
             store.delete(f"k{i}")
         old, new, keys = transfer.compact(store)
-        assert keys == 0 and new == Geometry(SMALL_MAX_SIZE).initial_size < old
+        assert keys == 0 and new == initial < old
         assert store.stats().max_size == SMALL_MAX_SIZE and store.verify() == []
 
 
@@ -355,32 +469,59 @@ def flip_value_byte(path: str, marker: bytes) -> None:
         f.write(bytes([data[at] ^ 0x20]))
 
 
-def test_corrupt_slot_is_found_and_can_be_left_out(tmp_path: Any, clock: Any) -> None:
+def test_corrupt_record_is_found_and_can_be_left_out(tmp_path: Any, clock: Any) -> None:
     path = str(tmp_path / "s")
     with mmapkv.Store(path, clock=clock) as store:
         store.create("good", {"v": "fine"})
         store.create("bad", {"v": "marker-value"})
+        engine = store._engine
+        assert engine is not None
+        bad = engine.record_offset(engine.find(b"bad", engine.fingerprint(b"bad")))
     flip_value_byte(path, b"marker-value")
+    problem = f"the record at offset {bad} fails its checksum"
     with mmapkv.Store(path, clock=clock) as store:
-        problems = transfer.check_slots(store)
-        assert len(problems) == 1 and "fails its checksum" in problems[0]
-        with pytest.raises(CorruptStoreError, match="fails its checksum"):
+        assert transfer.check_records(store) == [problem]
+        with pytest.raises(CorruptStoreError, match=problem):
             transfer.dump(store, io.StringIO())
-        with pytest.raises(CorruptStoreError):
+        with pytest.raises(CorruptStoreError, match=problem):
             transfer.compact(store)
         out, skipped = io.StringIO(), []
         assert transfer.dump(store, out, skip_corrupt=True, on_skip=skipped.append) == \
             transfer.DumpResult(1, 0, 1)
-        assert skipped == ["slot 1 fails its checksum"] and '"good"' in out.getvalue()
+        assert skipped == [problem] and '"good"' in out.getvalue()
         assert transfer.compact(store, skip_corrupt=True, on_skip=skipped.append)[2] == 1
-        assert skipped == ["slot 1 fails its checksum"] * 2
-        assert store.keys() == ["good"] and store.verify() == [] and transfer.check_slots(store) == []
+        assert skipped == [problem] * 2
+        assert store.keys() == ["good"] and store.verify() == [] and transfer.check_records(store) == []
 
 
-def test_check_slots_is_clean_on_a_good_store(tmp_path: Any, clock: Any) -> None:
+def test_check_records_is_clean_on_a_good_store(tmp_path: Any, clock: Any) -> None:
     with mmapkv.Store(tmp_path / "s", clock=clock) as store:
         fill(store)
-        assert transfer.check_slots(store) == []
+        for key, value in class_values().items():
+            store.create(key, value)
+        assert transfer.check_records(store) == []
+
+
+@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
+    "engine bug: transfer.dump names entry.slot for a record whose text is not UTF-8; "
+    "version 3's Entry has .offset"))
+def test_dump_of_a_forged_record_that_is_not_utf8(tmp_path: Any, clock: Any) -> None:
+    """A record whose checksum holds but whose key is not UTF-8 (only a forged file has one):
+    dump raises CorruptStoreError, or with skip_corrupt leaves it out, as check_records
+    reports it."""
+    with mmapkv.Store(tmp_path / "s", clock=clock) as store:
+        store.create("good", {"v": 1})
+        engine = store._engine
+        assert engine is not None
+        with engine.change():  # past Store's validation: what a forged file holds
+            engine.room_for([64], [engine.fingerprint(b"\xff")])
+            engine.insert(b"\xff", engine.fingerprint(b"\xff"), b'{"v":2}', 0, 0.0)
+        assert "not UTF-8" in transfer.check_records(store)[0]
+        skipped: list[str] = []
+        assert transfer.dump(store, io.StringIO(), skip_corrupt=True, on_skip=skipped.append).corrupt == 1
+        assert len(skipped) == 1
+        with pytest.raises(CorruptStoreError):
+            transfer.dump(store, io.StringIO())
 
 
 def test_progress_is_reported(tmp_path: Any, clock: Any) -> None:
@@ -392,7 +533,7 @@ def test_progress_is_reported(tmp_path: Any, clock: Any) -> None:
     with mmapkv.Store(tmp_path / "s", clock=clock) as store:
         fill(store)
         for run in (lambda: transfer.dump(store, io.StringIO(), progress=progress),
-                    lambda: transfer.check_slots(store, progress=progress),
+                    lambda: transfer.check_records(store, progress=progress),
                     lambda: transfer.compact(store, progress=progress)):
             calls.clear()
             run()
