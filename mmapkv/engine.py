@@ -349,6 +349,9 @@ class Engine:
         the msync costs milliseconds on a busy disk, and a session that only reads
         never pays it."""
         _U32.pack_into(self._mm, SB_FLAGS, 0)
+        # and the checksum: one flipped bit must not make the last clean close's counters
+        # look valid again after a crash
+        _U64.pack_into(self._mm, SB_CHECKSUM, 0)
         self._mm.flush(0, PAGE_SIZE)
         self._dirty = True
 
@@ -492,7 +495,10 @@ class Engine:
     def find(self, key: bytes, fp: int) -> int:
         """Position (in the map as u64s) of *key*'s table entry, or -1.  No checksum."""
         q, mm = self._q, self._mm
-        base = self.table.q0 + self._dir[fp & self.table.dmask] * SEGMENT_STRIDE
+        segment = self._dir[fp & self.table.dmask]
+        if segment >= self.slot_count:
+            raise CorruptStoreError(f"{self.path}: a directory entry points past the end of the file")
+        base = self.table.q0 + segment * SEGMENT_STRIDE
         i = (fp >> HOME_SHIFT) & SEGMENT_MASK
         distance = 0
         limit = self.file_size - KEY_OFFSET
@@ -519,7 +525,10 @@ class Engine:
         :raises DamagedEntry: the record fails its checksum (``recover`` drops it).
         """
         q, mm = self._q, self._mm
-        base = self.table.q0 + self._dir[fp & self.table.dmask] * SEGMENT_STRIDE
+        segment = self._dir[fp & self.table.dmask]
+        if segment >= self.slot_count:
+            raise DamagedEntry(f"{self.path}: a directory entry points past the end of the file", -1)
+        base = self.table.q0 + segment * SEGMENT_STRIDE
         i = (fp >> HOME_SHIFT) & SEGMENT_MASK
         distance = 0
         while True:
@@ -759,7 +768,7 @@ class Engine:
         in file order.  Only sub-slots the slot info marks as taken are read."""
         mm, info = self._mm, self.slots.info
         for slot, cls in self.record_slots():
-            bits = int.from_bytes(info(slot)[5], "little")
+            bits = int.from_bytes(info(slot)[5], "little") & ((1 << PER_SLOT[cls]) - 1)
             size = CLASS_SIZES[cls]
             base = self._slots_offset + slot * SLOT_SIZE
             while bits:
@@ -822,7 +831,11 @@ class Engine:
         g = self.geometry
         seq_limit = _U64.unpack_from(mm, SB_SEQ_LIMIT)[0]
         batch = self.batch_commit = _U64.unpack_from(mm, SB_BATCH_COMMIT)[0]
-        floor = self.floor_seq = _U64.unpack_from(mm, SB_FLOOR_SEQ)[0]
+        floor = _U64.unpack_from(mm, SB_FLOOR_SEQ)[0]
+        if floor > seq_limit:  # a floor is a sequence number already handed out: damage
+            floor = 0
+            _U64.pack_into(mm, SB_FLOOR_SEQ, 0)
+        self.floor_seq = floor
         kinds = bytearray(mm[g.info_offset:g.info_offset + 24 * self.slot_count:24]) \
             if self.slot_count else bytearray()
         record_slots = [s for s in range(self.slot_count) if 1 <= kinds[s] <= CLASS_COUNT]
@@ -867,9 +880,14 @@ class Engine:
                     if not ok:
                         _U32.pack_into(mm, off, STATE_FREE)
                         continue
+                    key = bytes(mm[off + KEY_OFFSET:off + KEY_OFFSET + klen])
+                    try:
+                        key.decode("utf-8")
+                    except UnicodeDecodeError:  # mmapkv writes only str keys: damage
+                        _U32.pack_into(mm, off, STATE_FREE)
+                        continue
                     if state == STATE_PENDING:
                         _U32.pack_into(mm, off, STATE_LIVE)
-                    key = bytes(mm[off + KEY_OFFSET:off + KEY_OFFSET + klen])
                     fp = self.fingerprint(key)
                     position = self.find(key, fp)
                     if position >= 0:  # the same key twice: keep the newer write

@@ -41,7 +41,9 @@ class V2Entry:
 
 
 def is_v2(path: str) -> bool:
-    """True if *path* starts like a version-2 store."""
+    """True if *path* is a regular file that starts like a version-2 store."""
+    if not os.path.isfile(path):  # opening a FIFO would block
+        return False
     try:
         with open(path, "rb") as f:
             head = f.read(12)

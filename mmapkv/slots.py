@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 
+from .errors import CorruptStoreError
 from .format import (
     CLASS_COUNT,
     CLASS_SIZES,
@@ -119,6 +120,11 @@ class Slots:
             if PER_SLOT[cls] > 1:  # it has free sub-slots: it goes on the partial list
                 self.heads[cls] = slot + 1
         index = (~bits & (bits + 1)).bit_length() - 1   # the lowest clear bit
+        if index >= PER_SLOT[cls] or (kind != cls + 1):
+            # The slot info disagrees with itself (damage): never write past the slot.
+            # Not a clean refusal: the store repairs (rebuilds this info) before its next use.
+            raise CorruptStoreError(f"the slot info of slot {slot} is damaged; the store rebuilds "
+                                    "it from the records at its next use: try again")
         bits |= 1 << index
         used += 1
         if used == PER_SLOT[cls] and PER_SLOT[cls] > 1:  # full now: off the partial list

@@ -400,7 +400,10 @@ class Store:
                 if not (engine.is_indexed(off, key) and engine.is_intact(off)):
                     damaged += 1
                 elif not expires or now < expires:
-                    keys.append(key.decode("utf-8"))  # it hashed to a stored key: UTF-8
+                    try:
+                        keys.append(key.decode("utf-8"))
+                    except UnicodeDecodeError:  # a forged record: mmapkv writes str keys
+                        damaged += 1
             if damaged:
                 with engine.change():
                     engine.recover()

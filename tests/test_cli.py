@@ -465,11 +465,7 @@ def test_unavailable_paths(run: Run, tmp_path: Any, kind: str) -> None:
 
 
 @pytest.mark.parametrize("command", [["stats"], ["get", "k"], ["keys"], ["verify"], ["dump"],
-                                     pytest.param(["compact"], marks=pytest.mark.xfail(
-                                         strict=True, raises=subprocess.TimeoutExpired, reason=(
-                                             "engine bug: `mmapkv compact` asks legacy.is_v2 first, "
-                                             "which open()s the path to read its header: on a FIFO "
-                                             "that blocks for a writer, before Store refuses it"))),
+                                     ["compact"],
                                      ["create", "k", "{}"]])
 def test_fifo_is_refused_at_once(tmp_path: Any, command: list[str]) -> None:
     fifo = str(tmp_path / "fifo.mmapkv")

@@ -61,11 +61,7 @@ _DEPTH = SUPERBLOCK_FIELDS.index("global_depth")
 #: (exception, engine function it comes out of, the test).  The damage runs report these as
 #: an xfail naming the test; any other foreign exception fails them.  Delete a line when
 #: its test starts to pass (strict: it then fails as XPASS).
-KNOWN_BUGS = [
-    ("IndexError", "get", "test_a_directory_entry_past_the_file_is_caught"),
-    ("IndexError", "find", "test_a_directory_entry_past_the_file_is_caught"),
-    ("struct.error", "iter_records", "test_a_bitmap_bit_past_the_sub_slots_is_caught"),
-]
+KNOWN_BUGS: list[tuple[str, str, str]] = []
 
 
 def known_bug(trace: str) -> str | None:
@@ -354,9 +350,6 @@ def assert_reads_exact_or_refused(path: str, value: dict[str, Any]) -> None:
             assert got == want
 
 
-@pytest.mark.xfail(strict=True, raises=IndexError, reason=(
-    "engine bug: Engine.get and Engine.find index the map through a directory entry of a clean "
-    "file without checking it names a slot of the file; one past the end is an IndexError"))
 def test_a_directory_entry_past_the_file_is_caught(tmp_path: Any) -> None:
     """The directory (derived, trusted in a clean file) names slot 37 of an 8-slot file:
     the read must fail with an MmapKVError or, after recovery rebuilds the table, succeed."""
@@ -367,10 +360,6 @@ def test_a_directory_entry_past_the_file_is_caught(tmp_path: Any) -> None:
     assert_reads_exact_or_refused(path, {"v": 1})
 
 
-@pytest.mark.xfail(strict=True, raises=struct.error, reason=(
-    "engine bug: Engine.iter_records (keys, dump, compact, check_records) follows every bit of "
-    "a slot's 128-bit bitmap, not only the first SLOT_SIZE // class size; a stray bit reads "
-    "past the map (struct.error)"))
 def test_a_bitmap_bit_past_the_sub_slots_is_caught(tmp_path: Any) -> None:
     """A whole-slot record's slot info gets bitmap bit 127 set (one flipped bit): keys()
     must list "k" or raise an MmapKVError, not read 127 slots further on."""
@@ -386,10 +375,6 @@ def test_a_bitmap_bit_past_the_sub_slots_is_caught(tmp_path: Any) -> None:
     assert_reads_exact_or_refused(path, value)
 
 
-@pytest.mark.xfail(strict=True, raises=mmapkv.KeyNotFoundError, reason=(
-    "engine bug: Slots.take_record takes the lowest clear bitmap bit without checking it is "
-    "below SLOT_SIZE // class size; a stray bit in a clean file's bitmap hands out a sub-slot "
-    "past the slot, and the create overwrites the next slot's record"))
 def test_a_stray_bitmap_bit_never_lets_a_create_overwrite_another_record(tmp_path: Any) -> None:
     """Slot info is derived and may be damaged, but a write must stay inside the slot it
     was given: a record it never touched (here "whole", in the next slot) reads back."""
@@ -417,10 +402,6 @@ def test_a_stray_bitmap_bit_never_lets_a_create_overwrite_another_record(tmp_pat
         assert new is None or store.read("new") == new
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError, reason=(
-    "engine bug: Store.keys decodes the key of every intact, indexed record as UTF-8 without a "
-    "check; a forged record (checksum right, key not UTF-8) raises UnicodeDecodeError "
-    "(`mmapkv keys` exits 70)"))
 def test_a_forged_key_that_is_not_utf8_is_caught(tmp_path: Any) -> None:
     """A hostile file's record passes its checksum (seeded with its offset, so it must be
     forged where it lies) but its key is not UTF-8: keys() must not list it, or say so."""

@@ -18,6 +18,15 @@ from mmapkv import InvalidArgumentError, StoreFullError, codec, transfer
 from mmapkv.format import CLASS_SIZES, KEY_OFFSET, MAX_FILE_SIZE, Geometry, class_for
 
 SMALLEST = Geometry.smallest_max_size()
+
+
+def ceiling_of(slots: int) -> int:
+    """The smallest ceiling (in pages) whose file holds *slots* slots."""
+    size = SMALLEST
+    while Geometry(size).max_slots < slots:
+        size += 4096
+    return size
+
 GROWTH_MAX_SIZE = 4 << 20  # 8 initial slots, four doublings, then clamped at 204 slots
 WHOLE = {"pad": "x" * 12_000}   # a record over 10,240 bytes: one whole slot per key
 SMALL = {"pad": "x" * 90}       # a 160-byte record: 128 keys per slot
@@ -178,8 +187,6 @@ def test_batch_that_does_not_fit_writes_nothing(path: str) -> None:
         assert store.verify() == []
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: Engine.room_for grows the file before it "
-                   "knows the records fit, so a refused batch leaves it at its ceiling")
 def test_batch_that_does_not_fit_does_not_grow_the_file(path: str) -> None:
     """Version 2 checked the fit first: a refused batch left the file as it was."""
     g = Geometry(GROWTH_MAX_SIZE)
@@ -207,7 +214,7 @@ def test_slots_the_size_classes_strand(path: str) -> None:
     """Issue 12: at the ceiling, with one class's slots half empty and no slot free, a
     create of another class is StoreFullError saying how many sub-slots of other sizes are
     free and that `mmapkv compact` repacks them; after compact it succeeds."""
-    max_size = SMALLEST * 2  # 17 slots: two table segments, the rest 160-byte records
+    max_size = ceiling_of(17)  # two table segments, the rest 160-byte records
     assert class_size("big", THREE_KB) == 4096
     with mmapkv.Store(path, max_size=max_size) as store:
         kept, freed, size = half_emptied(store)
@@ -230,7 +237,7 @@ def test_slots_the_size_classes_strand(path: str) -> None:
 def test_free_sub_slots_of_the_same_class_are_used_at_the_ceiling(path: str) -> None:
     """At the ceiling with no slot free, creates of the class whose sub-slots are free
     succeed, as many as are free, without growth; then StoreFullError."""
-    max_size = SMALLEST * 2
+    max_size = ceiling_of(17)
     with mmapkv.Store(path, max_size=max_size) as store:
         kept, free, size = half_emptied(store)
         for i in range(free):

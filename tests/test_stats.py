@@ -298,9 +298,6 @@ def test_crashed_store_reports_unclean_close_without_recovering(store_path: str)
     assert digest(store_path) == before
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: stats scans slots below the superblock's "
-                   "high_water, which only a clean close writes, so a crashed store's records "
-                   "written since are not counted")
 def test_crashed_store_counts_its_records(store_path: str) -> None:
     """Version 2's report counted a crashed store's keys (its scan covered every slot)."""
     crashed_store(store_path)

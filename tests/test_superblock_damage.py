@@ -156,10 +156,6 @@ def test_an_unreadable_identity_is_refused_untouched(store_path: str, name: str,
         assert hashlib.sha256(f.read()).hexdigest() == before
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "engine bug: recovery trusts floor_seq, which nothing in version 3 writes; one flipped high "
-    "bit puts the floor above seq_limit (above every sequence number ever used) and every "
-    "record is dropped without an error"))
 @pytest.mark.parametrize("state", ["clean", "crashed"])
 def test_a_floor_past_every_sequence_number(store_path: str, state: str) -> None:
     """floor_seq bit 63: a floor no record can be above, which the file itself (seq_limit)
@@ -173,12 +169,6 @@ def test_a_floor_past_every_sequence_number(store_path: str, state: str) -> None
     assert_intact(store_path, expected)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "engine bug: marking a store dirty clears only the CLEAN flag and leaves the checksum of "
-    "the last clean close in place; after a crash that did not grow the file or reserve "
-    "sequence numbers, one flipped flag bit makes the stale header check out, so the open "
-    "trusts the last close's counters and slot lists, and the next creates overwrite "
-    "acknowledged records"))
 def test_a_clean_flag_flipped_on_in_a_crashed_file(store_path: str) -> None:
     """A store closed cleanly, reopened for 25 creates (no growth) and dropped as after a
     crash; then bit 0 of flags is set.  The header is not the one a clean close wrote, so
