@@ -174,7 +174,7 @@ def make_pool(size_name: str, seed: int, count: int = POOL) -> list[dict[str, An
 
 def _codecs() -> dict[str, tuple[Callable[[Any], bytes], Callable[[bytes], Any]]]:
     """The (encode, decode) pairs the byte-storing peers run with."""
-    from . import codec as mm_codec
+    from .. import codec as mm_codec
 
     mm_encode, mm_decode = mm_codec.encode, mm_codec.decode
     dumps, loads = json.dumps, json.loads
@@ -286,7 +286,7 @@ class MmapkvAdapter(Adapter):
     family = "mmapkv"
 
     def open(self) -> None:
-        from . import Store
+        from .. import Store
 
         self.store = s = Store(os.path.join(self.dir, "store.mmapkv"))
         # The public methods themselves: no glue in the way.
@@ -811,8 +811,8 @@ def table_probes(path: str, miss_keys: Iterable[str] = ()) -> dict[str, Any]:
     A hit reads ``distance from home + 1`` entries; a miss reads entries until an empty
     one or one closer to its home than the search is (Robin Hood's early exit).
     """
-    from .engine import fingerprint
-    from .format import FINGERPRINT_SHIFT, SUPERBLOCK, Geometry
+    from ..engine import fingerprint
+    from ..format import FINGERPRINT_SHIFT, SUPERBLOCK, Geometry
 
     with open(path, "rb") as f:
         head = SUPERBLOCK.unpack(f.read(SUPERBLOCK.size))
@@ -852,7 +852,7 @@ def fill_to_ceiling(tmp: str, max_size: int | None, pool: list[dict[str, Any]]) 
     Returns the summary and the raw latencies (for the chart).  With the default ceiling
     this writes about 1 GiB.
     """
-    from . import Store, StoreFullError
+    from .. import Store, StoreFullError
 
     path = os.path.join(tmp, "fill.mmapkv")
     if hasattr(os, "sync"):
@@ -1008,7 +1008,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     if kind == "memory":
         return _memory_child(spec)
     if kind == "resident-build":
-        from . import Store
+        from .. import Store
 
         pool = make_pool("1KiB", spec["seed"], min(POOL, spec["n"]))
         with Store(spec["path"]) as store:
@@ -1057,7 +1057,7 @@ def _memory_child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _resident_child(spec: dict[str, Any]) -> dict[str, Any]:
-    from . import Store
+    from .. import Store
 
     path, n = spec["path"], spec["n"]
     fd = os.open(path, os.O_RDONLY)
@@ -1103,10 +1103,10 @@ def _resident_child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_child(spec: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
-    code = "import json, sys; from mmapkv.bench import _child; " \
+    code = "import json, sys; from mmapkv.bench.runner import _child; " \
            "print(json.dumps(_child(json.loads(sys.argv[1]))))"
     env = dict(os.environ)
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True,
                           text=True, timeout=timeout, env=env)
@@ -1173,11 +1173,11 @@ def machine_info() -> dict[str, Any]:
             versions[module] = getattr(__import__(module), "__version__", "?")
         except ImportError:
             pass
-    from . import __version__
+    from .. import __version__
 
     versions["mmapkv"] = __version__
     info["versions"] = versions
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:  # which code was measured, when run from a checkout
         git = ["git", "-C", here]
         info["commit"] = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -1644,6 +1644,3 @@ def _timer_overhead() -> int:
         samples.append(t1 - t0)
     return percentiles(samples)["median_ns"]
 
-
-if __name__ == "__main__":
-    sys.exit(main())
