@@ -1,37 +1,4 @@
-"""Benchmark mmapkv against the stores a Python user would otherwise pick.
-
-Run ``python -m mmapkv.bench`` (``pip install -e ".[bench]"`` first for the peers); ``--quick``
-is the few-second version CI runs.  It prints a table and writes ``results.json`` and
-``latency.png`` to ``--out`` (default ``docs/bench``); ``docs/benchmarks.md`` shows them.
-
-Method, in short (the long version is in ``docs/benchmarks.md``):
-
-* Every operation is timed on its own with ``time.perf_counter_ns`` and reported as
-  percentiles (median, p99, ...), never as a mean: a mean hides the tail and is pulled
-  around by the noise of a shared machine.
-* All stores of one (N, value size) group are open at once and take turns: chunks of
-  ``CHUNK`` operations, round-robin, with the order rotated each turn.  Whatever the
-  machine does meanwhile hits every store alike, so the *ratios* between stores are what
-  to read; absolute numbers move from run to run.
-* The cyclic garbage collector is paused while timing (and run between phases), so the
-  garbage of one store does not land in the timings of the next one.
-* Every store gives mmapkv's semantics where they matter for the time: ``create``
-  refuses an existing key, a read of a missing key raises ``KeyError``, a batch is all
-  or nothing.  Peers that store bytes run twice, with stdlib ``json`` and with mmapkv's
-  own codec, so the engines can be compared apart from the codec.
-* Designs whose every call is O(n) (the JSON file, ``dbm.dumb``'s delete) would take
-  hours at full size; for them a spread-out sample of the calls is timed and the ones
-  in between are done in bulk, untimed (``Adapter.caps``; ``count`` in the results says
-  how many calls were timed).
-
-Peers are imported lazily: a missing one is skipped with a note, so this module imports
-(and its doctests run) without the ``bench`` extra.
-
->>> percentiles([5, 1, 4, 2, 3])["median_ns"]
-3
->>> len(encode_json(make_record(random.Random(1), 1024))) in range(1014, 1035)
-True
-"""
+"""The timed run: all stores of a group open at once, taking turns, every call timed alone."""
 
 from __future__ import annotations
 
@@ -41,7 +8,6 @@ import gc
 import json
 import math
 import os
-import pickle
 import platform
 import random
 import shutil
@@ -52,17 +18,15 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-__all__ = ["main", "make_record", "percentiles", "ADAPTERS", "OPS", "SIZES"]
+from .workloads import BATCH, OPS, POOL, SIZES, _codecs, encode_json, make_pool
 
-OPS = ("create", "read_hit", "read_miss", "delete", "batch_create", "open")
-SIZES = {"100B": 100, "1KiB": 1024, "10KiB": 10240}
+__all__ = ["main", "percentiles", "ADAPTERS"]
+
 FULL_NS = (1_000, 10_000, 50_000)
 QUICK_NS = (1_000,)
 QUICK_SIZES = ("1KiB",)
 JSONFILE_MAX_N = 1_000      # the naive JSON file is O(n) per call: only at small N
 CHUNK = 500                 # operations per store per turn of the round-robin
-BATCH = 100                 # keys per batch_create call
-POOL = 1_000                # distinct records per value size (key i stores record i % POOL)
 OPEN_REPEATS = 20           # opens of each store, interleaved
 LMDB_MAP_SIZE = 1 << 33     # virtual only: lmdb's map is sparse
 PERCENTILES = (("median_ns", 0.5), ("p90_ns", 0.9), ("p99_ns", 0.99), ("p999_ns", 0.999))
@@ -100,92 +64,6 @@ def percentiles(samples: Sequence[int] | array.array[int]) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------- values
-
-_WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliett kilo lima mike "
-          "november oscar papa quebec romeo sierra tango uniform victor whiskey x-ray yankee "
-          "zulu order invoice shipped pending returned priority customer warehouse Zoë José "
-          "Müller Ærø naïve café").split()
-_CITIES = ("Lisbon", "Zürich", "Osaka", "Nairobi", "Montréal", "Oslo", "Lima", "Austin")
-
-
-def _text(rng: random.Random, words: int) -> str:
-    return " ".join(rng.choice(_WORDS) for _ in range(words))
-
-
-def make_record(rng: random.Random, target: int) -> dict[str, Any]:
-    """A realistic JSON record (nested objects, lists, strings, ints, floats, bools, null)
-    whose compact JSON text is about *target* bytes.
-
-    >>> rec = make_record(random.Random(7), 100)
-    >>> sorted(rec), 90 <= len(encode_json(rec)) <= 110
-    (['active', 'bio', 'id', 'name', 'score', 'tags'], True)
-    """
-    rec: dict[str, Any] = {
-        "id": rng.randrange(10**9),
-        "name": f"{rng.choice(_WORDS).title()} {rng.choice(_WORDS).title()}",
-        "active": rng.random() < 0.8,
-        "score": round(rng.uniform(0, 100), 2),
-        "tags": [rng.choice(_WORDS) for _ in range(2)],
-    }
-    if target > 200:
-        rec["email"] = f"{rng.choice(_WORDS).lower()}.{rng.randrange(1000)}@example.com"
-        rec["created"] = f"2024-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}T" \
-                         f"{rng.randrange(24):02d}:{rng.randrange(60):02d}:00Z"
-        rec["address"] = {"street": f"{rng.randrange(1, 999)} {_text(rng, 2)}", "city": rng.choice(_CITIES),
-                          "zip": f"{rng.randrange(10000, 99999)}", "geo": [round(rng.uniform(-90, 90), 5),
-                                                                          round(rng.uniform(-180, 180), 5)]}
-        rec["prefs"] = {"lang": rng.choice(["en", "fr", "de", "ja"]), "newsletter": rng.random() < 0.5,
-                        "theme": None, "limits": {"daily": rng.randrange(100), "burst": rng.randrange(10)}}
-        rec["events"] = []
-    size = len(encode_json(rec))
-    while target > 200 and size < target - 160:
-        event = {"at": 1_700_000_000 + rng.randrange(10**7), "kind": rng.choice(_WORDS),
-                 "amount": round(rng.uniform(1, 500), 2), "qty": rng.randrange(1, 9),
-                 "ok": rng.random() < 0.9, "note": _text(rng, rng.randrange(1, 5))}
-        rec["events"].append(event)
-        size += len(encode_json(event)) + 1  # and a comma
-    # Pad with a text field so the sizes are comparable from record to record.
-    rec["bio"] = ""
-    missing = target - len(encode_json(rec))
-    if missing > 0:
-        rec["bio"] = (_text(rng, missing // 4 + 2) + " " * missing)[:missing].rstrip() or "x"
-    return rec
-
-
-def encode_json(value: Any) -> bytes:
-    """mmapkv's definition of a value's size: compact UTF-8 JSON, non-ASCII unescaped."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-_POOLS: dict[tuple[str, int], list[dict[str, Any]]] = {}
-
-
-def make_pool(size_name: str, seed: int, count: int = POOL) -> list[dict[str, Any]]:
-    """*count* (at most ``POOL``) seeded records of about ``SIZES[size_name]`` bytes."""
-    pool = _POOLS.get((size_name, seed))
-    if pool is None:
-        rng = random.Random(f"{seed}:{size_name}")
-        pool = _POOLS[size_name, seed] = [make_record(rng, SIZES[size_name]) for _ in range(POOL)]
-    return pool[:count]
-
-
-# --------------------------------------------------------------------------- codecs
-
-
-def _codecs() -> dict[str, tuple[Callable[[Any], bytes], Callable[[bytes], Any]]]:
-    """The (encode, decode) pairs the byte-storing peers run with."""
-    from .. import codec as mm_codec
-
-    mm_encode, mm_decode = mm_codec.encode, mm_codec.decode
-    dumps, loads = json.dumps, json.loads
-    pdumps, ploads = pickle.dumps, pickle.loads
-    return {
-        # What a user of stdlib json writes: the defaults.
-        "json": (lambda v: dumps(v).encode("utf-8"), loads),
-        # mmapkv's codec, rules included (our records never need its big-int flag).
-        "mmapkv": (lambda v: mm_encode(v)[0], lambda b: mm_decode(b, 0)),
-        "pickle": (lambda v: pdumps(v, pickle.HIGHEST_PROTOCOL), ploads),
-    }
 
 
 # --------------------------------------------------------------------------- stores
