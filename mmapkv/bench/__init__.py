@@ -35,7 +35,8 @@ Peers are imported lazily: a missing one is skipped with a note, so this package
 True
 """
 
-from .runner import ADAPTERS, main, percentiles
+from .peers import ADAPTERS
+from .runner import main, percentiles
 from .workloads import OPS, SIZES, make_record
 
 __all__ = ["main", "make_record", "percentiles", "ADAPTERS", "OPS", "SIZES"]
