@@ -35,8 +35,9 @@ Peers are imported lazily: a missing one is skipped with a note, so this package
 True
 """
 
+from .cli import main
 from .peers import ADAPTERS
-from .runner import main, percentiles
+from .runner import percentiles
 from .workloads import OPS, SIZES, make_record
 
 __all__ = ["main", "make_record", "percentiles", "ADAPTERS", "OPS", "SIZES"]
