@@ -16,6 +16,7 @@ from typing import Any
 from .chart import draw_chart
 from .goals import evaluate_goals
 from .machine import machine_info
+from .memory import measure_memory, measure_resident
 from .peers import ADAPTERS, JSONFILE_MAX_N, BenchError, JsonFileAdapter, available
 from .report import format_markdown, format_table
 from .runner import (
@@ -24,8 +25,6 @@ from .runner import (
     Group,
     _timer_overhead,
     fill_to_ceiling,
-    measure_memory,
-    measure_resident,
 )
 from .workloads import BATCH, POOL, SIZES, make_pool
 
