@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from .ceiling import fill_to_ceiling
 from .chart import draw_chart
 from .goals import evaluate_goals
 from .machine import machine_info
@@ -24,7 +25,6 @@ from .runner import (
     OPEN_REPEATS,
     Group,
     _timer_overhead,
-    fill_to_ceiling,
 )
 from .workloads import BATCH, POOL, SIZES, make_pool
 
