@@ -20,12 +20,7 @@ from .machine import machine_info
 from .memory import measure_memory, measure_resident
 from .peers import ADAPTERS, JSONFILE_MAX_N, BenchError, JsonFileAdapter, available
 from .report import format_markdown, format_table
-from .runner import (
-    CHUNK,
-    OPEN_REPEATS,
-    Group,
-    _timer_overhead,
-)
+from .runner import CHUNK, OPEN_REPEATS, Group, _timer_overhead
 from .workloads import BATCH, POOL, SIZES, make_pool
 
 __all__ = ["main"]
