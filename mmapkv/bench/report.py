@@ -20,6 +20,23 @@ def _us(ns: float | None) -> str:
     return f"{us:,.0f}"
 
 
+def _sampled(p: dict[str, Any], n: int, op: str) -> bool:
+    """Whether only a spread-out sample of the *n* calls of *op* was timed (O(n) per call)."""
+    return p["count"] < n and op not in ("open", "batch_create")
+
+
+def _cell(name: str, store: dict[str, Any], op: str, n: int, sep: str, mark: str) -> str:
+    """Median and p99 of *op*, then a peer's ratio to mmapkv's median, then *mark* if sampled."""
+    p = store["ops"][op]
+    cell = f"{_us(p['median_ns'])}{sep}{_us(p['p99_ns'])}"
+    ratio = store.get("ratio_to_mmapkv", {}).get(op)
+    if ratio is not None and name != "mmapkv":
+        cell += f" ({ratio:.3g}x)"
+    if _sampled(p, n, op):
+        cell += mark
+    return cell
+
+
 def format_table(results: dict[str, Any]) -> str:
     lines = []
     for g in results["groups"]:
@@ -34,17 +51,11 @@ def format_table(results: dict[str, Any]) -> str:
                 if not p:
                     row += f"{'n/a':>26}"
                     continue
-                ratio = s.get("ratio_to_mmapkv", {}).get(op)
-                cell = f"{_us(p['median_ns'])}/{_us(p['p99_ns'])}"
-                if ratio is not None and name != "mmapkv":
-                    cell += f" ({ratio:.3g}x)"
-                if p["count"] < g["n"] and op not in ("open", "batch_create"):
-                    cell += "*"
-                row += f"{cell:>26}"
+                row += f"{_cell(name, s, op, g['n'], '/', '*'):>26}"
             row += f"{s['file_bytes'] / 2**20:>10.1f}"
             lines.append(row)
     if any(True for g in results["groups"] for s in g["stores"].values()
-           for op, p in s["ops"].items() if p["count"] < g["n"] and op not in ("open", "batch_create")):
+           for op, p in s["ops"].items() if _sampled(p, g["n"], op)):
         lines.append("* a spread-out sample of the calls was timed (O(n) per call); see 'count' in results.json")
     if results.get("memory"):
         lines.append("\nMemory after N creates of 1 KiB values (fresh interpreter each):")
@@ -94,13 +105,7 @@ def format_markdown(results: dict[str, Any]) -> str:
                 if not p:
                     cells.append("n/a")
                     continue
-                cell = f"{_us(p['median_ns'])} / {_us(p['p99_ns'])}"
-                ratio = s.get("ratio_to_mmapkv", {}).get(op)
-                if ratio is not None and name != "mmapkv":
-                    cell += f" ({ratio:.3g}x)"
-                if p["count"] < g["n"] and op not in ("open", "batch_create"):
-                    cell += " *"
-                cells.append(cell)
+                cells.append(_cell(name, s, op, g["n"], " / ", " *"))
             out.append(f"| {name} | " + " | ".join(cells) + f" | {s['file_bytes'] / 2**20:,.1f} MiB |")
     if results.get("memory"):
         out.append("\n| store | N | Python heap growth | anonymous RSS growth | file |")
