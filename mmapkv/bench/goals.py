@@ -1,0 +1,110 @@
+"""The project's speed and memory goals, checked against a run's results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .workloads import OPS
+
+__all__ = ["evaluate_goals"]
+
+
+def _find(groups: list[dict[str, Any]], n: int, size: str) -> dict[str, Any] | None:
+    for g in groups:
+        if g["n"] == n and g["value_size"] == size:
+            return g
+    return None
+
+
+def _median(group: dict[str, Any] | None, store: str, op: str) -> float | None:
+    try:
+        return group["stores"][store]["ops"][op]["median_ns"]  # type: ignore[index, no-any-return]
+    except (KeyError, TypeError):
+        return None
+
+
+def evaluate_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The goals of issue 5, each with the measured number and whether it holds."""
+    groups = results["groups"]
+    goals: list[dict[str, Any]] = []
+    if not groups:
+        return goals
+    n = max(g["n"] for g in groups)
+    sizes = {g["value_size"] for g in groups if g["n"] == n}
+    size = "1KiB" if "1KiB" in sizes else sorted(sizes)[0]
+    head = _find(groups, n, size)
+    where = f"N={n:,}, {size}"
+
+    def add(goal: str, measured: str, holds: bool | None, note: str = "") -> None:
+        goals.append({"goal": goal, "measured": measured, "holds": holds, "where": where, "note": note})
+
+    lmdb = "lmdb[mmapkv]"
+    mm_read, lm_read = _median(head, "mmapkv", "read_hit"), _median(head, lmdb, "read_hit")
+    if mm_read and lm_read:
+        r = mm_read / lm_read
+        add("read hit at most 1.2x py-lmdb's time (same codec)", f"{r:.2f}x lmdb", r <= 1.2)
+    for op in ("create", "delete"):
+        a, b = _median(head, "mmapkv", op), _median(head, lmdb, op)
+        if a and b:
+            add(f"{op} faster than py-lmdb (same codec, sync=False)", f"{a / b:.2f}x lmdb's time", a < b)
+    dc = [s for s in (head or {}).get("stores", {}) if s.startswith("diskcache")]
+    if dc:
+        worst: list[tuple[float, str]] = []
+        for op in OPS:
+            mine = _median(head, "mmapkv", op)
+            peers = [m for m in (_median(head, s, op) for s in dc) if m]
+            if mine and peers:
+                worst.append((min(peers) / mine, op))
+        if worst:
+            r, op = min(worst)
+            add("every operation at least 4x faster than diskcache (its fastest codec)",
+                "; ".join(f"{o} {x:.1f}x" for x, o in sorted(worst)), r >= 4,
+                f"weakest: {op}")
+    jn = min((g["n"] for g in groups if "jsonfile" in g["stores"]), default=None)
+    if jn is not None:
+        jg = _find(groups, jn, size) or next(g for g in groups if g["n"] == jn and "jsonfile" in g["stores"])
+        ratios: list[tuple[float, str]] = []
+        for op in OPS:
+            mine, theirs = _median(jg, "mmapkv", op), _median(jg, "jsonfile", op)
+            if mine and theirs:
+                ratios.append((theirs / mine, op))
+        if ratios:
+            r, op = min(ratios)
+            goals.append({"goal": "every operation 1,000x faster than the JSON-file design",
+                          "measured": "; ".join(f"{o} {x:,.0f}x" for x, o in sorted(ratios)),
+                          "holds": r >= 1000, "where": f"N={jn:,}, {jg['value_size']}",
+                          "note": f"weakest: {op}; the JSON file has no open step"})
+    for m in results.get("memory", []):
+        if m["store"] == "mmapkv":
+            add(f"Python heap growth after {m['n']:,} creates under 64 KiB",
+                f"{m['heap_bytes']:,} B (anonymous RSS {m['anon_rss_bytes'] / 1024:,.0f} KiB)",
+                m["heap_bytes"] < 64 * 1024)
+    mm_open = _median(head, "mmapkv", "open")
+    if mm_open:
+        p99 = head["stores"]["mmapkv"]["ops"]["open"]["p99_ns"]  # type: ignore[index]
+        add(f"open of a {n:,}-key store after a clean close under 1 ms",
+            f"median {mm_open / 1e6:.3f} ms, p99 {p99 / 1e6:.3f} ms", mm_open < 1e6)
+    fill = results.get("fill")
+    if fill:
+        goals.append({"goal": "slowest single create under 100 ms, growths included, up to the ceiling",
+                      "measured": f"max {fill['create']['max_ns'] / 1e6:.2f} ms, p99.9 "
+                                  f"{fill['create']['p999_ns'] / 1e3:.0f} us over {fill['keys']:,} creates"
+                                  + (f"; the first (it msyncs the superblock page) {first / 1e6:.2f} ms"
+                                     if (first := fill.get("first_create_ns")) is not None else ""),
+                      "holds": fill["create"]["max_ns"] < 100e6,
+                      "where": f"fill to {fill['max_size']:,} B", "note": ""})
+        p = fill["probes"]
+        goals.append({"goal": "probes per hit at the highest load: mean <= 1.5, p99 <= 8",
+                      "measured": f"mean {p['hit']['mean']:.3f}, p99 {p['hit']['p99']}, max {p['hit']['max']} "
+                                  f"(load {p['load']:.3f}; misses mean {p['miss'].get('mean', 0):.2f}, "
+                                  f"p99 {p['miss'].get('p99', 0)})",
+                      "holds": p["hit"]["mean"] <= 1.5 and p["hit"]["p99"] <= 8,
+                      "where": f"full store, {p['entries']:,} keys", "note": ""})
+    res = results.get("resident")
+    if res and "mapping_rss_pages_per_value" in res:
+        ppv = res["mapping_rss_pages_per_value"]
+        goals.append({"goal": "resident memory after reading the values: about one page per value",
+                      "measured": f"{ppv:.3f} pages/value mapped ({res['mapping_rss_bytes'] / 2**20:,.1f} MiB); "
+                                  f"page cache +{res.get('page_cache_pages_per_value', float('nan')):.3f} pages/value",
+                      "holds": ppv <= 1.1, "where": f"{res['values_read']:,} values of 1 KiB", "note": ""})
+    return goals

@@ -1,0 +1,276 @@
+"""The timed run: all stores of a group open at once, taking turns, every call timed alone."""
+
+from __future__ import annotations
+
+import array
+import gc
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .machine import (
+    _faults,
+    _page_cache_drops,
+)
+from .peers import Adapter, BenchError
+from .workloads import BATCH, OPS, encode_json
+
+__all__ = ["percentiles", "Group", "CHUNK", "OPEN_REPEATS", "PERCENTILES"]
+
+CHUNK = 500                 # operations per store per turn of the round-robin
+OPEN_REPEATS = 20           # opens of each store, interleaved
+PERCENTILES = (("median_ns", 0.5), ("p90_ns", 0.9), ("p99_ns", 0.99), ("p999_ns", 0.999))
+
+_perf = time.perf_counter_ns
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def percentiles(samples: Sequence[int] | array.array[int]) -> dict[str, int]:
+    """Nearest-rank percentiles (each one an observed value) of nanosecond *samples*.
+
+    >>> p = percentiles(range(1, 1001))
+    >>> p["median_ns"], p["p99_ns"], p["max_ns"], p["count"]
+    (500, 990, 1000, 1000)
+    """
+    s = sorted(samples)
+    n = len(s)
+    if not n:
+        return {"count": 0}
+    out = {"count": n, "min_ns": s[0]}
+    for name, q in PERCENTILES:
+        out[name] = s[max(0, math.ceil(q * n) - 1)]
+    out["max_ns"] = s[-1]
+    return out
+
+
+# --------------------------------------------------------------------------- the timed run
+
+
+def _rotated(items: list[Adapter], turn: int) -> list[Adapter]:
+    k = turn % len(items) if items else 0
+    return items[k:] + items[:k]
+
+
+def _stride(n: int, cap: int | None) -> int:
+    """Time every *stride*-th call so that at most *cap* of *n* are timed."""
+    return 1 if not cap or n <= cap else math.ceil(n / cap)
+
+
+class Group:
+    """One (N, value size) configuration: all its stores, their samples and sizes."""
+
+    def __init__(self, classes: list[type[Adapter]], root: str, n: int, size_name: str,
+                 pool: list[dict[str, Any]], seed: int, quick: bool) -> None:
+        self.adapters = [cls(root, codec) for cls in classes if cls.max_n is None or n <= cls.max_n
+                         for codec in cls.codecs]
+        self.n, self.size_name, self.pool = n, size_name, pool
+        rng = random.Random(f"{seed}:{n}:{size_name}")
+        ids = list(range(n))
+        rng.shuffle(ids)
+        self.create_order = [(f"user:{i:08d}", pool[i % len(pool)]) for i in ids]
+        self.read_order = [k for k, _ in self.create_order]
+        rng.shuffle(self.read_order)
+        self.miss_order = [f"user:{n + i:08d}" for i in ids]
+        self.delete_order = [k for k, _ in self.create_order]
+        rng.shuffle(self.delete_order)
+        self.expected = {f"user:{i:08d}": pool[i % len(pool)] for i in range(n)}
+        self.samples: dict[str, dict[str, array.array[int]]] = {
+            a.name: {op: array.array("q") for op in OPS} for a in self.adapters}
+        self.usage: dict[str, tuple[int, int]] = {}
+        self.seconds = {a.name: 0.0 for a in self.adapters}  # wall time in the phases
+        # Page faults of this process while each store ran each phase (getrusage): a read
+        # that faults in a page from disk is a different operation from one that does not.
+        self.faults = {a.name: {op: [0, 0] for op in OPS} for a in self.adapters}
+        self.drops_before = _page_cache_drops()
+        self.quick = quick
+
+    def _count_faults(self, a: Adapter, op: str, before: tuple[int, int]) -> None:
+        minor, major = _faults()
+        counts = self.faults[a.name][op]
+        counts[0] += minor - before[0]
+        counts[1] += major - before[1]
+
+    def cap(self, a: Adapter, op: str) -> int | None:
+        cap = a.caps.get(op)
+        return None if cap is None else (max(cap // 10, 20) if self.quick else cap)
+
+    # Each phase walks the same work list for every store, CHUNK items per turn.
+    def _phase(self, op: str, work: list[Any], run: Callable[[Adapter, list[Any], int], None]) -> None:
+        gc.collect()
+        gc.disable()
+        try:
+            for turn, start in enumerate(range(0, len(work), CHUNK)):
+                part = work[start:start + CHUNK]
+                for a in _rotated(self.adapters, turn):
+                    t0, f0 = time.monotonic(), _faults()
+                    run(a, part, start)
+                    self.seconds[a.name] += time.monotonic() - t0
+                    self._count_faults(a, op, f0)
+        finally:
+            gc.enable()
+
+    def run(self) -> None:
+        for a in self.adapters:
+            a.open()
+        self._phase("create", self.create_order, self._creates)
+        for a in self.adapters:
+            self.usage[a.name] = a.usage()
+        # Reads run on the map that wrote the values, as in a long-running process, before
+        # the reopens of the open phase.  Pages idle for long can still be evicted by the
+        # host (this VM runs a DAMON "pageout" scheme); the fault counts in the results say
+        # when a read went to disk.  Reads from a cold file are the resident test's subject.
+        self._phase("read_hit", self.read_order, self._reads)
+        self._phase("read_miss", self.miss_order, self._misses)
+        self._opens()
+        self._phase("delete", self.delete_order, self._deletes)
+        for a in self.adapters:
+            a.destroy("batch")
+            a.open()
+        batches = [self.create_order[i:i + BATCH] for i in range(0, self.n, BATCH)]
+        self._phase("batch_create", batches, self._batches)
+        for a in self.adapters:
+            a.destroy("done")
+
+    def _creates(self, a: Adapter, part: list[tuple[str, Any]], start: int) -> None:
+        out = self.samples[a.name]["create"].append
+        stride = _stride(self.n, self.cap(a, "create"))
+        create, perf = a.create, _perf
+        if stride == 1:
+            for k, v in part:
+                t0 = perf()
+                create(k, v)
+                t1 = perf()
+                out(t1 - t0)
+            return
+        pending = []
+        for i, (k, v) in enumerate(part, start):
+            if (i + 1) % stride:
+                pending.append((k, v))
+                continue
+            if pending:
+                a.fill(pending)
+                pending = []
+            t0 = perf()
+            create(k, v)
+            t1 = perf()
+            out(t1 - t0)
+        if pending:
+            a.fill(pending)
+
+    def _reads(self, a: Adapter, part: list[str], start: int) -> None:
+        out = self.samples[a.name]["read_hit"].append
+        stride = _stride(self.n, self.cap(a, "read_hit"))
+        read, perf, expected = a.read, _perf, self.expected
+        for i, k in enumerate(part, start):
+            if (i + 1) % stride:
+                continue
+            t0 = perf()
+            v = read(k)
+            t1 = perf()
+            out(t1 - t0)
+            if not i % 997 and v != expected[k]:
+                raise BenchError(f"{a.name}: read({k!r}) returned a different value")
+
+    def _misses(self, a: Adapter, part: list[str], start: int) -> None:
+        out = self.samples[a.name]["read_miss"].append
+        stride = _stride(self.n, self.cap(a, "read_miss"))
+        read, perf = a.read, _perf
+        for i, k in enumerate(part, start):
+            if (i + 1) % stride:
+                continue
+            t0 = perf()
+            try:
+                read(k)
+            except KeyError:
+                t1 = perf()
+            else:
+                raise BenchError(f"{a.name}: read of the missing key {k!r} returned a value")
+            out(t1 - t0)
+
+    def _deletes(self, a: Adapter, part: list[str], start: int) -> None:
+        out = self.samples[a.name]["delete"].append
+        stride = _stride(self.n, self.cap(a, "delete"))
+        delete, perf = a.delete, _perf
+        pending: list[str] = []
+        for i, k in enumerate(part, start):
+            if (i + 1) % stride:
+                pending.append(k)
+                continue
+            if pending:
+                a.drop(pending)
+                pending = []
+            t0 = perf()
+            delete(k)
+            t1 = perf()
+            out(t1 - t0)
+        if pending:
+            a.drop(pending)
+
+    def _batches(self, a: Adapter, part: list[list[tuple[str, Any]]], start: int) -> None:
+        out = self.samples[a.name]["batch_create"].append
+        batch, perf = a.batch, _perf
+        for pairs in part:
+            t0 = perf()
+            batch(pairs)
+            t1 = perf()
+            out((t1 - t0) // len(pairs))  # per key, comparable with create
+
+    def _opens(self) -> None:
+        stores = [a for a in self.adapters if a.persistent]
+        repeats = 5 if self.quick else OPEN_REPEATS
+        gc.collect()
+        gc.disable()
+        try:
+            for rep in range(repeats):
+                for a in _rotated(stores, rep):
+                    a.close()
+                    f0 = _faults()
+                    t0 = _perf()
+                    a.open()
+                    t1 = _perf()
+                    self._count_faults(a, "open", f0)
+                    self.samples[a.name]["open"].append(t1 - t0)
+        finally:
+            gc.enable()
+
+    def summary(self) -> dict[str, Any]:
+        stores: dict[str, Any] = {}
+        for a in self.adapters:
+            ops = {}
+            for op in OPS:
+                samples = self.samples[a.name][op]
+                if samples:
+                    ops[op] = percentiles(samples)
+                    ops[op]["minor_faults"], ops[op]["major_faults"] = self.faults[a.name][op]
+            apparent, allocated = self.usage.get(a.name, (0, 0))
+            stores[a.name] = {"family": a.family, "codec": a.codec, "ops": ops,
+                              "file_bytes": apparent, "disk_bytes": allocated,
+                              "phase_seconds": round(self.seconds[a.name], 2)}
+        mm = stores.get("mmapkv")
+        if mm:  # how many times mmapkv's median a peer's median is (> 1: mmapkv is faster)
+            for name, entry in stores.items():
+                entry["ratio_to_mmapkv"] = {
+                    op: round(p["median_ns"] / mm["ops"][op]["median_ns"], 3)
+                    for op, p in entry["ops"].items() if op in mm["ops"] and mm["ops"][op].get("median_ns")}
+        value_lengths = [len(encode_json(v)) for v in self.pool]
+        drops = _page_cache_drops()
+        return {"n": self.n, "value_size": self.size_name,
+                "page_cache_dropped_during_run": None if drops is None or self.drops_before is None
+                else drops > self.drops_before,
+                "value_bytes_median": sorted(value_lengths)[len(value_lengths) // 2],
+                "batch_keys": BATCH, "stores": stores}
+
+
+def _timer_overhead() -> int:
+    perf = _perf
+    samples = array.array("q")
+    for _ in range(10_000):
+        t0 = perf()
+        t1 = perf()
+        samples.append(t1 - t0)
+    return percentiles(samples)["median_ns"]
+
