@@ -242,8 +242,21 @@ def writer(args: dict[str, Any]) -> None:
             last_full = True
             engine = store._engine
             assert engine is not None
+            # Legitimate only at the ceiling, or where even the slots the ceiling has left
+            # could not take the records' new slots (refused before growing): per class, the
+            # records beyond its free sub-slots, in slots of that class.
+            from mmapkv.format import CLASS_SIZES, KEY_OFFSET, class_for
+            from mmapkv.slots import PER_SLOT
+            wanted: dict[int, int] = {}
+            for item in op.get("items", []):
+                cls = class_for(KEY_OFFSET + len(item[0].encode()) + item[2])
+                wanted[cls] = wanted.get(cls, 0) + 1
+            usage = engine.class_usage()
+            free = {c: usage.get(CLASS_SIZES[c], (0, 0, 0))[2] for c in wanted}
+            needed = sum(-(-max(0, n - free[c]) // PER_SLOT[c]) for c, n in wanted.items())
+            room = engine.slots.free_slots() + geometry.max_slots - engine.slot_count
             emit({"ev": "ack", "res": "full", "error": type(exc).__name__,
-                  "at_ceiling": engine.file_size == ceiling})
+                  "at_ceiling": engine.file_size == ceiling or room < needed})
     store.close()
     emit({"ev": "done"})
 
