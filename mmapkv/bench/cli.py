@@ -13,11 +13,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .ceiling import fill_to_ceiling
+from .ceiling import FILL_SIZES, empty_store_bytes, fill_pool, fill_to_ceiling
 from .chart import draw_chart
 from .goals import evaluate_goals
 from .machine import machine_info
-from .memory import measure_memory, measure_resident
+from .memory import measure_heap_at_scale, measure_memory, measure_resident
 from .peers import ADAPTERS, JSONFILE_MAX_N, BenchError, JsonFileAdapter, available
 from .report import format_markdown, format_table
 from .runner import CHUNK, OPEN_REPEATS, Group, _timer_overhead
@@ -50,7 +50,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="ceiling of the fill-to-full test (default 1 GiB; 16 MiB with --quick)")
     p.add_argument("--resident-n", type=int, help="values read for the resident-memory test "
                                                    "(default 50,000; the largest N with --quick)")
-    p.add_argument("--no-fill", action="store_true", help="skip the fill-to-ceiling test")
+    p.add_argument("--fill-sizes", nargs="+", choices=list(FILL_SIZES), default=list(FILL_SIZES),
+                   help="value sizes of the fill-to-ceiling tests (default: all; the first one's "
+                        "latencies are charted and judged for pauses)")
+    p.add_argument("--heap-n", type=int, help="creates before the Python heap is measured at scale "
+                                               "(default 1,000,000; 10,000 with --quick)")
+    p.add_argument("--no-fill", action="store_true", help="skip the fill-to-ceiling tests")
     p.add_argument("--no-memory", action="store_true", help="skip the memory and resident tests")
     p.add_argument("--report", metavar="RESULTS_JSON",
                    help="run nothing: print the Markdown tables of docs/benchmarks.md from a results file")
@@ -109,15 +114,26 @@ def main(argv: Sequence[Any] | None = None) -> int:
         if not args.no_fill:
             fill_size = args.fill_max_size or ((16 << 20) if args.quick else None)
             _progress(started, f"filling one store to its ceiling ({fill_size or 1 << 30:,} B)")
-            pool = make_pool("1KiB", args.seed)
-            results["fill"], fill_lat = fill_to_ceiling(tmp, fill_size, pool)
+            results["fills"] = {}
+            for size in args.fill_sizes:
+                _progress(started, f"  {size} values, then py-lmdb and diskcache for the same records")
+                summary, latencies = fill_to_ceiling(tmp, fill_size, fill_pool(size, args.seed),
+                                                     open_repeats=5 if args.quick else OPEN_REPEATS)
+                results["fills"][size] = summary
+                if fill_lat is None:  # the first size is the one charted and judged for pauses
+                    results["fill"], fill_lat = summary, latencies
+                del latencies
         if not args.no_memory:
             mem_n = max(ns)
             _progress(started, f"memory after {mem_n:,} creates, one interpreter per store")
             results["memory"] = measure_memory(classes, mem_n, tmp, args.seed)
+            heap_n = args.heap_n or (10_000 if args.quick else 1_000_000)
+            _progress(started, f"mmapkv's heap after {heap_n:,} creates of 100 B values")
+            results["memory_at_scale"] = measure_heap_at_scale(heap_n, tmp, args.seed)
             resident_n = args.resident_n or (max(ns) if args.quick else 50_000)
             _progress(started, f"resident pages after reading {resident_n:,} values")
             results["resident"] = measure_resident(resident_n, tmp, args.seed, 5 if args.quick else OPEN_REPEATS)
+        results["empty_store_bytes"] = empty_store_bytes(tmp)
         _progress(started, "chart and results")
         results["goals"] = evaluate_goals(results)
         try:

@@ -7,6 +7,7 @@ import gc
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,7 +18,7 @@ from .peers import ADAPTERS, Adapter, BenchError
 from .runner import _perf, percentiles
 from .workloads import BATCH, POOL, encode_json, make_pool
 
-__all__ = ["measure_memory", "measure_resident"]
+__all__ = ["measure_memory", "measure_resident", "measure_heap_at_scale"]
 
 
 def _child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -155,6 +156,19 @@ def measure_memory(classes: list[type[Adapter]], n: int, tmp: str, seed: int) ->
                         "heap_bytes": heap["bytes"], "anon_rss_bytes": rss["bytes"],
                         "file_bytes": rss["usage"][0], "disk_bytes": rss["usage"][1]})
     return out
+
+
+def measure_heap_at_scale(n: int, tmp: str, seed: int) -> dict[str, Any]:
+    """mmapkv's Python heap growth after *n* creates of ~100 B values (1,000,000 in the
+    published run: millions of keys are what small slots are for)."""
+    where = tempfile.mkdtemp(dir=tmp)
+    try:
+        heap = _run_child({"kind": "memory", "family": "mmapkv", "codec": None, "n": n, "size": "100B",
+                           "seed": seed, "tmp": where, "mode": "heap"})
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+    return {"store": "mmapkv", "n": n, "value_size": "100B", "heap_bytes": heap["bytes"],
+            "file_bytes": heap["usage"][0]}
 
 
 def measure_resident(n: int, tmp: str, seed: int, repeats: int) -> dict[str, Any]:

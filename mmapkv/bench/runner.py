@@ -257,12 +257,14 @@ class Group:
                     op: round(p["median_ns"] / mm["ops"][op]["median_ns"], 3)
                     for op, p in entry["ops"].items() if op in mm["ops"] and mm["ops"][op].get("median_ns")}
         value_lengths = [len(encode_json(v)) for v in self.pool]
+        # Bytes of key + compact JSON value stored: what "file bytes per byte stored" divides by.
+        data_bytes = sum(len(k) + value_lengths[int(k[5:]) % len(self.pool)] for k, _ in self.create_order)
         drops = _page_cache_drops()
         return {"n": self.n, "value_size": self.size_name,
                 "page_cache_dropped_during_run": None if drops is None or self.drops_before is None
                 else drops > self.drops_before,
                 "value_bytes_median": sorted(value_lengths)[len(value_lengths) // 2],
-                "batch_keys": BATCH, "stores": stores}
+                "data_bytes": data_bytes, "batch_keys": BATCH, "stores": stores}
 
 
 def _timer_overhead() -> int:
