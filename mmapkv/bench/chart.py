@@ -11,6 +11,21 @@ from .workloads import OPS, SIZES
 __all__ = ["draw_chart"]
 
 
+def _thinned(latencies: array.array[int], most: int = 300_000) -> tuple[list[int], list[float]]:
+    """Points to plot, in microseconds: all of them, or the slowest of each run of
+    consecutive creates when there are millions (the tail is what the chart is for)."""
+    step = -(-len(latencies) // most)
+    if step == 1:
+        return list(range(len(latencies))), [v / 1000 for v in latencies]
+    xs, ys = [], []
+    for start in range(0, len(latencies), step):
+        part = latencies[start:start + step]
+        worst = max(part)
+        xs.append(start + part.index(worst))
+        ys.append(worst / 1000)
+    return xs, ys
+
+
 def draw_chart(results: dict[str, Any], fill_latencies: array.array[int] | None, path: str) -> str | None:
     """Write the PNG; return None, or why it was not drawn."""
     try:
@@ -52,11 +67,13 @@ def draw_chart(results: dict[str, Any], fill_latencies: array.array[int] | None,
     ax2 = fig.add_subplot(2, 2, 3)
     fill = results.get("fill")
     if fill and fill_latencies:
-        ax2.scatter(range(len(fill_latencies)), [v / 1000 for v in fill_latencies], s=1, alpha=0.4, rasterized=True)
+        xs, ys = _thinned(fill_latencies)
+        ax2.scatter(xs, ys, s=1, alpha=0.4, rasterized=True)
         for gr in fill["growths"]:
             ax2.axvline(gr["create_index"], color="red", alpha=0.25, linewidth=0.8)
         ax2.set_yscale("log")
-        ax2.set_xlabel("create number (red: the file grew)")
+        step = len(fill_latencies) // max(len(xs), 1)
+        ax2.set_xlabel("create number (red: the file grew)" + (f"; the slowest of each {step:,}" if step > 1 else ""))
         ax2.set_ylabel("microseconds")
         c = fill["create"]
         ax2.set_title(f"Filling one store to its {fill['max_size'] / 2**20:,.0f} MiB ceiling: max "
