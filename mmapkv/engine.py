@@ -201,6 +201,10 @@ class Engine:
     ttl_count: int
     next_expiry: float
     next_seq: int
+    # What cleanup reads, set before __init__ runs: an interrupt can stop __init__ at any
+    # bytecode, and the half-built engine is still closed (or collected) afterwards.
+    _fd: int = -1
+    _mapped: bool = False
 
     def __init__(self, path: str, *, max_size: int | None = None, readonly: bool = False,
                  durable: bool = False, lock_timeout: float = 0.0, create: bool = True) -> None:
@@ -377,8 +381,10 @@ class Engine:
         if not self._mapped:
             return
         self._mapped = False  # first: an interrupt below must not leave a closed map "mapped"
-        for view in (self._q, self._dir, self._view):
-            view.release()
+        for name in ("_q", "_dir", "_view"):  # an interrupted _map may not have made them all
+            view = self.__dict__.get(name)
+            if view is not None:
+                view.release()
         try:
             self._mm.close()
         except BufferError:  # a view escaped (in a traceback?); the GC unmaps it later
@@ -573,16 +579,18 @@ class Engine:
 
     # ----------------------------------------------------------------- room
 
-    def room_for(self, record_sizes: list[int], fps: list[int]) -> bool:
+    def room_for(self, record_sizes: list[int], fps: list[int], *, grow: bool = True) -> bool:
         """Make room for new records of these sizes and table entries for these
-        fingerprints: grow the file if that helps.  False if even the ceiling does not
-        hold them (the caller may reclaim expired records and ask again)."""
+        fingerprints: grow the file if that helps (and *grow*).  False if there is no
+        room (the caller may reclaim expired records and ask again)."""
         slots = self.slots
         if len(record_sizes) == 1 and slots.heads[class_for(record_sizes[0])] and \
                 (not fps or not self.table.split_due(fps[0])):
             return True  # the common create: a partial slot of its class, no split due
         data = slots.slots_needed(Counter(class_for(size) for size in record_sizes))
         want, must = self.table.needs(fps)
+        if not grow:
+            return slots.free_slots() >= data + want
         if slots.free_slots() + self.geometry.max_slots - self.slot_count < data + must:
             return False  # not even at the ceiling: refuse before growing
         while slots.free_slots() < data + want:

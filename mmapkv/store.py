@@ -574,9 +574,10 @@ class Store:
                 engine.sweep(self._clock())
 
     def _make_room(self, engine: Engine, record_sizes: list[int], fps: list[int]) -> None:
-        """Ensure room for new records of these sizes (and their table entries): grow the
-        file, else reclaim expired entries, else raise ``StoreFullError``."""
-        if engine.room_for(record_sizes, fps):
+        """Ensure room for new records of these sizes (and their table entries): in the
+        slots the file has, else after reclaiming expired entries (room already paid for),
+        else by growing the file, else raise ``StoreFullError``."""
+        if engine.room_for(record_sizes, fps, grow=False):
             return
         self._reclaim_expired(engine)
         if engine.room_for(record_sizes, fps):
@@ -588,6 +589,6 @@ class Store:
         raise StoreFullError(
             f"{self._path} is full: {engine.live_count:,} keys in {engine.slot_count:,} slots at "
             f"its {g.max_size:,}-byte ceiling, and no free slot or {'/'.join(map(str, classes))}-byte "
-            f"sub-slot for {len(record_sizes):,} more"
+            f"sub-slot for {len(record_sizes):,} more, nor a slot to split a full table segment into"
             + (f" ({free_elsewhere:,} sub-slots of other sizes are free: `mmapkv compact` "
                "repacks them)" if free_elsewhere else "") + "; delete keys to make room")

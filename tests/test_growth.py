@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import mmapkv
+from conftest import FakeClock
 from mmapkv import InvalidArgumentError, StoreFullError, codec, transfer
 from mmapkv.format import CLASS_SIZES, KEY_OFFSET, MAX_FILE_SIZE, Geometry, class_for
 
@@ -131,6 +132,26 @@ def test_small_records_share_slots_before_the_file_grows(path: str) -> None:
         assert set(seen[:-1]) == {g.initial_size}
         assert seen[-1] == g.grown_size(g.initial_size)
         assert store.verify() == []
+
+
+def test_expired_records_are_reused_before_the_file_grows(path: str) -> None:
+    """A create that finds no room in the file's slots first reclaims expired records
+    (room already paid for), and grows the file only if that is not enough."""
+    clock = FakeClock(1_000.0)
+    g = Geometry(GROWTH_MAX_SIZE)
+    with mmapkv.Store(path, max_size=GROWTH_MAX_SIZE, clock=clock) as store:
+        for i in range(7 * 128):  # the 7 record slots of a new file, full of 160-byte records
+            store.create(f"k{i}", SMALL, ttl=10 if i % 2 else None)
+        assert os.path.getsize(path) == g.initial_size and store.stats().free_slots == 0
+        clock.advance(10)  # every other key expires
+        store.create("after", SMALL)
+        assert os.path.getsize(path) == g.initial_size  # no growth: an expired sub-slot took it
+        assert len(store) == 7 * 128 // 2 + 1 and store.verify() == []
+        for i in range(7 * 128 // 2 - 1):  # the rest of the reclaimed room, still without growing
+            store.create(f"again{i}", SMALL)
+        assert os.path.getsize(path) == g.initial_size
+        store.create("one-more", SMALL)
+        assert os.path.getsize(path) == g.grown_size(g.initial_size)
 
 
 def test_store_full_at_ceiling(path: str) -> None:
