@@ -304,7 +304,8 @@ class Store:
     def read(self, key: str) -> dict[str, Any]:
         """Return the value stored under *key*, as a new ``dict``.
 
-        Cost: one hash, about 1.5 table probes and one slot read, then JSON decoding.
+        Cost: one hash, one directory entry, about 1.3 table probes in one segment page and
+        one record read, then JSON decoding.
 
         :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired).
         :raises InvalidKeyError: *key* is not a valid key.
@@ -448,13 +449,15 @@ class Store:
     def create(self, key: str, value: dict[str, Any], ttl: int | None = None) -> None:
         """Store *value* under a new *key*, optionally expiring *ttl* seconds from now.
 
-        An expired entry under the same key is replaced.  Cost: one lookup, one slot
-        write; rarely a doubling of the file (no rehash: the table is sized for the ceiling).
+        An expired entry under the same key is replaced.  Cost: one lookup, one record
+        write into a sub-slot of its size class; rarely the split of one table segment
+        (about 1,000 entries moved) or a doubling of the file (no rehash).
 
         :raises KeyExistsError: *key* is stored and unexpired.
         :raises InvalidKeyError, InvalidValueError, ValueTooLargeError, InvalidTTLError:
             a bad argument; nothing is written.
-        :raises StoreFullError: the file is at its ceiling and every slot is taken.
+        :raises StoreFullError: the file is at its ceiling and neither a sub-slot of the
+            record's class nor a whole slot is free (``mmapkv compact`` repacks the others).
         :raises DiskFullError: the file had to grow and the disk refused.
         """
         kb = _key_bytes(key)
