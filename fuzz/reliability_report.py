@@ -95,6 +95,8 @@ def main(argv: list[str]) -> int:
         summary = next((line for line in reversed(proc.stdout.splitlines()) if line.strip()), "")
         reports: dict[str, dict[str, object]] = {}
         for name in os.listdir(report_dir):
+            if not name.endswith(".json"):  # the lock files beside them
+                continue
             with open(os.path.join(report_dir, name)) as f:
                 reports[name.removesuffix(".json")] = json.load(f)
     if proc.returncode != 0:

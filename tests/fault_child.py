@@ -91,19 +91,23 @@ def write_report(name: str, counts: dict[str, Any]) -> None:
     directory = os.environ.get("MMAPKV_REPORT_DIR")
     if not directory:
         return
+    import fcntl
+
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, f"{name}.json")
-    total: dict[str, Any] = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            total = json.load(f)
-    for key, value in counts.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            total[key] = total.get(key, 0) + value
-        else:
-            total[key] = value
-    with open(path, "w") as f:
-        json.dump(total, f, indent=1, sort_keys=True)
+    with open(path + ".lock", "a") as lock:  # pytest-xdist workers add to the same file
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        total: dict[str, Any] = {}
+        if os.path.exists(path):
+            with open(path) as f:
+                total = json.load(f)
+        for key, value in counts.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                total[key] = total.get(key, 0) + value
+            else:
+                total[key] = value
+        with open(path, "w") as f:
+            json.dump(total, f, indent=1, sort_keys=True)
 
 
 # ------------------------------------------------------------------ pause points
