@@ -737,17 +737,22 @@ class Engine:
             self._mark_dirty()
         return self._take_seq()
 
-    def commit_batch(self, seq: int, written: list[tuple[int, int, int]]) -> None:
-        """Commit a batch's PENDING records, given as (offset, fingerprint, position of
-        the entry it replaces or -1): one write of ``batch_commit`` makes all of them
-        survive a crash, then each is made LIVE and indexed."""
+    def commit_batch(self, seq: int, written: list[tuple[int, int, bool]]) -> None:
+        """Commit a batch's PENDING records, given as (offset, fingerprint, whether it
+        replaces its key's indexed record): one write of ``batch_commit`` makes all of
+        them survive a crash (recovery keeps the newer of two records of a key), then
+        each is made LIVE and indexed, and a replaced record freed."""
         if self.durable:
             self._mm.flush()  # the records reach the disk before the commit that names them
         self.batch_commit = seq
         _U64.pack_into(self._mm, SB_BATCH_COMMIT, seq)
         self._changed()
-        for off, fp, position in written:
-            _U32.pack_into(self._mm, off, STATE_LIVE)
+        mm = self._mm
+        for off, fp, replaces in written:
+            _U32.pack_into(mm, off, STATE_LIVE)
+            # found now, not before: the inserts before it may have moved its entry
+            position = self.find(bytes(mm[off + KEY_OFFSET:off + KEY_OFFSET + mm[off + KEY_OFFSET - 2]]), fp) \
+                if replaces else -1
             if position < 0:
                 self.table.insert(fp, self._entry(fp, off))
             else:
@@ -756,7 +761,19 @@ class Engine:
                 self._free_record(old)
         self._changed()
 
-    def abort_batch(self, written: list[tuple[int, int, int]]) -> None:
+    def clear(self) -> None:
+        """Forget every record: one 8-byte store of ``floor_seq`` is the commit (recovery
+        frees every record below it), then the derived state is rebuilt from nothing."""
+        if not self._dirty:
+            self._mark_dirty()
+        floor = self._take_seq()  # at most the seq_limit on disk: a valid floor
+        if self.durable:
+            self._mm.flush(0, PAGE_SIZE)  # the seq_limit that covers it, first
+        _U64.pack_into(self._mm, SB_FLOOR_SEQ, floor)
+        self._changed()
+        self.recover()
+
+    def abort_batch(self, written: list[tuple[int, int, bool]]) -> None:
         """Give back the PENDING records of a batch that will not commit."""
         for off, _, _ in written:
             self._free_record(off)

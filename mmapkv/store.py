@@ -7,7 +7,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, MutableMapping, ValuesView
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,11 +106,12 @@ class StoreStats:
     durable: bool
 
 
-_OPEN_STORES: "weakref.WeakSet[Store]" = weakref.WeakSet()
+# By id: a Store compares by content, as a mapping does, so it is not hashable.
+_OPEN_STORES: "weakref.WeakValueDictionary[int, Store]" = weakref.WeakValueDictionary()
 
 
 def _after_fork_in_child() -> None:
-    for store in list(_OPEN_STORES):
+    for store in list(_OPEN_STORES.values()):
         store._disown()
 
 
@@ -118,7 +119,12 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class Store:
+_MISSING: Any = object()
+_KEEP: Any = object()   # replace(): keep the key's TTL
+_GONE: Any = object()
+
+
+class Store(MutableMapping[str, dict[str, Any]]):
     """A persistent key-value store in one memory-mapped file.
 
     Keys are ``str`` of 1 to 32 characters; values are JSON objects (``dict``) of at most
@@ -177,7 +183,7 @@ class Store:
         # Keys hash with the file's own seed; compact keeps it, so it never changes.
         self._seed = self._engine.seed
         self._pid = os.getpid()
-        _OPEN_STORES.add(self)
+        _OPEN_STORES[id(self)] = self
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -528,9 +534,12 @@ class Store:
         prepared = []
         seen: set[bytes] = set()
         for number, item in enumerate(triples):
+            if isinstance(item, dict) and "key" in item and "value" in item and \
+                    set(item) <= {"key", "value", "ttl"}:
+                item = (item["key"], item["value"], item["ttl"]) if "ttl" in item else (item["key"], item["value"])
             if not isinstance(item, tuple) or len(item) not in (2, 3):
-                raise InvalidArgumentError(f"batch item {number} must be a (key, value) or "
-                                           f"(key, value, ttl) tuple, got {item!r:.80}")
+                raise InvalidArgumentError(f"batch item {number} must be a (key, value) or (key, value, "
+                                           f"ttl) tuple or a {{'key', 'value', 'ttl'}} dict, got {item!r:.80}")
             key, value = item[0], item[1]
             item_ttl = _check_ttl(item[2]) if len(item) == 3 else default_ttl
             kb = _key_bytes(key)
@@ -539,35 +548,266 @@ class Store:
             seen.add(kb)
             data, flags = _encode(value)
             prepared.append((key, kb, _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT, data, flags, item_ttl))
+        self._commit_batch(prepared, overwrite=False)
+
+    def _commit_batch(self, prepared: list[tuple[str, bytes, int, bytes, int, int | None]], *,
+                      overwrite: bool) -> None:
+        """Write checked (key, key bytes, fingerprint, data, flags, ttl) items as one
+        batch: PENDING records, one commit write, then LIVE and indexed.  Without
+        *overwrite* a live key refuses the whole batch (expired ones are replaced)."""
         with self._lock:
             engine = self._use()
             if not prepared:
                 return
             now = self._clock()
             expired = []
+            stored = set()
             for key, kb, fp, _, _, _ in prepared:
                 index = engine.find(kb, fp)
                 if index >= 0:
                     old_expiry = engine.expires_at(index)
                     if not old_expiry or now < old_expiry:
-                        raise KeyExistsError(f"key {key!r} already exists in {self._path}")
-                    expired.append((kb, fp))
+                        if not overwrite:
+                            raise KeyExistsError(f"key {key!r} already exists in {self._path}")
+                        stored.add(kb)
+                    else:
+                        expired.append((kb, fp))
             with engine.change():
                 for kb, fp in expired:
                     engine.remove(engine.find(kb, fp))
                 self._make_room(engine, [KEY_OFFSET + len(kb) + len(data) for _, kb, _, data, _, _ in prepared],
-                                [fp for _, _, fp, _, _, _ in prepared])
+                                [fp for _, kb, fp, _, _, _ in prepared if kb not in stored])
                 seq = engine.begin_batch()
-                written: list[tuple[int, int, int]] = []
+                written: list[tuple[int, int, bool]] = []
                 try:
                     for _, kb, fp, data, flags, t in prepared:
                         expires = now + t if t is not None else 0.0
                         off = engine.write_record(kb, data, flags, expires, STATE_PENDING, seq)
-                        written.append((off, fp, -1))
+                        written.append((off, fp, kb in stored))
                 except CLEAN_FAILURES:  # a full disk: give the slots back, change nothing
                     engine.abort_batch(written)
                     raise
                 engine.commit_batch(seq, written)
+
+    # ----------------------------------------------------------------- overwrites
+
+    def set(self, key: str, value: dict[str, Any], ttl: int | None = None) -> None:
+        """Store *value* under *key* whether or not it is there (an upsert); *ttl*
+        replaces the key's TTL (``None``: it never expires).
+
+        The new record is written beside the old one, then the key's table entry is
+        switched to it with one 8-byte store, then the old record is freed: a reader
+        sees the old value or the new one, never neither; after a crash or an exception
+        at any point exactly one of them is stored (recovery keeps the newer write).
+
+        >>> import tempfile, os
+        >>> with Store(os.path.join(tempfile.mkdtemp(), "s")) as store:
+        ...     store.set("k", {"v": 1})
+        ...     store.set("k", {"v": 2}, ttl=60)
+        ...     store.read("k"), store.ttl("k")
+        ({'v': 2}, 60)
+        """
+        kb = _key_bytes(key)
+        data, flags = _encode(value)
+        if ttl is not None:
+            ttl = _check_ttl(ttl)
+        fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
+        with self._lock:
+            engine = self._use()
+            self._put(engine, kb, fp, data, flags, self._clock() + ttl if ttl is not None else 0.0)
+
+    __setitem__ = set
+
+    def replace(self, key: str, value: dict[str, Any], ttl: Any = _KEEP) -> None:
+        """Like :meth:`set`, but only for a stored, unexpired *key*.  The key keeps its
+        TTL unless *ttl* is given (``None`` removes it), as a cache refresh expects.
+
+        :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired).
+        """
+        kb = _key_bytes(key)
+        data, flags = _encode(value)
+        if ttl is not _KEEP and ttl is not None:
+            ttl = _check_ttl(ttl)
+        fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
+        with self._lock:
+            engine = self._use()
+            old_expiry, now = self._live_expiry(engine, key, kb, fp)
+            expires = old_expiry if ttl is _KEEP else (now + ttl if ttl is not None else 0.0)
+            self._put(engine, kb, fp, data, flags, expires)
+
+    def ttl(self, key: str) -> int | None:
+        """Seconds until *key* expires, rounded up (``None``: it never expires).
+
+        :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired).
+        """
+        kb = _key_bytes(key)
+        fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
+        with self._lock:
+            expires, now = self._live_expiry(self._use(), key, kb, fp)
+        return math.ceil(expires - now) if expires else None
+
+    def expire(self, key: str, ttl: int) -> None:
+        """Make *key* expire *ttl* seconds from now, whatever TTL it had.  Atomic: the
+        record is rewritten with its new expiry and switched to as :meth:`set` does.
+
+        :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired).
+        :raises InvalidTTLError: *ttl* is not a whole number of seconds from 1.
+        """
+        if ttl is None:
+            raise InvalidTTLError("expire() needs a ttl in seconds; persist() removes one")
+        self._retime(key, _check_ttl(ttl))
+
+    def persist(self, key: str) -> bool:
+        """Remove *key*'s TTL.  True if it had one (Redis's ``PERSIST``).
+
+        :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired).
+        """
+        return self._retime(key, None)
+
+    def _retime(self, key: str, ttl: int | None) -> bool:
+        """Give *key* a new expiry (``None``: none); True if it had one."""
+        kb = _key_bytes(key)
+        fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
+        with self._lock:
+            engine = self._use()
+            old_expiry, now = self._live_expiry(engine, key, kb, fp)
+            if ttl is None and not old_expiry:
+                return False  # nothing to change: write nothing
+            found = self._found(engine, key, kb, fp)
+            data, flags = bytes(found[0]), found[1]  # a copy: room-making may remap
+            self._put(engine, kb, fp, data, flags, now + ttl if ttl is not None else 0.0)
+            return bool(old_expiry)
+
+    def _found(self, engine: Engine, key: str, kb: bytes, fp: int) -> tuple[memoryview, int, float]:
+        """The checked record of *key* (stored: the caller looked), damaged entries dropped."""
+        try:
+            found = engine.get(kb, fp)
+        except DamagedEntry as damaged:
+            found = self._dropped(engine, damaged, key, kb, fp)
+        if found is None:
+            raise KeyNotFoundError(f"key {key!r} is not in {self._path}")
+        return found
+
+    def _live_expiry(self, engine: Engine, key: str, kb: bytes, fp: int) -> tuple[float, float]:
+        """(expiry, now) of a stored, unexpired *key*; raise if it is missing or expired."""
+        index = engine.find(kb, fp)
+        if index < 0:
+            raise KeyNotFoundError(f"key {key!r} is not in {self._path}")
+        expires = engine.expires_at(index)
+        now = self._clock()
+        if expires and now >= expires:
+            raise KeyExpiredError(f"key {key!r} expired at {expires:.0f} (unix time)")
+        return expires, now
+
+    def _put(self, engine: Engine, kb: bytes, fp: int, data: bytes, flags: int, expires: float) -> None:
+        """Write a record for *kb* and index it, replacing the key's entry (live or
+        expired) if it has one.  Call with the lock held."""
+        with engine.change():
+            had = engine.find(kb, fp) >= 0
+            self._make_room(engine, [KEY_OFFSET + len(kb) + len(data)], [] if had else [fp])
+            index = engine.find(kb, fp)  # making room may have split its segment, or swept it
+            if index >= 0:
+                engine.replace(index, kb, fp, data, flags, expires)
+                return
+            if had:  # swept as expired while making room: it needs a table entry after all
+                self._make_room(engine, [], [fp])
+            engine.insert(kb, fp, data, flags, expires)
+
+    # ----------------------------------------------------------------- the mapping
+
+    __getitem__ = read
+    __delitem__ = delete
+
+    def items(self) -> ItemsView[str, dict[str, Any]]:
+        """The unexpired (key, value) pairs, decoded one at a time as they are iterated
+        (no dict of the whole store is built); keys deleted or expired meanwhile are
+        skipped."""
+        return _StoreItems(self)
+
+    def values(self) -> ValuesView[dict[str, Any]]:
+        """The unexpired values, decoded one at a time as they are iterated."""
+        return _StoreValues(self)
+
+    def pop(self, key: str, default: Any = _MISSING) -> Any:
+        """Remove *key* and return its value; *default* (if given) for a missing or
+        expired key.  Read and delete happen under one hold of the lock."""
+        kb = _key_bytes(key)
+        fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
+        with self._lock:
+            engine = self._use()
+            try:
+                self._live_expiry(engine, key, kb, fp)
+            except KeyNotFoundError:
+                if default is _MISSING:
+                    raise
+                return default
+            data, flags, _ = self._found(engine, key, kb, fp)
+            value = _decode(data, flags)
+            with engine.change():
+                engine.remove(engine.find(kb, fp))
+            return value
+
+    def popitem(self) -> tuple[str, dict[str, Any]]:
+        """Remove and return some (key, value) pair; ``KeyError`` when empty."""
+        for key in self.keys():
+            value = self.pop(key, _GONE)
+            if value is not _GONE:  # another thread may have taken it meanwhile
+                return key, value  # type: ignore[no-any-return]
+        raise KeyNotFoundError(f"popitem(): {self._path} is empty")
+
+    def setdefault(self, key: str, default: dict[str, Any] | None = None) -> dict[str, Any]:  # type: ignore[override]
+        """The value of *key*; if missing or expired, store *default* first (under one
+        hold of the lock) and return it."""
+        if default is None:
+            raise InvalidValueError("setdefault() needs a default value: a store holds JSON objects only")
+        kb = _key_bytes(key)
+        data, flags = _encode(default)
+        fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
+        with self._lock:
+            engine = self._use()
+            try:
+                self._live_expiry(engine, key, kb, fp)
+            except KeyNotFoundError:
+                self._put(engine, kb, fp, data, flags, 0.0)
+                return _decode(data, flags)
+            found = self._found(engine, key, kb, fp)
+            return _decode(found[0], found[1])  # type: ignore[no-any-return]
+
+    def update(self, other: Any = (), /, **kwargs: dict[str, Any]) -> None:
+        """Set many keys at once, overwriting: all of them, or (on any error) none, with
+        one commit like :meth:`batch_create`.  *other* is a mapping or an iterable of
+        (key, value) pairs; keyword arguments are added to it, as ``dict.update`` does."""
+        if isinstance(other, Mapping):
+            pairs: list[tuple[Any, Any]] = list(other.items())
+        elif hasattr(other, "keys"):  # what dict.update accepts: keys() and __getitem__
+            pairs = [(k, other[k]) for k in other.keys()]
+        elif isinstance(other, (str, bytes)) or not isinstance(other, Iterable):
+            raise InvalidArgumentError(f"update() takes a mapping or an iterable of (key, value) "
+                                       f"pairs, not {type(other).__name__}")
+        else:
+            pairs = []
+            for number, item in enumerate(other):
+                try:
+                    k, v = item
+                except (TypeError, ValueError):
+                    raise InvalidArgumentError(f"update item {number} must be a (key, value) pair, "
+                                               f"got {item!r:.80}") from None
+                pairs.append((k, v))
+        pairs.extend(kwargs.items())
+        last: dict[bytes, tuple[str, bytes, int, bytes, int, int | None]] = {}  # the last value wins, as in dict
+        for key, value in pairs:
+            kb = _key_bytes(key)
+            data, flags = _encode(value)
+            last[kb] = (key, kb, _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT, data, flags, None)
+        self._commit_batch(list(last.values()), overwrite=True)
+
+    def clear(self) -> None:
+        """Remove every key at once: one 8-byte write in the superblock (``floor_seq``)
+        forgets every record written before it, then the table is rebuilt (O(slots))."""
+        with self._lock:
+            engine = self._use()
+            with engine.change():
+                engine.clear()
 
     # ----------------------------------------------------------------- room
 
@@ -595,3 +835,29 @@ class Store:
             f"sub-slot for {len(record_sizes):,} more, nor a slot to split a full table segment into"
             + (f" ({free_elsewhere:,} sub-slots of other sizes are free: `mmapkv compact` "
                "repacks them)" if free_elsewhere else "") + "; delete keys to make room")
+
+
+class _StoreItems(ItemsView[str, dict[str, Any]]):
+    """``Store.items()``: streams from the file; see :meth:`Store.items`."""
+
+    _mapping: Store
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        store = self._mapping
+        for key in store.keys():
+            value = store.get(key, _GONE)
+            if value is not _GONE:
+                yield key, value
+
+
+class _StoreValues(ValuesView[dict[str, Any]]):
+    """``Store.values()``: streams from the file; see :meth:`Store.values`."""
+
+    _mapping: Store
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        store = self._mapping
+        for key in store.keys():
+            value = store.get(key, _GONE)
+            if value is not _GONE:
+                yield value

@@ -374,7 +374,7 @@ def restore(store: Store, source: IO[bytes], *, skip_existing: bool = False,
                     if lines.get(kb) != number:
                         raise InvalidDumpError(f"{name} changed while it was being restored; nothing was restored")
                     off = engine.write_record(kb, data, flags, expires, STATE_PENDING, seq)
-                    written.append((off, engine.fingerprint(kb), -1))
+                    written.append((off, engine.fingerprint(kb), False))
                 if len(written) != needed:
                     raise InvalidDumpError(f"{name} changed while it was being restored; nothing was restored")
             except MmapKVError as exc:  # bad input or a full disk: give the slots back

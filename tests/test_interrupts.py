@@ -118,6 +118,19 @@ SCENARIOS: dict[str, Scenario] = {
         repair_at=0.93),
     "len-sweeps-expired": Scenario(lambda s, c: (_fill(s, 2), _fill(s, 3, ttl=50, prefix="t")),
                                    lambda s, c: len(s)),
+    # issue 11: every overwrite is old-or-new, never neither and never both
+    "set-over-live": Scenario(lambda s, c: _fill(s, 3, ttl=500),
+                              lambda s, c: s.set("k1", {"new": "é" * 30}, ttl=60)),
+    "set-new-key": Scenario(lambda s, c: _fill(s, 3), lambda s, c: s.set("new", {"v": 1})),
+    "replace-keeps-ttl": Scenario(lambda s, c: _fill(s, 3, ttl=500),
+                                  lambda s, c: s.replace("k2", {"pad": "y" * 300})),
+    "expire": Scenario(lambda s, c: _fill(s, 3), lambda s, c: s.expire("k0", 30)),
+    "persist": Scenario(lambda s, c: _fill(s, 3, ttl=500), lambda s, c: s.persist("k0")),
+    "update-overwrites-and-adds": Scenario(
+        lambda s, c: _fill(s, 4),
+        lambda s, c: s.update({"k0": {"u": 0}, "k3": {"u": 3, "pad": "z" * 500}, "n1": {"u": 1}})),
+    "clear": Scenario(lambda s, c: (_fill(s, 5), _fill(s, 2, ttl=500, prefix="t")),
+                      lambda s, c: s.clear()),
     "close": Scenario(lambda s, c: (_fill(s, 3), s.delete("k0"), _fill(s, 1, prefix="z")),
                       lambda s, c: s.close()),
 }
