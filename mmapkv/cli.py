@@ -140,15 +140,46 @@ def cmd_get(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_create(args: argparse.Namespace) -> int:
+def _value_argument(args: argparse.Namespace) -> Any:
     # JSON text is UTF-8 (RFC 8259): read bytes, whatever encoding the locale gives stdin.
     text = sys.stdin.buffer.read() if args.json == "-" else args.json
     try:
-        value = transfer.loads(text)
+        return transfer.loads(text)
     except ValueError as exc:
         raise InputError(f"the value is not valid JSON: {exc}") from None
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    value = _value_argument(args)
     with _open(args.path, create=True) as store:
         store.create(args.key, value, ttl=args.ttl)
+    return EXIT_OK
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    value = _value_argument(args)
+    with _open(args.path, create=True) as store:
+        store.set(args.key, value, ttl=args.ttl)
+    return EXIT_OK
+
+
+def cmd_ttl(args: argparse.Namespace) -> int:
+    with _open(args.path) as store:
+        remaining = store.ttl(args.key)
+    print("none" if remaining is None else remaining)
+    return EXIT_OK
+
+
+def cmd_expire(args: argparse.Namespace) -> int:
+    with _open(args.path) as store:
+        store.expire(args.key, args.seconds)
+    return EXIT_OK
+
+
+def cmd_persist(args: argparse.Namespace) -> int:
+    with _open(args.path) as store:
+        had = store.persist(args.key)
+    print("removed the TTL" if had else "no TTL to remove")
     return EXIT_OK
 
 
@@ -338,6 +369,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key", metavar="KEY")
     p.add_argument("json", metavar="JSON", help='a JSON object, or "-" to read it from stdin')
     p.add_argument("--ttl", type=int, metavar="N", help="expire the key N seconds from now")
+    p = command("set", cmd_set, "store the JSON object JSON under KEY, replacing its value and TTL")
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("json", metavar="JSON", help='a JSON object, or "-" to read it from stdin')
+    p.add_argument("--ttl", type=int, metavar="N", help="expire the key N seconds from now")
+    p = command("ttl", cmd_ttl, 'print the seconds until KEY expires, or "none"')
+    p.add_argument("key", metavar="KEY")
+    p = command("expire", cmd_expire, "make KEY expire N seconds from now")
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("seconds", type=int, metavar="N")
+    p = command("persist", cmd_persist, "remove the TTL of KEY")
+    p.add_argument("key", metavar="KEY")
     p = command("delete", cmd_delete, "remove KEY")
     p.add_argument("key", metavar="KEY")
     p = command("keys", cmd_keys, "list the live keys, sorted")

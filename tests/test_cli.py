@@ -86,6 +86,30 @@ def test_create_with_ttl_keeps_an_expiry(run: Run, path: str) -> None:
     assert code == 0 and isinstance(expires, float) and expires > 1_000_000_000
 
 
+def test_set_ttl_expire_persist(run: Run, path: str) -> None:
+    """Issue 11's commands: set overwrites (value and TTL), ttl reads, expire and persist
+    change it; a missing key exits 3 like get does."""
+    assert run("set", "k", '{"v": 1}', "--path", path)[:2] == (0, "")
+    assert run("set", "k", '{"v": 2}', "--ttl", "60", "--path", path)[:2] == (0, "")
+    assert json.loads(run("get", "k", "--path", path)[1]) == {"v": 2}
+    code, out, _ = run("ttl", "k", "--path", path)
+    assert code == 0 and 59 <= int(out) <= 60
+    assert run("persist", "k", "--path", path)[:2] == (0, "removed the TTL\n")
+    assert run("ttl", "k", "--path", path)[:2] == (0, "none\n")
+    assert run("persist", "k", "--path", path)[:2] == (0, "no TTL to remove\n")
+    assert run("expire", "k", "500", "--path", path)[:2] == (0, "")
+    code, out, _ = run("ttl", "k", "--path", path)
+    assert code == 0 and 499 <= int(out) <= 500
+    for args in (["ttl", "nope"], ["expire", "nope", "5"], ["persist", "nope"]):
+        code, _, err = run(*args, "--path", path)
+        assert code == 3 and "'nope' is not in" in err, args
+    code, _, err = run("expire", "k", "0", "--path", path)
+    assert code == 3 and "ttl must be 1" in err
+    code, _, err = run("set", "k", "[1]", "--path", path)
+    assert code == 3 and "must be a dict" in err
+    assert json.loads(run("get", "k", "--path", path)[1]) == {"v": 2}  # refused: unchanged
+
+
 def test_create_reads_stdin(run: Run, path: str, monkeypatch: Any) -> None:
     stdin(monkeypatch, '{"from": "stdin", "ü": 1}'.encode())
     assert run("create", "k", "-", "--path", path)[0] == 0
