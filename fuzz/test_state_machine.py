@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -203,7 +204,7 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(how=st.sampled_from(["close", "close", "crash", "crash", "use after close"]),
           pass_max_size=st.booleans(), op=st.sampled_from([
               "read", "get", "delete", "create", "batch", "in", "len", "keys", "stats",
-              "flush", "verify"]), key=keys)
+              "flush", "verify", "set", "ttl"]), key=keys)
     def reopen(self, how: str, pass_max_size: bool, op: str, key: str) -> None:
         """Close and reopen (nothing lost, expiries kept), crash and reopen (the slots are
         recovered), or use a closed store (StoreClosedError, nothing changed)."""
@@ -226,6 +227,7 @@ class StoreMachine(RuleBasedStateMachine):
             store.close()
             calls: dict[str, Callable[[], Any]] = {
                 "read": lambda: store.read(key), "get": lambda: store.get(key),
+                "set": lambda: store.set(key, {"v": 1}), "ttl": lambda: store.ttl(key),
                 "delete": lambda: store.delete(key), "create": lambda: store.create(key, {"v": 1}),
                 "batch": lambda: store.batch_create({key: {"v": 1}}), "in": lambda: key in store,
                 "len": lambda: len(store), "keys": store.keys, "stats": store.stats,
@@ -382,6 +384,138 @@ class StoreMachine(RuleBasedStateMachine):
         for name in names:
             self.model.pop(name, None)
         return None
+
+    # ------------------------------------------------------------ overwrites (issue 11)
+
+    def _size(self, key: str, value: Any) -> int:
+        return KEY_OFFSET + len(key.encode()) + S.json_size(value)
+
+    @rule(data=st.data(), value=values, ttl=S.small_ttls, how=st.sampled_from(["set", "setitem"]))
+    def set(self, data: st.DataObject, value: dict[str, Any], ttl: int | None, how: str) -> None:
+        """An upsert over a live, an expired or a missing key: value and TTL replaced."""
+        assert self.store is not None
+        store, key = self.store, self._pick_key(data)
+        if key in self.model and self._expired(key):
+            del self.model[key]  # replaced by the write, not swept
+        if how == "setitem":
+            ttl = None
+        expires = self._expires(ttl)
+
+        def call() -> None:
+            if how == "set":
+                store.set(key, value, ttl=ttl)
+            else:
+                store[key] = value
+        if self._write(None, [self._size(key, value)], call):
+            self.model[key] = (S.normalise(value), expires)
+
+    @rule(data=st.data(), value=values, ttl=st.one_of(st.just("keep"), S.small_ttls))
+    def replace(self, data: st.DataObject, value: dict[str, Any], ttl: Any) -> None:
+        """Only a live key; keeps its expiry unless a ttl is given."""
+        assert self.store is not None
+        store, key = self.store, self._pick_key(data)
+        expected = self._lookup(key)
+        call = (lambda: store.replace(key, value)) if ttl == "keep" else (lambda: store.replace(key, value, ttl=ttl))
+        if expected is not None:
+            self._run(expected, call)
+            return
+        expires = self.model[key][1] if ttl == "keep" else self._expires(ttl)
+        if self._write(None, [self._size(key, value)], call):
+            self.model[key] = (S.normalise(value), expires)
+
+    @rule(data=st.data(), op=st.sampled_from(["ttl", "expire", "persist"]),
+          seconds=st.integers(min_value=1, max_value=60))
+    def ttl_control(self, data: st.DataObject, op: str, seconds: int) -> None:
+        """ttl() reads what the model holds; expire and persist rewrite the record (so
+        they need room, like any write) and keep its value."""
+        assert self.store is not None
+        store, key = self.store, self._pick_key(data)
+        expected = self._lookup(key)
+        calls: dict[str, Callable[[], Any]] = {"ttl": lambda: store.ttl(key),
+                                               "expire": lambda: store.expire(key, seconds),
+                                               "persist": lambda: store.persist(key)}
+        if expected is not None or op == "ttl" or (op == "persist" and not self.model[key][1]):
+            got = self._run(expected, calls[op])
+            if expected is None and op == "ttl":
+                expires = self.model[key][1]
+                assert got == (math.ceil(expires - self.clock.now) if expires else None), (got, expires)
+            elif expected is None:
+                assert got is False  # persist of a key without a TTL writes nothing
+            return
+        value, _ = self.model[key]
+        if self._write(None, [self._size(key, value)], calls[op]):
+            self.model[key] = (value, self._expires(seconds) if op == "expire" else 0.0)
+
+    @rule(data=st.data(), form=st.sampled_from(["mapping", "pairs", "kwargs"]),
+          defect=st.sampled_from([None, None, None, "value", "key", "shape"]))
+    def update(self, data: st.DataObject, form: str, defect: str | None) -> None:
+        """Overwriting and all or nothing: one bad item writes nothing."""
+        assert self.store is not None
+        store = self.store
+        names = data.draw(st.lists(st.one_of(keys, st.sampled_from(sorted(self.model) or ["a"])),
+                                   min_size=0, max_size=4), label="keys")
+        pairs: list[Any] = [(name, data.draw(values, label="value")) for name in names]
+        expected: type[Exception] | None = None
+        if defect and pairs:
+            at = data.draw(st.integers(0, len(pairs) - 1), label="defect at")
+            if defect == "value":
+                bad, expected = data.draw(S.invalid_values, label="bad value")
+                pairs[at] = (pairs[at][0], bad)
+            elif defect == "key":
+                bad, expected = data.draw(S.invalid_keys, label="bad key")
+                pairs[at] = (bad, pairs[at][1])
+            else:
+                pairs[at] = (pairs[at][0],)
+                expected = mmapkv.InvalidArgumentError
+            form = "pairs"
+        if form == "kwargs" and not all(n.isidentifier() for n, _ in pairs):
+            form = "pairs"
+        last = dict(pairs) if expected is None else {}
+        call: Callable[[], Any] = {"mapping": lambda: store.update(dict(pairs)),
+                                   "pairs": lambda: store.update(pairs),
+                                   "kwargs": lambda: store.update(**dict(pairs))}[form]
+        if expected is not None:
+            self._run(expected, call)
+            return
+        for name in last:
+            if name in self.model and self._expired(name):
+                del self.model[name]  # replaced by the batch
+        if self._write(None, [self._size(k, v) for k, v in last.items()], call):
+            for name, value in last.items():
+                self.model[name] = (S.normalise(value), 0.0)
+
+    @rule(data=st.data(), op=st.sampled_from(["pop", "pop-default", "popitem", "setdefault", "clear"]),
+          value=values)
+    def mapping_methods(self, data: st.DataObject, op: str, value: dict[str, Any]) -> None:
+        """pop, popitem, setdefault and clear as dict has them, over live, expired and
+        missing keys."""
+        assert self.store is not None
+        store, key = self.store, self._pick_key(data)
+        if op == "pop":
+            expected = self._lookup(key)
+            got = self._run(expected, lambda: store.pop(key))
+            if expected is None:
+                assert got == self.model.pop(key)[0]
+        elif op == "pop-default":
+            live = self._lookup(key) is None
+            got = self._run(None, lambda: store.pop(key, None))
+            assert got == (self.model.pop(key)[0] if live else None)
+        elif op == "popitem":
+            if not self._live():
+                self._run(mmapkv.KeyNotFoundError, store.popitem)
+            else:
+                name, got = self._run(None, store.popitem)
+                assert self._lookup(name) is None and got == self.model.pop(name)[0]
+        elif op == "setdefault":
+            if self._lookup(key) is None:
+                assert self._run(None, lambda: store.setdefault(key, value)) == self.model[key][0]
+                return
+            self.model.pop(key, None)  # an expired one is replaced
+            if self._write(None, [self._size(key, value)], lambda: store.setdefault(key, value)):
+                self.model[key] = (S.normalise(value), 0.0)
+        else:
+            self._run(None, store.clear)
+            self.model.clear()
 
     # ------------------------------------------------------------ reads
 
