@@ -218,11 +218,18 @@ def writer(args: dict[str, Any]) -> None:
         if names and (roll < 0.25 or (last_full and roll < 0.8)):
             op: dict[str, Any] = {"op": "delete", "key": rng.choice(names)}
             needed = 0
-        elif roll < 0.75:
+        elif names and roll < 0.4:  # an overwrite: the old value or the new, never neither
+            op = {"op": "set", "items": [[rng.choice(names), *new_item()[1:]]]}
+            needed = 1
+        elif roll < 0.7:
             op = {"op": "create", "items": [new_item()]}
             needed = 1
-        else:
+        elif roll < 0.85 or not names:
             op = {"op": "batch", "items": [new_item() for _ in range(rng.randint(1, 4))]}
+            needed = len(op["items"])
+        else:  # update: overwrites and new keys, all or nothing
+            chosen = rng.sample(names, min(len(names), rng.randint(1, 2)))
+            op = {"op": "update", "items": [[name, *new_item()[1:]] for name in chosen] + [new_item()]}
             needed = len(op["items"])
         geometry = engine.geometry
         ceiling = geometry.file_size(geometry.max_slots)
@@ -236,6 +243,12 @@ def writer(args: dict[str, Any]) -> None:
                 key, nonce, size = op["items"][0]
                 store.create(key, make_value(key, nonce, size))
                 names.append(key)
+            elif op["op"] == "set":
+                key, nonce, size = op["items"][0]
+                store.set(key, make_value(key, nonce, size))
+            elif op["op"] == "update":
+                store.update({key: make_value(key, nonce, size) for key, nonce, size in op["items"]})
+                names.extend(item[0] for item in op["items"] if item[0] not in names)
             else:
                 store.batch_create({key: make_value(key, nonce, size)
                                     for key, nonce, size in op["items"]})
