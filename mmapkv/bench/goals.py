@@ -108,6 +108,11 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
                                   f"page cache +{res.get('page_cache_pages_per_value', float('nan')):.3f} pages/value",
                       "holds": ppv <= 0.35, "where": f"{res['values_read']:,} values of 1 KiB", "note": ""})
     goals.extend(_small_value_goals(results, groups, n))
+    for peer, call in (("lmdb[mmapkv]", "put"), ("diskcache[mmapkv]", "set")):  # issue 11
+        a, b = _median(head, "mmapkv", "set"), _median(head, peer, "set")
+        if a and b:
+            add(f"set over an existing key faster than {peer.split('[')[0]}'s {call} (same codec)",
+                f"{a / b:.2f}x {peer}'s time", a < b)
     return goals
 
 

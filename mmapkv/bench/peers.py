@@ -63,6 +63,7 @@ class Adapter:
     read: Callable[[str], Any]
     delete: Callable[[str], None]
     batch: Callable[[list[tuple[str, Any]]], None]
+    set: Callable[[str, Any], None]   #: store whether or not the key exists (an overwrite here)
 
     def __init__(self, root: str, codec: str | None) -> None:
         self.codec = codec
@@ -125,6 +126,7 @@ class MmapkvAdapter(Adapter):
         self.store = s = Store(os.path.join(self.dir, "store.mmapkv"))
         # The public methods themselves: no glue in the way.
         self.create, self.read, self.delete, self.batch = s.create, s.read, s.delete, s.batch_create
+        self.set = s.set
 
     def close(self) -> None:
         self.store.close()
@@ -163,6 +165,7 @@ class DictAdapter(Adapter):
             d.update(pairs)
 
         self.create, self.read, self.delete, self.batch = create, d.__getitem__, delete, batch
+        self.set = d.__setitem__
 
     def close(self) -> None:
         pass
@@ -224,7 +227,13 @@ class JsonFileAdapter(Adapter):
                 del data[k]
             save(data)
 
+        def set_(k: str, v: Any) -> None:
+            data = load()
+            data[k] = v
+            save(data)
+
         self.create, self.read, self.delete, self.batch = create, read, delete, batch
+        self.set = set_
         self.fill, self.drop = batch, drop  # type: ignore[method-assign]
 
     def close(self) -> None:
@@ -269,7 +278,12 @@ class LmdbAdapter(Adapter):
                 if added != len(items):
                     raise KeyExists("a key of the batch exists")  # aborts the transaction
 
+        def set_(k: str, v: Any) -> None:  # put() overwrites by default
+            with begin(write=True) as txn:
+                txn.put(k.encode(), encode(v))
+
         self.create, self.read, self.delete, self.batch = create, read, delete, batch
+        self.set = set_
         self.fill = batch  # type: ignore[method-assign]
 
     def close(self) -> None:
@@ -312,7 +326,13 @@ class DiskcacheAdapter(Adapter):
                     if not add(k, encode(v)):
                         raise KeyExists(k)
 
+        set_item = cache.set
+
+        def set_(k: str, v: Any) -> None:  # its overwrite
+            set_item(k, encode(v))
+
         self.create, self.read, self.delete, self.batch = create, read, cache.__delitem__, batch
+        self.set = set_
         self.fill = batch  # type: ignore[method-assign]
 
     def close(self) -> None:
@@ -347,6 +367,7 @@ class SqlitedictAdapter(Adapter):
             db.update(pairs)  # one executemany and one commit
 
         self.create, self.read, self.delete, self.batch = create, db.__getitem__, db.__delitem__, batch
+        self.set = setitem
         self.fill = batch  # type: ignore[method-assign]
 
     def close(self) -> None:
@@ -383,7 +404,11 @@ class DbmDumbAdapter(Adapter):
             for k, v in pairs:
                 setitem(k, encode(v))
 
+        def set_(k: str, v: Any) -> None:
+            setitem(k, encode(v))
+
         self.create, self.read, self.delete, self.batch = create, read, db.__delitem__, batch
+        self.set = set_
 
     def drop(self, keys: list[str]) -> None:
         # Untimed bulk delete between sampled ones: what __delitem__ does, with one

@@ -125,6 +125,8 @@ class Group:
         # when a read went to disk.  Reads from a cold file are the resident test's subject.
         self._phase("read_hit", self.read_order, self._reads)
         self._phase("read_miss", self.miss_order, self._misses)
+        # Overwrites of every stored key with another record (issue 11); reads are done.
+        self._phase("set", self.read_order, self._sets)
         self._opens()
         self._phase("delete", self.delete_order, self._deletes)
         for a in self.adapters:
@@ -189,6 +191,19 @@ class Group:
                 t1 = perf()
             else:
                 raise BenchError(f"{a.name}: read of the missing key {k!r} returned a value")
+            out(t1 - t0)
+
+    def _sets(self, a: Adapter, part: list[str], start: int) -> None:
+        out = self.samples[a.name]["set"].append
+        stride = _stride(self.n, self.cap(a, "create"))  # as costly as a create
+        set_, perf, pool = a.set, _perf, self.pool
+        for i, k in enumerate(part, start):
+            if (i + 1) % stride:
+                continue
+            v = pool[(int(k[5:]) + 1) % len(pool)]
+            t0 = perf()
+            set_(k, v)
+            t1 = perf()
             out(t1 - t0)
 
     def _deletes(self, a: Adapter, part: list[str], start: int) -> None:

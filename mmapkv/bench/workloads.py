@@ -10,7 +10,7 @@ from typing import Any
 
 __all__ = ["OPS", "SIZES", "BATCH", "POOL", "make_record", "encode_json", "make_pool"]
 
-OPS = ("create", "read_hit", "read_miss", "delete", "batch_create", "open")
+OPS = ("create", "read_hit", "read_miss", "set", "delete", "batch_create", "open")
 SIZES = {"100B": 100, "1KiB": 1024, "10KiB": 10240}
 BATCH = 100                 # keys per batch_create call
 POOL = 1_000                # distinct records per value size (key i stores record i % POOL)
