@@ -150,15 +150,20 @@ MAX_FILE_SIZE = 1 << 30  # the hard ceiling: 1 GiB
 INITIAL_SLOTS = 8
 
 
+#: the class of a record of n bytes, by n's 32-byte units (every class size is a multiple
+#: of 32): one index on every create instead of a walk through the classes
+_CLASS_BY_UNITS = bytes(next(i for i, size in enumerate(CLASS_SIZES) if units * UNIT <= size)
+                        for units in range(SLOT_SIZE // UNIT + 1))
+
+
 def class_for(record_size: int) -> int:
     """The class (index into ``CLASS_SIZES``) of a record of *record_size* bytes.
 
     >>> [CLASS_SIZES[class_for(n)] for n in (1, 160, 161, 1070, 16548)]
     [160, 160, 256, 1280, 20480]
     """
-    for index, size in enumerate(CLASS_SIZES):
-        if record_size <= size:
-            return index
+    if 0 <= record_size <= SLOT_SIZE:
+        return _CLASS_BY_UNITS[(record_size + UNIT - 1) >> 5]
     raise ValueError(f"a record of {record_size} bytes does not fit a slot")
 
 

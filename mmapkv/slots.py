@@ -76,6 +76,11 @@ class Slots:
         self.mm[off + 1] = depth  # type: ignore[index]
         _U16.pack_into(self.mm, off + 2, used)  # type: ignore[arg-type]
 
+    def add_used(self, slot: int, delta: int) -> None:
+        """Count *delta* more entries in segment *slot* (its depth unchanged)."""
+        off = self.info_offset + SLOT_INFO.size * slot + 2
+        _U16.pack_into(self.mm, off, _U16.unpack_from(self.mm, off)[0] + delta)  # type: ignore[arg-type]
+
     def used(self, slot: int) -> int:
         return _U16.unpack_from(self.mm, self.info_offset + SLOT_INFO.size * slot + 2)[0]  # type: ignore[arg-type, no-any-return]
 

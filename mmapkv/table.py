@@ -106,7 +106,7 @@ class Table:
                 raise AssertionError(f"segment in slot {segment} is full; room was not checked")
             break
         position = self.place(self.base(segment), entry)
-        slots.set_depth_used(segment, slots.info(segment)[1], used + 1)
+        slots.add_used(segment, 1)
         return position
 
     def place(self, base: int, entry: int) -> int:
@@ -143,8 +143,7 @@ class Table:
                 break
             q[base + i] = entry
             i = j
-        info = self.slots.info(segment)
-        self.slots.set_depth_used(segment, info[1], info[2] - 1)
+        self.slots.add_used(segment, -1)
 
     def split(self, segment: int, fp: int) -> None:
         """Share the entries of *segment* (the one *fp* maps to) with a new segment by the
