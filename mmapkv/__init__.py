@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from .errors import (
@@ -65,7 +66,7 @@ def _default() -> Store:
         return _default_store
 
 
-def create(key: str, value: dict[str, Any], ttl: int | None = None) -> None:
+def create(key: str, value: Mapping[str, Any], ttl: int | None = None) -> None:
     """``Store.create`` on the default store."""
     _default().create(key, value, ttl)
 

@@ -574,8 +574,8 @@ class Engine:
             _, _, checksum, _, _, vlen, klen, _ = _unpack_record(self._mm, off)
         except Exception:
             return False
-        return vlen <= MAX_VALUE_BYTES and klen <= MAX_KEY_BYTES and \
-            xxh3_64_intdigest(self._view[off + BODY_OFFSET:off + KEY_OFFSET + klen + vlen], off) == checksum
+        return bool(vlen <= MAX_VALUE_BYTES and klen <= MAX_KEY_BYTES and
+                    xxh3_64_intdigest(self._view[off + BODY_OFFSET:off + KEY_OFFSET + klen + vlen], off) == checksum)
 
     # ----------------------------------------------------------------- room
 

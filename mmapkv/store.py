@@ -9,7 +9,7 @@ import time
 import weakref
 from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, MutableMapping, ValuesView
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import orjson
 import platformdirs
@@ -23,6 +23,7 @@ from .errors import (
     InvalidArgumentError,
     InvalidKeyError,
     InvalidTTLError,
+    InvalidValueError,
     KeyExistsError,
     KeyExpiredError,
     KeyNotFoundError,
@@ -119,6 +120,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+_T = TypeVar("_T")
 _MISSING: Any = object()
 _KEEP: Any = object()   # replace(): keep the key's TTL
 _GONE: Any = object()
@@ -347,6 +349,13 @@ class Store(MutableMapping[str, dict[str, Any]]):
             except ValueError as exc:
                 raise CorruptStoreError(f"{self._path}: the value of {key!r} is not JSON: {exc}") from None
 
+    @overload
+    def get(self, key: str) -> dict[str, Any] | None: ...
+    @overload
+    def get(self, key: str, default: dict[str, Any]) -> dict[str, Any]: ...
+    @overload
+    def get(self, key: str, default: _T) -> dict[str, Any] | _T: ...
+
     def get(self, key: str, default: Any = None) -> Any:
         """Like :meth:`read`, but return *default* for a missing or expired key.
 
@@ -391,7 +400,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
             self._reclaim_expired(engine)
             return engine.live_count
 
-    def keys(self) -> list[str]:
+    def keys(self) -> list[str]:  # type: ignore[override]  # a snapshot list, as documented
         """The unexpired keys, in file order (a snapshot list).  O(slots + bytes of values):
         each entry's checksum is checked, so ``keys()`` lists what ``read`` can read.
 
@@ -452,7 +461,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
 
     # ----------------------------------------------------------------- writes
 
-    def create(self, key: str, value: dict[str, Any], ttl: int | None = None) -> None:
+    def create(self, key: str, value: Mapping[str, Any], ttl: int | None = None) -> None:
         """Store *value* under a new *key*, optionally expiring *ttl* seconds from now.
 
         An expired entry under the same key is replaced.  Cost: one lookup, one record
@@ -504,7 +513,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
             if expires and self._clock() >= expires:
                 raise KeyExpiredError(f"key {key!r} expired at {expires:.0f} (unix time)")
 
-    def batch_create(self, items: Mapping[str, dict[str, Any]] | Iterable[tuple[Any, ...]],
+    def batch_create(self, items: Mapping[str, Mapping[str, Any]] | Iterable[Any],
                      ttl: int | None = None) -> None:
         """Create many keys at once: all of them, or (on any error) none.
 
@@ -526,7 +535,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """
         default_ttl = _check_ttl(ttl)
         if isinstance(items, Mapping):
-            triples: Iterable[tuple[Any, ...]] = ((k, v, default_ttl) for k, v in items.items())
+            triples: Iterable[Any] = ((k, v, default_ttl) for k, v in items.items())
         elif isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
             raise InvalidArgumentError(f"items must be a mapping or an iterable of tuples, not {type(items).__name__}")
         else:
@@ -591,7 +600,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
 
     # ----------------------------------------------------------------- overwrites
 
-    def set(self, key: str, value: dict[str, Any], ttl: int | None = None) -> None:
+    def set(self, key: str, value: Mapping[str, Any], ttl: int | None = None) -> None:
         """Store *value* under *key* whether or not it is there (an upsert); *ttl*
         replaces the key's TTL (``None``: it never expires).
 
@@ -618,7 +627,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
 
     __setitem__ = set
 
-    def replace(self, key: str, value: dict[str, Any], ttl: Any = _KEEP) -> None:
+    def replace(self, key: str, value: Mapping[str, Any], ttl: Any = _KEEP) -> None:
         """Like :meth:`set`, but only for a stored, unexpired *key*.  The key keeps its
         TTL unless *ttl* is given (``None`` removes it), as a cache refresh expects.
 
@@ -728,6 +737,13 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """The unexpired values, decoded one at a time as they are iterated."""
         return _StoreValues(self)
 
+    @overload
+    def pop(self, key: str) -> dict[str, Any]: ...
+    @overload
+    def pop(self, key: str, default: dict[str, Any]) -> dict[str, Any]: ...
+    @overload
+    def pop(self, key: str, default: _T) -> dict[str, Any] | _T: ...
+
     def pop(self, key: str, default: Any = _MISSING) -> Any:
         """Remove *key* and return its value; *default* (if given) for a missing or
         expired key.  Read and delete happen under one hold of the lock."""
@@ -752,10 +768,10 @@ class Store(MutableMapping[str, dict[str, Any]]):
         for key in self.keys():
             value = self.pop(key, _GONE)
             if value is not _GONE:  # another thread may have taken it meanwhile
-                return key, value  # type: ignore[no-any-return]
+                return key, value
         raise KeyNotFoundError(f"popitem(): {self._path} is empty")
 
-    def setdefault(self, key: str, default: dict[str, Any] | None = None) -> dict[str, Any]:  # type: ignore[override]
+    def setdefault(self, key: str, default: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The value of *key*; if missing or expired, store *default* first (under one
         hold of the lock) and return it."""
         if default is None:
@@ -771,7 +787,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
                 self._put(engine, kb, fp, data, flags, 0.0)
                 return _decode(data, flags)
             found = self._found(engine, key, kb, fp)
-            return _decode(found[0], found[1])  # type: ignore[no-any-return]
+            return _decode(found[0], found[1])
 
     def update(self, other: Any = (), /, **kwargs: dict[str, Any]) -> None:
         """Set many keys at once, overwriting: all of them, or (on any error) none, with

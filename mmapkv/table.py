@@ -67,7 +67,7 @@ class Table:
         return self.q0 + segment * SEGMENT_STRIDE
 
     def segment_of(self, fp: int) -> int:
-        return self.dir[fp & self.dmask]  # type: ignore[no-any-return]
+        return self.dir[fp & self.dmask]  # type: ignore[no-any-return,unused-ignore]
 
     def segments(self) -> list[int]:
         """Every segment's slot, once each, in directory order."""

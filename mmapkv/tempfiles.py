@@ -54,7 +54,7 @@ def remove_abandoned(path: str) -> list[str]:
     their paths.  Never raises for a file it cannot judge: it leaves that file alone."""
     directory = os.path.dirname(path) or "."
     prefix = _prefix(path)
-    removed = []
+    removed: list[str] = []
     try:
         names = [n for n in os.listdir(directory) if _is_ours(n, prefix)]
     except OSError:

@@ -365,7 +365,7 @@ def restore(store: Store, source: IO[bytes], *, skip_existing: bool = False,
             # exactly as Store.batch_create does: a crash before the commit drops them all,
             # and so does an interrupt (the change stays open; the next use repairs).
             seq = engine.begin_batch()
-            written: list[tuple[int, int, int]] = []
+            written: list[tuple[int, int, bool]] = []
             try:
                 source.seek(start)
                 for number, key, kb, data, flags, expires in _parse(source, name, progress, size, total):

@@ -126,6 +126,7 @@ def fill_to_ceiling(tmp: str, max_size: int | None, pool: list[dict[str, Any]], 
         os.sync()
     store = Store(path, max_size=max_size)
     engine = store._engine
+    assert engine is not None
     latencies = array.array("q")
     growths = []
     size = engine.file_size

@@ -17,7 +17,8 @@ def _thinned(latencies: array.array[int], most: int = 300_000) -> tuple[list[int
     step = -(-len(latencies) // most)
     if step == 1:
         return list(range(len(latencies))), [v / 1000 for v in latencies]
-    xs, ys = [], []
+    xs: list[int] = []
+    ys: list[float] = []
     for start in range(0, len(latencies), step):
         part = latencies[start:start + step]
         worst = max(part)
@@ -67,12 +68,12 @@ def draw_chart(results: dict[str, Any], fill_latencies: array.array[int] | None,
     ax2 = fig.add_subplot(2, 2, 3)
     fill = results.get("fill")
     if fill and fill_latencies:
-        xs, ys = _thinned(fill_latencies)
-        ax2.scatter(xs, ys, s=1, alpha=0.4, rasterized=True)
+        fill_x, fill_y = _thinned(fill_latencies)
+        ax2.scatter(fill_x, fill_y, s=1, alpha=0.4, rasterized=True)
         for gr in fill["growths"]:
             ax2.axvline(gr["create_index"], color="red", alpha=0.25, linewidth=0.8)
         ax2.set_yscale("log")
-        step = len(fill_latencies) // max(len(xs), 1)
+        step = len(fill_latencies) // max(len(fill_x), 1)
         ax2.set_xlabel("create number (red: the file grew)" + (f"; the slowest of each {step:,}" if step > 1 else ""))
         ax2.set_ylabel("microseconds")
         c = fill["create"]
@@ -85,9 +86,9 @@ def draw_chart(results: dict[str, Any], fill_latencies: array.array[int] | None,
     ax3 = fig.add_subplot(2, 2, 4)
     sizes = [s for s in SIZES if _find(groups, n, s)]
     for name in shown:
-        ys = [_median(_find(groups, n, s), name, "read_hit") for s in sizes]
-        if any(ys):
-            ax3.plot(sizes, [y / 1000 if y else float("nan") for y in ys], marker="o", label=name)
+        medians = [_median(_find(groups, n, s), name, "read_hit") for s in sizes]
+        if any(medians):
+            ax3.plot(sizes, [y / 1000 if y else float("nan") for y in medians], marker="o", label=name)
     ax3.set_yscale("log")
     ax3.set_ylabel("read hit median, microseconds")
     ax3.set_xlabel("value size")
