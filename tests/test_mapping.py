@@ -241,3 +241,11 @@ def test_readers_never_see_a_key_missing_during_sets(store: mmapkv.Store) -> Non
     assert not [s for s in seen if isinstance(s, Exception)]
     assert seen == sorted(seen)  # and never an older value after a newer one
     assert store.read("hot")["n"] == 2999 and store.verify() == []
+
+
+def test_setdefault_without_a_default_is_refused(store: mmapkv.Store) -> None:
+    """dict.setdefault(k) stores None; a store holds JSON objects only: a clear refusal,
+    nothing written."""
+    with pytest.raises(mmapkv.InvalidValueError):
+        store.setdefault("k")
+    assert "k" not in store and len(store) == 0
