@@ -124,6 +124,16 @@ _T = TypeVar("_T")
 _MISSING: Any = object()
 _KEEP: Any = object()   # replace(): keep the key's TTL
 _GONE: Any = object()
+_ABSENT: Any = object()   # _lookup: not stored
+
+
+class _Expired:
+    """_lookup: stored, but its TTL passed at ``at``."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, at: float) -> None:
+        self.at = at
 
 
 class Store(MutableMapping[str, dict[str, Any]]):
@@ -319,6 +329,37 @@ class Store(MutableMapping[str, dict[str, Any]]):
         :raises InvalidKeyError: *key* is not a valid key.
         :raises CorruptStoreError: the stored entry fails its checksum.
         """
+        value = self._lookup(key)
+        if value.__class__ is dict:  # a stored value is always a JSON object
+            return value  # type: ignore[no-any-return,unused-ignore]
+        if value.__class__ is _Expired:
+            raise KeyExpiredError(f"key {key!r} expired at {value.at:.0f} (unix time)")
+        raise KeyNotFoundError(f"key {key!r} is not in {self._path}")
+
+    __getitem__ = read
+
+    @overload
+    def get(self, key: str) -> dict[str, Any] | None: ...
+    @overload
+    def get(self, key: str, default: dict[str, Any]) -> dict[str, Any]: ...
+    @overload
+    def get(self, key: str, default: _T) -> dict[str, Any] | _T: ...
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Like :meth:`read`, but return *default* for a missing or expired key (without
+        building an exception: a miss costs a lookup only).
+
+        >>> import tempfile, os
+        >>> with Store(os.path.join(tempfile.mkdtemp(), "s")) as store:
+        ...     store.get("nope", {})
+        {}
+        """
+        value = self._lookup(key)
+        return value if value.__class__ is dict else default
+
+    def _lookup(self, key: str) -> Any:
+        """The decoded value of *key*, or ``_ABSENT`` / an ``_Expired``: the read path of
+        ``read``, ``get`` and ``[]``."""
         # The hot path: the common key is checked inline, the rest by _key_bytes.
         if type(key) is str and 0 < len(key) <= MAX_KEY_LENGTH:
             try:
@@ -338,36 +379,16 @@ class Store(MutableMapping[str, dict[str, Any]]):
             except DamagedEntry as damaged:
                 found = self._dropped(engine, damaged, key, kb, fp)
             if found is None:
-                raise KeyNotFoundError(f"key {key!r} is not in {self._path}")
+                return _ABSENT
             data, flags, expires = found
             if expires and self._clock() >= expires:
-                raise KeyExpiredError(f"key {key!r} expired at {expires:.0f} (unix time)")
+                return _Expired(expires)
             # codec.decode inlined for the common flags == 0; decoded inside the lock
             # because *data* is a view into the map, which growth may replace.
             try:
                 return _loads(data) if not flags else _decode(data, flags)
             except ValueError as exc:
                 raise CorruptStoreError(f"{self._path}: the value of {key!r} is not JSON: {exc}") from None
-
-    @overload
-    def get(self, key: str) -> dict[str, Any] | None: ...
-    @overload
-    def get(self, key: str, default: dict[str, Any]) -> dict[str, Any]: ...
-    @overload
-    def get(self, key: str, default: _T) -> dict[str, Any] | _T: ...
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """Like :meth:`read`, but return *default* for a missing or expired key.
-
-        >>> import tempfile, os
-        >>> with Store(os.path.join(tempfile.mkdtemp(), "s")) as store:
-        ...     store.get("nope", {})
-        {}
-        """
-        try:
-            return self.read(key)
-        except KeyNotFoundError:
-            return default
 
     def __contains__(self, key: object) -> bool:
         """True if *key* is stored and unexpired.  Cost: one lookup and a checksum, no
@@ -724,7 +745,6 @@ class Store(MutableMapping[str, dict[str, Any]]):
 
     # ----------------------------------------------------------------- the mapping
 
-    __getitem__ = read
     __delitem__ = delete
 
     def items(self) -> ItemsView[str, dict[str, Any]]:
