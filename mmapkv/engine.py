@@ -29,6 +29,7 @@ import mmap
 import os
 import secrets
 import stat
+import struct
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -545,7 +546,8 @@ class Engine:
                 off = self._slots_offset + ((entry & UNIT_MASK) - 1) * UNIT
                 try:
                     state, _, checksum, _, expires, vlen, klen, flags = _unpack_record(mm, off)
-                except Exception:  # struct.error past the end of the map
+                except struct.error:  # past the end of the map (not Exception: a MemoryError
+                    # or KeyboardInterrupt here is not damage, and must not be taken for it)
                     raise DamagedEntry(f"{self.path}: a table entry points past the end of the file",
                                        off) from None
                 if klen == len(key) and mm[off + KEY_OFFSET:off + KEY_OFFSET + klen] == key:
@@ -572,7 +574,7 @@ class Engine:
         """True if the record at *off* passes its checksum (what ``get`` checks)."""
         try:
             _, _, checksum, _, _, vlen, klen, _ = _unpack_record(self._mm, off)
-        except Exception:
+        except struct.error:  # past the end of the map
             return False
         return bool(vlen <= MAX_VALUE_BYTES and klen <= MAX_KEY_BYTES and
                     xxh3_64_intdigest(self._view[off + BODY_OFFSET:off + KEY_OFFSET + klen + vlen], off) == checksum)
