@@ -122,6 +122,18 @@ def format_markdown(results: dict[str, Any]) -> str:
         out.append("| ---: | ---: | ---: | ---: |")
         for gr in fill["growths"]:
             out.append(f"| {gr['create_index']:,} | {gr['from_bytes']:,} B | {gr['to_bytes']:,} B | {_us(gr['ns'])} us |")
+    fills = results.get("fills")
+    if fills:
+        out.append("\n| values (median) | keys at the ceiling | mmapkv file | B per byte stored | "
+                   "py-lmdb, same records | diskcache, same records | slowest create | open, full |")
+        out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for size, f in fills.items():
+            peers = f.get("peer_file_bytes", {})
+            cells = [f"{peers[p] / 2**20:,.0f} MiB" if peers.get(p) else "n/a" for p in ("lmdb", "diskcache")]
+            out.append(f"| {size} ({f['value_bytes_median']:,} B) | {f['keys']:,} | "
+                       f"{f['file_bytes'] / 2**20:,.0f} MiB | {f['file_bytes'] / f['data_bytes']:.2f} | "
+                       + " | ".join(cells) + f" | {f['create']['max_ns'] / 1e6:.1f} ms | "
+                       f"{f['open_full']['median_ns'] / 1e6:.2f} ms |")
     if results.get("goals"):
         out.append("\n" + format_goals(results["goals"]))
     return "\n".join(out)
