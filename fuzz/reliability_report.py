@@ -68,7 +68,7 @@ FIGURES = [
     ("fault_threads", "thread operations", "operations from 8 threads"),
     ("bad_input", "bad inputs tried", "bad inputs tried"),
     ("interrupts", "scenarios", "interrupt scenarios x exception types"),
-    ("interrupts", "points", "interrupt points tried (bytecodes)"),
+    ("interrupts", "points", "interrupt points tried (lines, or bytecodes: see Settings)"),
     ("interrupts", "before_state", "  a crash then keeps the state before the call"),
     ("interrupts", "after_state", "  a crash then keeps the state after the call"),
     ("crash_sequences", "sessions", "random walks: sessions"),
@@ -112,7 +112,9 @@ def main(argv: list[str]) -> int:
     rounds = reports.get("fault_kill", {}).get("rounds per seed", "?")
     print(f"Command: {' '.join(['python3', 'fuzz/reliability_report.py', *argv])}")
     print(f"Settings: MMAPKV_FUZZ_PROFILE={profile}, MMAPKV_FAULT_ROUNDS={rounds} per seed, "
-          f"MMAPKV_FAULT_CASES={os.environ.get('MMAPKV_FAULT_CASES', '250')} per kind and state")
+          f"MMAPKV_FAULT_CASES={os.environ.get('MMAPKV_FAULT_CASES', '250')} per kind and state, "
+          f"MMAPKV_INTERRUPT_GRAIN={os.environ.get('MMAPKV_INTERRUPT_GRAIN', 'line')}, "
+          f"MMAPKV_INTERRUPT_EVERY={os.environ.get('MMAPKV_INTERRUPT_EVERY', '4')}")
     print(f"pytest: {summary} (wall {seconds:.0f} s)\n")
     print("| suite | figure | value |")
     print("| --- | --- | ---: |")

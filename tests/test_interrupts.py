@@ -1,9 +1,10 @@
-"""Every mutating call is atomic against an exception at any bytecode inside it.
+"""Every mutating call is atomic against an exception at any point inside it.
 
 For each scenario (a store in a given state, one call on it) the harness of
-``tests/interrupts.py`` first counts the bytecodes the call executes, then, for every one
-of them in turn, runs the call on a fresh copy of the store and raises an exception just
-before that bytecode: ``KeyboardInterrupt`` (Ctrl-C), ``MemoryError`` and ``OSError``.
+``tests/interrupts.py`` first counts the points the call executes (every line of every
+frame it enters; every bytecode with ``MMAPKV_INTERRUPT_GRAIN=opcode``), then, for every
+one of them in turn, runs the call on a fresh copy of the store and raises an exception
+just before that point: ``KeyboardInterrupt`` (Ctrl-C), ``MemoryError`` and ``OSError``.
 After each interrupted call:
 
 1. a copy of the file's bytes, taken at once, is what a kill -9 right after the interrupt
@@ -13,7 +14,7 @@ After each interrupted call:
 3. a follow-up write must succeed; after a clean close and reopen, and after a crash
    (another byte copy), the store must hold that state plus the follow-up.
 
-``KeyboardInterrupt`` is tried at every bytecode; ``MemoryError`` and ``OSError`` at every
+``KeyboardInterrupt`` is tried at every point; ``MemoryError`` and ``OSError`` at every
 ``MMAPKV_INTERRUPT_EVERY``-th (default 4, to keep the suite's time; 1 tries all of them,
 as the published figures in docs/reliability.md do).  The counts go to
 ``$MMAPKV_REPORT_DIR/interrupts.json`` for docs/reliability.md.
@@ -36,7 +37,7 @@ from mmapkv.format import Geometry
 
 from conftest import FakeClock
 from fault_child import write_report
-from interrupts import count_steps, interrupt_at
+from interrupts import GRAIN, count_steps, interrupt_at
 
 T0 = 1_700_000_000.0
 SMALL = Geometry.smallest_max_size() * 4    # 8 slots at first, 33 at the ceiling
@@ -203,7 +204,7 @@ def try_every_step(tmp: str, scenario: Scenario, prepared: Prepared,
         call = _run_call(scenario, store, clock) if scenario.repair_at is None else \
             _interrupted_then_used(scenario, store, clock, prepared.call_steps)
         injected, out = interrupt_at(call, step, exc)
-        where = f"{exc.__name__} at bytecode {step} of {prepared.steps}"
+        where = f"{exc.__name__} at point {step} of {prepared.steps} ({GRAIN} grain)"
         # not reached, or caught and handled inside the call (a repair, though, settles
         # an earlier interrupted call, which may have ended either way)
         finished = out is None and scenario.repair_at is None
