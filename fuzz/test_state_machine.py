@@ -23,7 +23,6 @@ the live keys and every value agree with the model, expired keys are invisible.
 from __future__ import annotations
 
 import collections
-import json
 import math
 import os
 import shutil

@@ -496,11 +496,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
             record's class nor a whole slot is free (``mmapkv compact`` repacks the others).
         :raises DiskFullError: the file had to grow and the disk refused.
         """
-        kb = _key_bytes(key)
-        data, flags = _encode(value)
-        if ttl is not None:
-            ttl = _check_ttl(ttl)
-        fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
+        kb, fp, data, flags, ttl = self._prepare(key, value, ttl)
         with self._lock:
             engine = self._use()
             index = engine.find(kb, fp)
@@ -637,11 +633,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         ...     store.read("k"), store.ttl("k")
         ({'v': 2}, 60)
         """
-        kb = _key_bytes(key)
-        data, flags = _encode(value)
-        if ttl is not None:
-            ttl = _check_ttl(ttl)
-        fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
+        kb, fp, data, flags, ttl = self._prepare(key, value, ttl)
         with self._lock:
             engine = self._use()
             self._put(engine, kb, fp, data, flags, self._clock() + ttl if ttl is not None else 0.0)
@@ -796,9 +788,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         hold of the lock) and return it."""
         if default is None:
             raise InvalidValueError("setdefault() needs a default value: a store holds JSON objects only")
-        kb = _key_bytes(key)
-        data, flags = _encode(default)
-        fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
+        kb, fp, data, flags, _ = self._prepare(key, default, None)
         with self._lock:
             engine = self._use()
             try:
@@ -851,6 +841,15 @@ class Store(MutableMapping[str, dict[str, Any]]):
         if engine.ttl_count and engine.next_expiry <= self._clock():
             with engine.change():
                 engine.sweep(self._clock())
+
+    def _prepare(self, key: str, value: Mapping[str, Any], ttl: int | None) -> tuple[bytes, int, bytes, int, int | None]:
+        """Check a write's arguments before anything is touched: (key bytes, fingerprint,
+        encoded value, codec flags, ttl)."""
+        kb = _key_bytes(key)
+        data, flags = _encode(value)
+        if ttl is not None:
+            ttl = _check_ttl(ttl)
+        return kb, _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT, data, flags, ttl
 
     def _make_room(self, engine: Engine, record_sizes: list[int], fps: list[int]) -> None:
         """Ensure room for new records of these sizes (and their table entries): in the

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -57,3 +61,18 @@ def make_store(request: Any, store_path: str, clock: FakeClock) -> Iterator[Call
     yield factory
     for store in opened:
         store.close()
+
+
+@contextlib.contextmanager
+def held_by_another_process(hold: str) -> Iterator[None]:
+    """Run the Python statements *hold* (which take a lock) in a child process, and keep
+    the child holding it until the block ends."""
+    code = textwrap.dedent(hold) + '\nimport sys\nprint("ready", flush=True)\nsys.stdin.read()\n'
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        yield
+    finally:
+        child.communicate("")
+        assert child.returncode == 0

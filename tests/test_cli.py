@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 
 import mmapkv
+from conftest import held_by_another_process
 from mmapkv import cli, transfer
 
 Run = Any  # the ``run`` fixture: (*args) -> (code, stdout, stderr)
@@ -47,19 +47,11 @@ def run(capsys: Any) -> Any:
 def held(tmp_path: Any) -> Iterator[str]:
     """The path of a store that another process holds open until the test ends."""
     held_path = str(tmp_path / "held.mmapkv")
-    code = textwrap.dedent(f"""
-        import sys, mmapkv
+    with held_by_another_process(f"""
+        import mmapkv
         store = mmapkv.Store({held_path!r})
-        print("ready", flush=True)
-        sys.stdin.read()
-    """)
-    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+    """):
         yield held_path
-    finally:
-        child.communicate("")
 
 
 def stdin(monkeypatch: Any, data: bytes) -> None:

@@ -16,7 +16,6 @@ import stat
 import struct
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import pytest
 from xxhash import xxh3_64_intdigest
 
 import mmapkv
+from conftest import held_by_another_process
 from mmapkv import CorruptStoreError, FormatVersionError, StoreLockedError, cli, legacy, stats, transfer
 from mmapkv.format import CODEC_STDLIB, MAGIC, STATE_LIVE, VERSION
 
@@ -182,21 +182,12 @@ def test_converted_file_compacts_as_version_3(v2_path: str, capsys: Any) -> None
 def held(v2_path: str) -> Iterator[str]:
     """The fixture copy, locked by another process (as a version-2 mmapkv holding it
     would: an exclusive flock) until the test ends."""
-    code = textwrap.dedent(f"""
-        import sys, portalocker
+    with held_by_another_process(f"""
+        import portalocker
         f = open({v2_path!r}, "rb")
         portalocker.lock(f, portalocker.LOCK_EX | portalocker.LOCK_NB)
-        print("ready", flush=True)
-        sys.stdin.read()
-    """)
-    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+    """):
         yield v2_path
-    finally:
-        child.communicate("")
-        assert child.returncode == 0
 
 
 def test_conversion_of_a_held_file_is_refused(held: str, capsys: Any) -> None:
