@@ -215,6 +215,9 @@ class Engine:
         self.was_clean = False
         #: open change brackets; non-zero outside a change means one was interrupted
         self.changes = 0
+        #: bumped when a change begins and when it ends: a reader that takes no lock reads
+        #: it before and after, and trusts what it read only if it did not move (a seqlock)
+        self.generation = 0
         #: set by compact just before it renames its new file over this one
         self.successor: Engine | None = None
         self._fd = -1
@@ -461,11 +464,13 @@ class Engine:
         return self
 
     def __enter__(self) -> None:
+        self.generation += 1  # first: a reader without the lock sees a change has begun
         self.changes += 1
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         if exc_type is None or issubclass(exc_type, CLEAN_FAILURES):
             self.changes -= 1
+        self.generation += 1
 
     def repair(self) -> None:
         """Bring the store back to a consistent state after an interrupted change.
@@ -475,11 +480,13 @@ class Engine:
         from the records (``recover``).  O(file) then.  Interrupted itself, it simply runs
         again at the next use.
         """
+        self.generation += 1
         next_seq = self.next_seq
         self._unmap()
         self._load(None)
         self.next_seq = max(self.next_seq, next_seq)  # sequence numbers never repeat
         self.changes = 0
+        self.generation += 1
 
     # ----------------------------------------------------------------- keys
 

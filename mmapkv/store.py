@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 import threading
 import time
 import weakref
@@ -125,6 +126,9 @@ _MISSING: Any = object()
 _KEEP: Any = object()   # replace(): keep the key's TTL
 _GONE: Any = object()
 _ABSENT: Any = object()   # _lookup: not stored
+#: what a read without the lock may meet when a writer changes the map under it: a record
+#: half rewritten (its checksum fails), a released view or closed map after a growth
+_TORN = (DamagedEntry, ValueError, IndexError, BufferError, struct.error)
 
 
 class _Expired:
@@ -359,7 +363,14 @@ class Store(MutableMapping[str, dict[str, Any]]):
 
     def _lookup(self, key: str) -> Any:
         """The decoded value of *key*, or ``_ABSENT`` / an ``_Expired``: the read path of
-        ``read``, ``get`` and ``[]``."""
+        ``read``, ``get`` and ``[]``.
+
+        It takes no lock, so readers never wait for each other (nor queue behind one that
+        the GIL switched out while holding a lock): it reads the engine's ``generation``,
+        copies the record out of the map and reads ``generation`` again.  If a change ran
+        meanwhile (or one is open, or the map went away under it), what it read is not
+        trusted and the read is done again under the lock, as writers do.
+        """
         # The hot path: the common key is checked inline, the rest by _key_bytes.
         if type(key) is str and 0 < len(key) <= MAX_KEY_LENGTH:
             try:
@@ -369,26 +380,41 @@ class Store(MutableMapping[str, dict[str, Any]]):
         else:
             kb = _key_bytes(key)
         fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
+        engine = self._engine
+        if engine is not None and not engine.changes:
+            generation = engine.generation
+            try:
+                found = engine.get(kb, fp)
+                if found is not None:
+                    data, flags, expires = bytes(found[0]), found[1], found[2]
+            except _TORN:
+                pass  # a record or map changed under the read: the locked path decides
+            else:
+                if engine.generation == generation:
+                    if found is None:
+                        return _ABSENT
+                    if expires and self._clock() >= expires:
+                        return _Expired(expires)
+                    try:
+                        return _loads(data) if not flags else _decode(data, flags)
+                    except ValueError as exc:
+                        raise CorruptStoreError(f"{self._path}: the value of {key!r} is not JSON: {exc}") from None
         # `with`, not acquire() and try: an interrupt between those two would keep the lock.
         with self._lock:
-            engine = self._engine
-            if engine is None or engine.changes:
-                engine = self._use()
+            engine = self._use()
             try:
                 found = engine.get(kb, fp)
             except DamagedEntry as damaged:
                 found = self._dropped(engine, damaged, key, kb, fp)
             if found is None:
                 return _ABSENT
-            data, flags, expires = found
-            if expires and self._clock() >= expires:
-                return _Expired(expires)
-            # codec.decode inlined for the common flags == 0; decoded inside the lock
-            # because *data* is a view into the map, which growth may replace.
-            try:
-                return _loads(data) if not flags else _decode(data, flags)
-            except ValueError as exc:
-                raise CorruptStoreError(f"{self._path}: the value of {key!r} is not JSON: {exc}") from None
+            data, flags, expires = bytes(found[0]), found[1], found[2]
+        if expires and self._clock() >= expires:
+            return _Expired(expires)
+        try:
+            return _loads(data) if not flags else _decode(data, flags)
+        except ValueError as exc:
+            raise CorruptStoreError(f"{self._path}: the value of {key!r} is not JSON: {exc}") from None
 
     def __contains__(self, key: object) -> bool:
         """True if *key* is stored and unexpired.  Cost: one lookup and a checksum, no

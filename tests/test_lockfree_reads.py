@@ -1,0 +1,94 @@
+"""Issue 13: reads take no lock, and still never see a torn, wrong or stale-after-ack value.
+
+Reader threads read while a writer overwrites keys (each value says which key and which
+version it is, and carries a check field derived from both), creates keys that grow the
+file many times over, deletes, and compacts.  A reader first notes the last version the
+writer acknowledged for a key, then reads it: the value must be that version or a newer one,
+whole, and of that key.  Any exception other than the documented ``KeyNotFoundError`` for a
+deleted key fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from typing import Any
+
+import mmapkv
+from mmapkv import transfer
+from mmapkv.format import Geometry
+
+HOT = [f"hot{i}" for i in range(16)]
+
+
+def value_of(key: str, version: int, rng: random.Random) -> dict[str, Any]:
+    pad = "é" * rng.choice([0, 40, 400, 3000, 7000])  # many size classes: records move
+    return {"key": key, "version": version, "check": f"{key}:{version * 7919}", "pad": pad}
+
+
+def test_readers_without_the_lock_never_see_a_torn_or_stale_value(tmp_path: Any) -> None:
+    path = os.path.join(tmp_path, "lockfree.mmapkv")
+    store = mmapkv.Store(path, max_size=Geometry.smallest_max_size() * 64)
+    rng = random.Random(13)
+    acked = {key: 0 for key in HOT}
+    for key in HOT:
+        store.create(key, value_of(key, 0, rng))
+    stop = threading.Event()
+    failures: list[str] = []
+    reads = [0]
+
+    def reader(seed: int) -> None:
+        r = random.Random(seed)
+        try:
+            while not stop.is_set():
+                key = r.choice(HOT)
+                floor = acked[key]
+                value = store.read(key)
+                reads[0] += 1
+                if value["key"] != key or value["check"] != f"{key}:{value['version'] * 7919}":
+                    failures.append(f"a wrong or torn value for {key}: {str(value)[:80]}")
+                elif value["version"] < floor:
+                    failures.append(f"{key}: version {value['version']} after {floor} was acknowledged")
+        except Exception as exc:  # noqa: BLE001 - any exception is the failure
+            failures.append(f"reader: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=reader, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        version = 0
+        for step in range(3000):
+            version += 1
+            key = rng.choice(HOT)
+            store.set(key, value_of(key, version, rng))
+            acked[key] = version
+            if step % 3 == 0:  # fill: the file doubles several times under the readers
+                store.create(f"fill{step}", value_of(f"fill{step}", 0, rng))
+            if step % 7 == 0 and step > 100:
+                store.delete(f"fill{step - 99}") if f"fill{step - 99}" in store else None
+            if step % 1000 == 999:  # a compact swaps the whole file under the readers
+                transfer.compact(store)
+            if failures:
+                break
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not failures, failures[:5]
+    assert reads[0] > 100  # the readers ran alongside
+    assert store.verify() == []
+    store.close()
+
+
+def test_reads_do_not_take_the_store_lock(tmp_path: Any) -> None:
+    """A read completes while another thread holds the store's lock (which a writer does
+    for the whole of a change)."""
+    with mmapkv.Store(os.path.join(tmp_path, "s.mmapkv")) as store:
+        store.create("k", {"v": 1})
+        with store._lock:
+            done: list[Any] = []
+            reader = threading.Thread(target=lambda: done.append(store.get("k")))
+            reader.start()
+            reader.join(timeout=30)
+            assert done == [{"v": 1}]
