@@ -751,9 +751,10 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """Write a record for *kb* and index it, replacing the key's entry (live or
         expired) if it has one.  Call with the lock held."""
         with engine.change():
-            had = engine.find(kb, fp) >= 0
-            self._make_room(engine, [KEY_OFFSET + len(kb) + len(data)], [] if had else [fp])
-            index = engine.find(kb, fp)  # making room may have split its segment, or swept it
+            index = engine.find(kb, fp)
+            had = index >= 0
+            if self._make_room(engine, [KEY_OFFSET + len(kb) + len(data)], [] if had else [fp]):
+                index = engine.find(kb, fp)  # a sweep moved the table's entries, or took it
             if index >= 0:
                 engine.replace(index, kb, fp, data, flags, expires)
                 return
@@ -863,10 +864,13 @@ class Store(MutableMapping[str, dict[str, Any]]):
 
     # ----------------------------------------------------------------- room
 
-    def _reclaim_expired(self, engine: Engine) -> None:
+    def _reclaim_expired(self, engine: Engine) -> bool:
+        """Sweep expired records if one is due; True if it swept."""
         if engine.ttl_count and engine.next_expiry <= self._clock():
             with engine.change():
                 engine.sweep(self._clock())
+            return True
+        return False
 
     def _prepare(self, key: str, value: Mapping[str, Any], ttl: int | None) -> tuple[bytes, int, bytes, int, int | None]:
         """Check a write's arguments before anything is touched: (key bytes, fingerprint,
@@ -877,15 +881,16 @@ class Store(MutableMapping[str, dict[str, Any]]):
             ttl = _check_ttl(ttl)
         return kb, _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT, data, flags, ttl
 
-    def _make_room(self, engine: Engine, record_sizes: list[int], fps: list[int]) -> None:
+    def _make_room(self, engine: Engine, record_sizes: list[int], fps: list[int]) -> bool:
         """Ensure room for new records of these sizes (and their table entries): in the
         slots the file has, else after reclaiming expired entries (room already paid for),
-        else by growing the file, else raise ``StoreFullError``."""
+        else by growing the file, else raise ``StoreFullError``.  True if it swept expired
+        entries (table positions found before are then stale)."""
         if engine.room_for(record_sizes, fps, grow=False):
-            return
-        self._reclaim_expired(engine)
+            return False
+        swept = self._reclaim_expired(engine)
         if engine.room_for(record_sizes, fps):
-            return
+            return swept
         g = engine.geometry
         classes = sorted({CLASS_SIZES[class_for(size)] for size in record_sizes})
         free_elsewhere = sum(free for size, (_, _, free) in engine.class_usage().items()
