@@ -129,7 +129,24 @@ def main(argv: list[str]) -> int:
     print(f"| fuzz_state_machine | bad arguments refused with the predicted class | {misuse:,} |")
     undocumented = sum(int(r.get(UNDOCUMENTED, 0)) for r in reports.values())  # type: ignore[call-overload]
     print(f"| all | {UNDOCUMENTED} | {undocumented} |")
+    _print_points_per_call(reports.get("interrupts", {}))
     return proc.returncode
+
+
+def _print_points_per_call(interrupts: dict[str, object]) -> None:
+    """The interrupt points tried per scenario (one mutating call each) and exception."""
+    table: dict[str, dict[str, object]] = {}
+    for key, value in interrupts.items():
+        if key.endswith(".points") and key.count(".") == 2:
+            scenario, exc, _ = key.split(".")
+            table.setdefault(scenario, {})[exc] = value
+    if not table:
+        return
+    kinds = ("KeyboardInterrupt", "MemoryError", "OSError")
+    print("\n| call (scenario) | " + " | ".join(kinds) + " |")
+    print("| --- |" + " ---: |" * len(kinds))
+    for scenario, row in table.items():
+        print(f"| {scenario} | " + " | ".join(f"{row.get(k, 0):,}" for k in kinds) + " |")
 
 
 if __name__ == "__main__":
