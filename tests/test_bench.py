@@ -23,6 +23,7 @@ PEERS = {"lmdb": ("lmdb[json]", "lmdb[mmapkv]"),
 # The goals evaluate_goals sets, by how each one's text begins: some need a peer installed
 # (the bench extra), and the resident-memory one needs Linux's /proc/self/smaps.
 ALWAYS_GOALS = ("every operation 1,000x faster than the JSON-file design", "Python heap growth after",
+                "four threads reading at once",
                 "open of a", "slowest single create under 100 ms", "probes per hit at the highest load",
                 # issue 12: one capacity and one full-store open per fill size, space at 1 KiB
                 *["a 1 GiB store holds at least", "open of a full store under 1 ms"] * 3,
@@ -84,6 +85,15 @@ def test_every_operation_has_sane_percentiles(results: dict[str, Any]) -> None:
             assert store["file_bytes"] > 0, name
         if name != "mmapkv":
             assert store["ratio_to_mmapkv"]["create"] > 0, name
+        threads = store["threads"]  # reads from one thread, then four (issue 13)
+        if name in ("jsonfile",) or name.startswith("dbm.dumb"):
+            assert threads is None, name  # not safe or not meaningful from threads
+        else:
+            assert threads["reads"] == N and threads["one_thread_per_s"] > 0, name
+            assert threads["ratio"] == round(threads["four_threads_per_s"] / threads["one_thread_per_s"], 3)
+            for run in ("one_thread", "four_threads"):
+                _check_percentiles(threads[run], f"{name} {run}")
+                assert threads[run]["count"] == N, (name, run)
 
 
 def test_mmapkv_only_measurements(results: dict[str, Any]) -> None:

@@ -108,6 +108,16 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
                                   f"page cache +{res.get('page_cache_pages_per_value', float('nan')):.3f} pages/value",
                       "holds": ppv <= 0.35, "where": f"{res['values_read']:,} values of 1 KiB", "note": ""})
     goals.extend(_small_value_goals(results, groups, n))
+    threads = {name: st["threads"] for name, st in (head or {}).get("stores", {}).items() if st.get("threads")}
+    mine = threads.get("mmapkv")
+    if mine:  # issue 13
+        others = "; ".join(f"{name} {t['ratio']:.2f}x, p99 {t['four_threads']['p99_ns'] / 1e3:.1f} us"
+                           for name, t in threads.items() if name != "mmapkv")
+        p99 = mine["four_threads"]["p99_ns"] / 1e3
+        add("four threads reading at once: at least 0.95x one thread's reads per second, p99 <= 20 us",
+            f"{mine['ratio']:.2f}x, p99 {p99:.1f} us (one thread: p99 "
+            f"{mine['one_thread']['p99_ns'] / 1e3:.1f} us)" + (f"; {others}" if others else ""),
+            mine["ratio"] >= 0.95 and p99 <= 20)
     for peer, call in (("lmdb[mmapkv]", "put"), ("diskcache[mmapkv]", "set")):  # issue 11
         a, b = _median(head, "mmapkv", "set"), _median(head, peer, "set")
         if a and b:

@@ -56,6 +56,7 @@ class Adapter:
     requires: tuple[str, ...] = ()
     codecs: tuple[str | None, ...] = (None,)
     persistent = True       # has an "open an existing store" step worth timing
+    shared_reads = True     # its reads may run from several threads at once
     caps: dict[str, int] = {}   # op -> most timed calls, for O(n)-per-call designs
     max_n: int | None = None
 
@@ -181,6 +182,7 @@ class JsonFileAdapter(Adapter):
     persistent = False  # nothing happens at "open": every call loads the file
     caps = {"create": 200, "read_hit": 200, "read_miss": 200, "delete": 200}
     max_n = JSONFILE_MAX_N
+    shared_reads = False  # every read loads the whole file: nothing to learn from threads
 
     def open(self) -> None:
         path = self.path = os.path.join(self.dir, "store.json")
@@ -381,6 +383,7 @@ class DbmDumbAdapter(Adapter):
     family = "dbm.dumb"
     codecs = ("json", "mmapkv")
     caps = {"delete": 200}
+    shared_reads = False  # one file object, a seek then a read: not safe from two threads
 
     def open(self) -> None:
         import dbm.dumb

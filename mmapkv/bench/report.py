@@ -122,6 +122,14 @@ def format_markdown(results: dict[str, Any]) -> str:
         out.append("| ---: | ---: | ---: | ---: |")
         for gr in fill["growths"]:
             out.append(f"| {gr['create_index']:,} | {gr['from_bytes']:,} B | {gr['to_bytes']:,} B | {_us(gr['ns'])} us |")
+    rows = [(f"N = {g['n']:,}, {g['value_size']}", name, st["threads"]) for g in groups
+            for name, st in g["stores"].items() if st.get("threads")]
+    if rows:
+        out.append("\n| where | store | reads/s, one thread | reads/s, four threads | ratio | p99, one | p99, four |")
+        out.append("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+        for where, name, t in rows:
+            out.append(f"| {where} | {name} | {t['one_thread_per_s']:,} | {t['four_threads_per_s']:,} | "
+                       f"{t['ratio']:.2f} | {_us(t['one_thread']['p99_ns'])} us | {_us(t['four_threads']['p99_ns'])} us |")
     fills = results.get("fills")
     if fills:
         out.append("\n| values (median) | keys at the ceiling | mmapkv file | B per byte stored | "

@@ -6,6 +6,7 @@ import array
 import gc
 import math
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -81,6 +82,7 @@ class Group:
         self.samples: dict[str, dict[str, array.array[int]]] = {
             a.name: {op: array.array("q") for op in OPS} for a in self.adapters}
         self.usage: dict[str, tuple[int, int]] = {}
+        self.threads: dict[str, dict[str, Any]] = {}
         self.seconds = {a.name: 0.0 for a in self.adapters}  # wall time in the phases
         # Page faults of this process while each store ran each phase (getrusage): a read
         # that faults in a page from disk is a different operation from one that does not.
@@ -125,6 +127,7 @@ class Group:
         # when a read went to disk.  Reads from a cold file are the resident test's subject.
         self._phase("read_hit", self.read_order, self._reads)
         self._phase("read_miss", self.miss_order, self._misses)
+        self._threads()
         # Overwrites of every stored key with another record (issue 11); reads are done.
         self._phase("set", self.read_order, self._sets)
         self._opens()
@@ -192,6 +195,24 @@ class Group:
             else:
                 raise BenchError(f"{a.name}: read of the missing key {k!r} returned a value")
             out(t1 - t0)
+
+    def _threads(self) -> None:
+        """Reads from one thread, then from four at once (issue 13): the aggregate
+        throughput of each, and every read's latency.  Twice per store, the order of the
+        stores reversed the second time."""
+        keys = self.read_order[:min(self.n, THREAD_READS)]
+        stores = [a for a in self.adapters if a.shared_reads]
+        runs: dict[str, list[dict[str, Any]]] = {a.name: [] for a in stores}
+        for turn in range(2):
+            for a in (stores if turn == 0 else stores[::-1]):
+                runs[a.name].append({"one": _read_threads(a, keys, 1), "four": _read_threads(a, keys, 4)})
+        for name, pairs in runs.items():
+            one = max((p["one"] for p in pairs), key=lambda r: r["per_s"])   # each at its best
+            four = max((p["four"] for p in pairs), key=lambda r: r["per_s"])
+            self.threads[name] = {"reads": len(keys), "one_thread_per_s": one["per_s"],
+                                  "four_threads_per_s": four["per_s"],
+                                  "ratio": round(four["per_s"] / one["per_s"], 3),
+                                  "one_thread": one["latency"], "four_threads": four["latency"]}
 
     def _sets(self, a: Adapter, part: list[str], start: int) -> None:
         out = self.samples[a.name]["set"].append
@@ -263,6 +284,7 @@ class Group:
                     ops[op]["minor_faults"], ops[op]["major_faults"] = self.faults[a.name][op]
             apparent, allocated = self.usage.get(a.name, (0, 0))
             stores[a.name] = {"family": a.family, "codec": a.codec, "ops": ops,
+                              "threads": self.threads.get(a.name),
                               "file_bytes": apparent, "disk_bytes": allocated,
                               "phase_seconds": round(self.seconds[a.name], 2)}
         mm = stores.get("mmapkv")
@@ -280,6 +302,43 @@ class Group:
                 else drops > self.drops_before,
                 "value_bytes_median": sorted(value_lengths)[len(value_lengths) // 2],
                 "data_bytes": data_bytes, "batch_keys": BATCH, "stores": stores}
+
+
+THREAD_READS = 20_000  # reads per measurement, split among the threads
+
+
+def _read_threads(a: Adapter, keys: list[str], threads: int) -> dict[str, Any]:
+    """*keys* read by *threads* threads at once (each its own slice): reads per second
+    over the whole, and the percentiles of every read."""
+    samples = [array.array("q") for _ in range(threads)]
+    start = threading.Barrier(threads + 1)
+
+    def work(t: int) -> None:
+        read, perf, out = a.read, _perf, samples[t].append
+        mine = keys[t::threads]
+        start.wait()
+        for k in mine:
+            t0 = perf()
+            read(k)
+            out(perf() - t0)
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    gc.collect()
+    gc.disable()
+    try:
+        start.wait()
+        t0 = time.perf_counter()
+        for w in workers:
+            w.join()
+        elapsed = time.perf_counter() - t0
+    finally:
+        gc.enable()
+    merged = array.array("q")
+    for part in samples:
+        merged.extend(part)
+    return {"per_s": round(len(keys) / elapsed), "latency": percentiles(merged)}
 
 
 def _timer_overhead() -> int:
