@@ -65,6 +65,7 @@ from .errors import (
 from .format import VERSION as FORMAT_VERSION
 from .legacy import is_v2
 from .stats import ProgressBar, describe_error
+from .stats import plural as _plural
 from .store import Store, default_path
 
 __all__ = [
@@ -104,10 +105,6 @@ def _open(path: str, *, create: bool = False) -> Store:
     if not create and not os.path.lexists(path):
         raise FileNotFoundError(2, f"no store at {os.path.abspath(path)}")
     return Store(path)
-
-
-def _plural(n: int, word: str, plural: str | None = None) -> str:
-    return f"{n:,} {word if n == 1 else plural or word + 's'}"
 
 
 def _warn(message: str) -> None:

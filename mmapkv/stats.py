@@ -292,12 +292,12 @@ def render(r: dict[str, Any]) -> str:
         ("file size", f"{_bytes(r['file_size'])} ({r['file_size']:,} bytes) of a "
                       f"{_bytes(r['max_size'])} ceiling ({r['file_used_percent']:g}% used)"),
         ("slots", f"{r['capacity']:,} now, {r['max_capacity']:,} at the ceiling, of "
-                  f"{r['slot_size']:,} bytes: {r['record_slots']:,} records, {r['segment_slots']:,} "
-                  f"table, {r['free_slots']:,} free"),
+                  f"{r['slot_size']:,} bytes: {r['record_slots']:,} for records, {r['segment_slots']:,} "
+                  f"for the table, {r['free_slots']:,} free"),
         ("live keys", f"{r['live_keys']:,}"),
         ("expired keys", f"{r['expired_keys']:,} not yet reclaimed"
                          + (f", {r['pending_records']:,} of an uncommitted batch" if r["pending_records"] else "")),
-        ("hash table", f"{r['table_segments']:,} segments, depth {r['table_depth']}, load "
+        ("hash table", f"{plural(r['table_segments'], 'segment')}, depth {r['table_depth']}, load "
                        f"{r['load_factor']:.3g} ({r['table_entries']:,} of {r['table_capacity']:,} "
                        "positions)"),
     ]
@@ -328,6 +328,11 @@ def render(r: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------ shared with the CLI
+
+
+def plural(n: int, word: str, plural: str | None = None) -> str:
+    """*n* and *word*, in the plural unless *n* is 1: ``plural(1, "key") == "1 key"``."""
+    return f"{n:,} {word if n == 1 else plural or word + 's'}"
 
 class ProgressBar:
     """A one-line progress bar on *stream*, drawn only when it is a terminal.

@@ -244,7 +244,9 @@ def test_human_report_names_each_figure(store_path: str, clock: Any, capsys: Any
     for c in report["classes"]:  # one line per class: size, slots, used, free, fill
         assert re.search(rf"^\s+{c['size']:,}\s+{c['slots']:,}\s+{c['used']:,}\s+{c['free']:,}\s+"
                          rf"{100 * c['fill']:.0f}%$", out, re.M), c
-    assert f"{report['segment_slots']:,} table, {report['free_slots']:,} free" in out
+    assert f"{report['record_slots']:,} for records, {report['segment_slots']:,} for the table, "\
+           f"{report['free_slots']:,} free" in out
+    assert "1 segment," in out and "1 segments" not in out  # a fresh store: one segment
 
 
 def test_store_held_by_another_process(held: str, capsys: Any) -> None:
