@@ -385,20 +385,18 @@ class Store(MutableMapping[str, dict[str, Any]]):
             generation = engine.generation
             try:
                 found = engine.get(kb, fp)
-                if found is not None:
-                    data, flags, expires = bytes(found[0]), found[1], found[2]
+                # Decoded straight from the map, no copy: the decoder is C holding the
+                # GIL, so no writer runs while it reads; one may run before it, which
+                # the generation check after it catches.
+                value = _ABSENT if found is None else \
+                    _loads(found[0]) if not found[1] else _decode(found[0], found[1])
             except _TORN:
                 pass  # a record or map changed under the read: the locked path decides
             else:
                 if engine.generation == generation:
-                    if found is None:
-                        return _ABSENT
-                    if expires and self._clock() >= expires:
-                        return _Expired(expires)
-                    try:
-                        return _loads(data) if not flags else _decode(data, flags)
-                    except ValueError as exc:
-                        raise CorruptStoreError(f"{self._path}: the value of {key!r} is not JSON: {exc}") from None
+                    if found is not None and found[2] and self._clock() >= found[2]:
+                        return _Expired(found[2])
+                    return value
         # `with`, not acquire() and try: an interrupt between those two would keep the lock.
         with self._lock:
             engine = self._use()
