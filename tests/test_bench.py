@@ -17,7 +17,7 @@ from mmapkv import bench
 from mmapkv.bench.ceiling import FILL_SIZES
 
 ALWAYS = ("mmapkv", "dict", "dbm.dumb[json]", "dbm.dumb[mmapkv]", "jsonfile")
-PEERS = {"lmdb": ("lmdb[json]", "lmdb[mmapkv]"),
+PEERS = {"lmdb": ("lmdb[json]", "lmdb[mmapkv]", "lmdb-writemap[mmapkv]"),
          "diskcache": ("diskcache[json]", "diskcache[mmapkv]", "diskcache[pickle]"),
          "sqlitedict": ("sqlitedict[json]", "sqlitedict[mmapkv]", "sqlitedict[pickle]")}
 # The goals evaluate_goals sets, by how each one's text begins: some need a peer installed

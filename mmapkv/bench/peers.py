@@ -10,8 +10,8 @@ from typing import Any
 from .workloads import _codecs
 
 __all__ = ["BenchError", "KeyExists", "Adapter", "ADAPTERS", "JSONFILE_MAX_N", "available",
-           "MmapkvAdapter", "DictAdapter", "JsonFileAdapter", "LmdbAdapter", "DiskcacheAdapter",
-           "SqlitedictAdapter", "DbmDumbAdapter"]
+           "MmapkvAdapter", "DictAdapter", "JsonFileAdapter", "LmdbAdapter", "LmdbWritemapAdapter",
+           "DiskcacheAdapter", "SqlitedictAdapter", "DbmDumbAdapter"]
 
 JSONFILE_MAX_N = 1_000      # the naive JSON file is O(n) per call: only at small N
 LMDB_MAP_SIZE = 1 << 33     # virtual only: lmdb's map is sparse
@@ -248,12 +248,13 @@ class LmdbAdapter(Adapter):
 
     family = "lmdb"
     requires = ("lmdb",)
-    codecs = ("json", "mmapkv")
+    codecs: tuple[str, ...] = ("json", "mmapkv")
+    options: dict[str, bool] = {"sync": False}
 
     def open(self) -> None:
         import lmdb
 
-        self.env = env = lmdb.open(self.dir, map_size=LMDB_MAP_SIZE, sync=False)
+        self.env = env = lmdb.open(self.dir, map_size=LMDB_MAP_SIZE, **self.options)
         encode, decode, begin = self.encode, self.decode, env.begin
 
         def create(k: str, v: Any) -> None:
@@ -290,6 +291,15 @@ class LmdbAdapter(Adapter):
 
     def close(self) -> None:
         self.env.close()
+
+
+class LmdbWritemapAdapter(LmdbAdapter):
+    """py-lmdb at its fastest safe setting (issue 13): ``writemap=True`` (writes go through
+    a writable map, as mmapkv's deletes do), ``sync=False, metasync=False``."""
+
+    family = "lmdb-writemap"
+    codecs = ("mmapkv",)
+    options = {"sync": False, "metasync": False, "writemap": True}
 
 
 class DiskcacheAdapter(Adapter):
@@ -427,7 +437,7 @@ class DbmDumbAdapter(Adapter):
 
 
 ADAPTERS: tuple[type[Adapter], ...] = (
-    MmapkvAdapter, DictAdapter, LmdbAdapter, DiskcacheAdapter, SqlitedictAdapter,
+    MmapkvAdapter, DictAdapter, LmdbAdapter, LmdbWritemapAdapter, DiskcacheAdapter, SqlitedictAdapter,
     DbmDumbAdapter, JsonFileAdapter,
 )
 
