@@ -552,7 +552,9 @@ def sigint(args: dict[str, Any]) -> None:
     import mmapkv
 
     def say(event: dict[str, Any]) -> None:
-        os.write(1, (json.dumps(event) + "\n").encode())
+        data = (json.dumps(event) + "\n").encode()
+        while data:  # a signal (SIGTERM's handler) can cut a write into a pipe short
+            data = data[os.write(1, data):]
 
     def block() -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
