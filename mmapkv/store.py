@@ -367,9 +367,9 @@ class Store(MutableMapping[str, dict[str, Any]]):
 
         It takes no lock, so readers never wait for each other (nor queue behind one that
         the GIL switched out while holding a lock): it reads the engine's ``generation``,
-        copies the record out of the map and reads ``generation`` again.  If a change ran
-        meanwhile (or one is open, or the map went away under it), what it read is not
-        trusted and the read is done again under the lock, as writers do.
+        finds and decodes the record straight from the map and reads ``generation`` again.
+        If a change ran meanwhile (or one is open, or the map went away under it), what it
+        read is not trusted and the read is done again under the lock, as writers do.
         """
         # The hot path: the common key is checked inline, the rest by _key_bytes.
         if type(key) is str and 0 < len(key) <= MAX_KEY_LENGTH:
@@ -388,14 +388,16 @@ class Store(MutableMapping[str, dict[str, Any]]):
                 # Decoded straight from the map, no copy: the decoder is C holding the
                 # GIL, so no writer runs while it reads; one may run before it, which
                 # the generation check after it catches.
-                value = _ABSENT if found is None else \
-                    _loads(found[0]) if not found[1] else _decode(found[0], found[1])
+                if found is None:
+                    value = _ABSENT
+                elif found[2] and self._clock() >= found[2]:
+                    value = _Expired(found[2])  # no decoding for an expired key
+                else:
+                    value = _loads(found[0]) if not found[1] else _decode(found[0], found[1])
             except _TORN:
                 pass  # a record or map changed under the read: the locked path decides
             else:
                 if engine.generation == generation:
-                    if found is not None and found[2] and self._clock() >= found[2]:
-                        return _Expired(found[2])
                     return value
         # `with`, not acquire() and try: an interrupt between those two would keep the lock.
         with self._lock:
@@ -716,23 +718,31 @@ class Store(MutableMapping[str, dict[str, Any]]):
         fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
         with self._lock:
             engine = self._use()
-            old_expiry, now = self._live_expiry(engine, key, kb, fp)
+            view, flags, old_expiry, now = self._live_record(engine, key, kb, fp)
             if ttl is None and not old_expiry:
                 return False  # nothing to change: write nothing
-            found = self._found(engine, key, kb, fp)
-            data, flags = bytes(found[0]), found[1]  # a copy: room-making may remap
+            data = bytes(view)  # a copy: making room may remap
             self._put(engine, kb, fp, data, flags, now + ttl if ttl is not None else 0.0)
             return bool(old_expiry)
 
-    def _found(self, engine: Engine, key: str, kb: bytes, fp: int) -> tuple[memoryview, int, float]:
-        """The checked record of *key* (stored: the caller looked), damaged entries dropped."""
+    def _live_record(self, engine: Engine, key: str, kb: bytes,
+                     fp: int) -> tuple[memoryview, int, float, float]:
+        """(value view, codec flags, expiry, now) of a stored, unexpired *key*, checksum
+        checked, with one lookup; damaged entries are dropped as ``read`` drops them.
+
+        :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired).
+        """
         try:
             found = engine.get(kb, fp)
         except DamagedEntry as damaged:
             found = self._dropped(engine, damaged, key, kb, fp)
         if found is None:
             raise KeyNotFoundError(f"key {key!r} is not in {self._path}")
-        return found
+        data, flags, expires = found
+        now = self._clock()
+        if expires and now >= expires:
+            raise KeyExpiredError(f"key {key!r} expired at {expires:.0f} (unix time)")
+        return data, flags, expires, now
 
     def _live_expiry(self, engine: Engine, key: str, kb: bytes, fp: int) -> tuple[float, float]:
         """(expiry, now) of a stored, unexpired *key*; raise if it is missing or expired."""
@@ -789,12 +799,11 @@ class Store(MutableMapping[str, dict[str, Any]]):
         with self._lock:
             engine = self._use()
             try:
-                self._live_expiry(engine, key, kb, fp)
+                data, flags, _, _ = self._live_record(engine, key, kb, fp)
             except KeyNotFoundError:
                 if default is _MISSING:
                     raise
                 return default
-            data, flags, _ = self._found(engine, key, kb, fp)
             value = _decode(data, flags)
             with engine.change():
                 engine.remove(engine.find(kb, fp))
@@ -817,12 +826,11 @@ class Store(MutableMapping[str, dict[str, Any]]):
         with self._lock:
             engine = self._use()
             try:
-                self._live_expiry(engine, key, kb, fp)
+                stored, stored_flags, _, _ = self._live_record(engine, key, kb, fp)
             except KeyNotFoundError:
                 self._put(engine, kb, fp, data, flags, 0.0)
                 return _decode(data, flags)
-            found = self._found(engine, key, kb, fp)
-            return _decode(found[0], found[1])
+            return _decode(stored, stored_flags)
 
     def update(self, other: Any = (), /, **kwargs: dict[str, Any]) -> None:
         """Set many keys at once, overwriting: all of them, or (on any error) none, with
