@@ -36,7 +36,6 @@ MAX_DEPTH = 255  # orjson's own limit, so both codecs accept the same values
 
 _INT64_MIN = -(1 << 63)
 _UINT64_MAX = (1 << 64) - 1
-_SCALARS = frozenset((str, bool, type(None)))
 _PLAIN_LEAVES = frozenset((str, int, bool, type(None)))   # exact types only: no subclasses
 _PLAIN_CONTAINERS = frozenset((dict, list, tuple))
 _isfinite = math.isfinite

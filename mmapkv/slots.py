@@ -22,7 +22,6 @@ from .format import (
     CLASS_COUNT,
     CLASS_SIZES,
     KIND_FREE,
-    KIND_SEGMENT,
     SLOT_INFO,
     SLOT_SIZE,
 )
@@ -183,8 +182,3 @@ class Slots:
                 needed += -(-count // PER_SLOT[cls])
         return needed
 
-    def is_record_kind(self, kind: int) -> bool:
-        return 1 <= kind <= CLASS_COUNT
-
-    def is_segment(self, slot: int) -> bool:
-        return self.kind(slot) == KIND_SEGMENT
