@@ -531,11 +531,13 @@ class Store(MutableMapping[str, dict[str, Any]]):
                 old_expiry = engine.expires_at(index)
                 if not old_expiry or now < old_expiry:
                     raise KeyExistsError(f"key {key!r} already exists in {self._path}")
+            expires = now + ttl if ttl is not None else 0.0
             with engine.change():
                 if index >= 0:
                     engine.remove(index)
-                self._make_room(engine, [KEY_OFFSET + len(kb) + len(data)], [fp])
-                engine.insert(kb, fp, data, flags, now + ttl if ttl is not None else 0.0)
+                if not engine.try_insert(kb, fp, data, flags, expires):
+                    self._make_room(engine, [KEY_OFFSET + len(kb) + len(data)], [fp])
+                    engine.insert(kb, fp, data, flags, expires)
 
     def delete(self, key: str) -> None:
         """Remove *key* and free its slot.
