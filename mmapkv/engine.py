@@ -83,7 +83,7 @@ from .format import (
 )
 from .locking import lock_file, unlock_file
 from .slots import PER_SLOT, Slots
-from .table import HOME_OF_ENTRY, SEGMENT_MASK, SEGMENT_STRIDE, SPLIT_AT, Table
+from .table import HOME_OF_ENTRY, SEGMENT_MASK, SEGMENT_STRIDE, Table
 from .tempfiles import remove_abandoned, temporary_path
 
 __all__ = ["Engine", "DamagedEntry", "CLEAN_FAILURES", "create_file", "reserve"]
@@ -753,8 +753,8 @@ class Engine:
         slots, table = self.slots, self.table
         if not slots.heads[cls]:
             return False
-        segment = self._dir[fp & table.dmask]
-        if slots.used(segment) >= SPLIT_AT:
+        segment = table.segment_with_room(fp)
+        if segment < 0:
             return False
         if not self._dirty:
             self._mark_dirty()

@@ -174,7 +174,12 @@ class Table:
 
     def split_due(self, fp: int) -> bool:
         """True if the segment *fp* maps to would split before taking another entry."""
-        return self.slots.used(self.dir[fp & self.dmask]) >= SPLIT_AT
+        return self.segment_with_room(fp) < 0
+
+    def segment_with_room(self, fp: int) -> int:
+        """The segment *fp* maps to, or -1 if it would split before taking another entry."""
+        segment: int = self.dir[fp & self.dmask]
+        return segment if self.slots.used(segment) < SPLIT_AT else -1
 
     def needs(self, fps: list[int]) -> tuple[int, int]:
         """Slots that adding entries for *fps* would want for splits, and the slots it

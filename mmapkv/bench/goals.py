@@ -129,10 +129,11 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 #: Issue 13: (op, value size, whether at the largest N or at N = 1,000) -> the most
 #: mmapkv's median may be of py-lmdb's at ``writemap=True`` (same codec).
-WRITEMAP_RATIO = {("create", "1KiB", "largest"): 1.3, ("create", "100B", "largest"): 2.0,
-                  ("create", "10KiB", "largest"): 2.0, ("read_hit", "1KiB", "largest"): 1.0,
-                  ("read_miss", "1KiB", "largest"): 0.5, ("delete", "1KiB", "largest"): 0.6,
-                  ("delete", "1KiB", 1_000): 1.0}
+WRITEMAP_RATIO: dict[tuple[str, str, str | int], float] = {
+    ("create", "1KiB", "largest"): 1.3, ("create", "100B", "largest"): 2.0,
+    ("create", "10KiB", "largest"): 2.0, ("read_hit", "1KiB", "largest"): 1.0,
+    ("read_miss", "1KiB", "largest"): 0.5, ("delete", "1KiB", "largest"): 0.6,
+    ("delete", "1KiB", 1_000): 1.0}
 WRITEMAP = "lmdb-writemap[mmapkv]"
 
 
@@ -141,7 +142,7 @@ def _writemap_goals(groups: list[dict[str, Any]], n: int) -> list[dict[str, Any]
     mean and p99 ratios stand beside it (py-lmdb's own spikes pull its mean and p99)."""
     out: list[dict[str, Any]] = []
     for (op, size, at), limit in WRITEMAP_RATIO.items():
-        where_n = n if at == "largest" else at
+        where_n = n if at == "largest" else int(at)
         g = _find(groups, where_n, size)
         try:
             mine, peer = g["stores"]["mmapkv"]["ops"][op], g["stores"][WRITEMAP]["ops"][op]  # type: ignore[index]
