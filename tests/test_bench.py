@@ -189,4 +189,12 @@ def test_report_prints_the_markdown_tables(results: dict[str, Any], capsys: pyte
     assert bench.main(["--report", os.path.join(results["_out"], "results.json")]) == 0
     out = capsys.readouterr().out
     assert "| mmapkv |" in out and "| goal |" in out
+    # issue 13: median / mean / p99 ratios to py-lmdb, when it ran
+    section = out.partition("median / mean / p99 ratios")[2].split("\n\n")[1:2]
+    ratio_rows = [line for line in "".join(section).splitlines() if line.startswith(f"| N = {N:,}, 1KiB |")]
+    if importlib.util.find_spec("lmdb"):
+        assert [row.split(" | ")[1] for row in ratio_rows] == ["lmdb-writemap[mmapkv]", "lmdb[mmapkv]"]
+        assert all(cell.count(" / ") == 2 for row in ratio_rows for cell in row.split(" | ")[2:])
+    else:
+        assert ratio_rows == []
     assert bench.main(["--report", os.path.join(results["_out"], "missing.json")]) == 1

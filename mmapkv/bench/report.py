@@ -90,6 +90,34 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: the peers whose ratios to mmapkv get the p50 / mean / p99 table (issue 13)
+RATIO_PEERS = ("lmdb-writemap[mmapkv]", "lmdb[mmapkv]")
+
+
+def _ratio_table(groups: list[dict[str, Any]]) -> list[str]:
+    """mmapkv's time over each of ``RATIO_PEERS``' by op, as median, mean and p99 ratios
+    (above 1: mmapkv is slower).  The mean shows what the median hides: a peer's periodic
+    spikes (py-lmdb's) or ours."""
+    rows = []
+    for g in groups:
+        mine = g["stores"].get("mmapkv")
+        for peer in RATIO_PEERS:
+            theirs = g["stores"].get(peer)
+            if not mine or not theirs:
+                continue
+            cells = []
+            for op in OPS:
+                a, b = mine["ops"].get(op) or {}, theirs["ops"].get(op) or {}
+                stats = [a[k] / b[k] if a.get(k) and b.get(k) else None for k in ("median_ns", "mean_ns", "p99_ns")]
+                cells.append(" / ".join("n/a" if r is None else f"{r:.2f}" for r in stats))
+            rows.append(f"| N = {g['n']:,}, {g['value_size']} | {peer} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return ["\n#### mmapkv's time over the peer's: median / mean / p99 ratios (above 1: mmapkv slower)\n",
+            "| where | peer | " + " | ".join(op.replace("_", " ") for op in OPS) + " |",
+            "| --- | --- |" + " ---: |" * len(OPS), *rows]
+
+
 def format_markdown(results: dict[str, Any]) -> str:
     """The tables of ``docs/benchmarks.md``, from a results file (``--report``)."""
     out = []
@@ -107,6 +135,7 @@ def format_markdown(results: dict[str, Any]) -> str:
                     continue
                 cells.append(_cell(name, s, op, g["n"], " / ", " *"))
             out.append(f"| {name} | " + " | ".join(cells) + f" | {s['file_bytes'] / 2**20:,.1f} MiB |")
+    out.extend(_ratio_table(groups))
     if results.get("memory"):
         out.append("\n| store | N | Python heap growth | anonymous RSS growth | file |")
         out.append("| --- | ---: | ---: | ---: | ---: |")
