@@ -198,3 +198,22 @@ def test_report_prints_the_markdown_tables(results: dict[str, Any], capsys: pyte
     else:
         assert ratio_rows == []
     assert bench.main(["--report", os.path.join(results["_out"], "missing.json")]) == 1
+
+
+def test_every_store_gets_a_value_or_none(tmp_path: Any) -> None:
+    """The read-miss phase times ``get`` (issue 13: mmapkv's answers a miss without an
+    exception); each store's ``get`` gives the value, or None for a missing key."""
+    from mmapkv.bench.peers import available
+
+    classes = available(None, [])
+    assert {c.family for c in classes} >= {"mmapkv", "dict", "jsonfile", "dbm.dumb"}
+    for cls in classes:
+        for codec in cls.codecs:
+            a = cls(str(tmp_path / f"{cls.family}-{codec}"), codec)
+            a.open()
+            try:
+                a.create("here", {"v": [1, "é"]})
+                assert a.get("here") == {"v": [1, "é"]}, a.name
+                assert a.get("missing") is None, a.name
+            finally:
+                a.close()

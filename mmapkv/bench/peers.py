@@ -47,7 +47,8 @@ class Adapter:
     """One store under test, used the way its users would use it.
 
     Subclasses set the operation callables in ``open``: ``create(key, value)``,
-    ``read(key) -> dict`` (``KeyError`` when missing), ``delete(key)`` (``KeyError``
+    ``read(key) -> dict`` (``KeyError`` when missing), ``get(key)`` (``None`` when missing,
+    the store's own no-exception lookup where it has one), ``delete(key)`` (``KeyError``
     when missing) and ``batch(pairs)`` (all or nothing).  ``fill`` and ``drop`` are the
     fastest untimed way to add or remove many keys, used only around sampled calls.
     """
@@ -65,11 +66,13 @@ class Adapter:
     delete: Callable[[str], None]
     batch: Callable[[list[tuple[str, Any]]], None]
     set: Callable[[str, Any], None]   #: store whether or not the key exists (an overwrite here)
+    get: Callable[[str], Any]         #: the value, or None when missing
 
     def __init__(self, root: str, codec: str | None) -> None:
         self.codec = codec
         self.name = f"{self.family}[{codec}]" if codec else self.family
         self.root = root
+        self.get = self._get_by_read  # until open sets the store's own
         self.place("create")
         if codec:
             self.encode, self.decode = _codecs()[codec]
@@ -117,6 +120,13 @@ class Adapter:
         for k in keys:
             self.delete(k)
 
+    def _get_by_read(self, key: str) -> Any:
+        """``get`` for a store without a lookup that answers a miss without an exception."""
+        try:
+            return self.read(key)
+        except KeyError:
+            return None
+
 
 class MmapkvAdapter(Adapter):
     family = "mmapkv"
@@ -127,7 +137,7 @@ class MmapkvAdapter(Adapter):
         self.store = s = Store(os.path.join(self.dir, "store.mmapkv"))
         # The public methods themselves: no glue in the way.
         self.create, self.read, self.delete, self.batch = s.create, s.read, s.delete, s.batch_create
-        self.set = s.set
+        self.set, self.get = s.set, s.get
 
     def close(self) -> None:
         self.store.close()
@@ -166,7 +176,7 @@ class DictAdapter(Adapter):
             d.update(pairs)
 
         self.create, self.read, self.delete, self.batch = create, d.__getitem__, delete, batch
-        self.set = d.__setitem__
+        self.set, self.get = d.__setitem__, d.get
 
     def close(self) -> None:
         pass
@@ -269,6 +279,11 @@ class LmdbAdapter(Adapter):
                 raise KeyError(k)
             return decode(data)
 
+        def get(k: str) -> Any:
+            with begin() as txn:
+                data = txn.get(k.encode())
+            return None if data is None else decode(data)
+
         def delete(k: str) -> None:
             with begin(write=True) as txn:
                 if not txn.delete(k.encode()):
@@ -286,7 +301,7 @@ class LmdbAdapter(Adapter):
                 txn.put(k.encode(), encode(v))
 
         self.create, self.read, self.delete, self.batch = create, read, delete, batch
-        self.set = set_
+        self.set, self.get = set_, get
         self.fill = batch  # type: ignore[method-assign]
 
     def close(self) -> None:
@@ -321,9 +336,9 @@ class DiskcacheAdapter(Adapter):
             def create(k: str, v: Any) -> None:
                 if not add(k, v):
                     raise KeyExists(k)
-            read = getitem
+            read, get = getitem, cache.get
         else:
-            decode = self.decode
+            decode, get_item = self.decode, cache.get
 
             def create(k: str, v: Any) -> None:
                 if not add(k, encode(v)):
@@ -331,6 +346,10 @@ class DiskcacheAdapter(Adapter):
 
             def read(k: str) -> Any:
                 return decode(getitem(k))
+
+            def get(k: str) -> Any:
+                data = get_item(k)
+                return None if data is None else decode(data)
 
         def batch(pairs: list[tuple[str, Any]]) -> None:
             with cache.transact():  # rolls back if we raise
@@ -344,7 +363,7 @@ class DiskcacheAdapter(Adapter):
             set_item(k, encode(v))
 
         self.create, self.read, self.delete, self.batch = create, read, cache.__delitem__, batch
-        self.set = set_
+        self.set, self.get = set_, get
         self.fill = batch  # type: ignore[method-assign]
 
     def close(self) -> None:
@@ -379,7 +398,7 @@ class SqlitedictAdapter(Adapter):
             db.update(pairs)  # one executemany and one commit
 
         self.create, self.read, self.delete, self.batch = create, db.__getitem__, db.__delitem__, batch
-        self.set = setitem
+        self.set, self.get = setitem, db.get
         self.fill = batch  # type: ignore[method-assign]
 
     def close(self) -> None:

@@ -184,17 +184,15 @@ class Group:
     def _misses(self, a: Adapter, part: list[str], start: int) -> None:
         out = self.samples[a.name]["read_miss"].append
         stride = _stride(self.n, self.cap(a, "read_miss"))
-        read, perf = a.read, _perf
+        get, perf = a.get, _perf
         for i, k in enumerate(part, start):
             if (i + 1) % stride:
                 continue
             t0 = perf()
-            try:
-                read(k)
-            except KeyError:
-                t1 = perf()
-            else:
-                raise BenchError(f"{a.name}: read of the missing key {k!r} returned a value")
+            value = get(k)
+            t1 = perf()
+            if value is not None:
+                raise BenchError(f"{a.name}: get of the missing key {k!r} returned a value")
             out(t1 - t0)
 
     def _threads(self) -> None:
