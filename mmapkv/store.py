@@ -22,8 +22,6 @@ from .tempfiles import remove_abandoned
 from .errors import (
     CorruptStoreError,
     InvalidArgumentError,
-    InvalidKeyError,
-    InvalidTTLError,
     InvalidValueError,
     KeyExistsError,
     KeyExpiredError,
@@ -47,12 +45,14 @@ from .format import (
 
 __all__ = ["Store", "StoreStats", "default_path", "MAX_KEY_LENGTH", "MAX_TTL"]
 
-MAX_KEY_LENGTH = 32
-MAX_TTL = 100 * 366 * 24 * 3600  # a century: keeps now + ttl exact as a float
+MAX_KEY_LENGTH = codec.MAX_KEY_LENGTH
+MAX_TTL = codec.MAX_TTL
 DEFAULT_FILENAME = "default.mmapkv"
 
 _decode = codec.decode
 _encode = codec.encode
+_key_bytes = codec.key_bytes   # the rules of keys and TTLs live in codec, shared with RedisStore
+_check_ttl = codec.check_ttl
 _loads = orjson.loads
 _xxh3 = xxh3_64_intdigest
 
@@ -63,28 +63,6 @@ def default_path() -> str:
     On Linux that is ``$XDG_DATA_HOME/mmapkv/default.mmapkv`` (``~/.local/share/...``).
     """
     return os.path.join(platformdirs.user_data_dir("mmapkv", appauthor=False), DEFAULT_FILENAME)
-
-
-def _key_bytes(key: Any) -> bytes:
-    """Validate *key* and return its UTF-8 bytes."""
-    if type(key) is not str and not isinstance(key, str):
-        raise InvalidKeyError(f"key must be a str, not {type(key).__name__}")
-    if not 0 < len(key) <= MAX_KEY_LENGTH:
-        raise InvalidKeyError(f"key must be 1 to {MAX_KEY_LENGTH} characters, got {len(key)}: {key[:40]!r}")
-    try:
-        return key.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidKeyError(f"key {key!r} is not valid Unicode (a lone surrogate?)") from None
-
-
-def _check_ttl(ttl: Any) -> int | None:
-    if ttl is None:
-        return None
-    if type(ttl) is not int and (not isinstance(ttl, int) or isinstance(ttl, bool)):
-        raise InvalidTTLError(f"ttl must be None or an int number of seconds, not {type(ttl).__name__}")
-    if not 1 <= ttl <= MAX_TTL:
-        raise InvalidTTLError(f"ttl must be 1 to {MAX_TTL:,} seconds, got {ttl}")
-    return int(ttl)
 
 
 @dataclass(frozen=True)
@@ -576,30 +554,8 @@ class Store(MutableMapping[str, dict[str, Any]]):
         :raises InvalidArgumentError: an item is not a 2- or 3-tuple.
         :raises StoreFullError: the batch does not fit under the ceiling.
         """
-        default_ttl = _check_ttl(ttl)
-        if isinstance(items, Mapping):
-            triples: Iterable[Any] = ((k, v, default_ttl) for k, v in items.items())
-        elif isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
-            raise InvalidArgumentError(f"items must be a mapping or an iterable of tuples, not {type(items).__name__}")
-        else:
-            triples = items
-        prepared = []
-        seen: set[bytes] = set()
-        for number, item in enumerate(triples):
-            if isinstance(item, dict) and "key" in item and "value" in item and \
-                    set(item) <= {"key", "value", "ttl"}:
-                item = (item["key"], item["value"], item["ttl"]) if "ttl" in item else (item["key"], item["value"])
-            if not isinstance(item, tuple) or len(item) not in (2, 3):
-                raise InvalidArgumentError(f"batch item {number} must be a (key, value) or (key, value, "
-                                           f"ttl) tuple or a {{'key', 'value', 'ttl'}} dict, got {item!r:.80}")
-            key, value = item[0], item[1]
-            item_ttl = _check_ttl(item[2]) if len(item) == 3 else default_ttl
-            kb = _key_bytes(key)
-            if kb in seen:
-                raise KeyExistsError(f"key {key!r} appears twice in the batch")
-            seen.add(kb)
-            data, flags = _encode(value)
-            prepared.append((key, kb, _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT, data, flags, item_ttl))
+        prepared = [(key, kb, _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT, data, flags, item_ttl)
+                    for key, kb, data, flags, item_ttl in codec.batch_items(items, ttl)]
         self._commit_batch(prepared, overwrite=False)
 
     def _commit_batch(self, prepared: list[tuple[str, bytes, int, bytes, int, int | None]], *,
@@ -701,9 +657,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired).
         :raises InvalidTTLError: *ttl* is not a whole number of seconds from 1.
         """
-        if ttl is None:
-            raise InvalidTTLError("expire() needs a ttl in seconds; persist() removes one")
-        self._retime(key, _check_ttl(ttl))
+        self._retime(key, _check_ttl(ttl, required=True))
 
     def persist(self, key: str) -> bool:
         """Remove *key*'s TTL.  True if it had one (Redis's ``PERSIST``).
@@ -836,29 +790,10 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """Set many keys at once, overwriting: all of them, or (on any error) none, with
         one commit like :meth:`batch_create`.  *other* is a mapping or an iterable of
         (key, value) pairs; keyword arguments are added to it, as ``dict.update`` does."""
-        if isinstance(other, Mapping):
-            pairs: list[tuple[Any, Any]] = list(other.items())
-        elif hasattr(other, "keys"):  # what dict.update accepts: keys() and __getitem__
-            pairs = [(k, other[k]) for k in other.keys()]
-        elif isinstance(other, (str, bytes)) or not isinstance(other, Iterable):
-            raise InvalidArgumentError(f"update() takes a mapping or an iterable of (key, value) "
-                                       f"pairs, not {type(other).__name__}")
-        else:
-            pairs = []
-            for number, item in enumerate(other):
-                try:
-                    k, v = item
-                except (TypeError, ValueError):
-                    raise InvalidArgumentError(f"update item {number} must be a (key, value) pair, "
-                                               f"got {item!r:.80}") from None
-                pairs.append((k, v))
-        pairs.extend(kwargs.items())
-        last: dict[bytes, tuple[str, bytes, int, bytes, int, int | None]] = {}  # the last value wins, as in dict
-        for key, value in pairs:
-            kb = _key_bytes(key)
-            data, flags = _encode(value)
-            last[kb] = (key, kb, _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT, data, flags, None)
-        self._commit_batch(list(last.values()), overwrite=True)
+        prepared: list[tuple[str, bytes, int, bytes, int, int | None]] = [
+            (key, kb, _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT, data, flags, None)
+            for key, kb, data, flags in codec.update_pairs(other, kwargs)]
+        self._commit_batch(prepared, overwrite=True)
 
     def clear(self) -> None:
         """Remove every key at once: one 8-byte write in the superblock (``floor_seq``)
