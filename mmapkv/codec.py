@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -47,8 +48,8 @@ from .errors import (
 )
 from .format import CODEC_STDLIB, MAX_VALUE_BYTES
 
-__all__ = ["MAX_DEPTH", "MAX_KEY_LENGTH", "MAX_TTL", "key_bytes", "check_ttl", "batch_items",
-           "update_pairs", "encode", "decode"]
+__all__ = ["MAX_DEPTH", "MAX_KEY_LENGTH", "MAX_TTL", "key_bytes", "check_ttl", "check_expiry",
+           "batch_items", "update_pairs", "expiring_entries", "encode", "decode", "decode_text"]
 
 MAX_DEPTH = 255  # orjson's own limit, so both codecs accept the same values
 MAX_KEY_LENGTH = 32
@@ -218,6 +219,29 @@ def decode(data: bytes | memoryview, flags: int) -> dict[str, Any]:
     return _loads(data)  # type: ignore[no-any-return]
 
 
+_LONG_DIGITS = re.compile(rb"\d{19}")  # 19 digits can leave int64: -9223372036854775809
+
+
+def decode_text(data: bytes | str) -> dict[str, Any]:
+    """Return the ``dict`` whose compact JSON text is *data*, when the codec flags that
+    :func:`encode` returned were not kept (a ``RedisStore`` keeps only the text).
+
+    orjson reads an integer beyond 64 bits as a float, silently; a run of 19 or more
+    digits (even inside a string, harmlessly) sends the text to stdlib ``json``, which
+    reads integers of any size exactly.  Both read every other value identically.
+
+    >>> decode_text(b'{"n":18446744073709551616,"f":0.5}')
+    {'n': 18446744073709551616, 'f': 0.5}
+
+    :raises ValueError: *data* is not JSON, or not a JSON object.
+    """
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    value = decode(raw, CODEC_STDLIB if _LONG_DIGITS.search(raw) else 0)
+    if type(value) is not dict:
+        raise ValueError(f"the JSON text is a {type(value).__name__}, not an object")
+    return value
+
+
 # ------------------------------------------------------------------ keys and TTLs
 
 
@@ -254,6 +278,25 @@ def check_ttl(ttl: Any, *, required: bool = False) -> int | None:
     if not 1 <= ttl <= MAX_TTL:
         raise InvalidTTLError(f"ttl must be 1 to {MAX_TTL:,} seconds, got {ttl}")
     return int(ttl)
+
+
+def check_expiry(expires_at: Any, now: float) -> float:
+    """Return an absolute expiry (unix seconds) as a float, 0.0 for ``None`` (never).
+
+    It may be in the past (the caller skips such an entry), but not more than ``MAX_TTL``
+    seconds after *now*, the same bound a TTL has.
+
+    :raises InvalidTTLError: not ``None`` nor a finite, positive number of seconds, or
+        too far away.
+    """
+    if expires_at is None:
+        return 0.0
+    if isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)) \
+            or not (math.isfinite(expires_at) and expires_at > 0):
+        raise InvalidTTLError(f"expires_at must be None or unix time in seconds, got {expires_at!r:.40}")
+    if expires_at - now > MAX_TTL:
+        raise InvalidTTLError(f"expires_at {expires_at} is more than {MAX_TTL:,} seconds away")
+    return float(expires_at)
 
 
 # ------------------------------------------------------------------ batches
@@ -331,3 +374,34 @@ def update_pairs(other: Any, kwargs: Mapping[str, Any]) -> list[tuple[str, bytes
         data, flags = encode(value)
         last[kb] = (key, kb, data, flags)
     return list(last.values())
+
+
+def expiring_entries(entries: Iterable[Any], now: float) -> list[tuple[str, bytes, bytes, int, float]]:
+    """Check (key, value, expires_at) entries before anything is written (``restore_entries``
+    of both stores): a list of (key, key bytes, encoded value, codec flags, expires_at), 0.0
+    for no expiry, without the entries whose expiry is at or before *now*.
+
+    :raises KeyExistsError: a key is given twice.
+    :raises InvalidArgumentError: an entry is not a (key, value, expires_at) tuple.
+    :raises InvalidKeyError, InvalidValueError, ValueTooLargeError, InvalidTTLError: a bad
+        key, value or expiry.
+    """
+    if isinstance(entries, (str, bytes, Mapping)) or not isinstance(entries, Iterable):
+        raise InvalidArgumentError(f"entries must be an iterable of (key, value, expires_at) tuples, "
+                                   f"not {type(entries).__name__}")
+    checked = []
+    seen: set[bytes] = set()
+    for number, entry in enumerate(entries):
+        if not isinstance(entry, tuple) or len(entry) != 3:
+            raise InvalidArgumentError(f"entry {number} must be a (key, value, expires_at) tuple, "
+                                       f"got {entry!r:.80}")
+        key, value, expires_at = entry
+        kb = key_bytes(key)
+        if kb in seen:
+            raise KeyExistsError(f"key {key!r} appears twice in the entries")
+        seen.add(kb)
+        data, flags = encode(value)
+        expires = check_expiry(expires_at, now)
+        if not expires or expires > now:
+            checked.append((key, kb, data, flags, expires))
+    return checked
