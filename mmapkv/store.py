@@ -8,7 +8,8 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, MutableMapping, ValuesView
+from collections.abc import (Callable, ItemsView, Iterable, Iterator, Mapping, MutableMapping, Sequence,
+                             ValuesView)
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
@@ -558,11 +559,42 @@ class Store(MutableMapping[str, dict[str, Any]]):
                     for key, kb, data, flags, item_ttl in codec.batch_items(items, ttl)]
         self._commit_batch(prepared, overwrite=False)
 
-    def _commit_batch(self, prepared: list[tuple[str, bytes, int, bytes, int, int | None]], *,
-                      overwrite: bool) -> None:
+    def restore_entries(self, entries: Iterable[tuple[str, Mapping[str, Any], float | None]], *,
+                        replace: bool = False) -> int:
+        """Write (key, value, expires_at) entries as one batch, all or nothing, each keeping
+        its absolute expiry (unix seconds by this store's clock; ``None``: none): what a
+        key read with :meth:`items_with_expiry` from another store needs to expire at the
+        same instant here.  Entries whose expiry has passed are skipped.  Without *replace*
+        a live key refuses the whole batch; with it, stored keys are overwritten.  Returns
+        the number of entries written.  The same commit as :meth:`batch_create`: after a
+        crash or an exception at any point, all of them are there or none.
+
+        >>> import tempfile, os
+        >>> with Store(os.path.join(tempfile.mkdtemp(), "s"), clock=lambda: 1000.0) as store:
+        ...     store.restore_entries([("a", {"n": 1}, 1060.0), ("b", {"n": 2}, None),
+        ...                            ("gone", {"n": 3}, 999.0)])
+        ...     store.ttl("a"), store.ttl("b"), "gone" in store
+        2
+        (60, None, False)
+
+        :raises KeyExistsError: a key is stored and live (without *replace*), or given twice.
+        :raises InvalidArgumentError: an entry is not a (key, value, expires_at) tuple.
+        :raises InvalidTTLError: an ``expires_at`` is not unix seconds, or is more than
+            ``MAX_TTL`` away.
+        :raises StoreFullError: the entries do not fit under the ceiling.
+        """
+        prepared = [(key, kb, _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT, data, flags, expires)
+                    for key, kb, data, flags, expires in codec.expiring_entries(entries, self._clock())]
+        self._commit_batch(prepared, overwrite=replace, absolute=True)
+        return len(prepared)
+
+    def _commit_batch(self, prepared: Sequence[tuple[str, bytes, int, bytes, int, float | None]], *,
+                      overwrite: bool, absolute: bool = False) -> None:
         """Write checked (key, key bytes, fingerprint, data, flags, ttl) items as one
         batch: PENDING records, one commit write, then LIVE and indexed.  Without
-        *overwrite* a live key refuses the whole batch (expired ones are replaced)."""
+        *overwrite* a live key refuses the whole batch (expired ones are replaced).  With
+        *absolute*, an item's last field is its expiry in unix seconds (0.0: none), not a
+        TTL."""
         with self._lock:
             engine = self._use()
             if not prepared:
@@ -589,7 +621,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
                 written: list[tuple[int, int, bool]] = []
                 try:
                     for _, kb, fp, data, flags, t in prepared:
-                        expires = now + t if t is not None else 0.0
+                        expires = (t or 0.0) if absolute else (now + t if t is not None else 0.0)
                         off = engine.write_record(kb, data, flags, expires, STATE_PENDING, seq)
                         written.append((off, fp, kb in stored))
                 except CLEAN_FAILURES:  # a full disk: give the slots back, change nothing
@@ -738,6 +770,32 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """The unexpired values, decoded one at a time as they are iterated."""
         return _StoreValues(self)
 
+    def items_with_expiry(self, keys: Iterable[str] | None = None
+                          ) -> Iterator[tuple[str, dict[str, Any], float | None]]:
+        """(key, value, absolute expiry) for every unexpired key, or for those of *keys*:
+        the expiry as stored in the file, unix seconds by this store's clock (``None``: no
+        TTL).  Missing and expired keys are skipped; values are decoded one at a time.
+        What ``mmapkv copy`` reads, so that a copied TTL ends at the same instant rather
+        than starting again.
+
+        >>> import tempfile, os
+        >>> with Store(os.path.join(tempfile.mkdtemp(), "s"), clock=lambda: 1000.0) as store:
+        ...     store.create("a", {"n": 1}, ttl=60)
+        ...     list(store.items_with_expiry())
+        [('a', {'n': 1}, 1060.0)]
+        """
+        for key in self.keys() if keys is None else keys:
+            kb = _key_bytes(key)
+            fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
+            with self._lock:
+                engine = self._use()
+                try:
+                    data, flags, expires, _ = self._live_record(engine, key, kb, fp)
+                except KeyNotFoundError:
+                    continue  # deleted or expired since keys() listed it
+                value = _decode(data, flags)  # under the lock: data is a view of the map
+            yield key, value, expires or None
+
     @overload
     def pop(self, key: str) -> dict[str, Any]: ...
     @overload
@@ -790,9 +848,8 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """Set many keys at once, overwriting: all of them, or (on any error) none, with
         one commit like :meth:`batch_create`.  *other* is a mapping or an iterable of
         (key, value) pairs; keyword arguments are added to it, as ``dict.update`` does."""
-        prepared: list[tuple[str, bytes, int, bytes, int, int | None]] = [
-            (key, kb, _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT, data, flags, None)
-            for key, kb, data, flags in codec.update_pairs(other, kwargs)]
+        prepared = [(key, kb, _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT, data, flags, None)
+                    for key, kb, data, flags in codec.update_pairs(other, kwargs)]
         self._commit_batch(prepared, overwrite=True)
 
     def clear(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import decimal
 import json
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -812,6 +813,66 @@ def test_expired_slots_reclaimed_by_batch(make_file_store: MakeFileStore, clock:
     store.batch_create({f"new{i}": {"i": i} for i in range(capacity)})
     assert len(store) == capacity
     assert store.read(f"new{capacity - 1}") == {"i": capacity - 1}
+    assert store.verify() == []
+
+
+# --------------------------------------------------------------------- absolute expiries (issue 14)
+
+def _now(store: Any, clock: FakeClock) -> float:
+    """The time a store's expiries are measured against: its clock, or the server's."""
+    return clock.now if isinstance(store, mmapkv.Store) else time.time()
+
+
+def test_items_with_expiry_give_absolute_expiries(make_store: MakeStore, clock: FakeClock) -> None:
+    """items_with_expiry() gives each live key's value and absolute expiry (None without a
+    TTL), of every key or of the keys asked for (missing and expired ones skipped)."""
+    store = make_store()
+    now = _now(store, clock)
+    store.create("a", {"v": 1}, ttl=100)
+    store.create("b", {"v": [2]})
+    store.create("c", {"v": 3}, ttl=50)
+    store.create("gone", {"v": 4}, ttl=10)
+    clock.advance(10)
+    got = {key: (value, expires) for key, value, expires in store.items_with_expiry()}
+    assert sorted(got) == ["a", "b", "c"]
+    assert got["b"] == ({"v": [2]}, None)
+    assert got["a"][0] == {"v": 1} and got["c"][0] == {"v": 3}
+    if isinstance(store, mmapkv.Store):  # exactly what the file holds
+        assert (got["a"][1], got["c"][1]) == (now + 100, now + 50)
+    else:  # the server's clock: set a few ms after `now`, and aged 10 s by the test
+        assert got["a"][1] is not None and got["c"][1] is not None
+        assert abs(got["a"][1] - (now + 90)) < 2 and abs(got["a"][1] - got["c"][1] - 50) < 0.01
+    assert [k for k, _, _ in store.items_with_expiry(["c", "nope", "gone", "b"])] == ["c", "b"]
+    with pytest.raises(InvalidKeyError):
+        list(store.items_with_expiry(["ok", ""]))
+
+
+def test_restore_entries_keeps_absolute_expiries(make_store: MakeStore, clock: FakeClock) -> None:
+    """restore_entries() writes (key, value, expires_at) entries all or nothing, each
+    expiring at the instant given (not a fresh TTL); past ones are skipped; a live key
+    refuses the whole batch unless replace=True."""
+    store = make_store()
+    now = _now(store, clock)
+    store.create("live", {"old": True})
+    entries = [("a", {"v": 1}, now + 100.5), ("b", {"v": 2}, None), ("past", {"v": 3}, now - 1)]
+    assert store.restore_entries(entries) == 2
+    assert store.read("a") == {"v": 1} and store.ttl("a") == 101 and store.ttl("b") is None
+    assert "past" not in store
+    with pytest.raises(KeyExistsError) as info:
+        store.restore_entries([("new", {}, None), ("live", {"old": False}, None)])
+    assert "live" in str(info.value)
+    assert "new" not in store and store.read("live") == {"old": True}
+    assert store.restore_entries([("new", {}, None), ("live", {"old": False}, now + 50)], replace=True) == 2
+    assert store.read("live") == {"old": False} and store.ttl("live") == 50
+    before = {k: store.read(k) for k in store.keys()}
+    for bad, error in [([("x", {}, "soon")], InvalidTTLError), ([("x", {}, float("nan"))], InvalidTTLError),
+                       ([("x", {}, -1)], InvalidTTLError), ([("x", {}, now + mmapkv.MAX_TTL + 10)], InvalidTTLError),
+                       ([("x", {}, None), ("x", {}, None)], KeyExistsError), ([("x", {})], InvalidArgumentError),
+                       ([("x", [1], None)], InvalidValueError), ([("", {}, None)], InvalidKeyError), (42, InvalidArgumentError),
+                       ({"x": {}}, InvalidArgumentError)]:
+        with pytest.raises(error):
+            store.restore_entries([("fine", {}, None), *bad] if isinstance(bad, list) else bad)
+        assert {k: store.read(k) for k in store.keys()} == before
     assert store.verify() == []
 
 
