@@ -597,7 +597,8 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
                         replace: bool = False) -> int:
         """Write (key, value, expires_at) entries as one batch, all or nothing (one Lua
         script), each keeping its absolute expiry (unix seconds, ``None``: none), written
-        with ``PXAT``.  Entries whose expiry has passed by the server's clock are skipped.
+        with ``PXAT`` (to the nearest millisecond, Redis's unit).  Entries whose expiry
+        has passed by the server's clock are skipped.
         Without *replace*, a stored key refuses the whole batch.  Returns the number
         written.  What ``mmapkv copy`` writes with.
 
@@ -611,7 +612,7 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
                 return 0
             args: list[Any] = ["overwrite" if replace else "check"]
             for _, _, data, _, expires in checked:
-                args += [data, "", ""] if not expires else [data, "PXAT", math.ceil(expires * 1000)]
+                args += [data, "", ""] if not expires else [data, "PXAT", round(expires * 1000)]
             found = self._eval(r, _WRITE_BATCH, [self._prefix + kb for _, kb, _, _, _ in checked], args)
         if found:
             raise KeyExistsError(f"key {checked[int(found) - 1][0]!r} already exists in {self._where}")
