@@ -35,7 +35,11 @@ STOP_TIMEOUT = 10.0    # seconds for SIGTERM before SIGKILL
 
 def missing() -> str | None:
     """Why ``RedisStore`` cannot be run against a local server here, or None."""
-    if importlib.util.find_spec("redis") is None:
+    try:
+        client = importlib.util.find_spec("redis")
+    except ValueError:  # sys.modules["redis"] is None: imports of it are blocked
+        client = None
+    if client is None:
         return CLIENT_MISSING
     if shutil.which("redis-server") is None:
         return SERVER_MISSING

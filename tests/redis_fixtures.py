@@ -2,7 +2,8 @@
 its own for each test, and a way to make time pass on the server without sleeping.
 
 Where ``redis-server`` is not on ``PATH``, or redis-py is not installed, every test that asks
-for a server is skipped with a reason naming the package to install.  Imported by
+for a server is skipped with a reason naming the package to install (``MMAPKV_REQUIRE_REDIS=1``
+makes that a failure: CI sets it once it has installed both).  Imported by
 ``tests/conftest.py`` and ``fuzz/conftest.py``.
 """
 
@@ -41,8 +42,11 @@ return 0
 
 
 def skip_without_redis() -> None:
-    """Skip the calling test unless both redis-py and ``redis-server`` are here."""
+    """Skip the calling test unless both redis-py and ``redis-server`` are here; with
+    ``MMAPKV_REQUIRE_REDIS=1`` (CI, once it installed them), fail instead."""
     why = missing()
+    if why and os.environ.get("MMAPKV_REQUIRE_REDIS"):
+        pytest.fail(f"MMAPKV_REQUIRE_REDIS is set, but {why}")
     if why:
         pytest.skip(why)
 
