@@ -187,7 +187,11 @@ class LocalRedis:
         self.start()
 
     def __enter__(self) -> LocalRedis:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()  # its directory too: __exit__ will not run
+            raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -85,7 +85,8 @@ return redis.call("PERSIST", KEYS[1])
 
 
 class RedisClient(Protocol):
-    """What a ``RedisStore`` needs of the client it is given: a ``redis.Redis``."""
+    """A ``redis.Redis`` client, as far as a type checker needs to know (the constructor
+    checks its class at run time; redis-py is not imported for the annotation)."""
 
     def execute_command(self, *args: Any, **options: Any) -> Any: ...
 

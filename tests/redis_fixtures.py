@@ -61,12 +61,8 @@ def redis_server() -> Iterator[LocalRedis]:
     """A ``redis-server`` on a free loopback port, in a temporary directory, for the session;
     stopped (and its directory removed) at the end, also after failures."""
     skip_without_redis()
-    server = LocalRedis()
-    try:
-        server.start()
+    with LocalRedis() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

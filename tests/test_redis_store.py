@@ -34,24 +34,16 @@ SHORT_TIMEOUT = 0.5   # seconds: the socket_timeout of the fault tests
 def own_server() -> Iterator[LocalRedis]:
     """A server of this test's own, which it may stop, hang or kill."""
     skip_without_redis()
-    server = LocalRedis()
-    try:
-        server.start()
+    with LocalRedis() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def aof_server() -> Iterator[LocalRedis]:
     """A server that logs every write and fsyncs before it answers (``appendfsync always``)."""
     skip_without_redis()
-    server = LocalRedis(appendonly=True, appendfsync="always")
-    try:
-        server.start()
+    with LocalRedis(appendonly=True, appendfsync="always") as server:
         yield server
-    finally:
-        server.stop()
 
 
 # ------------------------------------------------------------------ construction
