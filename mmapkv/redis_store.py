@@ -197,7 +197,7 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
                                        f"got {_public_url(url_or_client)!r}")
         redis = _import_redis()
         self._errors = redis.exceptions
-        self._timeout = float(socket_timeout)
+        self._timeout: float | None = float(socket_timeout)
         if isinstance(url_or_client, str):
             try:
                 # No retries: a create whose reply was lost must not be sent again (the
@@ -217,6 +217,7 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
             client = url_or_client
             self._owns_client = False
             self._url = _client_url(client)
+            self._timeout = client.connection_pool.connection_kwargs.get("socket_timeout")  # its own
         self._namespace = namespace
         self._where = f"{self._url} (namespace {namespace!r})"
         self._prefix = prefix
@@ -274,8 +275,9 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
             return CorruptStoreError(f"{self._where}: a key of the namespace holds a Redis type other "
                                      f"than a string, which mmapkv never writes ({text})")
         if isinstance(exc, (errors.ConnectionError, errors.TimeoutError)):
+            timeout = f"socket timeout {self._timeout:g} s" if self._timeout else "no socket timeout"
             return StoreUnavailableError(f"{self._where} is unavailable: {text or type(exc).__name__} "
-                                         f"(socket timeout {self._timeout:g} s)")
+                                         f"({timeout})")
         if isinstance(exc, errors.DataError):
             return InvalidArgumentError(f"{self._where}: {text}")
         return StoreUnavailableError(f"{self._where} refused the command: {text}")
