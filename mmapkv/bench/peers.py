@@ -487,7 +487,7 @@ class RedisStoreAdapter(Adapter):
             self.server.start()
         self.store = s = RedisStore(self.server.url, namespace=self.namespace)
         self.create, self.read, self.delete, self.batch = s.create, s.read, s.delete, s.batch_create
-        self.set = s.set
+        self.set, self.get = s.set, s.get  # get: None for a miss, no exception (one GET)
 
     def close(self) -> None:
         self.store.close()
