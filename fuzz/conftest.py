@@ -15,6 +15,8 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+from tests.redis_fixtures import redis_server  # noqa: F401  (a real server for RedisStoreMachine)
+
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 
 settings.register_profile(

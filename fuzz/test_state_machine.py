@@ -18,6 +18,18 @@ documented ones:
 
 After every step: ``store.verify() == []`` (the table's and the allocator's invariants),
 the live keys and every value agree with the model, expired keys are invisible.
+
+``RedisStoreMachine`` (issue 14) drives a ``RedisStore`` on a real server with the same rules
+and model, so the two backends cannot drift apart.  Redis runs its own clock, so there the
+model's clock moves the server's TTLs (``tests/redis_fixtures.age_namespace``) instead of a
+clock the store reads, and before every store call and check the TTLs are moved forward by
+the real time since the last such correction, as if the server's clock stood still.  What
+remains is the few milliseconds between a correction and the command: ``ttl()`` answers
+are checked to within that, and when the model's clock reaches a key's expiry the server
+must have it within that of its expiry too (the harness then deletes it, as the server
+would a moment later).  An expired key is gone (``KeyNotFoundError``, never
+``KeyExpiredError``), and the file's own rules (its ceiling, ``StoreFullError``, growth,
+crashes) do not apply.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -38,10 +51,12 @@ from hypothesis.stateful import (
     initialize,
     invariant,
     rule,
+    run_state_machine_as_test,
 )
 
 import mmapkv
 from fuzz import strategies as S
+from tests.redis_fixtures import age_namespace, new_namespace
 from mmapkv import table as table_module
 from mmapkv.format import KEY_OFFSET, Geometry, class_for
 from mmapkv.slots import PER_SLOT
@@ -67,6 +82,8 @@ clock_steps = st.one_of(st.integers(min_value=0, max_value=40), st.sampled_from(
 
 #: counts for docs/reliability.md (written by the report fixture below)
 COUNTS: collections.Counter[str] = collections.Counter()
+REDIS_COUNTS: collections.Counter[str] = collections.Counter()
+REDIS_EXAMPLES = max(1, PROFILE.max_examples // 3)  # each step is a few round trips
 
 
 class FakeClock:
@@ -82,6 +99,8 @@ class FakeClock:
 class StoreMachine(RuleBasedStateMachine):
     """A Store and a dict model that must agree after every step."""
 
+    counts = COUNTS
+
     def __init__(self) -> None:
         super().__init__()
         self.tmp = tempfile.mkdtemp(prefix="mmapkv-fuzz-")
@@ -93,7 +112,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.file_size = 0
         self._split_at = table_module.SPLIT_AT
         table_module.SPLIT_AT = SPLIT_AT
-        COUNTS["runs"] += 1
+        self.counts["runs"] += 1
 
     # ------------------------------------------------------------ model helpers
 
@@ -134,18 +153,18 @@ class StoreMachine(RuleBasedStateMachine):
         try:
             call()
         except mmapkv.StoreFullError as exc:
-            COUNTS["operations"] += 1
+            self.counts["operations"] += 1
             assert type(exc) is mmapkv.StoreFullError, exc
             assert os.path.getsize(self.path) == self.geometry.file_size(self.geometry.max_slots), \
                 f"StoreFullError below the ceiling: {exc}"
             self._sweep()  # the store reclaimed expired entries before giving up
             assert not self._fits(sizes), f"StoreFullError with room in the file: {exc}"
-            COUNTS["raised StoreFullError"] += 1
+            self.counts["raised StoreFullError"] += 1
             return False
-        COUNTS["operations"] += 1
+        self.counts["operations"] += 1
         after = os.path.getsize(self.path)
         assert after >= before and self.geometry.is_valid_size(after), (before, after)
-        COUNTS["growths"] += after > before
+        self.counts["growths"] += after > before
         # A write that found no room reclaims every expired entry before it grows: all
         # of them or none, and only when the file could not take the write as it was.
         engine = self.store._engine  # type: ignore[union-attr]
@@ -155,7 +174,7 @@ class StoreMachine(RuleBasedStateMachine):
         if gone:
             assert gone == expired, f"a sweep reclaimed only {gone} of {expired}"
             self._sweep()
-            COUNTS["sweeps by a write"] += 1
+            self.counts["sweeps by a write"] += 1
         return True
 
     def _expires(self, ttl: int | None) -> float:
@@ -163,7 +182,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     def _run(self, expected: type[Exception] | None, call: Callable[[], Any]) -> Any:
         """Call the store; demand exactly *expected* raised (or success when None)."""
-        COUNTS["operations"] += 1
+        self.counts["operations"] += 1
         try:
             result = call()
         except Exception as exc:
@@ -172,7 +191,7 @@ class StoreMachine(RuleBasedStateMachine):
                     f"expected {expected.__name__ if expected else 'success'}, got "
                     f"{type(exc).__name__}: {exc}") from exc
             assert str(exc), f"{type(exc).__name__} has an empty message"
-            COUNTS[f"raised {expected.__name__}"] += 1
+            self.counts[f"raised {expected.__name__}"] += 1
             return None
         assert expected is None, f"expected {expected.__name__}, got success ({result!r:.200})"
         return result
@@ -194,7 +213,7 @@ class StoreMachine(RuleBasedStateMachine):
             if self.store is not None:
                 engine = self.store._engine
                 if engine is not None:
-                    COUNTS["table splits"] += engine.table.segment_count - 1
+                    self.counts["table splits"] += engine.table.segment_count - 1
                 self.store.close()
         finally:
             table_module.SPLIT_AT = self._split_at
@@ -213,7 +232,7 @@ class StoreMachine(RuleBasedStateMachine):
         if how == "close":
             store.close()
             store.close()  # idempotent
-            COUNTS["reopens"] += 1
+            self.counts["reopens"] += 1
         elif how == "crash":
             # drop the map and the lock without marking the file clean
             engine = store._engine
@@ -221,7 +240,7 @@ class StoreMachine(RuleBasedStateMachine):
             store._engine = None
             changed = engine._dirty  # a session that changed nothing leaves the file clean
             engine._release()
-            COUNTS["crashes"] += 1
+            self.counts["crashes"] += 1
         else:
             store.close()
             calls: dict[str, Callable[[], Any]] = {
@@ -371,7 +390,7 @@ class StoreMachine(RuleBasedStateMachine):
             for item in items:
                 ttl = item[2] if len(item) == 3 else default_ttl
                 self.model[item[0]] = (S.normalise(item[1]), now + ttl if ttl is not None else 0.0)
-            COUNTS["batch items written"] += len(items)
+            self.counts["batch items written"] += len(items)
 
     def _batch_outcome(self, items: list[tuple[Any, ...]]) -> type[Exception] | None:
         """What a batch of sound items must do; reclaims in the model as the store does."""
@@ -436,14 +455,17 @@ class StoreMachine(RuleBasedStateMachine):
         if expected is not None or op == "ttl" or (op == "persist" and not self.model[key][1]):
             got = self._run(expected, calls[op])
             if expected is None and op == "ttl":
-                expires = self.model[key][1]
-                assert got == (math.ceil(expires - self.clock.now) if expires else None), (got, expires)
+                self._check_ttl_answer(got, self.model[key][1])
             elif expected is None:
                 assert got is False  # persist of a key without a TTL writes nothing
             return
         value, _ = self.model[key]
         if self._write(None, [self._size(key, value)], calls[op]):
             self.model[key] = (value, self._expires(seconds) if op == "expire" else 0.0)
+
+    def _check_ttl_answer(self, got: int | None, expires: float) -> None:
+        """ttl() says the seconds the model has left, rounded up (None: no TTL)."""
+        assert got == (math.ceil(expires - self.clock.now) if expires else None), (got, expires)
 
     @rule(data=st.data(), form=st.sampled_from(["mapping", "pairs", "kwargs"]),
           defect=st.sampled_from([None, None, None, "value", "key", "shape"]))
@@ -570,7 +592,7 @@ class StoreMachine(RuleBasedStateMachine):
     def store_matches_model(self) -> None:
         if self.store is None:
             return
-        COUNTS["invariant checks"] += 1
+        self.counts["invariant checks"] += 1
         assert self.store.verify() == []
         live = self._live()
         assert sorted(self.store.keys()) == sorted(live)
@@ -581,11 +603,142 @@ class StoreMachine(RuleBasedStateMachine):
         size = os.path.getsize(self.path)
         assert self.geometry.is_valid_size(size) and size >= self.file_size
         self.file_size = size
-        COUNTS["values compared"] += len(live)
+        self.counts["values compared"] += len(live)
 
 
 StoreMachine.TestCase.settings = settings(PROFILE)
 TestStoreMachine = StoreMachine.TestCase
+
+
+class RedisStoreMachine(StoreMachine):
+    """The same rules and model, on a ``RedisStore`` in a namespace of its own."""
+
+    counts = REDIS_COUNTS
+    url = ""  # the session's server, set by the test below
+
+    @initialize()
+    def open_store(self) -> None:  # type: ignore[override]
+        import redis
+
+        self.namespace = new_namespace()
+        self.client = redis.Redis.from_url(self.url)
+        self.store = mmapkv.RedisStore(self.url, namespace=self.namespace)  # type: ignore[assignment]
+        self.anchor = time.monotonic()
+
+    def teardown(self) -> None:
+        try:
+            with mmapkv.RedisStore(self.url, namespace=self.namespace) as cleaner:
+                cleaner.clear()
+            if self.store is not None:
+                self.store.close()
+            self.client.close()
+        finally:
+            table_module.SPLIT_AT = self._split_at
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _hold_time_still(self) -> None:
+        """Move every TTL forward by the real time since the last call: the server's clock
+        ran meanwhile, the model's did not."""
+        now = time.monotonic()
+        age_namespace(self.client, self.namespace, -(now - self.anchor))
+        self.anchor = now
+
+    def _slack(self) -> float:
+        """Seconds the server's TTLs may differ from the model's: the real time since the
+        last correction (a key set then got it too), and a little for rounding."""
+        return time.monotonic() - self.anchor + 0.005
+
+    def _run(self, expected: type[Exception] | None, call: Callable[[], Any]) -> Any:
+        self._hold_time_still()
+        return super()._run(expected, call)
+
+    def _write(self, expected: type[Exception] | None, sizes: list[int], call: Callable[[], Any]) -> bool:
+        self._run(expected, call)  # no ceiling, no file: a sound write succeeds
+        return expected is None
+
+    def _check_ttl_answer(self, got: int | None, expires: float) -> None:
+        if not expires:
+            assert got is None
+            return
+        left, slack = expires - self.clock.now, self._slack()
+        assert got is not None and max(1, math.ceil(left - slack)) <= got <= math.ceil(left + slack), \
+            (got, left, slack)
+
+    @rule(how=st.sampled_from(["close", "abandon", "use after close"]),
+          op=st.sampled_from(["read", "get", "delete", "create", "batch", "in", "len", "keys", "stats",
+                              "verify", "set", "ttl"]), key=keys)
+    def reopen(self, how: str, op: str, key: str) -> None:  # type: ignore[override]
+        """Close and reopen, or drop a store without closing it (a client that died), or use
+        a closed one (StoreClosedError): the data is the server's, nothing is lost."""
+        store: Any = self.store
+        if how != "abandon":
+            store.close()
+            store.close()  # idempotent
+        if how == "use after close":
+            calls: dict[str, Callable[[], Any]] = {
+                "read": lambda: store.read(key), "get": lambda: store.get(key),
+                "set": lambda: store.set(key, {"v": 1}), "ttl": lambda: store.ttl(key),
+                "delete": lambda: store.delete(key), "create": lambda: store.create(key, {"v": 1}),
+                "batch": lambda: store.batch_create({key: {"v": 1}}), "in": lambda: key in store,
+                "len": lambda: len(store), "keys": store.keys, "stats": store.stats, "verify": store.verify,
+            }
+            self._run(mmapkv.StoreClosedError, calls[op])
+        self.counts["reopens"] += 1
+        self.store = mmapkv.RedisStore(self.url, namespace=self.namespace)  # type: ignore[assignment]
+
+    @rule(seconds=clock_steps)
+    def advance_clock(self, seconds: float) -> None:
+        """Time passes on the server: every TTL of the namespace is aged; the keys whose
+        expiry it reaches are deleted by the server, so the model drops them too."""
+        self._hold_time_still()
+        self.clock.now += seconds
+        age_namespace(self.client, self.namespace, seconds)
+        slack_ms = self._slack() * 1000
+        for key in self.model:
+            left = self.client.pttl(f"{self.namespace}:{key}".encode())  # -2: gone
+            if self._expired(key):  # the server deleted it, or is within the slack of it
+                assert left == -2 or 0 <= left <= slack_ms, (key, left, slack_ms)
+                self.counts["expired by the server" if left == -2 else "expired within the slack"] += 1
+                self.client.delete(f"{self.namespace}:{key}".encode())
+            else:
+                assert left != -2, f"{key!r} expired on the server before its time"
+        self._sweep()
+
+    @rule(op=st.sampled_from(["len", "stats", "keys"]))
+    def survey(self, op: str) -> None:
+        """len(), stats() and keys() list the live keys (the server deleted the rest)."""
+        store: Any = self.store
+        if op == "len":
+            assert len(store) == len(self.model)
+        elif op == "stats":
+            stats = store.stats()
+            assert stats.live_keys == len(self.model)
+            assert stats.keys_with_ttl == sum(1 for _, expires in self.model.values() if expires)
+        else:
+            listed = store.keys()
+            assert all(type(k) is str for k in listed) and len(listed) == len(set(listed))
+            assert sorted(listed) == sorted(self._live()) == sorted(k for k in store)
+
+    @invariant()
+    def store_matches_model(self) -> None:
+        if self.store is None:
+            return
+        self._hold_time_still()
+        self.counts["invariant checks"] += 1
+        assert not [k for k in self.model if self._expired(k)], "the model keeps no expired key"
+        assert self.store.verify() == []
+        live = self._live()
+        assert sorted(self.store.keys()) == sorted(live)
+        for key, value in live.items():
+            assert self.store.read(key) == value, key
+        self.counts["values compared"] += len(live)
+
+
+def test_redis_store_machine(redis_server: Any) -> None:
+    """RedisStoreMachine against the session's server (skipped without redis-server)."""
+    RedisStoreMachine.url = redis_server.url
+    run_state_machine_as_test(RedisStoreMachine, settings=settings(PROFILE, max_examples=REDIS_EXAMPLES))
+    assert REDIS_COUNTS["invariant checks"] > REDIS_EXAMPLES and REDIS_COUNTS["operations"] > REDIS_EXAMPLES
 
 
 # ------------------------------------------------------------------ round trips
@@ -669,7 +822,11 @@ def test_invalid_values_are_refused(shared_store: mmapkv.Store, value: tuple[Any
 def write_report() -> Any:
     """Leave this module's counts in $MMAPKV_REPORT_DIR for fuzz/reliability_report.py."""
     COUNTS.clear()
+    REDIS_COUNTS.clear()
     yield
     from tests.fault_child import write_report as add_to_report
 
-    add_to_report("fuzz_state_machine", {"profile": os.environ.get("MMAPKV_FUZZ_PROFILE", "ci"), **COUNTS})
+    profile = os.environ.get("MMAPKV_FUZZ_PROFILE", "ci")
+    add_to_report("fuzz_state_machine", {"profile": profile, **COUNTS})
+    if REDIS_COUNTS:
+        add_to_report("fuzz_state_machine_redis", {"profile": profile, **REDIS_COUNTS})

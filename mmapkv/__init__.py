@@ -1,5 +1,8 @@
 """mmapkv: a persistent key-value store in one memory-mapped file, for one process.
 
+When one process is not enough, :class:`RedisStore` gives the same API on a Redis server
+(``pip install "mmapkv[redis]"``; docs/scaling.md).
+
 >>> import mmapkv, tempfile, os
 >>> store = mmapkv.Store(os.path.join(tempfile.mkdtemp(), "demo.mmapkv"))
 >>> store.create("greeting", {"text": "hello"}, ttl=3600)
@@ -19,7 +22,7 @@ from __future__ import annotations
 import atexit
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     CorruptStoreError,
@@ -37,21 +40,38 @@ from .errors import (
     StoreClosedError,
     StoreFullError,
     StoreLockedError,
+    StoreUnavailableError,
     ValueTooLargeError,
 )
 from .format import MAX_FILE_SIZE, MAX_VALUE_BYTES
 from .store import MAX_KEY_LENGTH, MAX_TTL, Store, StoreStats, default_path
 
+if TYPE_CHECKING:
+    from .redis_store import RedisStats, RedisStore
+
 __all__ = [
-    "Store", "StoreStats", "default_path", "create", "read", "delete",
+    "Store", "StoreStats", "RedisStore", "RedisStats", "default_path", "create", "read", "delete",
     "MAX_KEY_LENGTH", "MAX_VALUE_BYTES", "MAX_FILE_SIZE", "MAX_TTL",
     "MmapKVError", "KeyExistsError", "KeyNotFoundError", "KeyExpiredError",
     "InvalidArgumentError", "InvalidKeyError", "InvalidValueError", "ValueTooLargeError",
     "InvalidTTLError", "StoreFullError", "DiskFullError", "StoreLockedError",
-    "StoreClosedError", "StoreAccessError", "CorruptStoreError", "FormatVersionError",
+    "StoreClosedError", "StoreAccessError", "StoreUnavailableError", "CorruptStoreError",
+    "FormatVersionError",
 ]
 
 __version__ = "0.1.0"
+
+
+
+def __getattr__(name: str) -> Any:
+    # RedisStore's module loads on first use: most programs never touch it, and
+    # ``import mmapkv`` stays as fast as it was (redis-py itself loads later still).
+    if name in ("RedisStore", "RedisStats"):
+        from . import redis_store
+
+        return getattr(redis_store, name)
+    raise AttributeError(f"module 'mmapkv' has no attribute {name!r}")
+
 
 _default_store: Store | None = None
 _default_lock = threading.Lock()

@@ -11,6 +11,7 @@ Commands, each with ``--path`` (default: :func:`mmapkv.default_path`) and ``--he
     restore FILE               the reverse ("-" reads stdin); all or nothing
     verify                     check every slot and the table; exit 1 on any problem
     compact                    rewrite into the smallest file that holds the live keys
+    copy SRC DEST [--replace]  copy every key, TTLs kept, between store files and Redis
     demo                       create a key with a 60 s TTL, read it back, print stats
 
 Exit codes:
@@ -21,9 +22,10 @@ Exit codes:
 2   usage error (bad arguments; from argparse)
 3   the data given is wrong: key not found (or expired), key exists, invalid key,
     value, TTL, JSON text or dump line, an input/output FILE that cannot be opened,
-    or a dump FILE that exists already (``--force`` replaces it)
+    a dump FILE that exists already (``--force`` replaces it), a bad Redis URL, or
+    keys that ``copy`` would overwrite (``--replace`` does)
 4   the store is unavailable: held by another process, missing, not a store,
-    corrupt, full, or the file system refused
+    corrupt, full, the file system refused, or a Redis server is unreachable
 70  internal error (a bug: please report it; ``MMAPKV_TRACEBACK=1`` shows the traceback)
 130 interrupted (Ctrl-C)
 141 stdout was closed early (``mmapkv dump | head``)
@@ -34,7 +36,8 @@ the dump is complete, so a failed or interrupted dump leaves no partial file, an
 existing FILE is replaced (with ``--force``) or left as it was; never emptied.  Devices
 and FIFOs (``/dev/null``, a named pipe) are written to directly.
 
-Errors are one line on stderr, ``mmapkv: error: ...``, never a traceback.  Commands that
+Errors are one line on stderr, ``mmapkv: error: ...``, never a traceback (a ``copy`` stopped
+part way first says how many keys it copied, and that the copy is incomplete).  Commands that
 walk the whole store draw a progress bar on stderr when it is a terminal.  A character
 that stdout's encoding cannot hold (``PYTHONIOENCODING=ascii``) is written as a JSON
 ``\\uXXXX`` escape, so ``get`` and ``dump`` print valid JSON of the same text in any
@@ -51,10 +54,11 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from . import __version__, stats, transfer
+from . import __version__, migrate, stats, transfer
 from .errors import (
+    InvalidArgumentError,
     InvalidKeyError,
     InvalidTTLError,
     InvalidValueError,
@@ -67,6 +71,9 @@ from .legacy import is_v2
 from .stats import ProgressBar, describe_error
 from .stats import plural as _plural
 from .store import Store, default_path
+
+if TYPE_CHECKING:
+    from .redis_store import RedisStore
 
 __all__ = [
     "main", "EXIT_OK", "EXIT_CHECK_FAILED", "EXIT_USAGE", "EXIT_DATA", "EXIT_UNAVAILABLE",
@@ -84,6 +91,8 @@ EXIT_INTERRUPTED = stats.EXIT_INTERRUPTED
 EXIT_BROKEN_PIPE = stats.EXIT_BROKEN_PIPE
 
 DEMO_TTL = 60
+REDIS_URL_PREFIXES = ("redis://", "rediss://", "unix://")
+CONFLICTS_SHOWN = 10   # keys a refused copy names before "and N more"
 
 
 class InputError(Exception):
@@ -327,6 +336,60 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _is_url(spec: str) -> bool:
+    return spec.startswith(REDIS_URL_PREFIXES)
+
+
+def _open_either(spec: str, namespace: str, *, create: bool) -> Store | RedisStore:
+    """A store path, or a Redis URL (with *namespace*)."""
+    if not _is_url(spec):
+        return _open(spec, create=create)
+    from .redis_store import RedisStore
+
+    try:
+        return RedisStore(spec, namespace=namespace)
+    except InvalidArgumentError as exc:
+        raise InputError(describe_error(exc)) from None
+
+
+def _name(store: Store | RedisStore) -> str:
+    return store.path if isinstance(store, Store) else f"{store.url} (namespace {store.namespace!r})"
+
+
+def cmd_copy(args: argparse.Namespace) -> int:
+    if _is_url(args.src) == _is_url(args.dest) and (
+            (args.src, args.src_namespace) == (args.dest, args.dest_namespace) if _is_url(args.src)
+            else os.path.realpath(args.src) == os.path.realpath(args.dest)):
+        raise InputError("SRC and DEST are the same store")
+    created = not _is_url(args.dest) and not os.path.lexists(args.dest)
+    with _open_either(args.src, args.src_namespace, create=False) as source, \
+            _open_either(args.dest, args.dest_namespace, create=True) as dest:
+        copy = migrate.Copy(source, dest, replace=args.replace)
+        try:
+            if not args.replace:  # refuse before anything is written
+                clash = copy.conflicts()
+                if clash:
+                    shown = ", ".join(map(repr, clash[:CONFLICTS_SHOWN]))
+                    more = f" and {len(clash) - CONFLICTS_SHOWN:,} more" if len(clash) > CONFLICTS_SHOWN else ""
+                    raise InputError(f"{_name(dest)} holds {len(clash):,} of the {len(copy.keys):,} keys "
+                                     f"to copy: {shown}{more}; nothing was copied (--replace "
+                                     "overwrites them)")
+            with ProgressBar("copying") as bar:
+                result = copy.run(progress=bar)
+        except BaseException as exc:
+            if created and not copy.copied and isinstance(dest, Store):
+                os.unlink(dest.path)  # we made it and it holds nothing: leave no empty store
+            if not isinstance(exc, InputError):  # a refusal says itself that nothing was copied
+                print(f"{PROG}: copy incomplete: copied {copy.copied:,} of {copy.listed:,} keys"
+                      + (f" (skipped {copy.expired:,} expired)" if copy.expired else "")
+                      + (f"; {_name(dest)} holds those, and `--replace` copies again over them"
+                         if copy.copied else "; nothing was written"), file=sys.stderr)
+            raise
+    print(f"copied {_plural(result.copied, 'key')} to {_name(dest)}"
+          + (f" (skipped {result.expired:,} expired)" if result.expired else ""))
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     with _open(args.path, create=True) as store:
         ns = time.time_ns()
@@ -398,6 +461,17 @@ def build_parser() -> argparse.ArgumentParser:
                 "rewrite the store into the smallest file that holds its live keys")
     p.add_argument("--skip-corrupt", action="store_true",
                    help="drop entries that fail their checksum instead of stopping")
+    description = "copy every key of SRC to DEST, each keeping its absolute expiry"
+    p = sub.add_parser("copy", help=description, description=description + (
+        "; each is a store file or a redis://, rediss:// or unix:// URL. Keys DEST holds "
+        "already stop the copy before anything is written, unless --replace."))
+    p.set_defaults(func=cmd_copy)
+    p.add_argument("src", metavar="SRC", help="a store file, or a Redis URL")
+    p.add_argument("dest", metavar="DEST", help="a store file (made if missing), or a Redis URL")
+    p.add_argument("--replace", action="store_true", help="overwrite keys DEST holds already")
+    for side in ("src", "dest"):
+        p.add_argument(f"--{side}-namespace", default="mmapkv", metavar="NS",
+                       help=f"the namespace of a Redis {side.upper()} (default: %(default)s)")
     command("demo", cmd_demo, f"create a key with a {DEMO_TTL} s TTL, read it back, print stats")
     return parser
 

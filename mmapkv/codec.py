@@ -1,6 +1,15 @@
-"""JSON objects to bytes and back, with mmapkv's exact rules; the engine sees only bytes.
+"""Keys, values and TTLs checked by mmapkv's exact rules, and JSON objects to bytes and back.
 
-Rules: a value is a ``dict`` whose keys are ``str`` and whose contents are only ``dict``,
+Every backend (``Store``, ``RedisStore``) checks its arguments here, so both accept and refuse
+exactly the same keys, values, TTLs and batch items, with the same exceptions and messages;
+the engine, and the Redis server, see only bytes.
+
+Keys: a ``str`` of 1 to ``MAX_KEY_LENGTH`` (32) characters that encodes as UTF-8
+(:func:`key_bytes`).  TTLs: ``None`` or an ``int`` number of seconds from 1 to ``MAX_TTL``
+(:func:`check_ttl`).  Batches: :func:`batch_items` (``batch_create``) and
+:func:`update_pairs` (``update``) read every accepted shape of their argument.
+
+Values: a value is a ``dict`` whose keys are ``str`` and whose contents are only ``dict``,
 ``list``, ``tuple`` (read back as a list), ``str``, ``int``, ``float`` (finite), ``bool`` and
 ``None``, nested at most ``MAX_DEPTH`` deep.  Its size is the length of its compact UTF-8 JSON
 text (no spaces, non-ASCII written as UTF-8, not escaped), at most ``MAX_VALUE_BYTES``.
@@ -23,16 +32,28 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
 
-from .errors import InvalidValueError, ValueTooLargeError
+from .errors import (
+    InvalidArgumentError,
+    InvalidKeyError,
+    InvalidTTLError,
+    InvalidValueError,
+    KeyExistsError,
+    ValueTooLargeError,
+)
 from .format import CODEC_STDLIB, MAX_VALUE_BYTES
 
-__all__ = ["MAX_DEPTH", "encode", "decode"]
+__all__ = ["MAX_DEPTH", "MAX_KEY_LENGTH", "MAX_TTL", "key_bytes", "check_ttl", "check_expiry",
+           "batch_items", "update_pairs", "expiring_entries", "encode", "decode", "decode_text"]
 
 MAX_DEPTH = 255  # orjson's own limit, so both codecs accept the same values
+MAX_KEY_LENGTH = 32
+MAX_TTL = 100 * 366 * 24 * 3600  # a century: keeps now + ttl exact as a float
 
 _INT64_MIN = -(1 << 63)
 _UINT64_MAX = (1 << 64) - 1
@@ -196,3 +217,191 @@ def decode(data: bytes | memoryview, flags: int) -> dict[str, Any]:
     if flags & CODEC_STDLIB:
         return json.loads(bytes(data))  # type: ignore[no-any-return]
     return _loads(data)  # type: ignore[no-any-return]
+
+
+_LONG_DIGITS = re.compile(rb"\d{19}")  # 19 digits can leave int64: -9223372036854775809
+
+
+def decode_text(data: bytes | str) -> dict[str, Any]:
+    """Return the ``dict`` whose compact JSON text is *data*, when the codec flags that
+    :func:`encode` returned were not kept (a ``RedisStore`` keeps only the text).
+
+    orjson reads an integer beyond 64 bits as a float, silently; a run of 19 or more
+    digits (even inside a string, harmlessly) sends the text to stdlib ``json``, which
+    reads integers of any size exactly.  Both read every other value identically.
+
+    >>> decode_text(b'{"n":18446744073709551616,"f":0.5}')
+    {'n': 18446744073709551616, 'f': 0.5}
+
+    :raises ValueError: *data* is not JSON, or not a JSON object.
+    """
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    value = decode(raw, CODEC_STDLIB if _LONG_DIGITS.search(raw) else 0)
+    if type(value) is not dict:
+        raise ValueError(f"the JSON text is a {type(value).__name__}, not an object")
+    return value
+
+
+# ------------------------------------------------------------------ keys and TTLs
+
+
+def key_bytes(key: Any) -> bytes:
+    """Validate *key* and return its UTF-8 bytes.
+
+    >>> key_bytes("ключ")
+    b'\\xd0\\xba\\xd0\\xbb\\xd1\\x8e\\xd1\\x87'
+
+    :raises InvalidKeyError: *key* is not a ``str`` of 1 to 32 characters, or holds a
+        lone surrogate.
+    """
+    if type(key) is not str and not isinstance(key, str):
+        raise InvalidKeyError(f"key must be a str, not {type(key).__name__}")
+    if not 0 < len(key) <= MAX_KEY_LENGTH:
+        raise InvalidKeyError(f"key must be 1 to {MAX_KEY_LENGTH} characters, got {len(key)}: {key[:40]!r}")
+    try:
+        return key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidKeyError(f"key {key!r} is not valid Unicode (a lone surrogate?)") from None
+
+
+def check_ttl(ttl: Any, *, required: bool = False) -> int | None:
+    """Return *ttl* as an ``int`` (``None``: no TTL), or raise ``InvalidTTLError``.
+
+    With *required* (``expire``), ``None`` is refused too.
+    """
+    if ttl is None:
+        if required:
+            raise InvalidTTLError("expire() needs a ttl in seconds; persist() removes one")
+        return None
+    if type(ttl) is not int and (not isinstance(ttl, int) or isinstance(ttl, bool)):
+        raise InvalidTTLError(f"ttl must be None or an int number of seconds, not {type(ttl).__name__}")
+    if not 1 <= ttl <= MAX_TTL:
+        raise InvalidTTLError(f"ttl must be 1 to {MAX_TTL:,} seconds, got {ttl}")
+    return int(ttl)
+
+
+def check_expiry(expires_at: Any, now: float) -> float:
+    """Return an absolute expiry (unix seconds) as a float, 0.0 for ``None`` (never).
+
+    It may be in the past (the caller skips such an entry), but not more than ``MAX_TTL``
+    seconds after *now*, the same bound a TTL has.
+
+    :raises InvalidTTLError: not ``None`` nor a finite, positive number of seconds, or
+        too far away.
+    """
+    if expires_at is None:
+        return 0.0
+    if isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)) \
+            or not (math.isfinite(expires_at) and expires_at > 0):
+        raise InvalidTTLError(f"expires_at must be None or unix time in seconds, got {expires_at!r:.40}")
+    if expires_at - now > MAX_TTL:
+        raise InvalidTTLError(f"expires_at {expires_at} is more than {MAX_TTL:,} seconds away")
+    return float(expires_at)
+
+
+# ------------------------------------------------------------------ batches
+
+
+def batch_items(items: Any, ttl: Any) -> list[tuple[str, bytes, bytes, int, int | None]]:
+    """Check every item of a ``batch_create`` before anything is written: a list of
+    (key, key bytes, encoded value, codec flags, ttl).
+
+    *items* is a mapping ``{key: value}`` or an iterable of ``(key, value)`` and
+    ``(key, value, ttl)`` tuples or ``{"key", "value"[, "ttl"]}`` dicts; *ttl* applies to
+    the items that do not give their own.
+
+    :raises KeyExistsError: a key is given twice.
+    :raises InvalidArgumentError: *items*, or an item, has none of those shapes.
+    :raises InvalidKeyError, InvalidValueError, ValueTooLargeError, InvalidTTLError: a bad
+        key, value or TTL.
+    """
+    default_ttl = check_ttl(ttl)
+    if isinstance(items, Mapping):
+        triples: Iterable[Any] = ((k, v, default_ttl) for k, v in items.items())
+    elif isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        raise InvalidArgumentError(f"items must be a mapping or an iterable of tuples, not {type(items).__name__}")
+    else:
+        triples = items
+    checked = []
+    seen: set[bytes] = set()
+    for number, item in enumerate(triples):
+        if isinstance(item, dict) and "key" in item and "value" in item and \
+                set(item) <= {"key", "value", "ttl"}:
+            item = (item["key"], item["value"], item["ttl"]) if "ttl" in item else (item["key"], item["value"])
+        if not isinstance(item, tuple) or len(item) not in (2, 3):
+            raise InvalidArgumentError(f"batch item {number} must be a (key, value) or (key, value, "
+                                       f"ttl) tuple or a {{'key', 'value', 'ttl'}} dict, got {item!r:.80}")
+        key, value = item[0], item[1]
+        item_ttl = check_ttl(item[2]) if len(item) == 3 else default_ttl
+        kb = key_bytes(key)
+        if kb in seen:
+            raise KeyExistsError(f"key {key!r} appears twice in the batch")
+        seen.add(kb)
+        data, flags = encode(value)
+        checked.append((key, kb, data, flags, item_ttl))
+    return checked
+
+
+def update_pairs(other: Any, kwargs: Mapping[str, Any]) -> list[tuple[str, bytes, bytes, int]]:
+    """Check every pair of an ``update`` before anything is written: a list of (key, key
+    bytes, encoded value, codec flags), one per key, the last value winning as in
+    ``dict.update``.  *other* is a mapping, an object with ``keys()`` and ``[]``, or an
+    iterable of (key, value) pairs; *kwargs* are added to it.
+
+    :raises InvalidArgumentError: *other*, or an item of it, has none of those shapes.
+    :raises InvalidKeyError, InvalidValueError, ValueTooLargeError: a bad key or value.
+    """
+    if isinstance(other, Mapping):
+        pairs: list[tuple[Any, Any]] = list(other.items())
+    elif hasattr(other, "keys"):  # what dict.update accepts: keys() and __getitem__
+        pairs = [(k, other[k]) for k in other.keys()]
+    elif isinstance(other, (str, bytes)) or not isinstance(other, Iterable):
+        raise InvalidArgumentError(f"update() takes a mapping or an iterable of (key, value) "
+                                   f"pairs, not {type(other).__name__}")
+    else:
+        pairs = []
+        for number, item in enumerate(other):
+            try:
+                k, v = item
+            except (TypeError, ValueError):
+                raise InvalidArgumentError(f"update item {number} must be a (key, value) pair, "
+                                           f"got {item!r:.80}") from None
+            pairs.append((k, v))
+    pairs.extend(kwargs.items())
+    last: dict[bytes, tuple[str, bytes, bytes, int]] = {}
+    for key, value in pairs:
+        kb = key_bytes(key)
+        data, flags = encode(value)
+        last[kb] = (key, kb, data, flags)
+    return list(last.values())
+
+
+def expiring_entries(entries: Iterable[Any], now: float) -> list[tuple[str, bytes, bytes, int, float]]:
+    """Check (key, value, expires_at) entries before anything is written (``restore_entries``
+    of both stores): a list of (key, key bytes, encoded value, codec flags, expires_at), 0.0
+    for no expiry, without the entries whose expiry is at or before *now*.
+
+    :raises KeyExistsError: a key is given twice.
+    :raises InvalidArgumentError: an entry is not a (key, value, expires_at) tuple.
+    :raises InvalidKeyError, InvalidValueError, ValueTooLargeError, InvalidTTLError: a bad
+        key, value or expiry.
+    """
+    if isinstance(entries, (str, bytes, Mapping)) or not isinstance(entries, Iterable):
+        raise InvalidArgumentError(f"entries must be an iterable of (key, value, expires_at) tuples, "
+                                   f"not {type(entries).__name__}")
+    checked = []
+    seen: set[bytes] = set()
+    for number, entry in enumerate(entries):
+        if not isinstance(entry, tuple) or len(entry) != 3:
+            raise InvalidArgumentError(f"entry {number} must be a (key, value, expires_at) tuple, "
+                                       f"got {entry!r:.80}")
+        key, value, expires_at = entry
+        kb = key_bytes(key)
+        if kb in seen:
+            raise KeyExistsError(f"key {key!r} appears twice in the entries")
+        seen.add(kb)
+        data, flags = encode(value)
+        expires = check_expiry(expires_at, now)
+        if not expires or expires > now:
+            checked.append((key, kb, data, flags, expires))
+    return checked

@@ -2,7 +2,7 @@
 
 Each specific error also inherits the builtin a Python user would catch:
 ``KeyError`` for a missing key, ``ValueError``/``TypeError`` for a bad argument,
-``OSError`` for trouble with the file itself.
+``OSError`` for trouble with the file itself (or with a ``RedisStore``'s server).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ __all__ = [
     "StoreLockedError",
     "StoreClosedError",
     "StoreAccessError",
+    "StoreUnavailableError",
     "CorruptStoreError",
     "FormatVersionError",
 ]
@@ -89,6 +90,12 @@ class StoreClosedError(MmapKVError, ValueError):
 class StoreAccessError(MmapKVError, OSError):
     """The operating system refused to create or open the store's path (permissions,
     a file where a directory should be...); ``errno`` says why."""
+
+
+class StoreUnavailableError(MmapKVError, OSError):
+    """A ``RedisStore``'s server cannot be reached, refused the connection or the command,
+    or did not answer within the timeout.  A write that raises it may or may not have
+    been applied: the reply, not necessarily the command, was lost."""
 
 
 class CorruptStoreError(MmapKVError, OSError):

@@ -8,7 +8,8 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, MutableMapping, ValuesView
+from collections.abc import (Callable, ItemsView, Iterable, Iterator, Mapping, MutableMapping, Sequence,
+                             ValuesView)
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
@@ -22,8 +23,6 @@ from .tempfiles import remove_abandoned
 from .errors import (
     CorruptStoreError,
     InvalidArgumentError,
-    InvalidKeyError,
-    InvalidTTLError,
     InvalidValueError,
     KeyExistsError,
     KeyExpiredError,
@@ -47,12 +46,14 @@ from .format import (
 
 __all__ = ["Store", "StoreStats", "default_path", "MAX_KEY_LENGTH", "MAX_TTL"]
 
-MAX_KEY_LENGTH = 32
-MAX_TTL = 100 * 366 * 24 * 3600  # a century: keeps now + ttl exact as a float
+MAX_KEY_LENGTH = codec.MAX_KEY_LENGTH
+MAX_TTL = codec.MAX_TTL
 DEFAULT_FILENAME = "default.mmapkv"
 
 _decode = codec.decode
 _encode = codec.encode
+_key_bytes = codec.key_bytes   # the rules of keys and TTLs live in codec, shared with RedisStore
+_check_ttl = codec.check_ttl
 _loads = orjson.loads
 _xxh3 = xxh3_64_intdigest
 
@@ -63,28 +64,6 @@ def default_path() -> str:
     On Linux that is ``$XDG_DATA_HOME/mmapkv/default.mmapkv`` (``~/.local/share/...``).
     """
     return os.path.join(platformdirs.user_data_dir("mmapkv", appauthor=False), DEFAULT_FILENAME)
-
-
-def _key_bytes(key: Any) -> bytes:
-    """Validate *key* and return its UTF-8 bytes."""
-    if type(key) is not str and not isinstance(key, str):
-        raise InvalidKeyError(f"key must be a str, not {type(key).__name__}")
-    if not 0 < len(key) <= MAX_KEY_LENGTH:
-        raise InvalidKeyError(f"key must be 1 to {MAX_KEY_LENGTH} characters, got {len(key)}: {key[:40]!r}")
-    try:
-        return key.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidKeyError(f"key {key!r} is not valid Unicode (a lone surrogate?)") from None
-
-
-def _check_ttl(ttl: Any) -> int | None:
-    if ttl is None:
-        return None
-    if type(ttl) is not int and (not isinstance(ttl, int) or isinstance(ttl, bool)):
-        raise InvalidTTLError(f"ttl must be None or an int number of seconds, not {type(ttl).__name__}")
-    if not 1 <= ttl <= MAX_TTL:
-        raise InvalidTTLError(f"ttl must be 1 to {MAX_TTL:,} seconds, got {ttl}")
-    return int(ttl)
 
 
 @dataclass(frozen=True)
@@ -578,37 +557,46 @@ class Store(MutableMapping[str, dict[str, Any]]):
         :raises InvalidArgumentError: an item is not a 2- or 3-tuple.
         :raises StoreFullError: the batch does not fit under the ceiling.
         """
-        default_ttl = _check_ttl(ttl)
-        if isinstance(items, Mapping):
-            triples: Iterable[Any] = ((k, v, default_ttl) for k, v in items.items())
-        elif isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
-            raise InvalidArgumentError(f"items must be a mapping or an iterable of tuples, not {type(items).__name__}")
-        else:
-            triples = items
-        prepared = []
-        seen: set[bytes] = set()
-        for number, item in enumerate(triples):
-            if isinstance(item, dict) and "key" in item and "value" in item and \
-                    set(item) <= {"key", "value", "ttl"}:
-                item = (item["key"], item["value"], item["ttl"]) if "ttl" in item else (item["key"], item["value"])
-            if not isinstance(item, tuple) or len(item) not in (2, 3):
-                raise InvalidArgumentError(f"batch item {number} must be a (key, value) or (key, value, "
-                                           f"ttl) tuple or a {{'key', 'value', 'ttl'}} dict, got {item!r:.80}")
-            key, value = item[0], item[1]
-            item_ttl = _check_ttl(item[2]) if len(item) == 3 else default_ttl
-            kb = _key_bytes(key)
-            if kb in seen:
-                raise KeyExistsError(f"key {key!r} appears twice in the batch")
-            seen.add(kb)
-            data, flags = _encode(value)
-            prepared.append((key, kb, _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT, data, flags, item_ttl))
+        prepared = [(key, kb, _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT, data, flags, item_ttl)
+                    for key, kb, data, flags, item_ttl in codec.batch_items(items, ttl)]
         self._commit_batch(prepared, overwrite=False)
 
-    def _commit_batch(self, prepared: list[tuple[str, bytes, int, bytes, int, int | None]], *,
-                      overwrite: bool) -> None:
+    def restore_entries(self, entries: Iterable[tuple[str, Mapping[str, Any], float | None]], *,
+                        replace: bool = False) -> int:
+        """Write (key, value, expires_at) entries as one batch, all or nothing, each keeping
+        its absolute expiry (unix seconds by this store's clock; ``None``: none): what a
+        key read with :meth:`items_with_expiry` from another store needs to expire at the
+        same instant here.  Entries whose expiry has passed are skipped.  Without *replace*
+        a live key refuses the whole batch; with it, stored keys are overwritten.  Returns
+        the number of entries written.  The same commit as :meth:`batch_create`: after a
+        crash or an exception at any point, all of them are there or none.
+
+        >>> import tempfile, os
+        >>> with Store(os.path.join(tempfile.mkdtemp(), "s"), clock=lambda: 1000.0) as store:
+        ...     store.restore_entries([("a", {"n": 1}, 1060.0), ("b", {"n": 2}, None),
+        ...                            ("gone", {"n": 3}, 999.0)])
+        ...     store.ttl("a"), store.ttl("b"), "gone" in store
+        2
+        (60, None, False)
+
+        :raises KeyExistsError: a key is stored and live (without *replace*), or given twice.
+        :raises InvalidArgumentError: an entry is not a (key, value, expires_at) tuple.
+        :raises InvalidTTLError: an ``expires_at`` is not unix seconds, or is more than
+            ``MAX_TTL`` away.
+        :raises StoreFullError: the entries do not fit under the ceiling.
+        """
+        prepared = [(key, kb, _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT, data, flags, expires)
+                    for key, kb, data, flags, expires in codec.expiring_entries(entries, self._clock())]
+        self._commit_batch(prepared, overwrite=replace, absolute=True)
+        return len(prepared)
+
+    def _commit_batch(self, prepared: Sequence[tuple[str, bytes, int, bytes, int, float | None]], *,
+                      overwrite: bool, absolute: bool = False) -> None:
         """Write checked (key, key bytes, fingerprint, data, flags, ttl) items as one
         batch: PENDING records, one commit write, then LIVE and indexed.  Without
-        *overwrite* a live key refuses the whole batch (expired ones are replaced)."""
+        *overwrite* a live key refuses the whole batch (expired ones are replaced).  With
+        *absolute*, an item's last field is its expiry in unix seconds (0.0: none), not a
+        TTL."""
         with self._lock:
             engine = self._use()
             if not prepared:
@@ -635,7 +623,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
                 written: list[tuple[int, int, bool]] = []
                 try:
                     for _, kb, fp, data, flags, t in prepared:
-                        expires = now + t if t is not None else 0.0
+                        expires = (t or 0.0) if absolute else (now + t if t is not None else 0.0)
                         off = engine.write_record(kb, data, flags, expires, STATE_PENDING, seq)
                         written.append((off, fp, kb in stored))
                 except CLEAN_FAILURES:  # a full disk: give the slots back, change nothing
@@ -703,9 +691,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired).
         :raises InvalidTTLError: *ttl* is not a whole number of seconds from 1.
         """
-        if ttl is None:
-            raise InvalidTTLError("expire() needs a ttl in seconds; persist() removes one")
-        self._retime(key, _check_ttl(ttl))
+        self._retime(key, _check_ttl(ttl, required=True))
 
     def persist(self, key: str) -> bool:
         """Remove *key*'s TTL.  True if it had one (Redis's ``PERSIST``).
@@ -786,6 +772,32 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """The unexpired values, decoded one at a time as they are iterated."""
         return _StoreValues(self)
 
+    def items_with_expiry(self, keys: Iterable[str] | None = None
+                          ) -> Iterator[tuple[str, dict[str, Any], float | None]]:
+        """(key, value, absolute expiry) for every unexpired key, or for those of *keys*:
+        the expiry as stored in the file, unix seconds by this store's clock (``None``: no
+        TTL).  Missing and expired keys are skipped; values are decoded one at a time.
+        What ``mmapkv copy`` reads, so that a copied TTL ends at the same instant rather
+        than starting again.
+
+        >>> import tempfile, os
+        >>> with Store(os.path.join(tempfile.mkdtemp(), "s"), clock=lambda: 1000.0) as store:
+        ...     store.create("a", {"n": 1}, ttl=60)
+        ...     list(store.items_with_expiry())
+        [('a', {'n': 1}, 1060.0)]
+        """
+        for key in self.keys() if keys is None else keys:
+            kb = _key_bytes(key)
+            fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
+            with self._lock:
+                engine = self._use()
+                try:
+                    data, flags, expires, _ = self._live_record(engine, key, kb, fp)
+                except KeyNotFoundError:
+                    continue  # deleted or expired since keys() listed it
+                value = _decode(data, flags)  # under the lock: data is a view of the map
+            yield key, value, expires or None
+
     @overload
     def pop(self, key: str) -> dict[str, Any]: ...
     @overload
@@ -838,29 +850,9 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """Set many keys at once, overwriting: all of them, or (on any error) none, with
         one commit like :meth:`batch_create`.  *other* is a mapping or an iterable of
         (key, value) pairs; keyword arguments are added to it, as ``dict.update`` does."""
-        if isinstance(other, Mapping):
-            pairs: list[tuple[Any, Any]] = list(other.items())
-        elif hasattr(other, "keys"):  # what dict.update accepts: keys() and __getitem__
-            pairs = [(k, other[k]) for k in other.keys()]
-        elif isinstance(other, (str, bytes)) or not isinstance(other, Iterable):
-            raise InvalidArgumentError(f"update() takes a mapping or an iterable of (key, value) "
-                                       f"pairs, not {type(other).__name__}")
-        else:
-            pairs = []
-            for number, item in enumerate(other):
-                try:
-                    k, v = item
-                except (TypeError, ValueError):
-                    raise InvalidArgumentError(f"update item {number} must be a (key, value) pair, "
-                                               f"got {item!r:.80}") from None
-                pairs.append((k, v))
-        pairs.extend(kwargs.items())
-        last: dict[bytes, tuple[str, bytes, int, bytes, int, int | None]] = {}  # the last value wins, as in dict
-        for key, value in pairs:
-            kb = _key_bytes(key)
-            data, flags = _encode(value)
-            last[kb] = (key, kb, _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT, data, flags, None)
-        self._commit_batch(list(last.values()), overwrite=True)
+        prepared = [(key, kb, _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT, data, flags, None)
+                    for key, kb, data, flags in codec.update_pairs(other, kwargs)]
+        self._commit_batch(prepared, overwrite=True)
 
     def clear(self) -> None:
         """Remove every key at once: one 8-byte write in the superblock (``floor_seq``)

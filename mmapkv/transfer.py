@@ -59,7 +59,7 @@ from .format import (
 from .legacy import read_v2
 from .slots import PER_SLOT
 from .locking import lock_file
-from .store import MAX_TTL, Store, _key_bytes
+from .store import MAX_TTL, Store
 from .tempfiles import remove_abandoned, temporary_path
 
 __all__ = [
@@ -269,7 +269,7 @@ def _parse(source: IO[bytes], name: str, progress: Progress | None, done: int,
                                    '"key", "value" and "expires_at"')
         key, expires = obj["key"], obj.get("expires_at")
         try:
-            kb = _key_bytes(key)
+            kb = codec.key_bytes(key)
             data, flags = codec.encode(obj["value"])
         except (InvalidKeyError, InvalidValueError) as exc:
             raise type(exc)(f"{where}: {exc}") from None

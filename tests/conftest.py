@@ -1,4 +1,6 @@
-"""Shared fixtures: a fake clock and a store factory over the conformance configurations."""
+"""Shared fixtures: a fake clock, and store factories over the conformance configurations:
+``make_store`` (every ``Store`` configuration and ``RedisStore``: the API both must agree on)
+and ``make_file_store`` (``Store`` only: files, crashes, the format)."""
 
 from __future__ import annotations
 
@@ -14,21 +16,35 @@ import pytest
 
 import mmapkv
 from mmapkv.format import Geometry
+from redis_fixtures import age_namespace, redis_client, redis_namespace, redis_server, redis_store  # noqa: F401
 
 SMALL_MAX_SIZE = Geometry.smallest_max_size() * 4  # a few doublings, then the ceiling
 
 
 class FakeClock:
-    """A clock tests move by hand: ``clock.advance(seconds)``; never sleeps."""
+    """A clock tests move by hand: ``clock.advance(seconds)`` or ``clock.now = t``; never
+    sleeps.  Each of ``listeners`` is called with the seconds the clock moved (a
+    ``RedisStore`` test makes the same time pass on the server)."""
 
     def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
+        self._now = now
+        self.listeners: list[Callable[[float], None]] = []
 
     def __call__(self) -> float:
-        return self.now
+        return self._now
+
+    @property
+    def now(self) -> float:
+        return self._now
+
+    @now.setter
+    def now(self, value: float) -> None:
+        moved, self._now = value - self._now, value
+        for listener in self.listeners:
+            listener(moved)
 
     def advance(self, seconds: float) -> None:
-        self.now += seconds
+        self.now = self._now + seconds
 
 
 @pytest.fixture
@@ -41,18 +57,62 @@ def store_path(tmp_path: Any) -> str:
     return os.path.join(tmp_path, "test.mmapkv")
 
 
-@pytest.fixture(params=["fresh-default", "reopened-default", "fresh-small", "reopened-small"])
-def make_store(request: Any, store_path: str, clock: FakeClock) -> Iterator[Callable[..., mmapkv.Store]]:
+FILE_CONFIGURATIONS = ["fresh-default", "reopened-default", "fresh-small", "reopened-small"]
+
+
+@pytest.fixture(params=FILE_CONFIGURATIONS)
+def make_file_store(request: Any, store_path: str, clock: FakeClock) -> Iterator[Callable[..., mmapkv.Store]]:
     """Open stores in each conformance configuration: a fresh file or one that was created,
     closed and reopened; the default 1 GiB ceiling or a small one that fills quickly."""
+    yield from _file_stores(request.param, store_path, clock)
+
+
+@pytest.fixture(params=[*FILE_CONFIGURATIONS, "redis"])
+def make_store(request: Any, store_path: str, clock: FakeClock) -> Iterator[Callable[..., Any]]:
+    """``make_file_store``'s configurations and a ``RedisStore`` on a real server: what the
+    API tests run on.  Each call opens the same store again (the same file, or the same
+    namespace); for Redis, moving ``clock`` ages the namespace's TTLs on the server."""
+    if request.param != "redis":
+        yield from _file_stores(request.param, store_path, clock)
+        return
+    server = request.getfixturevalue("redis_server")
+    client = request.getfixturevalue("redis_client")
+    namespace = request.getfixturevalue("redis_namespace")
+    clock.listeners.append(lambda seconds: age_namespace(client, namespace, seconds))
+    opened: list[mmapkv.RedisStore] = []
+
+    def factory() -> mmapkv.RedisStore:
+        store = mmapkv.RedisStore(server.url, namespace=namespace)
+        opened.append(store)
+        return store
+
+    yield factory
+    for store in opened:
+        store.close()
+    with mmapkv.RedisStore(server.url, namespace=namespace) as cleaner:
+        cleaner.clear()
+
+
+def where(store: Any) -> str:
+    """What a store's messages name it by: its file, or its server."""
+    return store.path if isinstance(store, mmapkv.Store) else str(store.url)
+
+
+def expired_error(store: Any) -> type[mmapkv.KeyNotFoundError]:
+    """What reading an expired key raises: ``Store`` still holds the entry and says it
+    expired; Redis has deleted it, so the key is simply not found (docs/scaling.md)."""
+    return mmapkv.KeyExpiredError if isinstance(store, mmapkv.Store) else mmapkv.KeyNotFoundError
+
+
+def _file_stores(param: str, store_path: str, clock: FakeClock) -> Iterator[Callable[..., mmapkv.Store]]:
     opened: list[mmapkv.Store] = []
-    small = request.param.endswith("small")
+    small = param.endswith("small")
 
     def factory(**kwargs: Any) -> mmapkv.Store:
         kwargs.setdefault("clock", clock)
         if small:
             kwargs.setdefault("max_size", SMALL_MAX_SIZE)
-        if request.param.startswith("reopened") and not os.path.exists(store_path):
+        if param.startswith("reopened") and not os.path.exists(store_path):
             mmapkv.Store(store_path, **kwargs).close()
         store = mmapkv.Store(store_path, **kwargs)
         opened.append(store)

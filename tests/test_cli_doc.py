@@ -21,8 +21,8 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -66,7 +66,13 @@ def test_every_block_parses_back_to_itself() -> None:
         assert render(examples(block)) == block
 
 
-def test_examples_print_what_the_page_shows(tmp_path: Any) -> None:
+def run_page(doc: Path, tmp_path: Path, session_name: str, *, aliases: dict[str, str] | None = None,
+             data_dir: Callable[[str, Path], str] | None = None) -> None:
+    """Run the console blocks of *doc* in order, in one fresh directory that the page calls
+    *session_name*, and fail where a command prints other than the page shows (with
+    ``MMAPKV_UPDATE_DOCS=1``, rewrite those outputs instead).  *aliases* maps what the page
+    says (a server's address) to what runs; outputs are mapped back.  ``XDG_DATA_HOME`` is
+    ``data_dir(command, session)/data`` (default: the session)."""
     session = tmp_path / "session"
     session.mkdir()
     shims = tmp_path / "bin"  # `python` in the examples is the interpreter running the tests
@@ -76,7 +82,8 @@ def test_examples_print_what_the_page_shows(tmp_path: Any) -> None:
     env = {key: value for key, value in os.environ.items()
            if not key.startswith("MMAPKV_") and key != "PYTHONIOENCODING"}
     env.update(PATH=f"{shims}{os.pathsep}{env.get('PATH', '')}", COLUMNS="80", LC_ALL="C.UTF-8")
-    text = DOC.read_text(encoding="utf-8")
+    aliases = aliases or {}
+    text = doc.read_text(encoding="utf-8")
     update = bool(os.environ.get("MMAPKV_UPDATE_DOCS"))
     wrong: list[str] = []
     blocks: list[str] = []
@@ -84,26 +91,37 @@ def test_examples_print_what_the_page_shows(tmp_path: Any) -> None:
         for block in BLOCK.findall(text):
             ran = []
             for command, shown in examples(block):
-                data = SESSION if "--help" in command else session
-                done = subprocess.run(["bash", "-c", command], cwd=session, timeout=120,
+                data = data_dir(command, session) if data_dir else str(session)
+                real = command
+                for said, meant in aliases.items():
+                    real = real.replace(said, meant)
+                done = subprocess.run(["bash", "-c", real], cwd=session, timeout=120,
                                       env={**env, "XDG_DATA_HOME": f"{data}/data"},
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                got = done.stdout.replace(os.path.realpath(session), SESSION)
-                got = got.replace(str(session), SESSION).rstrip("\n")
+                got = done.stdout.replace(os.path.realpath(session), session_name)
+                got = got.replace(str(session), session_name).rstrip("\n")
+                for said, meant in aliases.items():
+                    got = got.replace(meant, said)
                 if done.returncode:
                     got += f"\n[exit {done.returncode}]"
                 same = normalize(got) == normalize(shown)
                 ran.append((command, shown if same else got))  # an update changes only what differs
                 if not same:
-                    diff = difflib.unified_diff(shown.splitlines(), got.splitlines(), "docs/cli.md", "this run",
-                                                lineterm="")
+                    diff = difflib.unified_diff(shown.splitlines(), got.splitlines(), f"docs/{doc.name}",
+                                                "this run", lineterm="")
                     wrong.append(f"$ {command}\n" + "\n".join(diff))
             blocks.append(render(ran))
     finally:
         shutil.rmtree(session)  # the disk is shared: the session's stores go
     if update:
         parts = iter(blocks)
-        DOC.write_text(BLOCK.sub(lambda m: f"```console\n{next(parts)}```", text), encoding="utf-8")
-        pytest.skip(f"rewrote the outputs in {DOC}; read the diff")
-    assert not wrong, ("docs/cli.md shows what the commands no longer print (MMAPKV_UPDATE_DOCS=1 "
+        doc.write_text(BLOCK.sub(lambda m: f"```console\n{next(parts)}```", text), encoding="utf-8")
+        pytest.skip(f"rewrote the outputs in {doc}; read the diff")
+    assert not wrong, (f"docs/{doc.name} shows what the commands no longer print (MMAPKV_UPDATE_DOCS=1 "
                        "rewrites it):\n\n" + "\n\n".join(wrong))
+
+
+def test_examples_print_what_the_page_shows(tmp_path: Path) -> None:
+    # --help shows the default path: under the page's own session directory (it creates nothing)
+    run_page(DOC, tmp_path, SESSION, data_dir=lambda command, session: SESSION if "--help" in command
+             else str(session))

@@ -130,6 +130,11 @@ SCENARIOS: dict[str, Scenario] = {
     "update-overwrites-and-adds": Scenario(
         lambda s, c: _fill(s, 4),
         lambda s, c: s.update({"k0": {"u": 0}, "k3": {"u": 3, "pad": "z" * 500}, "n1": {"u": 1}})),
+    # issue 14: what `mmapkv copy` writes with; absolute expiries, over a live and an expired key
+    "restore-entries": Scenario(
+        lambda s, c: (_fill(s, 3), s.create("x", {"old": 1}, ttl=50)),
+        lambda s, c: s.restore_entries([("k0", {"r": 0}, T0 + 500), ("n1", {"r": 1}, None),
+                                        ("x", {"r": 2, "pad": "y" * 400}, T0 + 900)], replace=True)),
     "clear": Scenario(lambda s, c: (_fill(s, 5), _fill(s, 2, ttl=500, prefix="t")),
                       lambda s, c: s.clear()),
     "close": Scenario(lambda s, c: (_fill(s, 3), s.delete("k0"), _fill(s, 1, prefix="z")),

@@ -1,5 +1,6 @@
 """Issue 11: overwrite, TTL control and the whole ``MutableMapping`` interface, with
-Python's ``dict`` as the model of every mapping method."""
+Python's ``dict`` as the model of every mapping method; on ``Store`` and on ``RedisStore``
+(issue 14), except the tests of what only a file has."""
 
 from __future__ import annotations
 
@@ -12,16 +13,29 @@ from typing import Any
 import pytest
 
 import mmapkv
-from conftest import FakeClock
-from mmapkv import InvalidArgumentError, InvalidTTLError, KeyExpiredError, KeyNotFoundError
+from conftest import FakeClock, age_namespace, expired_error
+from mmapkv import InvalidArgumentError, InvalidTTLError, KeyNotFoundError
 
 MISSING = object()
 
 
 @pytest.fixture
-def store(tmp_path: Any, clock: FakeClock) -> Iterator[mmapkv.Store]:
+def file_store(tmp_path: Any, clock: FakeClock) -> Iterator[mmapkv.Store]:
     with mmapkv.Store(os.path.join(tmp_path, "map.mmapkv"), clock=clock) as s:
         yield s
+
+
+@pytest.fixture(params=["store", "redis"])
+def store(request: Any, tmp_path: Any, clock: FakeClock) -> Iterator[Any]:
+    """A ``Store`` on a fresh file, or a ``RedisStore`` on a fresh namespace (where moving
+    ``clock`` ages the namespace's TTLs on the server)."""
+    if request.param == "store":
+        yield request.getfixturevalue("file_store")
+        return
+    redis_store = request.getfixturevalue("redis_store")
+    client = request.getfixturevalue("redis_client")
+    clock.listeners.append(lambda seconds: age_namespace(client, redis_store.namespace, seconds))
+    yield redis_store
 
 
 def outcome(call: Any) -> Any:
@@ -32,7 +46,7 @@ def outcome(call: Any) -> Any:
         return ("KeyError", None)
 
 
-def test_store_is_a_mutable_mapping(store: mmapkv.Store) -> None:
+def test_store_is_a_mutable_mapping(store: Any) -> None:
     assert isinstance(store, MutableMapping)
     assert isinstance(store.items(), ItemsView) and isinstance(store.values(), ValuesView)
     with pytest.raises(TypeError):
@@ -40,7 +54,7 @@ def test_store_is_a_mutable_mapping(store: mmapkv.Store) -> None:
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_every_mapping_method_behaves_as_dict_does(store: mmapkv.Store, seed: int) -> None:
+def test_every_mapping_method_behaves_as_dict_does(store: Any, seed: int) -> None:
     """A seeded walk of every method, on the store and on a dict side by side; after each
     step the two agree on every key and value (and on ==)."""
     rng = random.Random(seed)
@@ -103,20 +117,21 @@ def test_every_mapping_method_behaves_as_dict_does(store: mmapkv.Store, seed: in
     assert store.verify() == []
 
 
-def test_set_is_an_upsert_that_replaces_the_ttl(store: mmapkv.Store, clock: FakeClock) -> None:
+def test_set_is_an_upsert_that_replaces_the_ttl(store: Any, clock: FakeClock) -> None:
     store.set("k", {"v": 1}, ttl=10)
     assert store.ttl("k") == 10
     store.set("k", {"v": 2})  # ttl=None: never expires now
     assert store.read("k") == {"v": 2} and store.ttl("k") is None
     store.set("k", {"v": 3}, ttl=5)
     clock.advance(5)
-    with pytest.raises(KeyExpiredError):
+    with pytest.raises(KeyNotFoundError) as info:
         store.read("k")
+    assert type(info.value) is expired_error(store)
     store.set("k", {"v": 4})  # over an expired key
     assert store.read("k") == {"v": 4} and len(store) == 1 and store.verify() == []
 
 
-def test_replace_only_a_live_key_and_keeps_its_ttl(store: mmapkv.Store, clock: FakeClock) -> None:
+def test_replace_only_a_live_key_and_keeps_its_ttl(store: Any, clock: FakeClock) -> None:
     with pytest.raises(KeyNotFoundError):
         store.replace("k", {"v": 1})
     store.create("k", {"v": 1}, ttl=100)
@@ -129,12 +144,13 @@ def test_replace_only_a_live_key_and_keeps_its_ttl(store: mmapkv.Store, clock: F
     assert store.ttl("k") is None
     store.expire("k", 1)
     clock.advance(1)
-    with pytest.raises(KeyExpiredError):
+    with pytest.raises(KeyNotFoundError) as info:
         store.replace("k", {"v": 5})
+    assert type(info.value) is expired_error(store)
     assert "k" not in store
 
 
-def test_ttl_expire_persist(store: mmapkv.Store, clock: FakeClock) -> None:
+def test_ttl_expire_persist(store: Any, clock: FakeClock) -> None:
     store.create("k", {"v": 1})
     assert store.ttl("k") is None
     assert store.persist("k") is False
@@ -145,8 +161,9 @@ def test_ttl_expire_persist(store: mmapkv.Store, clock: FakeClock) -> None:
     store.expire("k", 2)
     clock.advance(2)
     for call in (lambda: store.ttl("k"), lambda: store.expire("k", 5), lambda: store.persist("k")):
-        with pytest.raises(KeyExpiredError):
+        with pytest.raises(KeyNotFoundError) as info:
             call()
+        assert type(info.value) is expired_error(store)
     for call in (lambda: store.ttl("no"), lambda: store.expire("no", 5), lambda: store.persist("no")):
         with pytest.raises(KeyNotFoundError):
             call()
@@ -171,10 +188,10 @@ def test_ttls_survive_reopen(tmp_path: Any, clock: FakeClock) -> None:
         assert s.verify() == []
 
 
-def test_update_is_all_or_nothing(store: mmapkv.Store) -> None:
+def test_update_is_all_or_nothing(store: Any) -> None:
     store.update({"a": {"v": 1}, "b": {"v": 2}})
     before = dict(store.items())
-    size = os.path.getsize(store.path)
+    size = os.path.getsize(store.path) if isinstance(store, mmapkv.Store) else 0
     bad: list[Any] = [{"a": {"v": 9}, "c": {"v": 3}, "d": {"nan": float("nan")}},   # a bad value
                       [("a", {"v": 9}), ("x",)],                                      # a bad pair
                       [("a", {"v": 9}), (1, {"v": 1})],                               # a bad key
@@ -182,13 +199,15 @@ def test_update_is_all_or_nothing(store: mmapkv.Store) -> None:
     for items in bad:
         with pytest.raises(mmapkv.MmapKVError):
             store.update(items)
-        assert dict(store.items()) == before and os.path.getsize(store.path) == size
+        assert dict(store.items()) == before
+        if isinstance(store, mmapkv.Store):
+            assert os.path.getsize(store.path) == size
     with pytest.raises(InvalidArgumentError):
         store.update(42)
     assert store.verify() == []
 
 
-def test_batch_create_takes_entry_dicts(store: mmapkv.Store, clock: FakeClock) -> None:
+def test_batch_create_takes_entry_dicts(store: Any, clock: FakeClock) -> None:
     store.batch_create([{"key": "a", "value": {"v": 1}, "ttl": 10}, {"key": "b", "value": {"v": 2}}])
     assert store.ttl("a") == 10 and store.ttl("b") is None and store.read("b") == {"v": 2}
     with pytest.raises(InvalidArgumentError):
@@ -213,7 +232,7 @@ def test_clear_survives_reopen_and_crash(tmp_path: Any, clock: FakeClock) -> Non
             assert dict(s.items()) == {"after": {"v": 1}} and s.verify() == []
 
 
-def test_readers_never_see_a_key_missing_during_sets(store: mmapkv.Store) -> None:
+def test_readers_never_see_a_key_missing_during_sets(store: Any) -> None:
     """A reader thread sees the old value or the new one while another thread
     overwrites the key (and others, growing the file): never a missing key."""
     store.set("hot", {"n": 0})
@@ -243,7 +262,7 @@ def test_readers_never_see_a_key_missing_during_sets(store: mmapkv.Store) -> Non
     assert store.read("hot")["n"] == 2999 and store.verify() == []
 
 
-def test_setdefault_without_a_default_is_refused(store: mmapkv.Store) -> None:
+def test_setdefault_without_a_default_is_refused(store: Any) -> None:
     """dict.setdefault(k) stores None; a store holds JSON objects only: a clear refusal,
     nothing written."""
     with pytest.raises(mmapkv.InvalidValueError):

@@ -83,3 +83,12 @@ def test_sdist_carries_what_its_tests_need(tmp_path: Path) -> None:
     needed = [path.relative_to(TOP).as_posix()
               for pattern in ("tests/*.py", "fuzz/*.py", "docs/*.md") for path in TOP.glob(pattern)]
     assert [path for path in needed if path not in names] == []
+
+
+def test_redis_is_an_optional_extra() -> None:
+    """redis-py is not a core dependency (issue 14): the ``redis`` extra brings it, and the
+    ``test`` extra too, so that RedisStore's tests can run wherever a server is."""
+    project = pyproject()["project"]
+    assert not [d for d in project["dependencies"] if d.lower().startswith("redis")]
+    assert project["optional-dependencies"]["redis"] == ["redis>=5"]
+    assert "redis>=5" in project["optional-dependencies"]["test"]

@@ -1,10 +1,13 @@
 """API conformance: every call, error, limit and TTL rule of issue 2, in the four
-``make_store`` configurations (fresh/reopened x 1 GiB/small ceiling)."""
+``make_store`` configurations of ``Store`` (fresh/reopened x 1 GiB/small ceiling) and on
+``RedisStore`` (issue 14: the two backends cannot drift apart).  Tests of what only a file
+has (its size, its ceiling, reopening it) use ``make_file_store``."""
 
 from __future__ import annotations
 
 import decimal
 import json
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -26,11 +29,15 @@ from mmapkv import (
     StoreClosedError,
     StoreFullError,
     StoreLockedError,
+    StoreUnavailableError,
     ValueTooLargeError,
 )
 from mmapkv.format import Geometry
 
-MakeStore = Callable[..., mmapkv.Store]
+from conftest import expired_error, where
+
+MakeStore = Callable[..., Any]  # a Store or a RedisStore
+MakeFileStore = Callable[..., mmapkv.Store]
 
 
 class FakeClock(Protocol):
@@ -64,13 +71,14 @@ def sized_value(size: int, ch: str = "x") -> dict[str, Any]:
     return value
 
 
-def reopen(store: mmapkv.Store, make_store: MakeStore, **kwargs: Any) -> mmapkv.Store:
-    """Close *store* cleanly and open the same file again (same clock, same config)."""
+def reopen(store: Any, make_store: MakeStore, **kwargs: Any) -> Any:
+    """Close *store* cleanly and open the same file (or namespace) again (same clock, same
+    config)."""
     store.close()
     return make_store(**kwargs)
 
 
-def assert_absent(store: mmapkv.Store, key: str) -> None:
+def assert_absent(store: Any, key: str) -> None:
     """*key* is not visible through any read path."""
     assert key not in store
     assert key not in store.keys()
@@ -117,7 +125,7 @@ def test_create_existing_key_raises_and_keeps_old_value(make_store: MakeStore) -
     with pytest.raises(KeyExistsError) as info:
         store.create("dup", {"v": 2})
     assert "dup" in str(info.value)
-    assert store.path in str(info.value)
+    assert where(store) in str(info.value)
     assert store.read("dup") == {"v": 1}
     assert len(store) == 1
     assert store.verify() == []
@@ -220,7 +228,8 @@ def test_data_survives_reopen(make_store: MakeStore) -> None:
     for i in range(0, 20, 4):
         store.delete(f"k{i}")
     store = reopen(store, make_store)
-    assert store._engine is not None and store._engine.was_clean
+    if isinstance(store, mmapkv.Store):
+        assert store._engine is not None and store._engine.was_clean
     assert len(store) == 15
     for i in range(20):
         if i % 4 == 0:
@@ -230,12 +239,12 @@ def test_data_survives_reopen(make_store: MakeStore) -> None:
     assert store.verify() == []
 
 
-def test_stats(make_store: MakeStore) -> None:
+def test_stats(make_file_store: MakeFileStore) -> None:
     """stats() is a dataclass whose sizes and counts match the file and the keys."""
     import dataclasses
     import os
 
-    store = make_store()
+    store = make_file_store()
     store.create("a", {"v": 1})
     store.create("b", {"v": 2}, ttl=100)
     stats = store.stats()
@@ -290,6 +299,7 @@ def test_clock_must_be_callable(tmp_path: Any, clock_arg: Any) -> None:
         (InvalidArgumentError, (MmapKVError, ValueError, TypeError)),
         (StoreFullError, (MmapKVError,)),
         (StoreLockedError, (MmapKVError, OSError)),
+        (StoreUnavailableError, (MmapKVError, OSError)),
         (StoreClosedError, (MmapKVError,)),
         (CorruptStoreError, (MmapKVError, OSError)),
         (FormatVersionError, (CorruptStoreError, MmapKVError)),
@@ -305,7 +315,8 @@ def test_error_hierarchy(cls: type[Exception], bases: tuple[type[Exception], ...
 
 
 def test_closed_store_refuses_everything(make_store: MakeStore) -> None:
-    """After close every method raises StoreClosedError naming the path; close is idempotent."""
+    """After close every method raises StoreClosedError naming the path (the server); close
+    is idempotent."""
     store = make_store()
     store.create("a", {"v": 1})
     store.close()
@@ -320,15 +331,20 @@ def test_closed_store_refuses_everything(make_store: MakeStore) -> None:
         lambda: len(store),
         lambda: store.keys(),
         lambda: list(store),
-        lambda: store.flush(),
+        lambda: store.set("a", {}),
+        lambda: store.ttl("a"),
+        lambda: store.update({"d": {}}),
+        lambda: store.clear(),
         lambda: store.stats(),
         lambda: store.verify(),
     ]
+    if isinstance(store, mmapkv.Store):
+        calls.append(lambda: store.flush())  # RedisStore has none: the server's config decides
     for call in calls:
         with pytest.raises(StoreClosedError) as info:
             call()
-        assert store.path in str(info.value)
-    assert store.path.endswith(".mmapkv")  # the path stays known
+        assert where(store) in str(info.value)
+    assert where(store)  # the path (the server) stays known
 
 
 def test_closed_store_refuses_empty_batch(make_store: MakeStore) -> None:
@@ -342,7 +358,7 @@ def test_closed_store_refuses_empty_batch(make_store: MakeStore) -> None:
 def test_context_manager_closes(make_store: MakeStore) -> None:
     """``with Store(...)`` returns the store and closes it on exit, also on an exception."""
     with make_store() as store:
-        assert isinstance(store, mmapkv.Store)
+        assert isinstance(store, (mmapkv.Store, mmapkv.RedisStore))
         store.create("a", {"v": 1})
     with pytest.raises(StoreClosedError):
         store.read("a")
@@ -619,10 +635,12 @@ def test_valid_ttls(make_store: MakeStore, clock: FakeClock) -> None:
 
 # --------------------------------------------------------------------- TTL behaviour
 
-def test_ttl_boundary(make_store: MakeStore, clock: FakeClock) -> None:
+def test_ttl_boundary(make_file_store: MakeFileStore, clock: FakeClock) -> None:
     """ttl=10: readable at +9.999 s; at +10 s read raises KeyExpiredError, delete raises
-    KeyNotFoundError, the key is gone from in/len/keys/get, and the name can be reused."""
-    store = make_store()
+    KeyNotFoundError, the key is gone from in/len/keys/get, and the name can be reused.
+    (A millisecond from the boundary: a Redis server's clock runs meanwhile, so
+    ``test_expired_key`` below is the version both backends run.)"""
+    store = make_file_store()
     start = clock.now
     store.create("t", {"v": 1}, ttl=10)
     store.create("forever", {"v": 2})
@@ -647,6 +665,42 @@ def test_ttl_boundary(make_store: MakeStore, clock: FakeClock) -> None:
     clock.advance(10**6)
     assert store.read("t") == {"v": 3}
     assert len(store) == 2
+    assert store.verify() == []
+
+
+def test_expired_key(make_store: MakeStore, clock: FakeClock) -> None:
+    """An expired key is gone from every read path and its name can be reused.  Reading it
+    raises what each backend documents: ``Store`` still holds the entry and says
+    ``KeyExpiredError``; Redis has deleted it, so ``KeyNotFoundError`` and not its
+    subclass (code that catches ``KeyNotFoundError`` handles both)."""
+    store = make_store()
+    store.create("t", {"v": 1}, ttl=100)
+    store.create("forever", {"v": 2})
+    clock.advance(90)
+    assert store.read("t") == {"v": 1} and store.ttl("t") == 10
+    with pytest.raises(KeyExistsError):
+        store.create("t", {"v": 9})
+    clock.advance(10)
+    with pytest.raises(KeyNotFoundError) as info:
+        store.read("t")
+    assert type(info.value) is expired_error(store)
+    assert isinstance(info.value, KeyError) and "'t'" in str(info.value)
+    if isinstance(store, mmapkv.Store):
+        assert isinstance(info.value, KeyExpiredError)
+    else:
+        assert not isinstance(info.value, KeyExpiredError)
+    for call in (lambda: store.ttl("t"), lambda: store.expire("t", 5), lambda: store.persist("t"),
+                 lambda: store.replace("t", {"v": 3}), lambda: store.pop("t")):
+        with pytest.raises(KeyNotFoundError) as info:
+            call()
+        assert type(info.value) is expired_error(store)
+    assert "t" not in store and store.keys() == ["forever"] and len(store) == 1
+    assert store.get("t") is None and store.get("t", "dflt") == "dflt"
+    with pytest.raises(KeyNotFoundError):
+        store.delete("t")
+    store.create("t", {"v": 3})  # no TTL this time
+    clock.advance(10**6)
+    assert store.read("t") == {"v": 3} and len(store) == 2
     assert store.verify() == []
 
 
@@ -682,8 +736,9 @@ def test_delete_of_expired_key(make_store: MakeStore, clock: FakeClock) -> None:
     assert store.verify() == []
 
 
-def test_ttl_survives_reopen(make_store: MakeStore, clock: FakeClock) -> None:
+def test_ttl_survives_reopen(make_file_store: MakeFileStore, clock: FakeClock) -> None:
     """The expiry is absolute and stored in the file: it holds across close and reopen."""
+    make_store = make_file_store
     store = make_store()
     start = clock.now
     store.create("short", {"v": 1}, ttl=10)
@@ -722,8 +777,9 @@ def test_batch_ttls(make_store: MakeStore, clock: FakeClock) -> None:
     assert store.verify() == []
 
 
-def test_expired_slots_are_reclaimed(make_store: MakeStore, clock: FakeClock) -> None:
+def test_expired_slots_are_reclaimed(make_file_store: MakeFileStore, clock: FakeClock) -> None:
     """A store filled to its ceiling with TTL keys takes as many new keys once they expire."""
+    make_store = make_file_store
     store = make_store(max_size=SMALL_MAX_SIZE)
     capacity = 0
     while True:  # how many keys of this size fit depends on their class: fill to the ceiling
@@ -748,15 +804,75 @@ def test_expired_slots_are_reclaimed(make_store: MakeStore, clock: FakeClock) ->
     assert store.verify() == []
 
 
-def test_expired_slots_reclaimed_by_batch(make_store: MakeStore, clock: FakeClock) -> None:
+def test_expired_slots_reclaimed_by_batch(make_file_store: MakeFileStore, clock: FakeClock) -> None:
     """A batch into a full store of expired keys reclaims them too."""
-    store = make_store(max_size=SMALL_MAX_SIZE)
+    store = make_file_store(max_size=SMALL_MAX_SIZE)
     capacity = store.stats().max_capacity
     store.batch_create({f"old{i}": {} for i in range(capacity)}, ttl=1)
     clock.advance(1)
     store.batch_create({f"new{i}": {"i": i} for i in range(capacity)})
     assert len(store) == capacity
     assert store.read(f"new{capacity - 1}") == {"i": capacity - 1}
+    assert store.verify() == []
+
+
+# --------------------------------------------------------------------- absolute expiries (issue 14)
+
+def _now(store: Any, clock: FakeClock) -> float:
+    """The time a store's expiries are measured against: its clock, or the server's."""
+    return clock.now if isinstance(store, mmapkv.Store) else time.time()
+
+
+def test_items_with_expiry_give_absolute_expiries(make_store: MakeStore, clock: FakeClock) -> None:
+    """items_with_expiry() gives each live key's value and absolute expiry (None without a
+    TTL), of every key or of the keys asked for (missing and expired ones skipped)."""
+    store = make_store()
+    now = _now(store, clock)
+    store.create("a", {"v": 1}, ttl=100)
+    store.create("b", {"v": [2]})
+    store.create("c", {"v": 3}, ttl=50)
+    store.create("gone", {"v": 4}, ttl=10)
+    clock.advance(10)
+    got = {key: (value, expires) for key, value, expires in store.items_with_expiry()}
+    assert sorted(got) == ["a", "b", "c"]
+    assert got["b"] == ({"v": [2]}, None)
+    assert got["a"][0] == {"v": 1} and got["c"][0] == {"v": 3}
+    if isinstance(store, mmapkv.Store):  # exactly what the file holds
+        assert (got["a"][1], got["c"][1]) == (now + 100, now + 50)
+    else:  # the server's clock: set a few ms after `now`, and aged 10 s by the test
+        assert got["a"][1] is not None and got["c"][1] is not None
+        assert abs(got["a"][1] - (now + 90)) < 2 and abs(got["a"][1] - got["c"][1] - 50) < 0.01
+    assert [k for k, _, _ in store.items_with_expiry(["c", "nope", "gone", "b"])] == ["c", "b"]
+    with pytest.raises(InvalidKeyError):
+        list(store.items_with_expiry(["ok", ""]))
+
+
+def test_restore_entries_keeps_absolute_expiries(make_store: MakeStore, clock: FakeClock) -> None:
+    """restore_entries() writes (key, value, expires_at) entries all or nothing, each
+    expiring at the instant given (not a fresh TTL); past ones are skipped; a live key
+    refuses the whole batch unless replace=True."""
+    store = make_store()
+    now = _now(store, clock)
+    store.create("live", {"old": True})
+    entries = [("a", {"v": 1}, now + 100.5), ("b", {"v": 2}, None), ("past", {"v": 3}, now - 1)]
+    assert store.restore_entries(entries) == 2
+    assert store.read("a") == {"v": 1} and store.ttl("a") == 101 and store.ttl("b") is None
+    assert "past" not in store
+    with pytest.raises(KeyExistsError) as info:
+        store.restore_entries([("new", {}, None), ("live", {"old": False}, None)])
+    assert "live" in str(info.value)
+    assert "new" not in store and store.read("live") == {"old": True}
+    assert store.restore_entries([("new", {}, None), ("live", {"old": False}, now + 50)], replace=True) == 2
+    assert store.read("live") == {"old": False} and store.ttl("live") == 50
+    before = {k: store.read(k) for k in store.keys()}
+    for bad, error in [([("x", {}, "soon")], InvalidTTLError), ([("x", {}, float("nan"))], InvalidTTLError),
+                       ([("x", {}, -1)], InvalidTTLError), ([("x", {}, now + mmapkv.MAX_TTL + 10)], InvalidTTLError),
+                       ([("x", {}, None), ("x", {}, None)], KeyExistsError), ([("x", {})], InvalidArgumentError),
+                       ([("x", [1], None)], InvalidValueError), ([("", {}, None)], InvalidKeyError), (42, InvalidArgumentError),
+                       ({"x": {}}, InvalidArgumentError)]:
+        with pytest.raises(error):
+            store.restore_entries([("fine", {}, None), *bad] if isinstance(bad, list) else bad)
+        assert {k: store.read(k) for k in store.keys()} == before
     assert store.verify() == []
 
 
@@ -862,7 +978,7 @@ def test_batch_items_not_iterable_of_tuples(make_store: MakeStore, items: Any) -
 def test_large_batch(make_store: MakeStore) -> None:
     """No arbitrary cap: a batch of many keys (more than the initial slots) commits whole."""
     store = make_store()
-    count = min(store.stats().max_capacity, 200)
+    count = min(store.stats().max_capacity, 200) if isinstance(store, mmapkv.Store) else 200
     store.batch_create([(f"b{i}", {"i": i}) for i in range(count)])
     assert len(store) == count
     assert store.read(f"b{count - 1}") == {"i": count - 1}

@@ -1,6 +1,6 @@
 """Issue 11: user code that stores TypedDicts, reads with get(key, default) and iterates
 items() type-checks under ``mypy --strict`` without casts, and the types it infers are
-precise (``reveal_type``), not ``Any``."""
+precise (``reveal_type``), not ``Any``; on ``RedisStore`` too (issue 14)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,13 @@ def test_inferred_types_are_precise(tmp_path: Path) -> None:
         "reveal_type(s.pop('k'))\n"
         "reveal_type(s.ttl('k'))\n"
         "reveal_type(s['k'])\n"
-        "reveal_type(list(s.items()))\n", encoding="utf-8")
+        "reveal_type(list(s.items()))\n"
+        "r = mmapkv.RedisStore('redis://localhost')\n"
+        "reveal_type(r.get('k'))\n"
+        "reveal_type(r.get('k', {}))\n"
+        "reveal_type(r.pop('k', None))\n"
+        "reveal_type(r.ttl('k'))\n"
+        "reveal_type(list(r.items_with_expiry()))\n", encoding="utf-8")
     out = mypy(str(probe)).stdout
     revealed = [line.split("Revealed type is ", 1)[1].strip('"') for line in out.splitlines()
                 if "Revealed type is" in line]
@@ -51,6 +57,11 @@ def test_inferred_types_are_precise(tmp_path: Path) -> None:
         "int | None",
         "dict[str, Any]",
         "list[tuple[str, dict[str, Any]]]",
+        "dict[str, Any] | None",
+        "dict[str, Any]",
+        "dict[str, Any] | None",
+        "int | None",
+        "list[tuple[str, dict[str, Any], float | None]]",
     ], out
 
 

@@ -18,7 +18,7 @@ from .chart import draw_chart
 from .goals import evaluate_goals
 from .machine import machine_info
 from .memory import measure_heap_at_scale, measure_memory, measure_resident
-from .peers import ADAPTERS, JSONFILE_MAX_N, BenchError, JsonFileAdapter, available
+from .peers import ADAPTERS, JSONFILE_MAX_N, BenchError, JsonFileAdapter, available, stop_servers
 from .report import format_markdown, format_table
 from .runner import CHUNK, OPEN_REPEATS, Group, _timer_overhead
 from .workloads import BATCH, POOL, SIZES, make_pool
@@ -33,7 +33,7 @@ QUICK_SIZES = ("1KiB",)
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mmapkv.bench",
                                 description="Benchmark mmapkv against py-lmdb, diskcache, sqlitedict, "
-                                            "dbm.dumb, a dict and a JSON file.")
+                                            "dbm.dumb, a dict, a JSON file and mmapkv's RedisStore.")
     p.add_argument("--quick", action="store_true",
                    help=f"N={QUICK_NS[0]:,}, values {' and '.join(QUICK_SIZES)}, a small ceiling for the "
                         "fill test: seconds, for CI")
@@ -155,6 +155,7 @@ def main(argv: Sequence[Any] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
+        stop_servers()  # a redis-server of the RedisStore peer, if a failure left it running
         _remove_later(tmp)
 
 

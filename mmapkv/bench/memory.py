@@ -138,7 +138,8 @@ def measure_memory(classes: list[type[Adapter]], n: int, tmp: str, seed: int) ->
     store per fresh interpreter.  Peers run with mmapkv's codec (the codec keeps nothing)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    chosen = {cls.family: cls(tmp, "mmapkv" if "mmapkv" in cls.codecs else cls.codecs[0]) for cls in classes}
+    chosen = {cls.family: cls(tmp, "mmapkv" if "mmapkv" in cls.codecs else cls.codecs[0]) for cls in classes
+              if cls.in_process}  # a server's memory is not this process's
 
     def one(a: Adapter, mode: str) -> dict[str, Any]:
         where = tempfile.mkdtemp(dir=tmp)

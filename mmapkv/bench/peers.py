@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .. import redis_server
 from .workloads import _codecs
+
+if TYPE_CHECKING:
+    from ..redis_server import LocalRedis
 
 __all__ = ["BenchError", "KeyExists", "Adapter", "ADAPTERS", "JSONFILE_MAX_N", "available",
            "MmapkvAdapter", "DictAdapter", "JsonFileAdapter", "LmdbAdapter", "LmdbWritemapAdapter",
-           "DiskcacheAdapter", "SqlitedictAdapter", "DbmDumbAdapter"]
+           "DiskcacheAdapter", "SqlitedictAdapter", "DbmDumbAdapter", "RedisStoreAdapter", "stop_servers"]
 
 JSONFILE_MAX_N = 1_000      # the naive JSON file is O(n) per call: only at small N
 LMDB_MAP_SIZE = 1 << 33     # virtual only: lmdb's map is sparse
@@ -58,6 +63,7 @@ class Adapter:
     codecs: tuple[str | None, ...] = (None,)
     persistent = True       # has an "open an existing store" step worth timing
     shared_reads = True     # its reads may run from several threads at once
+    in_process = True       # its data lives in this process's memory (the memory table)
     caps: dict[str, int] = {}   # op -> most timed calls, for O(n)-per-call designs
     max_n: int | None = None
 
@@ -455,9 +461,77 @@ class DbmDumbAdapter(Adapter):
         self.db.close()
 
 
+_SERVERS: set[LocalRedis] = set()   # every redis-server a RedisStoreAdapter started
+
+
+def stop_servers() -> None:
+    """Stop every redis-server the benchmark started (the run's end, and at exit)."""
+    while _SERVERS:
+        _SERVERS.pop().stop()
+
+
+class RedisStoreAdapter(Adapter):
+    """``mmapkv.RedisStore`` on a ``redis-server`` of its own on loopback: the cost of
+    moving to Redis (docs/scaling.md).  The server logs every write to its AOF with
+    ``appendfsync everysec``, the setting closest to mmapkv's default (a change survives
+    a crash of the process, not of the machine); every call is a network round trip.  Its
+    memory is the server's, so it has no row in the memory table."""
+
+    family = "redis"
+    requires = ("redis",)
+    in_process = False
+
+    def __init__(self, root: str, codec: str | None) -> None:
+        self.server: LocalRedis | None = None
+        self.phase = 0
+        super().__init__(root, codec)
+
+    @classmethod
+    def missing(cls) -> str | None:
+        return redis_server.missing()
+
+    def place(self, phase: str) -> None:
+        super().place(phase)
+        self.phase += 1
+        self.namespace = f"bench-{phase}-{self.phase}"  # a phase starts from nothing
+
+    def open(self) -> None:
+        from .. import RedisStore
+
+        if self.server is None:
+            self.server = redis_server.LocalRedis(appendonly=True, appendfsync="everysec")
+            _SERVERS.add(self.server)
+            if len(_SERVERS) == 1:
+                atexit.register(stop_servers)
+            self.server.start()
+        self.store = s = RedisStore(self.server.url, namespace=self.namespace)
+        self.create, self.read, self.delete, self.batch = s.create, s.read, s.delete, s.batch_create
+        self.set, self.get = s.set, s.get  # get: None for a miss, no exception (one GET)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def destroy(self, phase: str) -> None:
+        if phase == "done" and self.server is not None:
+            self.close()
+            _SERVERS.discard(self.server)
+            self.server.stop()
+            self.server = None
+            return
+        self.store.clear()  # untimed: the server's memory is not the disk, give it back now
+        self.close()
+        self.place(phase)
+
+    def usage(self) -> tuple[int, int]:
+        return _dir_usage(self.server.directory) if self.server else (0, 0)
+
+    def fill(self, pairs: list[tuple[str, Any]]) -> None:
+        self.store.batch_create(pairs)
+
+
 ADAPTERS: tuple[type[Adapter], ...] = (
     MmapkvAdapter, DictAdapter, LmdbAdapter, LmdbWritemapAdapter, DiskcacheAdapter, SqlitedictAdapter,
-    DbmDumbAdapter, JsonFileAdapter,
+    DbmDumbAdapter, JsonFileAdapter, RedisStoreAdapter,
 )
 
 

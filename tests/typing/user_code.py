@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import Any, TypedDict
 
 import mmapkv
@@ -29,3 +30,31 @@ def cache_users(store: mmapkv.Store, users: dict[str, User]) -> list[str]:
     assert missing is None and found is not None and either is not None and popped is not None
     assert remaining is None or remaining > 0
     return names
+
+
+def share_users(store: mmapkv.RedisStore, users: dict[str, User]) -> int:
+    """The same calls on Redis (issue 14) type-check the same way."""
+    for key, user in users.items():
+        store.set(key, user, ttl=3600)
+    store.batch_create([(f"copy:{key}", user) for key, user in users.items()], ttl=60)
+    store.update(users)
+    found: dict[str, Any] = store.get("plain", {})
+    popped: dict[str, Any] | None = store.pop("plain", None)
+    remaining: int | None = store.ttl("copy:a")
+    assert found is not None and (popped is None or popped) and (remaining is None or remaining > 0)
+    entries = list(store.items_with_expiry())
+    store.restore_entries(entries, replace=True)
+    stats: mmapkv.RedisStats = store.stats()
+    return stats.live_keys
+
+
+def count(store: MutableMapping[str, dict[str, Any]]) -> int:
+    """Code written against the mapping interface takes either store."""
+    return len(store)
+
+
+def open_store(url: str | None) -> int:
+    store: mmapkv.Store | mmapkv.RedisStore = (
+        mmapkv.RedisStore(url, namespace="app", socket_timeout=2.5) if url else mmapkv.Store())
+    with store:
+        return count(store)

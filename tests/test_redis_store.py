@@ -1,0 +1,420 @@
+"""Issue 14: what only ``RedisStore`` has to prove, against a real ``redis-server``.
+
+The API itself is tested on both backends by the conformance suites (test_store.py,
+test_mapping.py, test_bad_input.py, fuzz/).  Here: the constructor's arguments, redis-py
+as an optional dependency, namespaces, the server's own faults (stopped, hung, killed in the
+middle of a batch, out of memory), other processes racing for a key, and the documented
+differences (values stored as the codec's bytes, foreign keys, stats).  Every server these
+tests start is stopped by the test, also when it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import mmapkv
+from mmapkv import codec
+from mmapkv.redis_server import LocalRedis
+from redis_fixtures import new_namespace, skip_without_redis
+
+SHORT_TIMEOUT = 0.5   # seconds: the socket_timeout of the fault tests
+
+
+@pytest.fixture
+def own_server() -> Iterator[LocalRedis]:
+    """A server of this test's own, which it may stop, hang or kill."""
+    skip_without_redis()
+    with LocalRedis() as server:
+        yield server
+
+
+@pytest.fixture
+def aof_server() -> Iterator[LocalRedis]:
+    """A server that logs every write and fsyncs before it answers (``appendfsync always``)."""
+    skip_without_redis()
+    with LocalRedis(appendonly=True, appendfsync="always") as server:
+        yield server
+
+
+# ------------------------------------------------------------------ construction
+
+
+@pytest.mark.parametrize("kwargs, text", [
+    ({"namespace": ""}, "namespace"),
+    ({"namespace": "a:b"}, "':'"),
+    ({"namespace": "a\0b"}, "NUL"),
+    ({"namespace": 5}, "namespace"),
+    ({"namespace": "\ud800"}, "Unicode"),
+    ({"socket_timeout": 0}, "socket_timeout"),
+    ({"socket_timeout": -1}, "socket_timeout"),
+    ({"socket_timeout": float("nan")}, "socket_timeout"),
+    ({"socket_timeout": float("inf")}, "socket_timeout"),
+    ({"socket_timeout": True}, "socket_timeout"),
+    ({"socket_timeout": "5"}, "socket_timeout"),
+])
+def test_bad_constructor_arguments(redis_server: LocalRedis, kwargs: dict[str, Any], text: str) -> None:
+    """A bad namespace or timeout is InvalidArgumentError (ValueError and TypeError) naming it,
+    before anything is sent."""
+    with pytest.raises(mmapkv.InvalidArgumentError) as info:
+        mmapkv.RedisStore(redis_server.url, **kwargs)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, TypeError)
+    assert text in str(info.value)
+
+
+@pytest.mark.parametrize("target, text", [
+    ("http://127.0.0.1:6379", "redis://"),
+    ("127.0.0.1:6379", "redis://"),
+    ("", "redis://"),
+    (6379, "int"),
+    (None, "NoneType"),
+    (object(), "object"),
+])
+def test_bad_url_or_client(redis_server: LocalRedis, target: Any, text: str) -> None:
+    with pytest.raises(mmapkv.InvalidArgumentError, match=text):
+        mmapkv.RedisStore(target)
+
+
+def test_unreachable_server_is_a_clear_error_at_once(own_server: LocalRedis) -> None:
+    """Nothing listening: StoreUnavailableError (an OSError) naming the server, at once,
+    with no retries; the password of the URL is never shown."""
+    url = f"redis://:hunter2@127.0.0.1:{own_server.port}/0"
+    own_server.stop()
+    started = time.monotonic()
+    with pytest.raises(mmapkv.StoreUnavailableError) as info:
+        mmapkv.RedisStore(url, socket_timeout=SHORT_TIMEOUT)
+    assert time.monotonic() - started < SHORT_TIMEOUT + 1
+    assert isinstance(info.value, OSError)
+    assert f"127.0.0.1:{own_server.port}" in str(info.value) and "hunter2" not in str(info.value)
+    assert isinstance(info.value.__cause__, Exception)  # the redis-py error, chained
+
+
+def test_without_redis_py(tmp_path: Any) -> None:
+    """``import mmapkv`` works without redis-py, loads nothing of RedisStore until asked, and
+    making one says what to install."""
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["redis"] = None          # as if redis-py were not installed
+        import mmapkv
+        assert "mmapkv.redis_store" not in sys.modules
+        try:
+            mmapkv.RedisStore("redis://127.0.0.1:1/0")
+        except mmapkv.StoreUnavailableError as exc:
+            print(exc)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert 'pip install "mmapkv[redis]"' in done.stdout
+
+
+def test_a_client_of_your_own(redis_server: LocalRedis) -> None:
+    """A ``redis.Redis`` client is used as it is, even one that decodes replies to str, and
+    close() leaves it open for its owner."""
+    import redis
+
+    namespace = new_namespace()
+    for decode in (False, True):
+        client = redis.Redis.from_url(redis_server.url, decode_responses=decode)
+        store = mmapkv.RedisStore(client, namespace=namespace)
+        assert store.url == redis_server.url
+        store.set("k", {"decoded": decode, "big": 2 ** 70})
+        assert store.read("k") == {"decoded": decode, "big": 2 ** 70}
+        assert store.keys() == ["k"] and dict(store.items()) == {"k": store.read("k")}
+        store.close()
+        assert client.ping() is True  # still open
+        with pytest.raises(mmapkv.StoreClosedError):
+            store.read("k")
+        client.delete(f"{namespace}:k")
+        client.close()
+
+
+# ------------------------------------------------------------------ what is stored
+
+
+def test_values_are_the_codecs_exact_bytes(redis_store: mmapkv.RedisStore, redis_client: Any) -> None:
+    """The server holds the very bytes Store would write (so the limits agree), under
+    ``<namespace>:<key>``, with Redis's own TTL."""
+    value = {"name": "Zoë", "n": [1, 2.5, None], "big": -(2 ** 64)}
+    redis_store.create("ключ", value, ttl=100)
+    name = f"{redis_store.namespace}:ключ".encode()
+    assert redis_client.get(name) == codec.encode(value)[0]
+    assert 99_000 < redis_client.pttl(name) <= 100_000
+    redis_client.set(f"{redis_store.namespace}:raw", b'{"n":18446744073709551617}')
+    assert redis_store.read("raw") == {"n": 18446744073709551617}  # read exactly, not as a float
+
+
+def test_namespaces_isolate_stores(redis_server: LocalRedis) -> None:
+    """Two namespaces on one server never see each other's keys, even when one's name is
+    a glob pattern that would match the other (SCAN's MATCH is escaped)."""
+    with mmapkv.RedisStore(redis_server.url, namespace="iso*") as star, \
+            mmapkv.RedisStore(redis_server.url, namespace="iso-x") as other, \
+            mmapkv.RedisStore(redis_server.url, namespace="iso[x]\\?") as brackets:
+        star.create("a", {"ns": "star"})
+        other.create("a", {"ns": "other"})
+        other.create("b", {"ns": "other"})
+        brackets.create("a", {"ns": "brackets"})
+        assert star.read("a") == {"ns": "star"} and other.read("a") == {"ns": "other"}
+        assert star.keys() == ["a"] and sorted(other.keys()) == ["a", "b"] and brackets.keys() == ["a"]
+        assert len(star) == 1 and len(other) == 2 and "b" not in star
+        with pytest.raises(mmapkv.KeyNotFoundError):
+            star.read("b")
+        star.clear()
+        assert len(star) == 0 and sorted(other.keys()) == ["a", "b"] and len(brackets) == 1
+        assert star.stats().live_keys == 0 and other.stats().live_keys == 2
+        other.clear()
+        brackets.clear()
+
+
+def test_foreign_keys_under_the_namespace(redis_store: mmapkv.RedisStore, redis_client: Any) -> None:
+    """Keys mmapkv could not have written (too long, not UTF-8, not a string, not a JSON
+    object) are reported by verify() and by the reads that meet them; keys/len skip the
+    names that are not keys; clear() removes them all."""
+    ns = redis_store.namespace
+    redis_store.create("good", {"v": 1})
+    redis_client.set(f"{ns}:{'k' * 40}", b"{}")
+    redis_client.set(f"{ns}:".encode() + b"\xff\xfe", b"{}")
+    redis_client.hset(f"{ns}:hash", "f", "v")
+    redis_client.set(f"{ns}:list", b"[1, 2]")
+    redis_client.set(f"{ns}:text", b"not json")
+    assert sorted(redis_store.keys()) == ["good", "hash", "list", "text"] and len(redis_store) == 4
+    problems = redis_store.verify()
+    assert len(problems) == 5, problems
+    assert any("hash" in p and "hash, not a string" in p for p in problems)
+    for key in ("hash", "list", "text"):
+        with pytest.raises(mmapkv.CorruptStoreError) as info:
+            redis_store.read(key)
+        assert redis_store.namespace in str(info.value)
+    redis_store.clear()
+    assert redis_client.keys(f"{ns}:*") == [] and redis_store.verify() == []
+
+
+def test_stats(redis_store: mmapkv.RedisStore) -> None:
+    redis_store.batch_create({"a": {}, "b": {}, "c": {}}, ttl=60)
+    redis_store.create("d", {})
+    stats = redis_store.stats()
+    assert isinstance(stats, mmapkv.RedisStats)
+    assert (stats.live_keys, stats.keys_with_ttl) == (4, 3) and stats.live_keys == len(redis_store)
+    assert stats.namespace == redis_store.namespace and stats.url == redis_store.url
+    assert stats.server_version.split(".")[0] >= "7" and stats.max_value_bytes == 16_384
+    assert stats.used_memory > 0 and stats.max_memory == 0
+    assert stats.aof_enabled is False and stats.appendfsync in ("always", "everysec", "no")
+
+
+# ------------------------------------------------------------------ the server's faults
+
+
+def test_stopped_server_every_call_fails_within_the_timeout(own_server: LocalRedis) -> None:
+    """A server that is hung (SIGSTOP) or gone: every call raises StoreUnavailableError within
+    ``socket_timeout``, and the store works again once the server is back."""
+    store = mmapkv.RedisStore(own_server.url, namespace="faults", socket_timeout=SHORT_TIMEOUT)
+    store.create("k", {"v": 1})
+    calls = {
+        "read": lambda: store.read("k"), "get": lambda: store.get("k"), "in": lambda: "k" in store,
+        "create": lambda: store.create("n", {}), "set": lambda: store.set("k", {}),
+        "delete": lambda: store.delete("k"), "batch": lambda: store.batch_create({"x": {}}),
+        "update": lambda: store.update({"x": {}}), "ttl": lambda: store.ttl("k"),
+        "persist": lambda: store.persist("k"), "len": lambda: len(store), "keys": store.keys,
+        "items": lambda: list(store.items()), "stats": store.stats, "clear": store.clear,
+        "pop": lambda: store.pop("k", None), "popitem": store.popitem,
+    }
+    for how in ("hung", "gone"):
+        if how == "hung":
+            os.kill(own_server.pid, signal.SIGSTOP)
+        else:
+            own_server.stop(keep_files=True)
+        try:
+            for name, call in calls.items():
+                started = time.monotonic()
+                with pytest.raises(mmapkv.StoreUnavailableError) as info:
+                    call()
+                took = time.monotonic() - started
+                assert took < SHORT_TIMEOUT + 0.4, f"{how} {name} took {took:.2f} s"  # one try, no retry
+                assert own_server.url.split("//")[1].split("/")[0] in str(info.value), name
+        finally:
+            if how == "hung":
+                os.kill(own_server.pid, signal.SIGCONT)
+        if how == "gone":
+            own_server.start()
+    store.create("back", {"v": 2})  # the pool reconnects by itself
+    store.batch_create({"b1": {}, "b2": {}})  # the restarted server lost its scripts: sent again
+    assert store.read("back") == {"v": 2} and sorted(store.keys()) == ["b1", "b2", "back"]
+    assert store.persist("b1") is False
+    store.close()
+
+
+def test_server_killed_during_a_batch_keeps_all_or_none(aof_server: LocalRedis) -> None:
+    """kill -9 of the server (AOF, ``appendfsync always``) while a large batch_create is in
+    flight: after a restart the batch is there whole or not at all, and a batch the client
+    saw succeed is there whole.  Each round kills at another point: while the command is
+    sent, once the AOF starts to grow, once half the batch's bytes are in it (the server
+    writes it in pieces), and after the reply."""
+    size = 20_000
+    outcomes = []
+    for round_ in range(4):  # 0: sending, 1: the AOF grows, 2: after the reply, 3: AOF half written
+        namespace = f"batch{round_}"
+        store = mmapkv.RedisStore(aof_server.url, namespace=namespace, socket_timeout=30)
+        store.create("before", {"v": 1})
+        batch = {f"k{i}": {"i": i, "pad": "x" * 200} for i in range(size)}
+        result: list[Any] = []
+        sending = threading.Event()
+        original = store._eval
+
+        def announce(*args: Any, _original: Any = original) -> Any:
+            sending.set()
+            return _original(*args)
+
+        store._eval = announce  # type: ignore[method-assign]
+
+        def run() -> None:
+            try:
+                store.batch_create(batch)
+                result.append("ok")
+            except mmapkv.StoreUnavailableError as exc:
+                result.append(exc)
+
+        aof = os.path.join(aof_server.directory, "appendonlydir")
+        grown_from = sum(os.path.getsize(os.path.join(aof, f)) for f in os.listdir(aof))
+        worker = threading.Thread(target=run)
+        worker.start()
+        assert sending.wait(30)
+        if round_ in (1, 3):  # wait (bounded) until the server is writing the batch to the AOF
+            grown_by = 1 if round_ == 1 else size * 250 // 2
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and worker.is_alive() and \
+                    sum(os.path.getsize(os.path.join(aof, f)) for f in os.listdir(aof)) < grown_from + grown_by:
+                pass
+        elif round_ == 2:
+            worker.join(60)  # the reply came: the kill lands after it
+        aof_server.kill()
+        worker.join(60)
+        assert not worker.is_alive() and len(result) == 1
+        aof_server.start()
+        store.close()
+        with mmapkv.RedisStore(aof_server.url, namespace=namespace) as after:
+            keys = set(after.keys())
+            assert "before" in keys
+            written = keys - {"before"}
+            assert len(written) in (0, size), f"round {round_}: {len(written)} of {size} keys survived"
+            if result[0] == "ok":
+                assert len(written) == size, f"round {round_}: an acknowledged batch was lost"
+            if written:
+                assert after.read(f"k{size - 1}") == batch[f"k{size - 1}"]
+            outcomes.append(("ok" if result[0] == "ok" else "lost reply", "all" if written else "none"))
+            after.clear()
+    assert ("ok", "all") in outcomes  # round 2 at least saw its reply
+
+
+def test_out_of_memory_is_store_full_and_writes_nothing(own_server: LocalRedis) -> None:
+    """A server at its maxmemory (noeviction) refuses writes: StoreFullError, and a batch
+    is refused whole; reads and deletes go on."""
+    import redis
+
+    store = mmapkv.RedisStore(own_server.url, namespace="oom")
+    client = redis.Redis.from_url(own_server.url)
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory", used + 2_000_000)
+    client.config_set("maxmemory-policy", "noeviction")
+    written = 0
+    with pytest.raises(mmapkv.StoreFullError) as info:
+        while written < 10_000:
+            store.create(f"k{written}", {"pad": "x" * 10_000})
+            written += 1
+    assert "maxmemory" in str(info.value) and written > 10
+    before = len(store)
+    with pytest.raises(mmapkv.StoreFullError):
+        store.batch_create({f"b{i}": {"pad": "y" * 1000} for i in range(100)})
+    assert len(store) == before and "b0" not in store
+    assert store.read("k0") == {"pad": "x" * 10_000}
+    store.delete("k0")
+    client.close()
+    store.close()
+
+
+# ------------------------------------------------------------------ many clients
+
+
+RACER = textwrap.dedent("""
+    import sys, mmapkv
+    url, namespace, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    store = mmapkv.RedisStore(url, namespace=namespace)
+    print("ready", flush=True)
+    for round_ in range(rounds):
+        sys.stdin.readline()                       # all racers start each round together
+        try:
+            store.create(f"race{round_}", {"winner": sys.argv[4]})
+            outcome = "won"
+        except mmapkv.KeyExistsError:
+            outcome = "exists"
+        try:
+            store.batch_create({f"b{round_}-{i}": {"by": sys.argv[4]} for i in range(50)})
+            batch = "won"
+        except mmapkv.KeyExistsError:
+            batch = "exists"
+        print(outcome, batch, flush=True)
+""")
+
+
+def test_processes_racing_to_create_a_key_exactly_one_wins(redis_server: LocalRedis) -> None:
+    """Four processes create the same key (and the same batch) at once, 25 times: each time
+    exactly one wins, the others get KeyExistsError, and the stored value is the winner's;
+    the losing batches wrote nothing."""
+    racers, rounds, namespace = 4, 25, new_namespace()
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, redis_server.url, namespace, str(rounds), str(n)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for n in range(racers)]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline() == "ready\n"
+        with mmapkv.RedisStore(redis_server.url, namespace=namespace) as store:
+            for round_ in range(rounds):
+                for p in procs:
+                    assert p.stdin is not None
+                    p.stdin.write("go\n")
+                    p.stdin.flush()
+                answers = [p.stdout.readline().split() for p in procs]  # type: ignore[union-attr]
+                winners = [n for n, (outcome, _) in enumerate(answers) if outcome == "won"]
+                assert len(winners) == 1, (round_, answers)
+                assert store.read(f"race{round_}") == {"winner": str(winners[0])}
+                batch_winners = [n for n, (_, batch) in enumerate(answers) if batch == "won"]
+                assert len(batch_winners) == 1, (round_, answers)
+                assert {v["by"] for k, v in store.items() if k.startswith(f"b{round_}-")} == \
+                    {str(batch_winners[0])}
+            assert len(store) == rounds * 51
+            store.clear()
+    finally:
+        for p in procs:
+            if p.stdin is not None:
+                p.stdin.close()
+            p.wait(30)
+    assert [p.returncode for p in procs] == [0] * racers
+
+
+def test_threads_share_one_store(redis_store: mmapkv.RedisStore) -> None:
+    """Eight threads on one RedisStore (redis-py's pool): every create lands once, every
+    read sees what its thread wrote."""
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(200):
+                redis_store.create(f"t{t}-{i}", {"t": t, "i": i})
+                assert redis_store.read(f"t{t}-{i}") == {"t": t, "i": i}
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(redis_store) == 1600
