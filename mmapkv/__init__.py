@@ -62,7 +62,6 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-
 def __getattr__(name: str) -> Any:
     # RedisStore's module loads on first use: most programs never touch it, and
     # ``import mmapkv`` stays as fast as it was (redis-py itself loads later still).

@@ -230,3 +230,15 @@ def test_copy_from_an_unreachable_server(capsys: Any, tmp_path: Any) -> None:
     code, out, err = run(capsys, "copy", "redis://127.0.0.1:1/0", str(dest))
     assert (code, out) == (4, "") and "127.0.0.1:1" in err and "unavailable" in err
     assert not dest.exists()
+
+
+def test_progress_only_on_a_terminal(capsys: Any, monkeypatch: Any, tmp_path: Any, source: str) -> None:
+    """A progress bar on stderr when it is a terminal, and nothing extra when it is not;
+    the bar never mixes into stdout's summary."""
+    import sys
+
+    assert run(capsys, "copy", source, str(tmp_path / "piped.mmapkv"))[2] == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    code, out, err = run(capsys, "copy", source, str(tmp_path / "tty.mmapkv"))
+    assert code == 0 and "\rcopying [" in err and "100%" in err
+    assert out == f"copied 5 keys to {tmp_path / 'tty.mmapkv'}\n"

@@ -418,3 +418,20 @@ def test_threads_share_one_store(redis_store: mmapkv.RedisStore) -> None:
     for thread in threads:
         thread.join()
     assert errors == [] and len(redis_store) == 1600
+
+
+def test_a_forked_child_may_use_its_parents_store(redis_store: mmapkv.RedisStore) -> None:
+    """Unlike Store (one process), a RedisStore goes on working in a forked child: redis-py's
+    pool opens the child's own connections (docs/scaling.md)."""
+    redis_store.create("parent", {"v": 1})
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status only
+        code = 1
+        try:
+            redis_store.create("child", {"pid": os.getpid()})
+            code = 0 if redis_store.read("parent") == {"v": 1} else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert redis_store.read("child") == {"pid": pid} and redis_store.read("parent") == {"v": 1}
