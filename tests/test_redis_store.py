@@ -238,7 +238,9 @@ def test_stopped_server_every_call_fails_within_the_timeout(own_server: LocalRed
                 with pytest.raises(mmapkv.StoreUnavailableError) as info:
                     call()
                 took = time.monotonic() - started
-                assert took < SHORT_TIMEOUT + 0.4, f"{how} {name} took {took:.2f} s"  # one try, no retry
+                # one try: a retry would take a second timeout (the bound leaves a loaded
+                # machine all the rest of that second timeout)
+                assert took < 2 * SHORT_TIMEOUT, f"{how} {name} took {took:.2f} s"
                 assert own_server.url.split("//")[1].split("/")[0] in str(info.value), name
         finally:
             if how == "hung":
