@@ -734,9 +734,7 @@ class Engine:
         if not self._dirty:
             self._mark_dirty()
         off = self._write_at(slots.take_record(cls), key, data, flags, expires)
-        table.place(table.q0 + segment * SEGMENT_STRIDE,
-                    fp << FINGERPRINT_SHIFT | ((off - self._slots_offset) // UNIT + 1))
-        slots.add_used(segment, 1)
+        table.add_to(segment, self._entry(fp, off))
         self._changed()
         return True
 

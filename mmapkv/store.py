@@ -727,10 +727,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         if found is None:
             raise KeyNotFoundError(f"key {key!r} is not in {self._path}")
         data, flags, expires = found
-        now = self._clock()
-        if expires and now >= expires:
-            raise KeyExpiredError(f"key {key!r} expired at {expires:.0f} (unix time)")
-        return data, flags, expires, now
+        return data, flags, expires, self._now_unexpired(key, expires)
 
     def _live_expiry(self, engine: Engine, key: str, kb: bytes, fp: int) -> tuple[float, float]:
         """(expiry, now) of a stored, unexpired *key*; raise if it is missing or expired."""
@@ -738,10 +735,14 @@ class Store(MutableMapping[str, dict[str, Any]]):
         if index < 0:
             raise KeyNotFoundError(f"key {key!r} is not in {self._path}")
         expires = engine.expires_at(index)
+        return expires, self._now_unexpired(key, expires)
+
+    def _now_unexpired(self, key: str, expires: float) -> float:
+        """The clock's time, unless *key*'s expiry (0.0: none) has passed by it."""
         now = self._clock()
         if expires and now >= expires:
             raise KeyExpiredError(f"key {key!r} expired at {expires:.0f} (unix time)")
-        return expires, now
+        return now
 
     def _put(self, engine: Engine, kb: bytes, fp: int, data: bytes, flags: int, expires: float) -> None:
         """Write a record for *kb* and index it, replacing the key's entry (live or

@@ -105,8 +105,12 @@ class Table:
             if used >= SEGMENT_FULL:
                 raise AssertionError(f"segment in slot {segment} is full; room was not checked")
             break
+        return self.add_to(segment, entry)
+
+    def add_to(self, segment: int, entry: int) -> int:
+        """Place *entry* in *segment* (which has room) and count it; its position in ``q``."""
         position = self.place(self.base(segment), entry)
-        slots.add_used(segment, 1)
+        self.slots.add_used(segment, 1)
         return position
 
     def place(self, base: int, entry: int) -> int:
