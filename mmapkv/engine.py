@@ -112,11 +112,11 @@ class DamagedEntry(CorruptStoreError):
         self.offset = offset
 
 
-def reserve(fd: int, size: int) -> None:
-    """Make the file *size* bytes with its blocks allocated, so writes through the map
-    can never hit a full disk (which would be a SIGBUS, not an exception)."""
+def reserve(fd: int, size: int, start: int = 0) -> None:
+    """Make the file *size* bytes with its blocks from *start* on allocated, so writes
+    through the map can never hit a full disk (which would be a SIGBUS, not an exception)."""
     if hasattr(os, "posix_fallocate"):
-        os.posix_fallocate(fd, 0, size)
+        os.posix_fallocate(fd, start, size - start)
     else:  # pragma: no cover - macOS and Windows: sparse, documented in docs/design.md
         os.ftruncate(fd, size)
 
@@ -666,7 +666,10 @@ class Engine:
             self._mark_dirty()
         old_size = self.file_size
         try:
-            reserve(self._fd, new_size)
+            # Only the new part when every block before it is known to be allocated: a
+            # posix_fallocate from 0 over a file with many dirty pages took 105 and 127 ms
+            # (3.7 and 18 ms for the new part alone) at the fill's last two growths.
+            reserve(self._fd, new_size, old_size if self._map_writes else 0)
         except OSError as exc:
             try:
                 os.ftruncate(self._fd, old_size)
