@@ -147,8 +147,8 @@ def _install_pauses(pauser: _Pauser) -> None:
     real_insert, real_delete = tbl.Table.insert, tbl.Table.delete
     in_batch = [False, 0]
 
-    def reserve(fd: int, size: int) -> None:
-        real_reserve(fd, size)
+    def reserve(fd: int, size: int, start: int = 0) -> None:
+        real_reserve(fd, size, start)
         pauser.at("grow.reserved")
 
     def grow(self: Any) -> bool:

@@ -111,7 +111,9 @@ def test_a_failed_slot_write_changes_nothing(tmp_path: Any, monkeypatch: pytest.
     """A create whose record write fails (a full disk on a sparse file, an I/O error, a
     short write) raises, indexes nothing and gives its sub-slot back, whether it was a
     freed sub-slot of a slot in use or the first of a slot taken for it: the store reads
-    as before, and the next create takes the same place."""
+    as before, and the next create takes the same place.  (Records go in with pwrite only
+    where the file's blocks could not be reserved; elsewhere through the map, which a
+    full disk cannot reach: ``test_records_go_through_the_map_only_when_blocks_are_reserved``.)"""
     import mmapkv
     from mmapkv import engine as eng
 
@@ -125,6 +127,8 @@ def test_a_failed_slot_write_changes_nothing(tmp_path: Any, monkeypatch: pytest.
         store.delete("gone")
     engine = store._engine
     assert engine is not None
+    assert engine._map_writes
+    engine._map_writes = False  # as on a file whose blocks could not be reserved
     before = (engine.slots.free_slots(), engine.slots.high_water, engine.live_count)
     aimed: list[int] = []
 
@@ -148,3 +152,49 @@ def test_a_failed_slot_write_changes_nothing(tmp_path: Any, monkeypatch: pytest.
     with mmapkv.Store(path) as again:
         assert sorted(again.keys()) == ["kept", "new"] and again.verify() == []
         assert again.read("new") == value
+
+
+@pytest.mark.parametrize("reservable", [True, False])
+def test_records_go_through_the_map_only_when_blocks_are_reserved(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, reservable: bool) -> None:
+    """A store into the map that meets a full disk is a SIGBUS, so records are copied in
+    through the map only after the first change of a session has allocated every block of
+    the file (a sparse copy's holes too); where that fails they go in with pwrite, whose
+    failure is an exception.  Either way the values round-trip."""
+    import mmapkv
+    from mmapkv import engine as eng
+
+    path = os.path.join(tmp_path, "s.mmapkv")
+    mmapkv.Store(path).close()
+    with open(path, "r+b") as f:  # punch the file sparse, as `cp --sparse=always` would
+        size = os.fstat(f.fileno()).st_size
+        data = f.read()
+    os.unlink(path)
+    with open(path, "wb") as f:
+        f.write(data[:4096])
+        f.truncate(size)
+        f.seek(4096)
+        for start in range(4096, size, 4096):
+            chunk = data[start:start + 4096]
+            if chunk.strip(b"\0"):
+                f.seek(start)
+                f.write(chunk)
+    sparse_blocks = os.stat(path).st_blocks
+    if not reservable:
+        def no_space(fd: int, offset: int, length: int) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        monkeypatch.setattr(eng.os, "posix_fallocate", no_space)
+    writes: list[int] = []
+    real_pwrite = eng.os.pwrite
+    monkeypatch.setattr(eng.os, "pwrite", lambda fd, b, off: writes.append(off) or real_pwrite(fd, b, off))
+    with mmapkv.Store(path) as store:
+        assert store._engine is not None and not store._engine._map_writes  # nothing changed yet
+        store.create("k", {"v": "x" * 500})
+        assert store._engine._map_writes is reservable
+        assert store.read("k") == {"v": "x" * 500}
+    assert (len(writes) == 0) is reservable  # no record went through pwrite
+    st = os.stat(path)
+    assert sparse_blocks * 512 < st.st_size
+    assert (st.st_blocks * 512 >= st.st_size) is reservable  # the holes were filled
+    with mmapkv.Store(path) as store:
+        assert store.read("k") == {"v": "x" * 500} and store.verify() == []

@@ -122,6 +122,41 @@ def test_growth_doubles_slots_up_to_the_ceiling(path: str) -> None:
         assert store.verify() == []
 
 
+def test_growth_remaps_in_place(path: str) -> None:
+    """A growth extends the map it has (mremap: no unmapping of the pages written through
+    it, which paused a create for 192 ms in the 1 GiB fill), so the engine keeps the same
+    mmap object across every doubling, and what it held reads back after each."""
+    with mmapkv.Store(path, max_size=GROWTH_MAX_SIZE) as store:
+        engine = store._engine
+        assert engine is not None
+        mm = engine._mm
+        sizes = fill(store, Geometry(GROWTH_MAX_SIZE).max_slots - 1, value=WHOLE)
+        assert sorted(set(sizes)) == expected_sizes(GROWTH_MAX_SIZE)  # it grew, five times
+        assert store._engine is engine and engine._mm is mm and len(mm) == sizes[-1]
+        assert all(store.read(f"k{i}") == WHOLE for i in range(len(sizes)))
+        assert store.verify() == []
+
+
+def test_growth_while_a_view_is_held_maps_anew(path: str) -> None:
+    """mremap is refused while a view of the map is held outside the engine (a lock-free
+    reader caught mid-read holds one): the growth then makes a new map, and the view held
+    still reads the old bytes."""
+    with mmapkv.Store(path, max_size=GROWTH_MAX_SIZE) as store:
+        engine = store._engine
+        assert engine is not None
+        store.create("k0", WHOLE)
+        found = engine.get(b"k0", engine.fingerprint(b"k0"))
+        assert found is not None
+        held, old = found[0], engine._mm
+        start = os.path.getsize(path)
+        fill(store, 20, start=1, value=WHOLE)
+        assert os.path.getsize(path) > start
+        assert engine._mm is not old and not old.closed  # unmapped when the view goes
+        assert codec.decode(held, 0) == WHOLE
+        held.release()
+        assert all(store.read(f"k{i}") == WHOLE for i in range(21)) and store.verify() == []
+
+
 def test_small_records_share_slots_before_the_file_grows(path: str) -> None:
     """160-byte records fill the 7 record slots of a new file, 128 to a slot, before the
     first doubling: the file grows on the 897th create, not the 8th."""

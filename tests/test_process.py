@@ -678,14 +678,16 @@ def test_batch_is_all_or_nothing_across_a_crash(path: str, monkeypatch: pytest.M
         assert store.verify() == []
 
 
+@pytest.mark.parametrize("through_map", [True, False], ids=["map-copy", "pwrite"])
 @pytest.mark.parametrize("from_free_list", [True, False], ids=["freed-slot", "new-slot"])
 def test_slot_write_cut_between_pages(path: str, monkeypatch: pytest.MonkeyPatch,
-                                      from_free_list: bool) -> None:
-    """A kill in the middle of a slot's one pwrite can leave its first page (state LIVE,
+                                      from_free_list: bool, through_map: bool) -> None:
+    """A kill in the middle of a record's one write (a copy into the map, or a pwrite where
+    the file's blocks could not be reserved) can leave its first page (state LIVE,
     checksum) written and the rest not; recovery frees that slot and keeps everything
     acknowledged, also when the rest of the page still holds a freed entry's bytes."""
     from mmapkv import engine as eng
-    from mmapkv.format import PAGE_SIZE
+    from mmapkv.format import PAGE_SIZE, RECORD_HEADER
 
     big = {"text": "y" * 9_000}  # three pages of slot
     store = mmapkv.Store(path)
@@ -693,17 +695,31 @@ def test_slot_write_cut_between_pages(path: str, monkeypatch: pytest.MonkeyPatch
     if from_free_list:
         store.create("old", {"text": "o" * 9_000})
         store.delete("old")
-    real_pwrite = eng.os.pwrite
-
-    def first_page_then_die(fd: int, data: bytes, offset: int) -> int:
-        assert len(data) > PAGE_SIZE
-        real_pwrite(fd, data[:PAGE_SIZE - offset % PAGE_SIZE], offset)
-        raise Crash
-
-    monkeypatch.setattr(eng.os, "pwrite", first_page_then_die)
-    with pytest.raises(Crash):
+    engine = store._engine
+    assert engine is not None and engine._map_writes
+    if through_map:
+        # The copy cannot be stopped halfway from Python: make the write whole, then put
+        # back what the pages after the first held before it, as a kill mid-copy leaves them.
+        before = bytes(engine._mm)
         store.create("cut", big)
-    monkeypatch.setattr(eng.os, "pwrite", real_pwrite)
+        off = engine.record_offset(engine.find(b"cut", engine.fingerprint(b"cut")))
+        *_, value_len, key_len, _ = RECORD_HEADER.unpack_from(engine._mm, off)
+        start, end = off + PAGE_SIZE - off % PAGE_SIZE, off + RECORD_HEADER.size + key_len + value_len
+        assert start < end
+        engine._mm[start:end] = before[start:end]
+    else:
+        engine._map_writes = False
+        real_pwrite = eng.os.pwrite
+
+        def first_page_then_die(fd: int, data: bytes, offset: int) -> int:
+            assert len(data) > PAGE_SIZE
+            real_pwrite(fd, data[:PAGE_SIZE - offset % PAGE_SIZE], offset)
+            raise Crash
+
+        monkeypatch.setattr(eng.os, "pwrite", first_page_then_die)
+        with pytest.raises(Crash):
+            store.create("cut", big)
+        monkeypatch.setattr(eng.os, "pwrite", real_pwrite)
     simulate_crash(store)
     with mmapkv.Store(path) as store:
         assert contents(store) == {"kept": {"v": 1}}
