@@ -666,9 +666,8 @@ class Engine:
             self._mark_dirty()
         old_size = self.file_size
         try:
-            # Only the new part when every block before it is known to be allocated: a
-            # posix_fallocate from 0 over a file with many dirty pages took 105 and 127 ms
-            # (3.7 and 18 ms for the new part alone) at the fill's last two growths.
+            # Only the new part when every block before it is known to be allocated: from 0
+            # over a file of many dirty pages it took 105 and 127 ms (docs/design.md).
             reserve(self._fd, new_size, old_size if self._map_writes else 0)
         except OSError as exc:
             try:

@@ -157,6 +157,34 @@ def test_growth_while_a_view_is_held_maps_anew(path: str) -> None:
         assert all(store.read(f"k{i}") == WHOLE for i in range(21)) and store.verify() == []
 
 
+@pytest.mark.parametrize("map_writes", [True, False])
+def test_growth_reserves_the_new_part_only_when_the_rest_is_allocated(
+        path: str, monkeypatch: pytest.MonkeyPatch, map_writes: bool) -> None:
+    """A growth allocates only the blocks it adds when the session's first change reserved
+    the whole file (records then go through the map); otherwise it allocates from 0, which
+    fills any hole a sparse copy left."""
+    from mmapkv import engine as eng
+
+    if not hasattr(os, "posix_fallocate"):
+        pytest.skip("no posix_fallocate here: growth uses ftruncate")
+    calls: list[tuple[int, int]] = []
+    real = os.posix_fallocate
+    monkeypatch.setattr(eng.os, "posix_fallocate",
+                        lambda fd, offset, length: calls.append((offset, length)) or real(fd, offset, length))
+    with mmapkv.Store(path, max_size=GROWTH_MAX_SIZE) as store:
+        engine = store._engine
+        assert engine is not None
+        store.create("k0", WHOLE)
+        engine._map_writes = map_writes
+        old = os.path.getsize(path)
+        calls.clear()
+        fill(store, 20, start=1, value=WHOLE)
+        assert os.path.getsize(path) > old
+        new = Geometry(GROWTH_MAX_SIZE).grown_size(old)
+        assert calls[0] == ((old, new - old) if map_writes else (0, new))  # the first growth
+        assert all(store.read(f"k{i}") == WHOLE for i in range(21))
+
+
 def test_small_records_share_slots_before_the_file_grows(path: str) -> None:
     """160-byte records fill the 7 record slots of a new file, 128 to a slot, before the
     first doubling: the file grows on the 897th create, not the 8th."""
