@@ -84,7 +84,7 @@ __all__ = [
     "MAGIC", "VERSION", "PAGE_SIZE", "SUPERBLOCK", "SUPERBLOCK_FIELDS", "FLAG_CLEAN",
     "SB_FLAGS", "SB_FILE_SIZE", "SB_SEQ_LIMIT", "SB_BATCH_COMMIT", "SB_FLOOR_SEQ", "SB_CHECKSUM",
     "SLOT_SIZE", "SLOT_INFO", "SLOT_INFO_FIELDS", "KIND_FREE", "KIND_SEGMENT",
-    "CLASS_SIZES", "CLASS_COUNT", "class_for", "RECORD_HEADER", "RECORD_FIELDS",
+    "CLASS_SIZES", "CLASS_COUNT", "CLASS_BY_UNITS", "class_for", "RECORD_HEADER", "RECORD_FIELDS",
     "BODY_OFFSET", "KEY_OFFSET", "MAX_KEY_BYTES", "MAX_VALUE_BYTES", "STATE_FREE",
     "STATE_LIVE", "STATE_PENDING", "CODEC_STDLIB", "UNIT", "UNIT_BITS", "UNIT_MASK",
     "FINGERPRINT_SHIFT", "SEGMENT_ENTRIES", "HOME_SHIFT", "SPLIT_AT", "SEGMENT_FULL",
@@ -151,8 +151,9 @@ INITIAL_SLOTS = 8
 
 
 #: the class of a record of n bytes, by n's 32-byte units (every class size is a multiple
-#: of 32): one index on every create instead of a walk through the classes
-_CLASS_BY_UNITS = bytes(next(i for i, size in enumerate(CLASS_SIZES) if units * UNIT <= size)
+#: of 32): one index on every create instead of a walk through the classes; ``class_for``
+#: with its bounds check, ``Engine.try_insert`` without (its records always fit)
+CLASS_BY_UNITS = bytes(next(i for i, size in enumerate(CLASS_SIZES) if units * UNIT <= size)
                         for units in range(SLOT_SIZE // UNIT + 1))
 
 
@@ -163,7 +164,7 @@ def class_for(record_size: int) -> int:
     [160, 160, 256, 1280, 20480]
     """
     if 0 <= record_size <= SLOT_SIZE:
-        return _CLASS_BY_UNITS[(record_size + UNIT - 1) >> 5]
+        return CLASS_BY_UNITS[(record_size + UNIT - 1) >> 5]
     raise ValueError(f"a record of {record_size} bytes does not fit a slot")
 
 

@@ -32,6 +32,8 @@ __all__ = ["Slots", "PER_SLOT"]
 PER_SLOT = tuple(SLOT_SIZE // size for size in CLASS_SIZES)
 
 _U16 = struct.Struct("<H")        # one u16 field of an entry: used (2), prev (4), next (6)
+_KIND_USED = struct.Struct("<BxH")  # an entry's kind and used
+_BITMAP = 8                         # where an entry's bitmap starts
 _pack_info = SLOT_INFO.pack_into
 _unpack_info = SLOT_INFO.unpack_from
 
@@ -116,7 +118,8 @@ class Slots:
         head = self.heads[cls]
         if head:
             slot = head - 1
-            kind, _, used, prev, nxt, bitmap = self.info(slot)
+            info = self.info_offset + SLOT_INFO.size * slot
+            kind, _, used, prev, nxt, bitmap = _unpack_info(self.mm, info)  # type: ignore[arg-type]
             bits = int.from_bytes(bitmap, "little")
         else:
             slot = self.take_slot()
@@ -129,8 +132,12 @@ class Slots:
             # Not a clean refusal: the store repairs (rebuilds this info) before its next use.
             raise CorruptStoreError(f"the slot info of slot {slot} is damaged; the store rebuilds "
                                     "it from the records at its next use: try again")
-        bits |= 1 << index
         used += 1
+        if head and used < PER_SLOT[cls]:  # the common case: it stays partial; as give_record
+            _U16.pack_into(self.mm, info + 2, used)  # type: ignore[arg-type]
+            self.mm[info + _BITMAP + (index >> 3)] |= 1 << (index & 7)  # type: ignore[index]
+            return self.slots_offset + slot * SLOT_SIZE + index * CLASS_SIZES[cls]
+        bits |= 1 << index
         if used == PER_SLOT[cls] and PER_SLOT[cls] > 1:  # full now: off the partial list
             self._unlink(cls, slot, prev, nxt)
             prev = nxt = 0
@@ -140,8 +147,18 @@ class Slots:
     def give_record(self, offset: int) -> None:
         """Give back the sub-slot at *offset*; a slot left empty returns to the pool."""
         slot, within = divmod(offset - self.slots_offset, SLOT_SIZE)
-        kind, _, used, prev, nxt, bitmap = self.info(slot)
+        info = self.info_offset + SLOT_INFO.size * slot
+        mm = self.mm
+        kind, used = _KIND_USED.unpack_from(mm, info)  # type: ignore[arg-type]
         cls = kind - 1
+        if 0 <= cls < CLASS_COUNT and 1 < used < PER_SLOT[cls]:
+            # The common case: the slot stays on its partial list.  Two fields change, so
+            # write just those, not the whole entry.
+            bit = within // CLASS_SIZES[cls]
+            _U16.pack_into(mm, info + 2, used - 1)  # type: ignore[arg-type]
+            mm[info + _BITMAP + (bit >> 3)] &= ~(1 << (bit & 7))  # type: ignore[index]
+            return
+        kind, _, used, prev, nxt, bitmap = self.info(slot)
         if not 0 <= cls < CLASS_COUNT:
             raise AssertionError(f"slot {slot} is not a record slot (kind {kind})")
         bits = int.from_bytes(bitmap, "little") & ~(1 << (within // CLASS_SIZES[cls]))

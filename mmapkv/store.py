@@ -511,12 +511,15 @@ class Store(MutableMapping[str, dict[str, Any]]):
                 if not old_expiry or now < old_expiry:
                     raise KeyExistsError(f"key {key!r} already exists in {self._path}")
             expires = now + ttl if ttl is not None else 0.0
+            if index < 0 and engine.try_insert(kb, fp, data, flags, expires):
+                return  # the common create: one engine call, in its own bracket
             with engine.change():
                 if index >= 0:
                     engine.remove(index)
-                if not engine.try_insert(kb, fp, data, flags, expires):
-                    self._make_room(engine, [KEY_OFFSET + len(kb) + len(data)], [fp])
-                    engine.insert(kb, fp, data, flags, expires)
+                    if engine.try_insert(kb, fp, data, flags, expires):
+                        return
+                self._make_room(engine, [KEY_OFFSET + len(kb) + len(data)], [fp])
+                engine.insert(kb, fp, data, flags, expires)
 
     def delete(self, key: str) -> None:
         """Remove *key* and free its slot.
@@ -527,15 +530,13 @@ class Store(MutableMapping[str, dict[str, Any]]):
         kb = _key_bytes(key)
         fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
         with self._lock:
-            engine = self._use()
-            index = engine.find(kb, fp)
-            if index < 0:
-                raise KeyNotFoundError(f"key {key!r} is not in {self._path}")
-            expires = engine.expires_at(index)
-            with engine.change():
-                engine.remove(index)  # an expired one too: reclaim it while we are here
-            if expires and self._clock() >= expires:
-                raise KeyExpiredError(f"key {key!r} expired at {expires:.0f} (unix time)")
+            # an expired key is removed too: its room is reclaimed while we are here
+            expires = self._use().remove_key(kb, fp)
+            if expires:
+                if expires < 0:
+                    raise KeyNotFoundError(f"key {key!r} is not in {self._path}")
+                if self._clock() >= expires:
+                    raise KeyExpiredError(f"key {key!r} expired at {expires:.0f} (unix time)")
 
     def batch_create(self, items: Mapping[str, Mapping[str, Any]] | Iterable[Any],
                      ttl: int | None = None) -> None:
