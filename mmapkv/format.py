@@ -152,9 +152,9 @@ INITIAL_SLOTS = 8
 
 #: the class of a record of n bytes, by n's 32-byte units (every class size is a multiple
 #: of 32): one index on every create instead of a walk through the classes; ``class_for``
-#: with its bounds check, ``Engine.try_insert`` without (its records always fit)
+#: with its bounds check, ``Engine.try_put`` without (its records always fit)
 CLASS_BY_UNITS = bytes(next(i for i, size in enumerate(CLASS_SIZES) if units * UNIT <= size)
-                        for units in range(SLOT_SIZE // UNIT + 1))
+                       for units in range(SLOT_SIZE // UNIT + 1))
 
 
 def class_for(record_size: int) -> int:

@@ -511,13 +511,13 @@ class Store(MutableMapping[str, dict[str, Any]]):
                 if not old_expiry or now < old_expiry:
                     raise KeyExistsError(f"key {key!r} already exists in {self._path}")
             expires = now + ttl if ttl is not None else 0.0
-            if index < 0 and engine.try_insert(kb, fp, data, flags, expires):
-                return  # the common create: one engine call, in its own bracket
+            # the common create: one engine call, in its own bracket (an expired entry
+            # of the key is replaced, as by set)
+            if engine.try_put(kb, fp, data, flags, expires, index):
+                return
             with engine.change():
                 if index >= 0:
                     engine.remove(index)
-                    if engine.try_insert(kb, fp, data, flags, expires):
-                        return
                 self._make_room(engine, [KEY_OFFSET + len(kb) + len(data)], [fp])
                 engine.insert(kb, fp, data, flags, expires)
 
@@ -748,6 +748,8 @@ class Store(MutableMapping[str, dict[str, Any]]):
     def _put(self, engine: Engine, kb: bytes, fp: int, data: bytes, flags: int, expires: float) -> None:
         """Write a record for *kb* and index it, replacing the key's entry (live or
         expired) if it has one.  Call with the lock held."""
+        if engine.try_put(kb, fp, data, flags, expires, engine.find(kb, fp)):
+            return  # the common case: one engine call, in its own bracket
         with engine.change():
             index = engine.find(kb, fp)
             had = index >= 0
