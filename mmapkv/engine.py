@@ -863,7 +863,7 @@ class Engine:
         position = self.find(key, fp)
         if position < 0:
             return -1.0
-        expires = self.expires_at(position)
+        expires = self.expires_at(position) if self.ttl_count else 0.0
         self.generation += 1
         self.changes += 1
         self.remove(position)
@@ -875,10 +875,11 @@ class Engine:
         """Drop the entry at *position* and free its record."""
         if not self._dirty:
             self._mark_dirty()
-        off = self.record_offset(position)
+        off = self._slots_offset + ((self._q[position] & UNIT_MASK) - 1) * UNIT  # record_offset
         self.table.delete(position)
         self._free_record(off)
-        self._changed()
+        if self.durable:  # _changed, inline: a delete is mostly calls
+            self._mm.flush()
 
     def _free_record(self, off: int) -> None:
         if self.ttl_count and RECORD_HEADER.unpack_from(self._mm, off)[4]:
