@@ -100,9 +100,6 @@ _unpack_record = RECORD_HEADER.unpack_from
 _SEARCH_LIMIT = 3        # open attempts when the path is replaced under us (by compact)
 _SEQ_RESERVE = 1 << 16   # sequence numbers reserved on disk at a time (one superblock write)
 
-#: readahead advice, per part of the map (``Engine._advise``); not on every system
-_ADVICE = hasattr(mmap, "MADV_RANDOM") and hasattr(mmap, "MADV_NORMAL")
-
 #: Errors a change raises only after putting everything back as it was: they leave the
 #: engine usable.  Any other exception inside a change makes the next use repair first.
 CLEAN_FAILURES: tuple[type[BaseException], ...] = (StoreFullError, StoreAccessError)
@@ -346,12 +343,12 @@ class Engine:
         self.live_count, self.ttl_count, self.next_expiry = live, ttl, next_expiry
         self.next_seq, self.seq_limit = next_seq, seq_limit
         self.batch_commit, self.floor_seq = batch, floor
-        if not self.readonly:
-            self._dirty = False
-            if not clean:
-                self.recover()
-                remove_abandoned(path)  # what a process killed while compacting left beside it
-        self._advise()  # now that the high-water mark is known
+        if self.readonly:
+            return
+        self._dirty = False
+        if not clean:
+            self.recover()
+            remove_abandoned(path)  # what a process killed while compacting left beside it
 
     def mark_dirty(self) -> None:
         """Clear CLEAN on disk (if not done yet this session): the next open recovers."""
@@ -394,6 +391,9 @@ class Engine:
     def _attach(self, size: int) -> None:
         """Point the views, the slots and the table at the map, now *size* bytes."""
         mm = self._mm
+        if hasattr(mmap, "MADV_RANDOM"):
+            # No readahead: what is resident tracks what lookups touch (docs/design.md).
+            mm.madvise(mmap.MADV_RANDOM)
         g = self.geometry
         self._view = memoryview(mm)
         self._q = self._view.cast("Q")
@@ -413,29 +413,12 @@ class Engine:
         view not yet decoded) and does not exist on every system: then a new map."""
         self._release_views()
         try:
-            if _ADVICE:  # one advice over the whole map: mremap fails on a map split in two
-                self._mm.madvise(mmap.MADV_RANDOM)
             self._mm.resize(size)
         except (BufferError, OSError, SystemError, ValueError):
             self._unmap()
             self._map(size)
         else:
             self._attach(size)
-        self._advise()
-
-    def _advise(self) -> None:
-        """Readahead off where slots were used (no readahead: what is resident tracks what
-        lookups touch), on past the high-water mark, where no record was ever written: the
-        pages a create writes first are then read ahead together, where with readahead off
-        each was a fault on its own (docs/design.md, "Readahead").  A hint: it changes no
-        byte, and a system without ``madvise`` simply goes without."""
-        if not _ADVICE:
-            return
-        self._mm.madvise(mmap.MADV_RANDOM)
-        page = mmap.PAGESIZE
-        unused = -(-(self._slots_offset + self.slots.high_water * SLOT_SIZE) // page) * page
-        if unused < self.file_size:
-            self._mm.madvise(mmap.MADV_NORMAL, unused, self.file_size - unused)
 
     def _release_views(self) -> None:
         for name in ("_q", "_dir", "_view"):  # an interrupted _map may not have made them all

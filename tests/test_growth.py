@@ -16,7 +16,7 @@ import pytest
 import mmapkv
 from conftest import FakeClock
 from mmapkv import InvalidArgumentError, StoreFullError, codec, transfer
-from mmapkv.format import CLASS_SIZES, KEY_OFFSET, MAX_FILE_SIZE, SLOT_SIZE, Geometry, class_for
+from mmapkv.format import CLASS_SIZES, KEY_OFFSET, MAX_FILE_SIZE, Geometry, class_for
 
 SMALLEST = Geometry.smallest_max_size()
 
@@ -183,63 +183,6 @@ def test_growth_reserves_the_new_part_only_when_the_rest_is_allocated(
         new = Geometry(GROWTH_MAX_SIZE).grown_size(old)
         assert calls[0] == ((old, new - old) if map_writes else (0, new))  # the first growth
         assert all(store.read(f"k{i}") == WHOLE for i in range(21))
-
-
-def _readahead_off(path: str) -> list[tuple[int, int, bool]]:
-    """(start, end, readahead off) of each part of this process's maps of *path*, in
-    address order, as /proc/self/smaps shows them ("rr": MADV_RANDOM)."""
-    parts, span = [], None
-    real = os.path.realpath(path)
-    with open("/proc/self/smaps") as smaps:
-        for line in smaps:
-            fields = line.split()
-            if "-" in fields[0] and len(fields) >= 6:
-                span = fields[0] if fields[-1] == real else None
-            elif span is not None and fields[0] == "VmFlags:":
-                start, end = (int(x, 16) for x in span.split("-"))
-                parts.append((start, end, "rr" in fields[1:]))
-                span = None
-    return sorted(parts)
-
-
-def test_readahead_is_off_where_slots_were_used_and_on_past_them(path: str) -> None:
-    """Slots below the high-water mark are read without readahead (what is resident is
-    what lookups touch); past it no record was ever written, and readahead there lets a
-    create's first write to a page find it read in with its neighbours, where one fault
-    per page cost 0.7 to 0.9 us of a 1 KiB create's median (docs/design.md).  At open, after
-    each growth (which must still extend the map in place) and after a reopen."""
-    import mmap
-
-    if not (os.path.exists("/proc/self/smaps") and hasattr(mmap, "MADV_RANDOM")):
-        pytest.skip("needs Linux's /proc/self/smaps and madvise")
-    g = Geometry(GROWTH_MAX_SIZE)
-
-    def advised_from(store: mmapkv.Store) -> int:
-        """The slot readahead is on from; checks the map is in exactly those two parts."""
-        engine = store._engine
-        assert engine is not None
-        (low, mid, off), (mid2, high, on) = _readahead_off(path)
-        assert off and not on and mid == mid2 and high - low == engine.file_size
-        assert (mid - low - g.slots_offset) % SLOT_SIZE == 0
-        return (mid - low - g.slots_offset) // SLOT_SIZE
-
-    with mmapkv.Store(path, max_size=GROWTH_MAX_SIZE) as store:
-        engine = store._engine
-        assert engine is not None
-        mm = engine._mm
-        assert advised_from(store) == engine.slots.high_water == 1  # the table's segment
-        growths = 0
-        for i in range(40):
-            used, size = engine.slots.high_water, engine.file_size
-            store.create(f"k{i}", WHOLE)
-            if engine.file_size > size:  # advised at the growth, before the record's slot
-                growths += 1
-                assert used <= advised_from(store) <= engine.slots.high_water
-        assert growths == 3 and engine._mm is mm  # still extended in place
-    with mmapkv.Store(path) as store:
-        assert store._engine is not None
-        assert advised_from(store) == store._engine.slots.high_water == 41
-        assert all(store.read(f"k{i}") == WHOLE for i in range(40))
 
 
 def test_small_records_share_slots_before_the_file_grows(path: str) -> None:
