@@ -748,10 +748,10 @@ class Store(MutableMapping[str, dict[str, Any]]):
     def _put(self, engine: Engine, kb: bytes, fp: int, data: bytes, flags: int, expires: float) -> None:
         """Write a record for *kb* and index it, replacing the key's entry (live or
         expired) if it has one.  Call with the lock held."""
-        if engine.try_put(kb, fp, data, flags, expires, engine.find(kb, fp)):
+        index = engine.find(kb, fp)
+        if engine.try_put(kb, fp, data, flags, expires, index):
             return  # the common case: one engine call, in its own bracket
-        with engine.change():
-            index = engine.find(kb, fp)
+        with engine.change():  # try_put changed nothing: index still holds
             had = index >= 0
             if self._make_room(engine, [KEY_OFFSET + len(kb) + len(data)], [] if had else [fp]):
                 index = engine.find(kb, fp)  # a sweep moved the table's entries, or took it

@@ -111,9 +111,10 @@ def test_a_failed_slot_write_changes_nothing(tmp_path: Any, monkeypatch: pytest.
     """A create whose record write fails (a full disk on a sparse file, an I/O error, a
     short write) raises, indexes nothing and gives its sub-slot back, whether it was a
     freed sub-slot of a slot in use or the first of a slot taken for it: the store reads
-    as before, needs no repair, and the next create takes the same place.  (Records go in with pwrite only
-    where the file's blocks could not be reserved; elsewhere through the map, which a
-    full disk cannot reach: ``test_records_go_through_the_map_only_when_blocks_are_reserved``.)"""
+    as before, needs no repair, and the next create takes the same place.  (Records go
+    in with pwrite only where the file's blocks could not be reserved; elsewhere through
+    the map, which a full disk cannot reach:
+    ``test_records_go_through_the_map_only_when_blocks_are_reserved``.)"""
     import mmapkv
     from mmapkv import engine as eng
 
