@@ -8,8 +8,8 @@ crash model.
 
 Crash model (docs/design.md): the records are the truth; the table, the slot info and the
 counters are derived from them.  A record is written whole with one copy into the map
-(state word and checksum first); a write cut short fails its checksum.  A delete is one write of the
-state word.  The derived structures change in the map while the store is open and reach
+(state word and checksum first); a write cut short fails its checksum.  A delete is one write
+that zeroes the state word and the checksum.  The derived structures change in the map while the store is open and reach
 the superblock's counters on a clean close; after a crash (CLEAN unset) ``recover``
 rebuilds them from the records.  Four superblock words are written in place and trusted
 after a crash: ``file_size``, ``seq_limit`` (sequence numbers never repeat),
@@ -95,6 +95,11 @@ if sys.byteorder != "little":  # the table is read through native u64/u16 memory
 _HEAD = RECORD_HEADER.__class__("<IIQ")    # state, reserved, checksum: a record's first 16 bytes
 _BODY = RECORD_HEADER.__class__("<QdHBB")  # seq .. value_flags, as written at BODY_OFFSET
 _U32 = RECORD_HEADER.__class__("<I")
+#: what freeing a record writes over its first 16 bytes: state FREE and no checksum.  The
+#: old bytes after them may stay valid; were the state word alone cleared, a later write
+#: into the sub-slot cut short after its new state word (a kill mid-copy) would make them
+#: a record again (a deleted key back after a crash).
+_FREED = bytes(_HEAD.size)
 _U64 = RECORD_HEADER.__class__("<Q")
 _unpack_record = RECORD_HEADER.unpack_from
 _SEARCH_LIMIT = 3        # open attempts when the path is replaced under us (by compact)
@@ -735,9 +740,9 @@ class Engine:
                 self.slots.give_record(off)  # nothing was written: the sub-slot is free again
             raise self._write_error(exc) from None
         if written != len(record):
-            # A full disk mid-write: the first bytes went in.  Make the state word FREE again.
+            # A full disk mid-write: the first bytes went in.  Free the record again.
             try:
-                os.pwrite(self._fd, b"\0\0\0\0", off)
+                os.pwrite(self._fd, _FREED, off)
             except OSError as exc:
                 self.changes += 1  # the record is half written: leave the store to repair
                 raise self._write_error(exc) from None
@@ -867,7 +872,7 @@ class Engine:
     def _free_record(self, off: int) -> None:
         if self.ttl_count and RECORD_HEADER.unpack_from(self._mm, off)[4]:
             self.ttl_count -= 1
-        _U32.pack_into(self._mm, off, STATE_FREE)  # the truth first, then what derives from it
+        self._mm[off:off + 16] = _FREED  # the truth first, then what derives from it
         self.slots.give_record(off)
         self.live_count -= 1
 
@@ -1045,13 +1050,13 @@ class Engine:
                         KEY_OFFSET + klen + vlen <= size and \
                         xxh3_64_intdigest(view[off + BODY_OFFSET:off + KEY_OFFSET + klen + vlen], off) == checksum
                     if not ok:
-                        _U32.pack_into(mm, off, STATE_FREE)
+                        mm[off:off + 16] = _FREED
                         continue
                     key = bytes(mm[off + KEY_OFFSET:off + KEY_OFFSET + klen])
                     try:
                         key.decode("utf-8")
                     except UnicodeDecodeError:  # mmapkv writes only str keys: damage
-                        _U32.pack_into(mm, off, STATE_FREE)
+                        mm[off:off + 16] = _FREED
                         continue
                     if state == STATE_PENDING:
                         _U32.pack_into(mm, off, STATE_LIVE)
@@ -1061,9 +1066,9 @@ class Engine:
                         other = self.record_offset(position)
                         other_seq, other_expires = RECORD_HEADER.unpack_from(mm, other)[3:5]
                         if other_seq > seq:
-                            _U32.pack_into(mm, off, STATE_FREE)
+                            mm[off:off + 16] = _FREED
                             continue
-                        _U32.pack_into(mm, other, STATE_FREE)
+                        mm[other:other + 16] = _FREED
                         other_slot, within = divmod(other - self._slots_offset, SLOT_SIZE)
                         other_bit = 1 << (within // CLASS_SIZES[kinds[other_slot] - 1])
                         if other_slot == slot:
