@@ -95,6 +95,12 @@ if sys.byteorder != "little":  # the table is read through native u64/u16 memory
 _HEAD = RECORD_HEADER.__class__("<IIQ")    # state, reserved, checksum: a record's first 16 bytes
 _BODY = RECORD_HEADER.__class__("<QdHBB")  # seq .. value_flags, as written at BODY_OFFSET
 _U32 = RECORD_HEADER.__class__("<I")
+# Every store into the map is a slice assignment of bytes packed beforehand (a memcpy:
+# each byte goes from its old value straight to its new one), never ``pack_into``, which
+# zeroes its target before it writes the fields: a kill in between would leave a 0 the
+# file never held, a committed record's state word read as FREE, a slot's kind as free
+# (its records lost), a superblock word as 0.
+_LIVE = _U32.pack(STATE_LIVE)
 #: what freeing a record writes over its first 16 bytes: state FREE and no checksum.  The
 #: old bytes after them may stay valid; were the state word alone cleared, a later write
 #: into the sub-slot cut short after its new state word (a kill mid-copy) would make them
@@ -365,10 +371,10 @@ class Engine:
         from here on makes the next open recover.  Deferred from open to here because
         the msync costs milliseconds on a busy disk, and a session that only reads
         never pays it."""
-        _U32.pack_into(self._mm, SB_FLAGS, 0)
+        self._mm[SB_FLAGS:SB_FLAGS + 4] = bytes(4)
         # and the checksum: one flipped bit must not make the last clean close's counters
         # look valid again after a crash
-        _U64.pack_into(self._mm, SB_CHECKSUM, 0)
+        self._mm[SB_CHECKSUM:SB_CHECKSUM + 8] = bytes(8)
         self._mm.flush(0, PAGE_SIZE)
         self._map_writes = self._blocks_reserved()
         self._dirty = True
@@ -684,7 +690,7 @@ class Engine:
                 exc.errno, f"cannot grow {self.path} from {old_size:,} to {new_size:,} bytes: "
                 f"{exc.strerror}; free disk space, or delete keys to make room") from None
         self._remap(new_size)
-        _U64.pack_into(self._mm, SB_FILE_SIZE, new_size)
+        self._mm[SB_FILE_SIZE:SB_FILE_SIZE + 8] = _U64.pack(new_size)
         self._changed()
         return True
 
@@ -695,7 +701,7 @@ class Engine:
         self.next_seq = seq + 1
         if seq >= self.seq_limit:  # reserve the next range on disk before using it
             self.seq_limit = seq + _SEQ_RESERVE
-            _U64.pack_into(self._mm, SB_SEQ_LIMIT, self.seq_limit)
+            self._mm[SB_SEQ_LIMIT:SB_SEQ_LIMIT + 8] = _U64.pack(self.seq_limit)
         return seq
 
     def write_record(self, key: bytes, data: bytes, flags: int, expires: float,
@@ -892,11 +898,11 @@ class Engine:
         if self.durable:
             self._mm.flush()  # the records reach the disk before the commit that names them
         self.batch_commit = seq
-        _U64.pack_into(self._mm, SB_BATCH_COMMIT, seq)
+        self._mm[SB_BATCH_COMMIT:SB_BATCH_COMMIT + 8] = _U64.pack(seq)
         self._changed()
         mm = self._mm
         for off, fp, replaces in written:
-            _U32.pack_into(mm, off, STATE_LIVE)
+            mm[off:off + 4] = _LIVE
             # found now, not before: the inserts before it may have moved its entry
             position = self.find(bytes(mm[off + KEY_OFFSET:off + KEY_OFFSET + mm[off + KEY_OFFSET - 2]]), fp) \
                 if replaces else -1
@@ -916,7 +922,7 @@ class Engine:
         floor = self._take_seq()  # at most the seq_limit on disk: a valid floor
         if self.durable:
             self._mm.flush(0, PAGE_SIZE)  # the seq_limit that covers it, first
-        _U64.pack_into(self._mm, SB_FLOOR_SEQ, floor)
+        self._mm[SB_FLOOR_SEQ:SB_FLOOR_SEQ + 8] = _U64.pack(floor)
         self._changed()
         self.recover()
 
@@ -1006,7 +1012,7 @@ class Engine:
         floor = _U64.unpack_from(mm, SB_FLOOR_SEQ)[0]
         if floor > seq_limit:  # a floor is a sequence number already handed out: damage
             floor = 0
-            _U64.pack_into(mm, SB_FLOOR_SEQ, 0)
+            mm[SB_FLOOR_SEQ:SB_FLOOR_SEQ + 8] = bytes(8)
         self.floor_seq = floor
         kinds = bytearray(mm[g.info_offset:g.info_offset + 24 * self.slot_count:24]) \
             if self.slot_count else bytearray()
@@ -1059,7 +1065,7 @@ class Engine:
                         mm[off:off + 16] = _FREED
                         continue
                     if state == STATE_PENDING:
-                        _U32.pack_into(mm, off, STATE_LIVE)
+                        mm[off:off + 4] = _LIVE
                     fp = self.fingerprint(key)
                     position = self.find(key, fp)
                     if position >= 0:  # the same key twice: keep the newer write
@@ -1122,7 +1128,7 @@ class Engine:
         # the floor, and not one the reservation on disk may have handed out.
         self.next_seq = max(self.next_seq, seq_limit, top_seq + 1, batch + 1, floor)
         self.seq_limit = self.next_seq + _SEQ_RESERVE
-        _U64.pack_into(mm, SB_SEQ_LIMIT, self.seq_limit)
+        mm[SB_SEQ_LIMIT:SB_SEQ_LIMIT + 8] = _U64.pack(self.seq_limit)
         mm.flush()
 
     # ----------------------------------------------------------------- invariants

@@ -34,7 +34,11 @@ PER_SLOT = tuple(SLOT_SIZE // size for size in CLASS_SIZES)
 _U16 = struct.Struct("<H")        # one u16 field of an entry: used (2), prev (4), next (6)
 _KIND_USED = struct.Struct("<BxH")  # an entry's kind and used
 _BITMAP = 8                         # where an entry's bitmap starts
-_pack_info = SLOT_INFO.pack_into
+# Stores into the map are slice assignments of packed bytes, never ``pack_into``: that
+# zeroes its target before it writes the fields, so a kill in between would leave a kind
+# of 0 (a free slot: recovery would lose the records in it) that the file never held.
+_pack_info = SLOT_INFO.pack
+_pack_u16 = _U16.pack
 _unpack_info = SLOT_INFO.unpack_from
 
 
@@ -69,18 +73,19 @@ class Slots:
 
     def set_info(self, slot: int, kind: int, depth: int = 0, used: int = 0, prev: int = 0,
                  nxt: int = 0, bitmap: int = 0) -> None:
-        _pack_info(self.mm, self.info_offset + SLOT_INFO.size * slot, kind, depth, used,  # type: ignore[arg-type]
-                   prev, nxt, bitmap.to_bytes(16, "little"))
+        off = self.info_offset + SLOT_INFO.size * slot
+        self.mm[off:off + SLOT_INFO.size] = _pack_info(  # type: ignore[index]
+            kind, depth, used, prev, nxt, bitmap.to_bytes(16, "little"))
 
     def set_depth_used(self, slot: int, depth: int, used: int) -> None:
         off = self.info_offset + SLOT_INFO.size * slot
         self.mm[off + 1] = depth  # type: ignore[index]
-        _U16.pack_into(self.mm, off + 2, used)  # type: ignore[arg-type]
+        self.mm[off + 2:off + 4] = _pack_u16(used)  # type: ignore[index]
 
     def add_used(self, slot: int, delta: int) -> None:
         """Count *delta* more entries in segment *slot* (its depth unchanged)."""
         off = self.info_offset + SLOT_INFO.size * slot + 2
-        _U16.pack_into(self.mm, off, _U16.unpack_from(self.mm, off)[0] + delta)  # type: ignore[arg-type]
+        self.mm[off:off + 2] = _pack_u16(_U16.unpack_from(self.mm, off)[0] + delta)  # type: ignore[index]
 
     def used(self, slot: int) -> int:
         return _U16.unpack_from(self.mm, self.info_offset + SLOT_INFO.size * slot + 2)[0]  # type: ignore[arg-type, no-any-return]
@@ -134,7 +139,7 @@ class Slots:
                                     "it from the records at its next use: try again")
         used += 1
         if head and used < PER_SLOT[cls]:  # the common case: it stays partial; as give_record
-            _U16.pack_into(self.mm, info + 2, used)  # type: ignore[arg-type]
+            self.mm[info + 2:info + 4] = _pack_u16(used)  # type: ignore[index]
             self.mm[info + _BITMAP + (index >> 3)] |= 1 << (index & 7)  # type: ignore[index]
             return self.slots_offset + slot * SLOT_SIZE + index * CLASS_SIZES[cls]
         bits |= 1 << index
@@ -155,7 +160,7 @@ class Slots:
             # The common case: the slot stays on its partial list.  Two fields change, so
             # write just those, not the whole entry.
             bit = within // CLASS_SIZES[cls]
-            _U16.pack_into(mm, info + 2, used - 1)  # type: ignore[arg-type]
+            mm[info + 2:info + 4] = _pack_u16(used - 1)  # type: ignore[index]
             mm[info + _BITMAP + (bit >> 3)] &= ~(1 << (bit & 7))  # type: ignore[index]
             return
         kind, _, used, prev, nxt, bitmap = self.info(slot)
@@ -172,17 +177,22 @@ class Slots:
         if used + 1 == per:  # it was full: back on the partial list, at its head
             prev, nxt = 0, self.heads[cls]
             if nxt:
-                _U16.pack_into(self.mm, self.info_offset + SLOT_INFO.size * (nxt - 1) + 4, slot + 1)  # type: ignore[arg-type]
+                self._set_link(nxt - 1, 4, slot + 1)  # its prev
             self.heads[cls] = slot + 1
         self.set_info(slot, kind, 0, used, prev, nxt, bits)
 
+    def _set_link(self, slot: int, field: int, value: int) -> None:
+        """Set *slot*'s prev (*field* 4) or next (6)."""
+        at = self.info_offset + SLOT_INFO.size * slot + field
+        self.mm[at:at + 2] = _pack_u16(value)  # type: ignore[index]
+
     def _unlink(self, cls: int, slot: int, prev: int, nxt: int) -> None:
         if prev:
-            _U16.pack_into(self.mm, self.info_offset + SLOT_INFO.size * (prev - 1) + 6, nxt)  # type: ignore[arg-type]
+            self._set_link(prev - 1, 6, nxt)  # its next
         else:
             self.heads[cls] = nxt
         if nxt:
-            _U16.pack_into(self.mm, self.info_offset + SLOT_INFO.size * (nxt - 1) + 4, prev)  # type: ignore[arg-type]
+            self._set_link(nxt - 1, 4, prev)  # its prev
 
     def slots_needed(self, records_per_class: dict[int, int]) -> int:
         """Whole slots that taking these records (``{class: count}``) would take from the
