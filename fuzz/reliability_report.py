@@ -24,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = [
     "fuzz/test_state_machine.py",
     "tests/test_fault_kill.py",
+    "tests/test_fault_torn.py",
     "tests/test_fault_corrupt.py",
     "tests/test_fault_disk.py",
     "tests/test_fault_rivals.py",
@@ -55,6 +56,9 @@ FIGURES = [
     ("fault_kill", "kills in flight", "kills with an operation in flight"),
     ("fault_kill", "kills during growth", "kills during a growth"),
     ("fault_kill", "recoveries by child", "writers that started on a crashed store"),
+    ("fault_kill_forked", "kill rounds", "kill -9 rounds, forked writers"),
+    ("fault_kill_forked", "acknowledged operations", "  acknowledged operations checked"),
+    ("fault_kill_forked", "kills in flight", "  kills with an operation in flight"),
     ("fault_corrupt", "corrupted files tried", "corrupted store files tried"),
     ("fault_corrupt", "refused at open", "  refused at open (CorruptStoreError)"),
     ("fault_corrupt", "opened anyway", "  opened (damage elsewhere)"),
