@@ -144,7 +144,7 @@ def _install_pauses(pauser: _Pauser) -> None:
 
     real_reserve, real_grow = eng.reserve, eng.Engine.grow
     real_commit = eng.Engine.commit_batch
-    real_insert, real_delete = tbl.Table.insert, tbl.Table.delete
+    real_add, real_delete = tbl.Table.add_to, tbl.Table.delete
     in_batch = [False, 0]
 
     def reserve(fd: int, size: int, start: int = 0) -> None:
@@ -165,10 +165,12 @@ def _install_pauses(pauser: _Pauser) -> None:
         finally:
             in_batch[0] = False
 
-    def table_insert(self: Any, fp: int, entry: int) -> int:
+    def table_add(self: Any, segment: int, entry: int) -> int:
+        # add_to, not insert: every new entry goes through it (a create's try_put, an
+        # insert, a batch's commit), so the pause points see every path
         if not in_batch[0]:
             pauser.at("create.unindexed")
-        position = real_insert(self, fp, entry)
+        position = real_add(self, segment, entry)
         if in_batch[0]:
             in_batch[1] += 1
             if in_batch[1] == 1:
@@ -182,7 +184,7 @@ def _install_pauses(pauser: _Pauser) -> None:
     eng.reserve = reserve
     eng.Engine.grow = grow  # type: ignore[method-assign]
     eng.Engine.commit_batch = commit_batch  # type: ignore[method-assign]
-    tbl.Table.insert = table_insert  # type: ignore[method-assign]
+    tbl.Table.add_to = table_add  # type: ignore[method-assign]
     tbl.Table.delete = table_delete  # type: ignore[method-assign]
 
 
