@@ -8,12 +8,13 @@ crash model.
 
 Crash model (docs/design.md): the records are the truth; the table, the slot info and the
 counters are derived from them.  A record is written whole with one copy into the map
-(state word and checksum first); a write cut short fails its checksum.  A delete is one write
-that zeroes the state word and the checksum.  The derived structures change in the map while the store is open and reach
-the superblock's counters on a clean close; after a crash (CLEAN unset) ``recover``
-rebuilds them from the records.  Four superblock words are written in place and trusted
-after a crash: ``file_size``, ``seq_limit`` (sequence numbers never repeat),
-``batch_commit`` (which pending records are committed) and ``floor_seq`` (clear()).
+(state word and checksum first); a write cut short fails its checksum.  A delete is one
+write that zeroes the state word and the checksum.  The derived structures change in the
+map while the store is open and reach the superblock's counters on a clean close; after a
+crash (CLEAN unset) ``recover`` rebuilds them from the records.  Four superblock words are
+written in place and trusted after a crash: ``file_size``, ``seq_limit`` (sequence numbers
+never repeat), ``batch_commit`` (which pending records are committed) and ``floor_seq``
+(clear()).
 
 Interrupts: an exception can land between any two bytecodes of a change (Ctrl-C's
 ``KeyboardInterrupt``, ``MemoryError``...).  ``Store`` runs every change inside
