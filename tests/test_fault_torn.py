@@ -151,6 +151,7 @@ def test_a_torn_record_write_leaves_before_or_after(tmp_path: Any, seed: int,
     counter = 0
     checked = revived_checks = 0
     freed = 0  # records freed so far (deleted or replaced): bytes a cut could revive
+    wrote = wrote_after_free = 0  # calls that wrote a record (each must leave an image)
 
     def new_item() -> tuple[str, int, int]:
         nonlocal counter
@@ -184,6 +185,9 @@ def test_a_torn_record_write_leaves_before_or_after(tmp_path: Any, seed: int,
                     store.update({key: make_value(key, nonce, size) for key, nonce, size in items})
                     model.update({key: (nonce, size) for key, nonce, size in items})
                     freed += min(len(names), 1)  # the existing key's old record
+                if roll >= 0.3 or not names:  # not a delete: a record was written
+                    wrote += 1
+                    wrote_after_free += freed_before > 0
             except mmapkv.StoreFullError:
                 pass
             finally:
@@ -201,5 +205,8 @@ def test_a_torn_record_write_leaves_before_or_after(tmp_path: Any, seed: int,
             torn.images.clear()
     finally:
         store.close()
-    assert checked > 100  # the walk wrote records (and cut every one of them)
-    assert revived_checks > 50  # with keys deleted or replaced before: freed bytes to revive
+    # Every call that wrote a record left at least one cut copy (the wrapper saw its writes),
+    # and some came after a delete or an overwrite: freed bytes a cut could revive.  Counts
+    # of the walk's own calls, not thresholds, so no seed fails them by chance.
+    assert checked >= wrote > 0
+    assert revived_checks >= wrote_after_free > 0
