@@ -34,11 +34,11 @@ from typing import Any
 import orjson
 
 from mmapkv.bench.workloads import make_pool
-from mmapkv.codec import _ORJSON_OPTIONS, _plain
+from mmapkv.codec import _ORJSON_OPTIONS, _PLAIN_CONTAINERS, _PLAIN_LEAVES, _plain
 
 _OPTIONS = _ORJSON_OPTIONS | orjson.OPT_PASSTHROUGH_SUBCLASS
-_ALLOWED = frozenset((str, int, bool, type(None), float, dict, list, tuple))
-_IS_CONTAINER = frozenset((dict, list, tuple)).__contains__
+_ALLOWED = _PLAIN_LEAVES | _PLAIN_CONTAINERS | {float}
+_IS_CONTAINER = _PLAIN_CONTAINERS.__contains__
 _IS_FLOAT = frozenset((float,)).__contains__
 
 
@@ -63,7 +63,7 @@ def referents(v: Any) -> bool:
             floats = [*compress(found, map(_IS_FLOAT, types))]
             if sum(map(float.__sub__, floats, floats)):  # NaN unless every one is finite
                 return False
-        if kinds.isdisjoint((dict, list, tuple)):
+        if kinds.isdisjoint(_PLAIN_CONTAINERS):
             return True
         level = [*compress(found, map(_IS_CONTAINER, types))]
     return False
