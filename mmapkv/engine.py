@@ -562,11 +562,11 @@ class Engine:
 
     def find(self, key: bytes, fp: int) -> int:
         """Position (in the map as u64s) of *key*'s table entry, or -1.  No checksum."""
-        q, mm = self._q, self._mm
-        segment = self._dir[fp & self.table.dmask]
+        q, mm, table = self._q, self._mm, self.table
+        segment = self._dir[fp & table.dmask]
         if segment >= self.slot_count:
             raise CorruptStoreError(f"{self.path}: a directory entry points past the end of the file")
-        base = self.table.q0 + segment * SEGMENT_STRIDE
+        base = table.q0 + segment * SEGMENT_STRIDE
         i = (fp >> HOME_SHIFT) & SEGMENT_MASK
         distance = 0
         limit = self.file_size - KEY_OFFSET
@@ -592,11 +592,11 @@ class Engine:
 
         :raises DamagedEntry: the record fails its checksum (``recover`` drops it).
         """
-        q, mm = self._q, self._mm
-        segment = self._dir[fp & self.table.dmask]
+        q, mm, table = self._q, self._mm, self.table
+        segment = self._dir[fp & table.dmask]
         if segment >= self.slot_count:
             raise DamagedEntry(f"{self.path}: a directory entry points past the end of the file", -1)
-        base = self.table.q0 + segment * SEGMENT_STRIDE
+        base = table.q0 + segment * SEGMENT_STRIDE
         i = (fp >> HOME_SHIFT) & SEGMENT_MASK
         distance = 0
         while True:

@@ -104,19 +104,10 @@ _T = TypeVar("_T")
 _MISSING: Any = object()
 _KEEP: Any = object()   # replace(): keep the key's TTL
 _GONE: Any = object()
-_ABSENT: Any = object()   # _lookup: not stored
+_ABSENT: Any = object()   # read: get's default, never a stored value
 #: what a read without the lock may meet when a writer changes the map under it: a record
 #: half rewritten (its checksum fails), a released view or closed map after a growth
 _TORN = (DamagedEntry, ValueError, IndexError, BufferError, struct.error)
-
-
-class _Expired:
-    """_lookup: stored, but its TTL passed at ``at``."""
-
-    __slots__ = ("at",)
-
-    def __init__(self, at: float) -> None:
-        self.at = at
 
 
 class Store(MutableMapping[str, dict[str, Any]]):
@@ -312,12 +303,10 @@ class Store(MutableMapping[str, dict[str, Any]]):
         :raises InvalidKeyError: *key* is not a valid key.
         :raises CorruptStoreError: the stored entry fails its checksum.
         """
-        value = self._lookup(key)
-        if value.__class__ is dict:  # a stored value is always a JSON object
-            return value  # type: ignore[no-any-return,unused-ignore]
-        if value.__class__ is _Expired:
-            raise KeyExpiredError(f"key {key!r} expired at {value.at:.0f} (unix time)")
-        raise KeyNotFoundError(f"key {key!r} is not in {self._path}")
+        value = self.get(key, _ABSENT)
+        if value is _ABSENT:
+            self._raise_missing(key)
+        return value  # type: ignore[no-any-return,unused-ignore]
 
     __getitem__ = read
 
@@ -336,19 +325,13 @@ class Store(MutableMapping[str, dict[str, Any]]):
         >>> with Store(os.path.join(tempfile.mkdtemp(), "s")) as store:
         ...     store.get("nope", {})
         {}
-        """
-        value = self._lookup(key)
-        return value if value.__class__ is dict else default
 
-    def _lookup(self, key: str) -> Any:
-        """The decoded value of *key*, or ``_ABSENT`` / an ``_Expired``: the read path of
-        ``read``, ``get`` and ``[]``.
-
-        It takes no lock, so readers never wait for each other (nor queue behind one that
-        the GIL switched out while holding a lock): it reads the engine's ``generation``,
-        finds and decodes the record straight from the map and reads ``generation`` again.
-        If a change ran meanwhile (or one is open, or the map went away under it), what it
-        read is not trusted and the read is done again under the lock, as writers do.
+        The read path of ``read`` and ``[]`` too.  It takes no lock, so readers never wait
+        for each other (nor queue behind one that the GIL switched out while holding a
+        lock): it reads the engine's ``generation``, finds and decodes the record straight
+        from the map and reads ``generation`` again.  If a change ran meanwhile (or one is
+        open, or the map went away under it), what it read is not trusted and the read is
+        done again under the lock, as writers do.
         """
         # The hot path: the common key is checked inline, the rest by _key_bytes.
         if type(key) is str and 0 < len(key) <= MAX_KEY_LENGTH:
@@ -367,10 +350,8 @@ class Store(MutableMapping[str, dict[str, Any]]):
                 # Decoded straight from the map, no copy: the decoder is C holding the
                 # GIL, so no writer runs while it reads; one may run before it, which
                 # the generation check after it catches.
-                if found is None:
-                    value = _ABSENT
-                elif found[2] and self._clock() >= found[2]:
-                    value = _Expired(found[2])  # no decoding for an expired key
+                if found is None or (found[2] and self._clock() >= found[2]):
+                    value = default  # no decoding for an expired key
                 else:
                     value = _loads(found[0]) if not found[1] else _decode(found[0], found[1])
             except _TORN:
@@ -386,14 +367,24 @@ class Store(MutableMapping[str, dict[str, Any]]):
             except DamagedEntry as damaged:
                 found = self._dropped(engine, damaged, key, kb, fp)
             if found is None:
-                return _ABSENT
+                return default
             data, flags, expires = bytes(found[0]), found[1], found[2]
         if expires and self._clock() >= expires:
-            return _Expired(expires)
+            return default
         try:
             return _loads(data) if not flags else _decode(data, flags)
         except ValueError as exc:
             raise CorruptStoreError(f"{self._path}: the value of {key!r} is not JSON: {exc}") from None
+
+    def _raise_missing(self, key: str) -> None:
+        """Raise what a ``read`` of *key* that found nothing raises: ``KeyExpiredError``
+        if its record is still there, expired, else ``KeyNotFoundError``.  (Stored since
+        the lookup: still ``KeyNotFoundError``, since the read came first.)"""
+        kb = _key_bytes(key)
+        fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
+        with self._lock:
+            self._live_expiry(self._use(), key, kb, fp)
+        raise KeyNotFoundError(f"key {key!r} is not in {self._path}")
 
     def __contains__(self, key: object) -> bool:
         """True if *key* is stored and unexpired.  Cost: one lookup and a checksum, no

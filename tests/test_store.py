@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import decimal
 import json
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -172,6 +173,39 @@ def test_get(make_store: MakeStore) -> None:
     assert store.get("missing", sentinel) is sentinel
     with pytest.raises(InvalidKeyError):
         store.get("")  # a bad key is still an error, not the default
+
+
+def test_get_miss_raises_nothing_inside(make_file_store: MakeStore, clock: FakeClock) -> None:
+    """Issue 13: a ``get`` miss builds no exception, not even one caught inside it.  Every
+    frame the call enters is traced, and an "exception" event is what a raise in any of
+    them gives; the same trace sees the one that ``read`` raises, so it can fail."""
+    store = make_file_store()
+    store.create("lives", {"v": 1}, ttl=10)
+    store.create("other", {"v": 2})
+    raised: list[str] = []
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if event == "exception":
+            raised.append(f"{arg[0].__name__} in {frame.f_code.co_name}")
+        return tracer
+
+    def traced(call: Callable[[], Any]) -> list[str]:
+        raised.clear()
+        sys.settrace(tracer)
+        try:
+            call()
+        except KeyNotFoundError:
+            pass
+        finally:
+            sys.settrace(None)
+        return list(raised)
+
+    assert traced(lambda: store.get("missing")) == []
+    assert traced(lambda: store.get("lives")) == []
+    clock.advance(10)
+    assert traced(lambda: store.get("lives")) == []  # expired: the default, no exception
+    assert traced(lambda: store.read("missing"))[0].startswith("KeyNotFoundError in ")
+    assert traced(lambda: store.read("lives"))[0].startswith("KeyExpiredError")
 
 
 def test_len_keys_in_track_creates_and_deletes(make_store: MakeStore) -> None:
