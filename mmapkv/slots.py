@@ -85,7 +85,7 @@ class Slots:
     def add_used(self, slot: int, delta: int) -> None:
         """Count *delta* more entries in segment *slot* (its depth unchanged)."""
         off = self.info_offset + SLOT_INFO.size * slot + 2
-        self.mm[off:off + 2] = _pack_u16(_U16.unpack_from(self.mm, off)[0] + delta)  # type: ignore[index]
+        self.mm[off:off + 2] = _pack_u16(_U16.unpack_from(self.mm, off)[0] + delta)  # type: ignore[index, arg-type]
 
     def used(self, slot: int) -> int:
         return _U16.unpack_from(self.mm, self.info_offset + SLOT_INFO.size * slot + 2)[0]  # type: ignore[arg-type, no-any-return]

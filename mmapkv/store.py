@@ -11,7 +11,7 @@ import weakref
 from collections.abc import (Callable, ItemsView, Iterable, Iterator, Mapping, MutableMapping, Sequence,
                              ValuesView)
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from typing import Any, NoReturn, TypeVar, overload
 
 import orjson
 import platformdirs
@@ -376,7 +376,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         except ValueError as exc:
             raise CorruptStoreError(f"{self._path}: the value of {key!r} is not JSON: {exc}") from None
 
-    def _raise_missing(self, key: str) -> None:
+    def _raise_missing(self, key: str) -> NoReturn:
         """Raise what a ``read`` of *key* that found nothing raises: ``KeyExpiredError``
         if its record is still there, expired, else ``KeyNotFoundError``.  (Stored since
         the lookup: still ``KeyNotFoundError``, since the read came first.)"""

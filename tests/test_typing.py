@@ -28,6 +28,12 @@ def test_user_code_type_checks_strictly() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_package_type_checks_strictly() -> None:
+    """Every module of mmapkv passes ``mypy --strict`` (it ships ``py.typed``)."""
+    result = mypy("-p", "mmapkv")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_inferred_types_are_precise(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text(
