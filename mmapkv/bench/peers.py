@@ -331,7 +331,7 @@ class DiskcacheAdapter(Adapter):
     codecs = ("json", "mmapkv", "pickle")
 
     def open(self) -> None:
-        import diskcache  # type: ignore[import-untyped]
+        import diskcache
 
         self.cache = cache = diskcache.Cache(self.dir)
         add, getitem = cache.add, cache.__getitem__
@@ -384,7 +384,7 @@ class SqlitedictAdapter(Adapter):
     codecs = ("json", "mmapkv", "pickle")
 
     def open(self) -> None:
-        from sqlitedict import SqliteDict  # type: ignore[import-untyped]
+        from sqlitedict import SqliteDict
 
         kwargs: dict[str, Any] = {}
         if self.codec != "pickle":
