@@ -384,7 +384,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
         with self._lock:
             self._live_expiry(self._use(), key, kb, fp)
-        raise KeyNotFoundError(f"key {key!r} is not in {self._path}")
+        raise self._not_found(key)
 
     def __contains__(self, key: object) -> bool:
         """True if *key* is stored and unexpired.  Cost: one lookup and a checksum, no
@@ -525,9 +525,8 @@ class Store(MutableMapping[str, dict[str, Any]]):
             expires = self._use().remove_key(kb, fp)
             if expires:
                 if expires < 0:
-                    raise KeyNotFoundError(f"key {key!r} is not in {self._path}")
-                if self._clock() >= expires:
-                    raise KeyExpiredError(f"key {key!r} expired at {expires:.0f} (unix time)")
+                    raise self._not_found(key)
+                self._now_unexpired(key, expires)
 
     def batch_create(self, items: Mapping[str, Mapping[str, Any]] | Iterable[Any],
                      ttl: int | None = None) -> None:
@@ -717,7 +716,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         except DamagedEntry as damaged:
             found = self._dropped(engine, damaged, key, kb, fp)
         if found is None:
-            raise KeyNotFoundError(f"key {key!r} is not in {self._path}")
+            raise self._not_found(key)
         data, flags, expires = found
         return data, flags, expires, self._now_unexpired(key, expires)
 
@@ -725,9 +724,12 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """(expiry, now) of a stored, unexpired *key*; raise if it is missing or expired."""
         index = engine.find(kb, fp)
         if index < 0:
-            raise KeyNotFoundError(f"key {key!r} is not in {self._path}")
+            raise self._not_found(key)
         expires = engine.expires_at(index)
         return expires, self._now_unexpired(key, expires)
+
+    def _not_found(self, key: str) -> KeyNotFoundError:
+        return KeyNotFoundError(f"key {key!r} is not in {self._path}")
 
     def _now_unexpired(self, key: str, expires: float) -> float:
         """The clock's time, unless *key*'s expiry (0.0: none) has passed by it."""
