@@ -208,6 +208,31 @@ def test_get_miss_raises_nothing_inside(make_file_store: MakeStore, clock: FakeC
     assert traced(lambda: store.read("lives"))[0].startswith("KeyExpiredError")
 
 
+def test_read_that_found_nothing_stays_a_miss(make_file_store: MakeStore, clock: FakeClock) -> None:
+    """``read`` looks a second time only to name its error.  A key a writer stores between
+    the two looks does not turn the miss into a value (the read happened at its first
+    look); an expired key is named as expired."""
+    store = make_file_store()
+    store.create("old", {"v": 0}, ttl=5)
+    clock.advance(5)
+    looked = store.get
+
+    def writer_lands_after_the_look(key: str, default: Any = None) -> Any:
+        value = looked(key, default)
+        if key == "late":
+            store.create(key, {"v": 1})
+        return value
+
+    store.get = writer_lands_after_the_look
+    with pytest.raises(KeyNotFoundError) as info:
+        store.read("late")
+    assert type(info.value) is KeyNotFoundError and "'late'" in str(info.value)
+    with pytest.raises(KeyExpiredError):
+        store.read("old")
+    del store.get
+    assert store.read("late") == {"v": 1}
+
+
 def test_len_keys_in_track_creates_and_deletes(make_store: MakeStore) -> None:
     """len, keys and ``in`` agree with a model over a mix of creates and deletes."""
     store = make_store()
