@@ -125,6 +125,35 @@ def test_every_operation_has_sane_percentiles(results: dict[str, Any]) -> None:
                 assert threads[run]["count"] == N, (name, run)
 
 
+def test_the_machines_stalls_are_measured_beside_the_thread_reads(results: dict[str, Any]) -> None:
+    stalls = results["groups"][0]["stalls"]
+    assert stalls["seconds"] >= 0.25 and stalls["threshold_us"] == 10.0
+    assert stalls["per_second"] == round(stalls["stalls"] / stalls["seconds"], 1) or stalls["stalls"] == 0
+    assert 0 <= stalls["cpu_lost"] < 1 and stalls["p99_clear_below_us"] > 0
+    row = next(g for g in results["goals"] if g["goal"].startswith("four threads reading at once"))
+    assert f"stalled {stalls['per_second']:,.0f} times a second" in row["measured"]
+
+
+def test_scheduling_stalls_counts_the_gaps_of_its_clock() -> None:
+    """A clock that moves 1 us per read, but for three gaps of 51 us and one of 9 us
+    (under the threshold): three stalls in the 1 ms the clock says the loop ran."""
+    ticks = iter([0] + [1_000 * i + 50_000 * min(3, i // 200) + (8_000 if i >= 700 else 0)
+                         for i in range(1, 10_000)])
+    stalls = bench.machine.scheduling_stalls(0.001, clock=lambda: next(ticks))
+    assert stalls["seconds"] == 0.001 and stalls["stalls"] == 3 and stalls["per_second"] == 3_000
+    assert stalls["median_us"] == stalls["max_us"] == 51.0 and stalls["cpu_lost"] == 0.153
+    assert stalls["p99_clear_below_us"] == 3.3  # 1 % / 3,000 per second
+
+
+@pytest.mark.parametrize(("median_us", "machines"), [(5.0, False), (15.0, True)])
+def test_the_thread_goal_says_when_a_p99_is_the_machines(median_us: float, machines: bool) -> None:
+    stalls = {"per_second": 1_000.0, "threshold_us": 10.0, "median_us": 30.0}
+    note = bench.goals._stall_note(stalls, median_us)
+    assert f"about {median_us / 1e3:.1%} of {median_us:.1f}-us reads meet one" in note
+    assert note.endswith("their p99 is the machine's") is machines
+    assert bench.goals._stall_note(None, median_us) == ""
+
+
 def test_mmapkv_only_measurements(results: dict[str, Any]) -> None:
     fill = results["fill"]
     _check_percentiles(fill["create"], "fill")
@@ -214,6 +243,7 @@ def test_report_prints_the_markdown_tables(results: dict[str, Any], capsys: pyte
     assert bench.main(["--report", os.path.join(results["_out"], "results.json")]) == 0
     out = capsys.readouterr().out
     assert "| mmapkv |" in out and "| goal |" in out
+    assert f"| N = {N:,}, 1KiB | {results['groups'][0]['stalls']['per_second']:,.0f} |" in out
     # issue 13: median / mean / p99 ratios to py-lmdb, when it ran
     section = out.partition("median / mean / p99 ratios")[2].split("\n\n")[1:2]
     ratio_rows = [line for line in "".join(section).splitlines() if line.startswith(f"| N = {N:,}, 1KiB |")]

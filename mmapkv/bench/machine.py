@@ -6,9 +6,11 @@ import os
 import platform
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["SOURCE_ROOT", "machine_info"]
+__all__ = ["SOURCE_ROOT", "machine_info", "scheduling_stalls"]
 
 # The directory that holds the mmapkv package: a checkout's top, or site-packages.
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -98,6 +100,42 @@ def _mincore_pages(path: str) -> int | None:
             os.close(fd)
     except (OSError, AttributeError):
         return None
+
+
+STALL_NS = 10_000  # a gap in a loop that only reads the clock: the machine took the CPU away
+
+
+def scheduling_stalls(seconds: float = 0.25,
+                      clock: Callable[[], int] = time.perf_counter_ns) -> dict[str, Any]:
+    """How often this process loses the CPU for ``STALL_NS`` or more while it runs: a loop
+    that only reads the clock, for *seconds*.  Timer ticks, other processes and a
+    hypervisor's steal all show up as gaps.  A call of ``d`` microseconds meets one with a
+    probability of about ``d * per_second / 1e6``, so a p99 of calls longer than
+    ``p99_clear_below_us`` is set by the machine, not by the code measured.
+
+    >>> s = scheduling_stalls(0.01)
+    >>> s["per_second"] >= 0 and s["p99_clear_below_us"] > 0
+    True
+    """
+    perf = clock
+    gaps: list[int] = []
+    start = last = perf()
+    end = start + int(seconds * 1e9)
+    while last < end:
+        now = perf()
+        if now - last >= STALL_NS:
+            gaps.append(now - last)
+        last = now
+    elapsed = (last - start) / 1e9
+    gaps.sort()
+    per_second = len(gaps) / elapsed
+    return {"seconds": round(elapsed, 3), "threshold_us": STALL_NS / 1e3, "stalls": len(gaps),
+            "per_second": round(per_second, 1),
+            "median_us": round(gaps[len(gaps) // 2] / 1e3, 1) if gaps else 0.0,
+            "max_us": round(gaps[-1] / 1e3, 1) if gaps else 0.0,
+            "cpu_lost": round(sum(gaps) / 1e9 / elapsed, 4),
+            # the call length at which 1 % of calls meet a stall
+            "p99_clear_below_us": round(1e4 / per_second, 1) if gaps else float(seconds * 1e6)}
 
 
 def machine_info() -> dict[str, Any]:

@@ -159,6 +159,14 @@ def format_markdown(results: dict[str, Any]) -> str:
         for where, name, t in rows:
             out.append(f"| {where} | {name} | {t['one_thread_per_s']:,} | {t['four_threads_per_s']:,} | "
                        f"{t['ratio']:.2f} | {_us(t['one_thread']['p99_ns'])} us | {_us(t['four_threads']['p99_ns'])} us |")
+        stalls = [(f"N = {g['n']:,}, {g['value_size']}", g["stalls"]) for g in groups if g.get("stalls")]
+        if stalls:
+            out.append(f"\n| where | machine stalls of {stalls[0][1]['threshold_us']:.0f} us or more, "
+                       "per second | median stall | CPU lost | calls longer than this meet one in over 1 % |")
+            out.append("| --- | ---: | ---: | ---: | ---: |")
+            for where, st in stalls:
+                out.append(f"| {where} | {st['per_second']:,.0f} | {st['median_us']:.1f} us | "
+                           f"{st['cpu_lost']:.1%} | {st['p99_clear_below_us']:.1f} us |")
     fills = results.get("fills")
     if fills:
         out.append("\n| values (median) | keys at the ceiling | mmapkv file | B per byte stored | "

@@ -14,6 +14,7 @@ from typing import Any
 from .machine import (
     _faults,
     _page_cache_drops,
+    scheduling_stalls,
 )
 from .peers import Adapter, BenchError
 from .workloads import BATCH, OPS, encode_json
@@ -84,6 +85,7 @@ class Group:
             a.name: {op: array.array("q") for op in OPS} for a in self.adapters}
         self.usage: dict[str, tuple[int, int]] = {}
         self.threads: dict[str, dict[str, Any]] = {}
+        self.stalls: dict[str, Any] | None = None  # the machine's, just before the threads
         self.seconds = {a.name: 0.0 for a in self.adapters}  # wall time in the phases
         # Page faults of this process while each store ran each phase (getrusage): a read
         # that faults in a page from disk is a different operation from one that does not.
@@ -201,6 +203,8 @@ class Group:
         stores reversed the second time."""
         keys = self.read_order[:min(self.n, THREAD_READS)]
         stores = [a for a in self.adapters if a.shared_reads]
+        if stores:  # what a p99 of these reads can be on this machine, measured beside them
+            self.stalls = scheduling_stalls()
         runs: dict[str, list[dict[str, Any]]] = {a.name: [] for a in stores}
         for turn in range(2):
             for a in (stores if turn == 0 else stores[::-1]):
@@ -300,7 +304,7 @@ class Group:
                 "page_cache_dropped_during_run": None if drops is None or self.drops_before is None
                 else drops > self.drops_before,
                 "value_bytes_median": sorted(value_lengths)[len(value_lengths) // 2],
-                "data_bytes": data_bytes, "batch_keys": BATCH, "stores": stores}
+                "data_bytes": data_bytes, "batch_keys": BATCH, "stalls": self.stalls, "stores": stores}
 
 
 THREAD_READS = 20_000  # reads per measurement, split among the threads
