@@ -388,7 +388,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
 
     def __contains__(self, key: object) -> bool:
         """True if *key* is stored and unexpired.  Cost: one lookup and a checksum, no
-        decoding.
+        decoding.  Like :meth:`get`, it takes no lock unless a change ran under it.
 
         Like ``read``, a *key* that could never be stored (not a ``str``, too long) raises
         ``InvalidKeyError`` (a ``TypeError``/``ValueError``) rather than answering False,
@@ -396,6 +396,16 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """
         kb = _key_bytes(key)
         fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
+        engine = self._engine
+        if engine is not None and not engine.changes:  # get's seqlock read, without the decode
+            generation = engine.generation
+            try:
+                found = engine.get(kb, fp)
+            except _TORN:
+                pass
+            else:
+                if engine.generation == generation:
+                    return found is not None and (not found[2] or self._clock() < found[2])
         with self._lock:
             engine = self._use()
             try:

@@ -5,7 +5,8 @@ version it is, and carries a check field derived from both), creates keys that g
 file many times over, deletes, and compacts.  A reader first notes the last version the
 writer acknowledged for a key, then reads it: the value must be that version or a newer one,
 whole, and of that key.  Any exception other than the documented ``KeyNotFoundError`` for a
-deleted key fails the test.
+deleted key fails the test.  ``in`` reads the same way, and must never miss a hot key nor
+find one never stored.
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ def test_readers_without_the_lock_never_see_a_torn_or_stale_value(tmp_path: Any)
                     failures.append(f"a wrong or torn value for {key}: {str(value)[:80]}")
                 elif value["version"] < floor:
                     failures.append(f"{key}: version {value['version']} after {floor} was acknowledged")
+                # `in` reads the same way: a hot key is always there (an entry that Robin
+                # Hood moves under the look must not make it miss), a key never stored never
+                if key not in store:
+                    failures.append(f"`in` missed {key}, which is always stored")
+                if f"never{seed}" in store:
+                    failures.append(f"`in` found never{seed}, which was never stored")
         except Exception as exc:  # noqa: BLE001 - any exception is the failure
             failures.append(f"reader: {type(exc).__name__}: {exc}")
 
@@ -82,13 +89,14 @@ def test_readers_without_the_lock_never_see_a_torn_or_stale_value(tmp_path: Any)
 
 
 def test_reads_do_not_take_the_store_lock(tmp_path: Any) -> None:
-    """A read completes while another thread holds the store's lock (which a writer does
-    for the whole of a change)."""
+    """A read, and ``in``, complete while another thread holds the store's lock (which a
+    writer does for the whole of a change)."""
     with mmapkv.Store(os.path.join(tmp_path, "s.mmapkv")) as store:
         store.create("k", {"v": 1})
         with store._lock:
             done: list[Any] = []
-            reader = threading.Thread(target=lambda: done.append(store.get("k")))
+            reader = threading.Thread(target=lambda: done.extend(
+                [store.get("k"), "k" in store, "nope" in store]))
             reader.start()
             reader.join(timeout=30)
-            assert done == [{"v": 1}]
+            assert done == [{"v": 1}, True, False]
