@@ -396,16 +396,9 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """
         kb = _key_bytes(key)
         fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
-        engine = self._engine
-        if engine is not None and not engine.changes:  # get's seqlock read, without the decode
-            generation = engine.generation
-            try:
-                found = engine.get(kb, fp)
-            except _TORN:
-                pass
-            else:
-                if engine.generation == generation:
-                    return found is not None and (not found[2] or self._clock() < found[2])
+        expires = self._expiry_unlocked(kb, fp)
+        if expires is not None:
+            return expires >= 0 and (not expires or self._clock() < expires)
         with self._lock:
             engine = self._use()
             try:
@@ -413,6 +406,21 @@ class Store(MutableMapping[str, dict[str, Any]]):
             except DamagedEntry as damaged:
                 found = self._dropped(engine, damaged, str(key), kb, fp)
             return found is not None and (not found[2] or self._clock() < found[2])
+
+    def _expiry_unlocked(self, kb: bytes, fp: int) -> float | None:
+        """The expiry of *kb*'s record (0.0: none), or -1.0 if it has none, read without
+        the lock as :meth:`get` reads (without the decode); None if a change ran under the
+        look, or is open: the caller asks again under the lock."""
+        engine = self._engine
+        if engine is not None and not engine.changes:
+            generation = engine.generation
+            try:
+                found = engine.get(kb, fp)
+            except _TORN:
+                return None
+            if engine.generation == generation:
+                return -1.0 if found is None else found[2]
+        return None
 
     def __len__(self) -> int:
         """The number of unexpired keys.
@@ -675,14 +683,21 @@ class Store(MutableMapping[str, dict[str, Any]]):
             self._put(engine, kb, fp, data, flags, expires)
 
     def ttl(self, key: str) -> int | None:
-        """Seconds until *key* expires, rounded up (``None``: it never expires).
+        """Seconds until *key* expires, rounded up (``None``: it never expires).  Like
+        :meth:`get`, it takes no lock unless a change ran under it.
 
         :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired).
         """
         kb = _key_bytes(key)
         fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
-        with self._lock:
-            expires, now = self._live_expiry(self._use(), key, kb, fp)
+        expires = self._expiry_unlocked(kb, fp)
+        if expires is None:
+            with self._lock:
+                expires, now = self._live_expiry(self._use(), key, kb, fp)
+        elif expires < 0:
+            raise self._not_found(key)
+        else:
+            now = self._now_unexpired(key, expires)
         return math.ceil(expires - now) if expires else None
 
     def expire(self, key: str, ttl: int) -> None:

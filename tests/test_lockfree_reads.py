@@ -5,8 +5,8 @@ version it is, and carries a check field derived from both), creates keys that g
 file many times over, deletes, and compacts.  A reader first notes the last version the
 writer acknowledged for a key, then reads it: the value must be that version or a newer one,
 whole, and of that key.  Any exception other than the documented ``KeyNotFoundError`` for a
-deleted key fails the test.  ``in`` reads the same way, and must never miss a hot key nor
-find one never stored.
+deleted key fails the test.  ``in`` and ``ttl`` read the same way: they must never miss a
+hot key, nor find one never stored.
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ def test_readers_without_the_lock_never_see_a_torn_or_stale_value(tmp_path: Any)
                 # Hood moves under the look must not make it miss), a key never stored never
                 if key not in store:
                     failures.append(f"`in` missed {key}, which is always stored")
+                if store.ttl(key) is not None:  # and raises nothing: it is always stored
+                    failures.append(f"ttl() gave {key}, which never expires, a TTL")
                 if f"never{seed}" in store:
                     failures.append(f"`in` found never{seed}, which was never stored")
         except Exception as exc:  # noqa: BLE001 - any exception is the failure
@@ -89,14 +91,28 @@ def test_readers_without_the_lock_never_see_a_torn_or_stale_value(tmp_path: Any)
 
 
 def test_reads_do_not_take_the_store_lock(tmp_path: Any) -> None:
-    """A read, and ``in``, complete while another thread holds the store's lock (which a
-    writer does for the whole of a change)."""
-    with mmapkv.Store(os.path.join(tmp_path, "s.mmapkv")) as store:
+    """A read, ``in`` and ``ttl`` complete while another thread holds the store's lock
+    (which a writer does for the whole of a change), and give the answers and errors they
+    give with it."""
+    now = [1_000.0]
+    with mmapkv.Store(os.path.join(tmp_path, "s.mmapkv"), clock=lambda: now[0]) as store:
         store.create("k", {"v": 1})
+        store.create("brief", {"v": 2}, ttl=10)
+        store.create("gone", {"v": 3}, ttl=5)
+        now[0] += 6
+        done: list[Any] = []
+
+        def reads() -> None:
+            done.extend([store.get("k"), "k" in store, "nope" in store, "gone" in store,
+                         store.ttl("k"), store.ttl("brief")])
+            for key in ("nope", "gone"):
+                try:
+                    store.ttl(key)
+                except mmapkv.KeyNotFoundError as exc:  # KeyExpiredError is one
+                    done.append(type(exc).__name__)
+
         with store._lock:
-            done: list[Any] = []
-            reader = threading.Thread(target=lambda: done.extend(
-                [store.get("k"), "k" in store, "nope" in store]))
+            reader = threading.Thread(target=reads)
             reader.start()
             reader.join(timeout=30)
-            assert done == [{"v": 1}, True, False]
+            assert done == [{"v": 1}, True, False, False, None, 4, "KeyNotFoundError", "KeyExpiredError"]
