@@ -14,7 +14,8 @@ both before its ``get``; then
 * a value must be whole and of its key (never torn or another key's),
 * never older than the version acknowledged before the read began (never stale after ack),
 * and ``None`` only if the key was gone at the note or a removal of it began since: an
-  overwrite, a TTL change and a compact never show a missing key.
+  overwrite, a TTL change and a compact never show a missing key;
+* ``key in store``, asked after the ``get``, is False under the same condition only.
 
 Any exception in a reader fails the run. (It does: with ``set`` written as ``delete`` then
 ``create``, the naive upsert, readers see the key missing within the first examples.)
@@ -134,6 +135,8 @@ def test_readers_never_see_torn_stale_or_missing_values(program: list[Any], seed
                     failures.append(f"a torn or wrong value for {key}: {str(value)[:80]}")
                 elif value["version"] < version_then:
                     failures.append(f"{key}: version {value['version']} after {version_then} was acknowledged")
+                if key not in store and version_then >= 0 and writer.removals[key] == removals_then:
+                    failures.append(f"`in` missed {key}; version {version_then} acknowledged, no removal since")
         except Exception as exc:  # noqa: BLE001 - any exception in a reader is the failure
             failures.append(f"reader: {type(exc).__name__}: {exc}")
 
