@@ -380,10 +380,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """Raise what a ``read`` of *key* that found nothing raises: ``KeyExpiredError``
         if its record is still there, expired, else ``KeyNotFoundError``.  (Stored since
         the lookup: still ``KeyNotFoundError``, since the read came first.)"""
-        kb = _key_bytes(key)
-        fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
-        with self._lock:
-            self._live_expiry(self._use(), key, kb, fp)
+        self.ttl(key)  # raises both, as read names them
         raise self._not_found(key)
 
     def __contains__(self, key: object) -> bool:
@@ -397,15 +394,15 @@ class Store(MutableMapping[str, dict[str, Any]]):
         kb = _key_bytes(key)
         fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
         expires = self._expiry_unlocked(kb, fp)
-        if expires is not None:
-            return expires >= 0 and (not expires or self._clock() < expires)
-        with self._lock:
-            engine = self._use()
-            try:
-                found = engine.get(kb, fp)
-            except DamagedEntry as damaged:
-                found = self._dropped(engine, damaged, str(key), kb, fp)
-            return found is not None and (not found[2] or self._clock() < found[2])
+        if expires is None:
+            with self._lock:
+                engine = self._use()
+                try:
+                    found = engine.get(kb, fp)
+                except DamagedEntry as damaged:
+                    found = self._dropped(engine, damaged, str(key), kb, fp)
+            expires = -1.0 if found is None else found[2]
+        return expires >= 0 and (not expires or self._clock() < expires)
 
     def _expiry_unlocked(self, kb: bytes, fp: int) -> float | None:
         """The expiry of *kb*'s record (0.0: none), or -1.0 if it has none, read without
