@@ -790,7 +790,9 @@ class Engine:
     def try_put(self, key: bytes, fp: int, data: bytes, flags: int, expires: float,
                 position: int) -> bool:
         """A create's or a ``set``'s whole change, when the common case holds: the record's
-        class has a partial slot and, for a new key, its table segment needs no split.
+        class has a partial slot, or the file a free slot to start one (a record of a slot's
+        size takes a whole slot every time), and, for a new key, its table segment needs no
+        split.
         *position* is the key's table entry (its record is replaced: ``replace``), or -1
         for a key not indexed (a new entry: ``insert``).  False, with nothing changed, when
         the case does not hold; the caller then makes room and calls ``insert`` or
@@ -804,8 +806,8 @@ class Engine:
         """
         cls = CLASS_BY_UNITS[(KEY_OFFSET + len(key) + len(data) + UNIT - 1) >> 5]
         slots = self.slots
-        if not slots.heads[cls]:
-            return False
+        if not slots.heads[cls] and not slots.free_slots():
+            return False  # no partial slot of its class, nor a slot to start one without growing
         segment = -1
         if position < 0:
             segment = self.table.segment_with_room(fp)

@@ -92,6 +92,12 @@ SCENARIOS: dict[str, Scenario] = {
                        lambda s, c: s.create("new", {"v": [1, 2.5, "é"]}, ttl=60)),
     "create-grows-the-file": Scenario(lambda s, c: _fill(s, 8),
                                       lambda s, c: s.create("new", {"v": 1})),
+    # issue 13: a create whose size class has no partial slot starts one (or takes a whole
+    # slot) in the common path when the file has a free slot
+    "create-starts-a-slot": Scenario(lambda s, c: _fill(s, 3),
+                                     lambda s, c: s.create("new", {"pad": "y" * 600})),
+    "create-takes-a-whole-slot": Scenario(lambda s, c: _fill(s, 3),
+                                          lambda s, c: s.create("new", {"pad": "y" * 12_000}, ttl=60)),
     "create-over-expired": Scenario(lambda s, c: (_fill(s, 2), s.create("new", {"old": 1}, ttl=50)),
                                     lambda s, c: s.create("new", {"v": 2})),
     "create-sweeps-at-ceiling": Scenario(lambda s, c: (_fill(s, 30), _fill(s, 3, ttl=50, prefix="t")),
