@@ -163,6 +163,9 @@ class Slots:
             mm[info + 2:info + 4] = _pack_u16(used - 1)  # type: ignore[index]
             mm[info + _BITMAP + (bit >> 3)] &= ~(1 << (bit & 7))  # type: ignore[index]
             return
+        if used == 1 and 0 <= cls < CLASS_COUNT and PER_SLOT[cls] == 1:
+            self.give_slot(slot)  # a whole-slot record: its slot was on no partial list
+            return
         kind, _, used, prev, nxt, bitmap = self.info(slot)
         if not 0 <= cls < CLASS_COUNT:
             raise AssertionError(f"slot {slot} is not a record slot (kind {kind})")
