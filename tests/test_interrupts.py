@@ -103,8 +103,9 @@ SCENARIOS: dict[str, Scenario] = {
     "create-sweeps-at-ceiling": Scenario(lambda s, c: (_fill(s, 30), _fill(s, 3, ttl=50, prefix="t")),
                                          lambda s, c: s.create("new", {"v": 3})),
     "delete": Scenario(lambda s, c: _fill(s, 3, ttl=500), lambda s, c: s.delete("k1")),
-    "delete-frees-a-whole-slot": Scenario(lambda s, c: (_fill(s, 3), s.create("big", {"pad": "y" * 12_000}, ttl=500)),
-                                          lambda s, c: s.delete("big")),
+    "delete-frees-a-whole-slot": Scenario(
+        lambda s, c: (_fill(s, 3), s.create("big", {"pad": "y" * 12_000}, ttl=500)),
+        lambda s, c: s.delete("big")),
     "delete-expired": Scenario(lambda s, c: (_fill(s, 2), _fill(s, 2, ttl=50, prefix="t")),
                                lambda s, c: s.delete("t0")),
     "batch-create-grows": Scenario(
