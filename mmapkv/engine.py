@@ -647,9 +647,6 @@ class Engine:
         fingerprints: grow the file if that helps (and *grow*).  False if there is no
         room (the caller may reclaim expired records and ask again)."""
         slots = self.slots
-        if len(record_sizes) == 1 and slots.heads[class_for(record_sizes[0])] and \
-                (not fps or not self.table.split_due(fps[0])):
-            return True  # the common create: a partial slot of its class, no split due
         data = slots.slots_needed(Counter(class_for(size) for size in record_sizes))
         want, must = self.table.needs(fps)
         if not grow:

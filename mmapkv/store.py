@@ -236,12 +236,16 @@ class Store(MutableMapping[str, dict[str, Any]]):
         engine._release()
         return new
 
-    def _dropped(self, engine: Engine, damaged: DamagedEntry, key: str, kb: bytes,
-                 fp: int) -> tuple[memoryview, int, float] | None:
-        """A damaged entry was found: recover (which frees every record that fails its
-        checksum and rebuilds the table), so that ``in``, ``len`` and ``keys`` agree with
-        ``read``.  If the damage was in the table only, the key is there again: return it;
-        else raise ``CorruptStoreError``."""
+    def _found(self, engine: Engine, key: str, kb: bytes,
+               fp: int) -> tuple[memoryview, int, float] | None:
+        """``engine.get`` under the lock, dropping a damaged entry: on one, recover (which
+        frees every record that fails its checksum and rebuilds the table), so that ``in``,
+        ``len`` and ``keys`` agree with ``read``.  If the damage was in the table only, the
+        key is there again: return it; else raise ``CorruptStoreError``."""
+        try:
+            return engine.get(kb, fp)
+        except DamagedEntry as exc:
+            damaged = exc
         with engine.change():
             engine.recover()
         try:
@@ -362,10 +366,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         # `with`, not acquire() and try: an interrupt between those two would keep the lock.
         with self._lock:
             engine = self._use()
-            try:
-                found = engine.get(kb, fp)
-            except DamagedEntry as damaged:
-                found = self._dropped(engine, damaged, key, kb, fp)
+            found = self._found(engine, key, kb, fp)
             if found is None:
                 return default
             data, flags, expires = bytes(found[0]), found[1], found[2]
@@ -396,11 +397,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         expires = self._expiry_unlocked(kb, fp)
         if expires is None:
             with self._lock:
-                engine = self._use()
-                try:
-                    found = engine.get(kb, fp)
-                except DamagedEntry as damaged:
-                    found = self._dropped(engine, damaged, str(key), kb, fp)
+                found = self._found(self._use(), str(key), kb, fp)
             expires = -1.0 if found is None else found[2]
         return expires >= 0 and (not expires or self._clock() < expires)
 
@@ -733,10 +730,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
 
         :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired).
         """
-        try:
-            found = engine.get(kb, fp)
-        except DamagedEntry as damaged:
-            found = self._dropped(engine, damaged, key, kb, fp)
+        found = self._found(engine, key, kb, fp)
         if found is None:
             raise self._not_found(key)
         data, flags, expires = found

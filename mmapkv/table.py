@@ -176,10 +176,6 @@ class Table:
         for index in range((fp & (bit - 1)) | bit, 1 << self.depth, bit << 1):
             self.dir[index] = sibling
 
-    def split_due(self, fp: int) -> bool:
-        """True if the segment *fp* maps to would split before taking another entry."""
-        return self.segment_with_room(fp) < 0
-
     def segment_with_room(self, fp: int) -> int:
         """The segment *fp* maps to, or -1 if it would split before taking another entry."""
         segment: int = self.dir[fp & self.dmask]
