@@ -70,22 +70,28 @@ def read_v2(path: str) -> tuple[int, list[V2Entry]]:
             (magic, version, _, max_size, _, _, _, _, _, _, _, batch, _) = _SUPERBLOCK.unpack_from(mm, 0)
             if magic != MAGIC or version != V2_VERSION:
                 raise CorruptStoreError(f"{path} is not a version-2 mmapkv store")
-            first = _slots_offset(max_size)
-            newest: dict[bytes, V2Entry] = {}
             view = memoryview(mm)
-            try:
-                for off in range(first, size - _VALUE_OFFSET + 1, _SLOT_STRIDE):
-                    state, _, checksum, seq, expires, vlen, klen, flags, _ = _SLOT_HEADER.unpack_from(mm, off)
-                    if not (state == STATE_LIVE or (state == STATE_PENDING and seq == batch)):
-                        continue
-                    end = off + _VALUE_OFFSET + vlen
-                    if vlen > MAX_VALUE_BYTES or not 1 <= klen <= MAX_KEY_BYTES or end > size or \
-                            xxh3_64_intdigest(view[off + _BODY_OFFSET:end]) != checksum:
-                        continue
-                    key = bytes(mm[off + _KEY_OFFSET:off + _KEY_OFFSET + klen])
-                    if key not in newest or newest[key].seq < seq:
-                        newest[key] = V2Entry(key, bytes(mm[off + _VALUE_OFFSET:end]), flags, expires, seq)
+            try:  # the loop in a function of its own: see the note above store._readable_keys
+                newest = _newest_entries(mm, view, _slots_offset(max_size), size, batch)
             finally:
                 view.release()
     return max_size, list(newest.values())
+
+
+def _newest_entries(mm: mmap.mmap, view: memoryview, first: int, size: int,
+                    batch: int) -> dict[bytes, V2Entry]:
+    """The newest intact copy of each key in the slots from *first*, by key."""
+    newest: dict[bytes, V2Entry] = {}
+    for off in range(first, size - _VALUE_OFFSET + 1, _SLOT_STRIDE):
+        state, _, checksum, seq, expires, vlen, klen, flags, _ = _SLOT_HEADER.unpack_from(mm, off)
+        if not (state == STATE_LIVE or (state == STATE_PENDING and seq == batch)):
+            continue
+        end = off + _VALUE_OFFSET + vlen
+        if vlen > MAX_VALUE_BYTES or not 1 <= klen <= MAX_KEY_BYTES or end > size or \
+                xxh3_64_intdigest(view[off + _BODY_OFFSET:end]) != checksum:
+            continue
+        key = bytes(mm[off + _KEY_OFFSET:off + _KEY_OFFSET + klen])
+        if key not in newest or newest[key].seq < seq:
+            newest[key] = V2Entry(key, bytes(mm[off + _VALUE_OFFSET:end]), flags, expires, seq)
+    return newest
 

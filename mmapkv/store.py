@@ -438,17 +438,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """
         with self._lock:
             engine = self._use()
-            now = self._clock() if engine.ttl_count else 0.0
-            keys = []
-            damaged = 0
-            for off, _, expires, key in engine.iter_records():
-                if not (engine.is_indexed(off, key) and engine.is_intact(off)):
-                    damaged += 1
-                elif not expires or now < expires:
-                    try:
-                        keys.append(key.decode("utf-8"))
-                    except UnicodeDecodeError:  # a forged record: mmapkv writes str keys
-                        damaged += 1
+            keys, damaged = _readable_keys(engine, self._clock() if engine.ttl_count else 0.0)
             if damaged:
                 with engine.change():
                     engine.recover()
@@ -605,34 +595,37 @@ class Store(MutableMapping[str, dict[str, Any]]):
             if not prepared:
                 return
             now = self._clock()
-            expired = []
-            stored = set()
-            for key, kb, fp, _, _, _ in prepared:
-                index = engine.find(kb, fp)
-                if index >= 0:
-                    old_expiry = engine.expires_at(index)
-                    if not old_expiry or now < old_expiry:
-                        if not overwrite:
-                            raise KeyExistsError(f"key {key!r} already exists in {self._path}")
-                        stored.add(kb)
-                    else:
-                        expired.append((kb, fp))
+            # The loops run in helpers, not in this frame: see _readable_keys.
+            expired, stored = self._stored_keys(engine, prepared, now, overwrite)
             with engine.change():
-                for kb, fp in expired:
-                    engine.remove(engine.find(kb, fp))
-                self._make_room(engine, [KEY_OFFSET + len(kb) + len(data) for _, kb, _, data, _, _ in prepared],
-                                [fp for _, kb, fp, _, _, _ in prepared if kb not in stored])
+                _remove_keys(engine, expired)
+                self._make_room(engine, *_room_wanted(prepared, stored))
                 seq = engine.begin_batch()
                 written: list[tuple[int, int, bool]] = []
                 try:
-                    for _, kb, fp, data, flags, t in prepared:
-                        expires = (t or 0.0) if absolute else (now + t if t is not None else 0.0)
-                        off = engine.write_record(kb, data, flags, expires, STATE_PENDING, seq)
-                        written.append((off, fp, kb in stored))
+                    _write_pending(engine, prepared, stored, seq, now, absolute, written)
                 except CLEAN_FAILURES:  # a full disk: give the slots back, change nothing
                     engine.abort_batch(written)
                     raise
                 engine.commit_batch(seq, written)
+
+    def _stored_keys(self, engine: Engine, prepared: Sequence[tuple[str, bytes, int, bytes, int, float | None]],
+                     now: float, overwrite: bool) -> tuple[list[tuple[bytes, int]], set[bytes]]:
+        """The batch's keys stored expired, as (key bytes, fingerprint), and those stored
+        live; unless *overwrite*, a live one raises ``KeyExistsError``."""
+        expired = []
+        stored = set()
+        for key, kb, fp, _, _, _ in prepared:
+            index = engine.find(kb, fp)
+            if index >= 0:
+                old_expiry = engine.expires_at(index)
+                if not old_expiry or now < old_expiry:
+                    if not overwrite:
+                        raise KeyExistsError(f"key {key!r} already exists in {self._path}")
+                    stored.add(kb)
+                else:
+                    expired.append((kb, fp))
+        return expired, stored
 
     # ----------------------------------------------------------------- overwrites
 
@@ -914,6 +907,56 @@ class Store(MutableMapping[str, dict[str, Any]]):
             f"sub-slot for {len(record_sizes):,} more, nor a slot to split a full table segment into"
             + (f" ({free_elsewhere:,} sub-slots of other sizes are free: `mmapkv compact` "
                "repacks them)" if free_elsewhere else "") + "; delete keys to make room")
+
+
+# Loops over many entries run in functions of their own, never inside a `with` or `try`
+# of the frame that holds the lock or a change bracket.  CPython 3.13 leaves some of a
+# loop's backward jumps out of their frame's exception table (python/cpython#130279), and
+# a Ctrl-C lands exactly there: the exception then leaves the frame without running its
+# `with` exits or `finally` blocks, so the lock would stay held.  In a frame of its own the
+# loop has no handler to skip, and its caller's call is covered as usual
+# (tests/test_backward_jumps.py checks every function's bytecode).
+
+
+def _readable_keys(engine: Engine, now: float) -> tuple[list[str], int]:
+    """The keys ``keys()`` lists (unexpired at *now*, indexed, intact), and the number of
+    damaged entries met."""
+    keys = []
+    damaged = 0
+    for off, _, expires, key in engine.iter_records():
+        if not (engine.is_indexed(off, key) and engine.is_intact(off)):
+            damaged += 1
+        elif not expires or now < expires:
+            try:
+                keys.append(key.decode("utf-8"))
+            except UnicodeDecodeError:  # a forged record: mmapkv writes str keys
+                damaged += 1
+    return keys, damaged
+
+
+def _remove_keys(engine: Engine, entries: list[tuple[bytes, int]]) -> None:
+    for kb, fp in entries:
+        engine.remove(engine.find(kb, fp))
+
+
+def _room_wanted(prepared: Sequence[tuple[str, bytes, int, bytes, int, float | None]],
+                 stored: set[bytes]) -> tuple[list[int], list[int]]:
+    """A batch's record sizes, and the fingerprints of its keys not stored (they need
+    table entries): ``_make_room``'s arguments."""
+    return ([KEY_OFFSET + len(kb) + len(data) for _, kb, _, data, _, _ in prepared],
+            [fp for _, kb, fp, _, _, _ in prepared if kb not in stored])
+
+
+def _write_pending(engine: Engine, prepared: Sequence[tuple[str, bytes, int, bytes, int, float | None]],
+                   stored: set[bytes], seq: int, now: float, absolute: bool,
+                   written: list[tuple[int, int, bool]]) -> None:
+    """Write a batch's records PENDING under *seq*, appending each one's (offset,
+    fingerprint, whether it replaces a stored key) to *written* as it goes (the caller
+    gives them back if one fails)."""
+    for _, kb, fp, data, flags, t in prepared:
+        expires = (t or 0.0) if absolute else (now + t if t is not None else 0.0)
+        off = engine.write_record(kb, data, flags, expires, STATE_PENDING, seq)
+        written.append((off, fp, kb in stored))
 
 
 class _StoreItems(ItemsView[str, dict[str, Any]]):

@@ -56,10 +56,10 @@ def remove_abandoned(path: str) -> list[str]:
     prefix = _prefix(path)
     removed: list[str] = []
     try:
-        names = [n for n in os.listdir(directory) if _is_ours(n, prefix)]
+        listing = os.listdir(directory)
     except OSError:
         return removed
-    for name in names:
+    for name in [n for n in listing if _is_ours(n, prefix)]:
         candidate = os.path.join(directory, name)
         try:
             fd = os.open(candidate, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)

@@ -56,7 +56,7 @@ from .format import (
     Geometry,
     class_for,
 )
-from .legacy import read_v2
+from .legacy import V2Entry, read_v2
 from .slots import PER_SLOT
 from .locking import lock_file
 from .store import MAX_TTL, Store
@@ -336,31 +336,14 @@ def restore(store: Store, source: IO[bytes], *, skip_existing: bool = False,
         sizes[kb] = KEY_OFFSET + len(kb) + len(data)
     with store._lock:
         engine = _engine(store)
-        skip: set[bytes] = set()
-        expired_names: list[int] = []
-        for kb, number in lines.items():
-            position = engine.find(kb, engine.fingerprint(kb))
-            if position < 0:
-                continue
-            old_expiry = engine.expires_at(position)
-            if old_expiry and old_expiry <= now:
-                expired_names.append(number)  # its name is free again, as in Store.create
-            elif skip_existing:
-                skip.add(kb)
-            else:
-                raise KeyExistsError(
-                    f"{name} line {number}: key {kb.decode()!r} already exists in {store.path}; "
-                    "nothing was restored (skip_existing / --skip-existing keeps stored keys)")
+        # The loops run in helpers, never in this frame (the note above store._readable_keys).
+        skip, expired_names = _stored_conflicts(engine, lines, now, skip_existing, name, store.path)
         needed = len(lines) - len(skip)
         failure: MmapKVError | None = None
         with engine.change():
-            for kb, number in lines.items():
-                if number in expired_names:
-                    engine.remove(engine.find(kb, engine.fingerprint(kb)))
+            _remove_names(engine, lines, expired_names)
             if needed:
-                kept = [kb for kb in lines if kb not in skip]
-                store._make_room(engine, [sizes[kb] for kb in kept],
-                                 [engine.fingerprint(kb) for kb in kept])
+                store._make_room(engine, *_room_wanted(engine, lines, sizes, skip))
             # Pass 2: write PENDING slots of one batch, then commit them with one write,
             # exactly as Store.batch_create does: a crash before the commit drops them all,
             # and so does an interrupt (the change stays open; the next use repairs).
@@ -368,13 +351,8 @@ def restore(store: Store, source: IO[bytes], *, skip_existing: bool = False,
             written: list[tuple[int, int, bool]] = []
             try:
                 source.seek(start)
-                for number, key, kb, data, flags, expires in _parse(source, name, progress, size, total):
-                    if (expires and expires <= now) or kb in skip:
-                        continue
-                    if lines.get(kb) != number:
-                        raise InvalidDumpError(f"{name} changed while it was being restored; nothing was restored")
-                    off = engine.write_record(kb, data, flags, expires, STATE_PENDING, seq)
-                    written.append((off, engine.fingerprint(kb), False))
+                _write_pending(engine, _parse(source, name, progress, size, total), name, now, lines,
+                               skip, seq, written)
                 if len(written) != needed:
                     raise InvalidDumpError(f"{name} changed while it was being restored; nothing was restored")
             except MmapKVError as exc:  # bad input or a full disk: give the slots back
@@ -388,6 +366,56 @@ def restore(store: Store, source: IO[bytes], *, skip_existing: bool = False,
     if progress is not None:
         progress(total, total)
     return RestoreResult(len(written), len(skip), expired)
+
+
+def _stored_conflicts(engine: Engine, lines: dict[bytes, int], now: float, skip_existing: bool,
+                      name: str, path: str) -> tuple[set[bytes], set[int]]:
+    """The input's keys stored live (skipped, with *skip_existing*; else the first raises
+    ``KeyExistsError``), and the line numbers of those stored expired."""
+    skip: set[bytes] = set()
+    expired_names: set[int] = set()
+    for kb, number in lines.items():
+        position = engine.find(kb, engine.fingerprint(kb))
+        if position < 0:
+            continue
+        old_expiry = engine.expires_at(position)
+        if old_expiry and old_expiry <= now:
+            expired_names.add(number)  # its name is free again, as in Store.create
+        elif skip_existing:
+            skip.add(kb)
+        else:
+            raise KeyExistsError(
+                f"{name} line {number}: key {kb.decode()!r} already exists in {path}; "
+                "nothing was restored (skip_existing / --skip-existing keeps stored keys)")
+    return skip, expired_names
+
+
+def _remove_names(engine: Engine, lines: dict[bytes, int], numbers: set[int]) -> None:
+    """Remove the stored (expired) entries of the keys on these input lines."""
+    for kb, number in lines.items():
+        if number in numbers:
+            engine.remove(engine.find(kb, engine.fingerprint(kb)))
+
+
+def _room_wanted(engine: Engine, lines: dict[bytes, int], sizes: dict[bytes, int],
+                 skip: set[bytes]) -> tuple[list[int], list[int]]:
+    """The record sizes and fingerprints of the keys to restore: ``_make_room``'s arguments."""
+    kept = [kb for kb in lines if kb not in skip]
+    return [sizes[kb] for kb in kept], [engine.fingerprint(kb) for kb in kept]
+
+
+def _write_pending(engine: Engine, parsed: Iterable[tuple[int, str, bytes, bytes, int, float]], name: str,
+                   now: float, lines: dict[bytes, int], skip: set[bytes], seq: int,
+                   written: list[tuple[int, int, bool]]) -> None:
+    """Pass 2 of ``restore``: write the input's entries PENDING under *seq*, appending each
+    one's (offset, fingerprint, False) to *written* as it goes."""
+    for number, _, kb, data, flags, expires in parsed:
+        if (expires and expires <= now) or kb in skip:
+            continue
+        if lines.get(kb) != number:
+            raise InvalidDumpError(f"{name} changed while it was being restored; nothing was restored")
+        off = engine.write_record(kb, data, flags, expires, STATE_PENDING, seq)
+        written.append((off, engine.fingerprint(kb), False))
 
 
 # ------------------------------------------------------------------ compact
@@ -415,16 +443,11 @@ def compact(store: Store, *, skip_corrupt: bool = False,
         now = store._clock()
         path = store.path
         # Pass 1: where each live key's record is (the newer copy, should there be two).
-        chosen: dict[bytes, tuple[int, int, int]] = {}
-        skip = _skipper(skip_corrupt, on_skip, [])
         total = 2 * max(old.slots.high_water, 1)
-        for entry in _entries(old, skip, progress, total):
-            if entry.expires_at and entry.expires_at <= now:
-                continue
-            previous = chosen.get(entry.key)
-            if previous is None or entry.seq > previous[0]:
-                chosen[entry.key] = (entry.seq, entry.offset, KEY_OFFSET + len(entry.key) + len(entry.data))
-        records = sorted((off, size) for _, off, size in chosen.values())  # keep the file order
+        # The loops run in helpers, never in this frame (the note above store._readable_keys).
+        chosen = _live_records(_entries(old, _skipper(skip_corrupt, on_skip, []), progress, total), now)
+        records = sorted(chosen.values())  # (offset, size), in the file's order
+        sizes = [size for _, size in records]  # what _fill needs, computed outside the bracket
         remove_abandoned(path)  # what an earlier, killed compact left
         # From here until the switch a kill leaves a temporary file beside the store:
         # marking the store unclean makes the next open recover and remove it.
@@ -435,9 +458,8 @@ def compact(store: Store, *, skip_corrupt: bool = False,
             new = Engine(tmp, durable=old.durable, create=False)  # locked from here on
             try:
                 os.chmod(tmp, stat.S_IMODE(os.fstat(old._fd).st_mode))
-                _fill(new, ((_read_record(old, off), size) for off, size in records),
-                      [size for _, size in records],
-                      [new.fingerprint(key) for key in chosen], progress, total // 2, total)
+                _fill(new, ((_read_record(old, off), size) for off, size in records), sizes,
+                      list(map(new.fingerprint, chosen)), progress, total // 2, total)
                 new.mark_clean()  # counters written, flagged clean, synced
                 os.fsync(new._fd)  # the file's size and blocks, not only the mapped pages
                 old.successor = new  # Store._repair takes it over if we stop past the rename
@@ -460,6 +482,18 @@ def compact(store: Store, *, skip_corrupt: bool = False,
         if progress is not None:
             progress(total, total)
         return old_size, new.file_size, len(records)
+
+
+def _live_records(entries: Iterable[Entry], now: float) -> dict[bytes, tuple[int, int]]:
+    """Each unexpired key's record as (offset, size): the newer copy, should there be two."""
+    chosen: dict[bytes, tuple[int, int, int]] = {}
+    for entry in entries:
+        if entry.expires_at and entry.expires_at <= now:
+            continue
+        previous = chosen.get(entry.key)
+        if previous is None or entry.seq > previous[0]:
+            chosen[entry.key] = (entry.seq, entry.offset, KEY_OFFSET + len(entry.key) + len(entry.data))
+    return {key: (off, size) for key, (_, off, size) in chosen.items()}
 
 
 def _fill(new: Engine, entries: Iterable[tuple[Entry | str | None, int]], sizes: list[int],
@@ -495,6 +529,12 @@ def _ceiling_for(max_size: int, sizes: list[int]) -> int:
     return size
 
 
+def _unexpired_v2(entries: list[V2Entry], now: float) -> tuple[list[V2Entry], list[int]]:
+    """The entries unexpired at *now*, and their record sizes in the current format."""
+    kept = [e for e in entries if not (e.expires_at and e.expires_at <= now)]
+    return kept, [KEY_OFFSET + len(e.key) + len(e.data) for e in kept]
+
+
 def convert_v2(path: str, *, now: float | None = None,
                progress: Progress | None = None) -> tuple[int, int, int]:
     """Convert the format-version-2 store at *path* to the current format, in place.
@@ -511,8 +551,7 @@ def convert_v2(path: str, *, now: float | None = None,
             raise StoreLockedError(f"{path} was replaced while converting it; try again")
         old_size = os.fstat(fd).st_size
         max_size, entries = read_v2(path)
-        entries = [e for e in entries if not (e.expires_at and e.expires_at <= now)]
-        sizes = [KEY_OFFSET + len(e.key) + len(e.data) for e in entries]
+        entries, sizes = _unexpired_v2(entries, now)  # its loops in a helper: see compact
         tmp = temporary_path(path, "compact")
         create_file(tmp, _ceiling_for(max_size, sizes), in_place=True)
         new = Engine(tmp, create=False)
@@ -521,7 +560,7 @@ def convert_v2(path: str, *, now: float | None = None,
             converted = (Entry(0, e.key, e.data, e.flags, e.expires_at, e.seq) for e in entries)
             try:
                 _fill(new, ((entry, 0) for entry in converted), sizes,
-                      [new.fingerprint(e.key) for e in entries], progress, 0, max(len(entries), 1))
+                      list(map(new.fingerprint, (e.key for e in entries))), progress, 0, max(len(entries), 1))
             except StoreFullError:
                 raise StoreFullError(
                     f"{path}: its {len(entries):,} entries do not fit a version-{FORMAT_VERSION} "

@@ -31,12 +31,10 @@ def _page_cache_drops() -> int | None:
     """How often anyone wrote to /proc/sys/vm/drop_caches since boot (Linux), or None."""
     try:
         with open("/proc/vmstat") as f:
-            for line in f:
-                if line.startswith("drop_pagecache "):
-                    return int(line.split()[1])
+            lines = f.readlines()  # read whole, looped over outside the `with` (tests/test_backward_jumps.py)
     except OSError:
-        pass
-    return None
+        return None
+    return next((int(line.split()[1]) for line in lines if line.startswith("drop_pagecache ")), None)
 
 
 def _anon_kib() -> int | None:
@@ -44,11 +42,12 @@ def _anon_kib() -> int | None:
     for path, field in (("/proc/self/smaps_rollup", "Anonymous:"), ("/proc/self/status", "RssAnon:")):
         try:
             with open(path) as f:
-                for line in f:
-                    if line.startswith(field):
-                        return int(line.split()[1])
+                lines = f.readlines()  # looped over outside the `with`, as in _page_cache_drops
         except OSError:
             continue
+        found = next((int(line.split()[1]) for line in lines if line.startswith(field)), None)
+        if found is not None:
+            return found
     return None
 
 
@@ -58,15 +57,16 @@ def _mapping_rss_kib(path: str) -> int | None:
     total, inside, found = 0, False, False
     try:
         with open("/proc/self/smaps") as f:
-            for line in f:
-                first = line.split(None, 5)
-                if len(first) >= 5 and "-" in first[0] and not first[0].endswith(":"):
-                    inside = len(first) == 6 and first[5].strip() == real
-                    found = found or inside
-                elif inside and line.startswith("Rss:"):
-                    total += int(line.split()[1])
+            lines = f.readlines()  # looped over outside the `with`, as in _page_cache_drops
     except OSError:
         return None
+    for line in lines:
+        first = line.split(None, 5)
+        if len(first) >= 5 and "-" in first[0] and not first[0].endswith(":"):
+            inside = len(first) == 6 and first[5].strip() == real
+            found = found or inside
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
     return total if found else None
 
 
@@ -143,12 +143,12 @@ def machine_info() -> dict[str, Any]:
                             "cpus": os.cpu_count()}
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in lscpu.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("Model name", "CPU(s)", "Hypervisor vendor", "L2 cache", "L3 cache"):
-                info[key.strip()] = value.strip()
     except (OSError, subprocess.SubprocessError):
-        pass
+        lscpu = ""
+    for line in lscpu.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("Model name", "CPU(s)", "Hypervisor vendor", "L2 cache", "L3 cache"):
+            info[key.strip()] = value.strip()
     try:
         with open("/proc/meminfo") as f:
             info["memory"] = f.readline().split(":")[1].strip()

@@ -357,11 +357,14 @@ class DiskcacheAdapter(Adapter):
                 data = get_item(k)
                 return None if data is None else decode(data)
 
+        def add_all(pairs: list[tuple[str, Any]]) -> None:
+            for k, v in pairs:
+                if not add(k, encode(v)):
+                    raise KeyExists(k)
+
         def batch(pairs: list[tuple[str, Any]]) -> None:
-            with cache.transact():  # rolls back if we raise
-                for k, v in pairs:
-                    if not add(k, encode(v)):
-                        raise KeyExists(k)
+            with cache.transact():  # rolls back if we raise; the loop outside this frame
+                add_all(pairs)      # (tests/test_backward_jumps.py)
 
         set_item = cache.set
 
