@@ -176,6 +176,12 @@ def encode(value: Any) -> tuple[bytes, int]:
     return _encode_checked(value)
 
 
+def _where(path: list[Any]) -> str:
+    """``['a'][0]['b']`` for the path a ``_Bad`` collected (innermost first), shortened."""
+    keys = [f"[{k!r}]" for k in reversed(path)]
+    return "".join(keys if len(keys) <= 6 else keys[:3] + ["..."] + keys[-2:])
+
+
 def _encode_checked(value: Any) -> tuple[bytes, int]:
     """``encode`` for every value: the full check, precise errors, the stdlib fallback."""
     if not isinstance(value, dict):
@@ -183,9 +189,7 @@ def _encode_checked(value: Any) -> tuple[bytes, int]:
     try:
         big = _check(value, 1)
     except _Bad as bad:
-        keys = [f"[{k!r}]" for k in reversed(bad.path)]
-        where = "".join(keys if len(keys) <= 6 else keys[:3] + ["..."] + keys[-2:])
-        raise InvalidValueError(f"value{where} {bad}") from None
+        raise InvalidValueError(f"value{_where(bad.path)} {bad}") from None
     flags = 0
     if not big:
         try:

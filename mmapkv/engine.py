@@ -1005,7 +1005,7 @@ class Engine:
         """
         if not self._dirty:
             self._mark_dirty()
-        mm, view, slots, table = self._mm, self._view, self.slots, self.table
+        mm, slots = self._mm, self.slots
         g = self.geometry
         seq_limit = _U64.unpack_from(mm, SB_SEQ_LIMIT)[0]
         batch = self.batch_commit = _U64.unpack_from(mm, SB_BATCH_COMMIT)[0]
@@ -1034,65 +1034,8 @@ class Engine:
 
         slots.take_slot = take_spare  # type: ignore[method-assign]
         slots.free_slots = lambda: len(pool_order)  # type: ignore[method-assign]
-        try:
-            self.table.segment_count = 0
-            table.new()
-            bits: dict[int, int] = {}
-            live = ttl = 0
-            next_expiry = math.inf
-            top_seq = 0
-            for slot in record_slots:
-                cls = kinds[slot] - 1
-                size = CLASS_SIZES[cls]
-                base = self._slots_offset + slot * SLOT_SIZE
-                kept = 0
-                for index in range(PER_SLOT[cls]):
-                    off = base + index * size
-                    state, _, checksum, seq, expires, vlen, klen, _ = _unpack_record(mm, off)
-                    if state == STATE_FREE:
-                        continue
-                    ok = (state == STATE_LIVE or (state == STATE_PENDING and seq == batch)) and \
-                        seq >= floor and 1 <= klen <= MAX_KEY_BYTES and vlen <= MAX_VALUE_BYTES and \
-                        KEY_OFFSET + klen + vlen <= size and \
-                        xxh3_64_intdigest(view[off + BODY_OFFSET:off + KEY_OFFSET + klen + vlen], off) == checksum
-                    if not ok:
-                        mm[off:off + 16] = _FREED
-                        continue
-                    key = bytes(mm[off + KEY_OFFSET:off + KEY_OFFSET + klen])
-                    try:
-                        key.decode("utf-8")
-                    except UnicodeDecodeError:  # mmapkv writes only str keys: damage
-                        mm[off:off + 16] = _FREED
-                        continue
-                    if state == STATE_PENDING:
-                        mm[off:off + 4] = _LIVE
-                    fp = self.fingerprint(key)
-                    position = self.find(key, fp)
-                    if position >= 0:  # the same key twice: keep the newer write
-                        other = self.record_offset(position)
-                        other_seq, other_expires = RECORD_HEADER.unpack_from(mm, other)[3:5]
-                        if other_seq > seq:
-                            mm[off:off + 16] = _FREED
-                            continue
-                        mm[other:other + 16] = _FREED
-                        other_slot, within = divmod(other - self._slots_offset, SLOT_SIZE)
-                        other_bit = 1 << (within // CLASS_SIZES[kinds[other_slot] - 1])
-                        if other_slot == slot:
-                            kept &= ~other_bit
-                        else:
-                            bits[other_slot] &= ~other_bit
-                        live -= 1
-                        ttl -= bool(other_expires)
-                        self._q[position] = self._entry(fp, off)
-                    else:
-                        table.insert(fp, self._entry(fp, off))
-                    kept |= 1 << index
-                    live += 1
-                    if expires:
-                        ttl += 1
-                        next_expiry = min(next_expiry, expires)
-                    top_seq = max(top_seq, seq)
-                bits[slot] = kept
+        try:  # the loop in a method of its own: see the note above store._readable_keys
+            bits, live, ttl, next_expiry, top_seq = self._rebuild_table(record_slots, kinds, floor, batch)
         finally:
             del slots.take_slot, slots.free_slots  # back to the class's own methods
         # The slot info of the record slots, the partial lists and the pool; every list
@@ -1130,6 +1073,72 @@ class Engine:
         self.seq_limit = self.next_seq + _SEQ_RESERVE
         mm[SB_SEQ_LIMIT:SB_SEQ_LIMIT + 8] = _U64.pack(self.seq_limit)
         mm.flush()
+
+    def _rebuild_table(self, record_slots: list[int], kinds: bytearray, floor: int,
+                       batch: int) -> tuple[dict[int, int], int, int, float, int]:
+        """``recover``'s pass over the record slots: keep the good records, index them in a
+        new table, free the rest.  Returns each slot's bitmap of kept records, the live and
+        TTL counts, the next expiry and the highest sequence number kept."""
+        mm, view, table = self._mm, self._view, self.table
+        self.table.segment_count = 0
+        table.new()
+        bits: dict[int, int] = {}
+        live = ttl = 0
+        next_expiry = math.inf
+        top_seq = 0
+        for slot in record_slots:
+            cls = kinds[slot] - 1
+            size = CLASS_SIZES[cls]
+            base = self._slots_offset + slot * SLOT_SIZE
+            kept = 0
+            for index in range(PER_SLOT[cls]):
+                off = base + index * size
+                state, _, checksum, seq, expires, vlen, klen, _ = _unpack_record(mm, off)
+                if state == STATE_FREE:
+                    continue
+                ok = (state == STATE_LIVE or (state == STATE_PENDING and seq == batch)) and \
+                    seq >= floor and 1 <= klen <= MAX_KEY_BYTES and vlen <= MAX_VALUE_BYTES and \
+                    KEY_OFFSET + klen + vlen <= size and \
+                    xxh3_64_intdigest(view[off + BODY_OFFSET:off + KEY_OFFSET + klen + vlen], off) == checksum
+                if not ok:
+                    mm[off:off + 16] = _FREED
+                    continue
+                key = bytes(mm[off + KEY_OFFSET:off + KEY_OFFSET + klen])
+                try:
+                    key.decode("utf-8")
+                except UnicodeDecodeError:  # mmapkv writes only str keys: damage
+                    mm[off:off + 16] = _FREED
+                    continue
+                if state == STATE_PENDING:
+                    mm[off:off + 4] = _LIVE
+                fp = self.fingerprint(key)
+                position = self.find(key, fp)
+                if position >= 0:  # the same key twice: keep the newer write
+                    other = self.record_offset(position)
+                    other_seq, other_expires = RECORD_HEADER.unpack_from(mm, other)[3:5]
+                    if other_seq > seq:
+                        mm[off:off + 16] = _FREED
+                        continue
+                    mm[other:other + 16] = _FREED
+                    other_slot, within = divmod(other - self._slots_offset, SLOT_SIZE)
+                    other_bit = 1 << (within // CLASS_SIZES[kinds[other_slot] - 1])
+                    if other_slot == slot:
+                        kept &= ~other_bit
+                    else:
+                        bits[other_slot] &= ~other_bit
+                    live -= 1
+                    ttl -= bool(other_expires)
+                    self._q[position] = self._entry(fp, off)
+                else:
+                    table.insert(fp, self._entry(fp, off))
+                kept |= 1 << index
+                live += 1
+                if expires:
+                    ttl += 1
+                    next_expiry = min(next_expiry, expires)
+                top_seq = max(top_seq, seq)
+            bits[slot] = kept
+        return bits, live, ttl, next_expiry, top_seq
 
     # ----------------------------------------------------------------- invariants
 

@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import IO, Any
 
 from xxhash import xxh3_64_intdigest
@@ -447,7 +448,7 @@ def compact(store: Store, *, skip_corrupt: bool = False,
         # The loops run in helpers, never in this frame (the note above store._readable_keys).
         chosen = _live_records(_entries(old, _skipper(skip_corrupt, on_skip, []), progress, total), now)
         records = sorted(chosen.values())  # (offset, size), in the file's order
-        sizes = [size for _, size in records]  # what _fill needs, computed outside the bracket
+        sizes = list(map(itemgetter(1), records))
         remove_abandoned(path)  # what an earlier, killed compact left
         # From here until the switch a kill leaves a temporary file beside the store:
         # marking the store unclean makes the next open recover and remove it.
@@ -502,11 +503,17 @@ def _fill(new: Engine, entries: Iterable[tuple[Entry | str | None, int]], sizes:
     with new.change():
         if not new.room_for(sizes, fps):
             raise StoreFullError(f"{new.path}: {len(sizes):,} entries do not fit under the ceiling")
-        for n, (got, _) in enumerate(entries):
-            if progress is not None and n % _PROGRESS_EVERY == 0:
-                progress(done + n * (total - done) // max(len(sizes), 1), total)
-            assert isinstance(got, Entry)  # checked in pass 1, under the same lock
-            new.insert(got.key, new.fingerprint(got.key), got.data, got.flags, got.expires_at)
+        _insert_all(new, entries, len(sizes), progress, done, total)
+
+
+def _insert_all(new: Engine, entries: Iterable[tuple[Entry | str | None, int]], count: int,
+                progress: Progress | None, done: int, total: int) -> None:
+    # _fill's loop, in a frame of its own (the note above store._readable_keys)
+    for n, (got, _) in enumerate(entries):
+        if progress is not None and n % _PROGRESS_EVERY == 0:
+            progress(done + n * (total - done) // max(count, 1), total)
+        assert isinstance(got, Entry)  # checked in pass 1, under the same lock
+        new.insert(got.key, new.fingerprint(got.key), got.data, got.flags, got.expires_at)
 
 
 def _sync_directory(path: str) -> None:
@@ -594,31 +601,36 @@ def check_records(store: Store, *, progress: Progress | None = None) -> list[str
     Complements :meth:`Store.verify` (the table's and the allocator's invariants), which
     never decodes values.  O(records + bytes of values).
     """
-    problems: list[str] = []
     with store._lock:
         engine = _engine(store)
         total = max(engine.slots.high_water, 1)
-        done = 0
-        for off, _, _, _ in engine.iter_records():
-            slot = engine.slot_of(off)
-            if progress is not None and slot - done >= _PROGRESS_EVERY:
-                done = slot
-                progress(slot, total)
-            got = _read_record(engine, off)
-            if got is None:
-                continue
-            if isinstance(got, str):
-                problems.append(got)
-                continue
-            try:
-                key = got.key.decode("utf-8")
-            except UnicodeDecodeError:
-                problems.append(f"the record at offset {off} has a key that is not UTF-8: {got.key!r}")
-                continue
-            try:
-                codec.decode(got.data, got.flags)
-            except ValueError as exc:
-                problems.append(f"the record at offset {off} (key {key!r}) holds a value that is not JSON: {exc}")
+        problems = _record_problems(engine, progress, total)  # the loop outside this frame
         if progress is not None:
             progress(total, total)
+    return problems
+
+
+def _record_problems(engine: Engine, progress: Progress | None, total: int) -> list[str]:
+    problems: list[str] = []
+    done = 0
+    for off, _, _, _ in engine.iter_records():
+        slot = engine.slot_of(off)
+        if progress is not None and slot - done >= _PROGRESS_EVERY:
+            done = slot
+            progress(slot, total)
+        got = _read_record(engine, off)
+        if got is None:
+            continue
+        if isinstance(got, str):
+            problems.append(got)
+            continue
+        try:
+            key = got.key.decode("utf-8")
+        except UnicodeDecodeError:
+            problems.append(f"the record at offset {off} has a key that is not UTF-8: {got.key!r}")
+            continue
+        try:
+            codec.decode(got.data, got.flags)
+        except ValueError as exc:
+            problems.append(f"the record at offset {off} (key {key!r}) holds a value that is not JSON: {exc}")
     return problems
