@@ -69,31 +69,8 @@ def _with_exits(code: CodeType) -> frozenset[int]:
                         offsets.add(ins[i - 1].offset)
                     offsets.update(x.offset for x in window[:3])
                     offsets.update(x.offset for x in window[3:] if x.opname in ("PRECALL", "CALL"))
-        if sys.version_info[:2] == (3, 12):
-            offsets.update(_comprehension_loop_heads(ins))
         found = _UNINTERRUPTIBLE[code] = frozenset(offsets)
     return found
-
-
-def _comprehension_loop_heads(ins: list[dis.Instruction]) -> set[int]:
-    """The ``FOR_ITER`` of each comprehension CPython 3.12 inlined into the frame (it
-    saves the loop variables with ``LOAD_FAST_AND_CLEAR`` just before).
-
-    On 3.12 an exception raised by a trace function when a comprehension's backward jump
-    lands there leaves the frame without running its ``with`` exits and ``finally``
-    blocks, which no real exception does: an iterator raising from ``FOR_ITER`` runs them,
-    and a signal's exception is raised at the jump, where ``with lock:`` around
-    ``[x + 1 for x in xs]`` released its lock after each of 7,205 SIGALRM interrupts
-    (3.12.1).  Injecting there would test the tracer, not mmapkv, so the point after it
-    (the loop's next bytecode or line) stands in for it.
-    """
-    heads = set()
-    for n, x in enumerate(ins):
-        if x.opname == "LOAD_FAST_AND_CLEAR":
-            head = next((y for y in ins[n:] if y.opname == "FOR_ITER"), None)
-            if head is not None:
-                heads.add(head.offset)
-    return heads
 
 
 #: "opcode": before every bytecode (the exact principle); "line": before every line, the
