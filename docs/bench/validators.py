@@ -17,17 +17,29 @@ the full check):
 - ``pickle``, ``json (C)``: what those C serialisers cost over the same value (``json``
   with ``allow_nan=False`` still accepts subclasses and turns them into their base type);
 - ``referents``: the walk one level at a time in C (``gc.get_referents``, ``map(type)``,
-  ``itertools.compress``; sound on CPython 3.11).
+  ``itertools.compress``; sound on CPython 3.11);
+- ``pickle check``: a C ``Pickler`` in fast mode (no memo) whose ``reducer_override`` raises,
+  so it refuses every object but the exact builtins it writes itself (``None``, ``bool``,
+  ``int``, ``float``, ``str``, ``bytes``, ``dict``, ``list``, ``tuple``, ``set``,
+  ``frozenset``), then a search of its output for a float that is a NaN or an infinity
+  (``G`` and eight big-endian bytes with every exponent bit set). Sound together with
+  orjson's own refusals (subclasses with ``OPT_PASSTHROUGH_SUBCLASS``, ``bytes``, sets,
+  integers beyond 64 bits), which an encode pays for anyway; ``pickle check (no search)``
+  is its type check alone.
 """
 
 from __future__ import annotations
 
+import enum
 import gc
 import json
 import marshal
+import math
 import pickle
 import time
 from collections.abc import Callable
+import re
+import uuid
 from itertools import compress
 from typing import Any
 
@@ -69,6 +81,48 @@ def referents(v: Any) -> bool:
     return False
 
 
+class _Colour(enum.Enum):
+    RED = 1
+
+
+class _Refused(Exception):
+    pass
+
+
+class _TypeCheck(pickle.Pickler):
+    def reducer_override(self, obj: Any) -> Any:
+        raise _Refused  # called for every object but the exact builtins pickle writes itself
+
+
+class _LastWrite:
+    data = b""
+
+    def write(self, data: bytes) -> None:  # protocol 3 has no frames: one write per dump
+        self.data = data
+
+
+_out = _LastWrite()
+_checker = _TypeCheck(_out, 3)
+_checker.fast = True  # no memo: the value is a tree (orjson refused cycles already)
+_NAN_OR_INF = re.compile(rb"G[\x7f\xff][\xf0-\xff]").search
+
+
+def pickle_check(v: Any) -> bool:
+    try:
+        _checker.dump(v)
+    except _Refused:
+        return False
+    return _NAN_OR_INF(_out.data) is None
+
+
+def pickle_types_only(v: Any) -> bool:
+    try:
+        _checker.dump(v)
+    except _Refused:
+        return False
+    return True
+
+
 CANDIDATES: dict[str, Callable[[Any], Any]] = {
     "orjson.dumps (the peer)": orjson.dumps,
     "walk (mmapkv)": lambda v: _plain(v, 1),
@@ -78,6 +132,8 @@ CANDIDATES: dict[str, Callable[[Any], Any]] = {
     "json (C)": lambda v: json.dumps(v, allow_nan=False, check_circular=False,
                                      separators=(",", ":"), ensure_ascii=False),
     "referents": referents,
+    "pickle check": pickle_check,
+    "pickle check (no search)": pickle_types_only,
 }
 
 
@@ -86,6 +142,10 @@ def main(rounds: int = 5, repeat: int = 10) -> None:
         pool = make_pool(size, 1)
         assert all(check(v) for name, check in CANDIDATES.items() if name != "pickle"
                    for v in pool[:20]), "a candidate refused a valid value"
+        # what orjson lets through, the pickle check must catch: a NaN, an infinity, an
+        # Enum (even one whose value is JSON), a UUID
+        assert not any(pickle_check({"v": [1, {"w": odd}]}) for odd in
+                       (math.nan, math.inf, -math.inf, _Colour.RED, uuid.UUID(int=7)))
         best = dict.fromkeys(CANDIDATES, float("inf"))
         for _ in range(rounds):
             for name, check in CANDIDATES.items():
