@@ -36,7 +36,8 @@ except ImportError:  # run as a script under a bare interpreter: CI's check unde
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "mmapkv"
 #: what a handler that only re-raises holds before its RERAISE
-_RERAISE_ONLY = {"SWAP", "POP_TOP", "STORE_FAST", "STORE_FAST_STORE_FAST", "CALL_INTRINSIC_1", "NOP", "RERAISE"}
+_RERAISE_ONLY = {"SWAP", "POP_TOP", "STORE_FAST", "STORE_FAST_STORE_FAST", "CALL_INTRINSIC_1", "NOP",
+                 "RERAISE"}
 
 
 def _code_objects(code: types.CodeType) -> list[types.CodeType]:
@@ -84,21 +85,28 @@ def uncovered_jumps(source: str, filename: str) -> list[str]:
 def needs_313(test: Callable[[], None]) -> Callable[[], None]:
     if pytest is None:
         return test
-    return pytest.mark.skipif(sys.version_info < (3, 13), reason="the hazard is CPython 3.13's (3.11 "  # type: ignore[no-any-return]
-                              "and 3.12 look a signal up at the instruction before the jump)")(test)
+    skip = pytest.mark.skipif(sys.version_info < (3, 13), reason="the hazard is CPython 3.13's (3.11 "
+                              "and 3.12 look a signal up at the instruction before the jump)")
+    return skip(test)  # type: ignore[no-any-return]
+
+
+def package_jumps() -> list[str]:
+    """``uncovered_jumps`` over every module of the package, the benchmark's included."""
+    return [jump for path in sorted(PACKAGE.rglob("*.py"))
+            for jump in uncovered_jumps(path.read_text(encoding="utf-8"), str(path.relative_to(PACKAGE.parent)))]
 
 
 @needs_313
 def test_no_interrupt_skips_a_handler_of_mmapkv() -> None:
-    found = [jump for path in sorted(PACKAGE.rglob("*.py"))
-             for jump in uncovered_jumps(path.read_text(encoding="utf-8"), str(path.relative_to(PACKAGE.parent)))]
+    found = package_jumps()
     assert found == [], "loops whose backward jump skips a handler on an interrupt: " + ", ".join(found)
 
 
 @needs_313
 def test_the_check_finds_the_hazard() -> None:
     """The shape measured on 3.13.0, and the cure."""
-    hazard = "def f(lock, xs):\n    with lock:\n        for x in xs:\n            if x:\n                g(x)\n"
+    hazard = ("def f(lock, xs):\n    with lock:\n        for x in xs:\n            if x:\n"
+              "                g(x)\n")
     cure = ("def f(lock, xs):\n    with lock:\n        h(xs)\n"
             "def h(xs):\n    for x in xs:\n        if x:\n            g(x)\n")
     assert uncovered_jumps(hazard, "hazard.py") == ["hazard.py:4 (f)"]
@@ -153,7 +161,6 @@ def test_the_rule_sees_loops_and_frames() -> None:
 if __name__ == "__main__":  # python3.13 tests/test_backward_jumps.py: no pytest needed
     if sys.version_info < (3, 13):
         sys.exit("needs CPython 3.13 or later")
-    problems = [jump for path in sorted(PACKAGE.rglob("*.py"))
-                for jump in uncovered_jumps(path.read_text(encoding="utf-8"), str(path.relative_to(PACKAGE.parent)))]
-    print("\n".join(problems) or f"{sys.version.split()[0]}: every backward jump in mmapkv is covered as its loop is")
+    problems = package_jumps()
+    print("\n".join(problems) or f"{sys.version.split()[0]}: every loop's backward jump in mmapkv is covered")
     sys.exit(1 if problems else 0)

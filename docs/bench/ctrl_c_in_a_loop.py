@@ -5,9 +5,9 @@
 ``KeyboardInterrupt`` from the handler, as Ctrl-C's does.  After each interrupted call it
 checks whether the store's lock is still held (and releases it to go on).  Before
 ``keys()`` moved its loop out of its ``with self._lock:`` frame, CPython 3.13.0 left the lock
-held after 55 and 73 of 3,000 interrupts (two runs): the loop's backward jump for a skipped entry lies outside
-the frame's exception table (python/cpython#130279), so the ``with`` never released it, and
-the next call would have waited forever.  3.11.7 and 3.12.1: 0.  See
+held after 55 and 73 of 3,000 interrupts (two runs): the loop's backward jump for a
+skipped entry lies outside the frame's exception table (python/cpython#130279), so the
+``with`` never released it, and the next call would have waited forever.  3.11.7 and 3.12.1: 0.  See
 ``tests/test_backward_jumps.py``, which checks every loop of the package in the bytecode.
 """
 
