@@ -595,7 +595,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
             if not prepared:
                 return
             now = self._clock()
-            # The loops run in helpers, not in this frame: see _readable_keys.
+            # The loops run in helpers, never in this frame (the note above _readable_keys).
             expired, stored = self._stored_keys(engine, prepared, now, overwrite)
             with engine.change():
                 _remove_keys(engine, expired)
@@ -915,7 +915,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
 # a Ctrl-C lands exactly there: the exception then leaves the frame without running its
 # `with` exits or `finally` blocks, so the lock would stay held.  In a frame of its own the
 # loop has no handler to skip, and its caller's call is covered as usual
-# (tests/test_backward_jumps.py checks every function's bytecode).
+# (tests/test_backward_jumps.py checks the rule in the source, and the bytecode on 3.13+).
 
 
 def _readable_keys(engine: Engine, now: float) -> tuple[list[str], int]:

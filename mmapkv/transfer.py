@@ -344,7 +344,7 @@ def restore(store: Store, source: IO[bytes], *, skip_existing: bool = False,
         with engine.change():
             _remove_names(engine, lines, expired_names)
             if needed:
-                store._make_room(engine, *_room_wanted(engine, lines, sizes, skip))
+                store._make_room(engine, *_restore_room(engine, lines, sizes, skip))
             # Pass 2: write PENDING slots of one batch, then commit them with one write,
             # exactly as Store.batch_create does: a crash before the commit drops them all,
             # and so does an interrupt (the change stays open; the next use repairs).
@@ -352,8 +352,8 @@ def restore(store: Store, source: IO[bytes], *, skip_existing: bool = False,
             written: list[tuple[int, int, bool]] = []
             try:
                 source.seek(start)
-                _write_pending(engine, _parse(source, name, progress, size, total), name, now, lines,
-                               skip, seq, written)
+                _write_restored(engine, _parse(source, name, progress, size, total), name, now, lines,
+                                skip, seq, written)
                 if len(written) != needed:
                     raise InvalidDumpError(f"{name} changed while it was being restored; nothing was restored")
             except MmapKVError as exc:  # bad input or a full disk: give the slots back
@@ -398,14 +398,14 @@ def _remove_names(engine: Engine, lines: dict[bytes, int], numbers: set[int]) ->
             engine.remove(engine.find(kb, engine.fingerprint(kb)))
 
 
-def _room_wanted(engine: Engine, lines: dict[bytes, int], sizes: dict[bytes, int],
+def _restore_room(engine: Engine, lines: dict[bytes, int], sizes: dict[bytes, int],
                  skip: set[bytes]) -> tuple[list[int], list[int]]:
     """The record sizes and fingerprints of the keys to restore: ``_make_room``'s arguments."""
     kept = [kb for kb in lines if kb not in skip]
     return [sizes[kb] for kb in kept], [engine.fingerprint(kb) for kb in kept]
 
 
-def _write_pending(engine: Engine, parsed: Iterable[tuple[int, str, bytes, bytes, int, float]], name: str,
+def _write_restored(engine: Engine, parsed: Iterable[tuple[int, str, bytes, bytes, int, float]], name: str,
                    now: float, lines: dict[bytes, int], skip: set[bytes], seq: int,
                    written: list[tuple[int, int, bool]]) -> None:
     """Pass 2 of ``restore``: write the input's entries PENDING under *seq*, appending each
@@ -558,7 +558,7 @@ def convert_v2(path: str, *, now: float | None = None,
             raise StoreLockedError(f"{path} was replaced while converting it; try again")
         old_size = os.fstat(fd).st_size
         max_size, entries = read_v2(path)
-        entries, sizes = _unexpired_v2(entries, now)  # its loops in a helper: see compact
+        entries, sizes = _unexpired_v2(entries, now)  # (the note above store._readable_keys)
         tmp = temporary_path(path, "compact")
         create_file(tmp, _ceiling_for(max_size, sizes), in_place=True)
         new = Engine(tmp, create=False)
@@ -612,25 +612,15 @@ def check_records(store: Store, *, progress: Progress | None = None) -> list[str
 
 def _record_problems(engine: Engine, progress: Progress | None, total: int) -> list[str]:
     problems: list[str] = []
-    done = 0
-    for off, _, _, _ in engine.iter_records():
-        slot = engine.slot_of(off)
-        if progress is not None and slot - done >= _PROGRESS_EVERY:
-            done = slot
-            progress(slot, total)
-        got = _read_record(engine, off)
-        if got is None:
-            continue
-        if isinstance(got, str):
-            problems.append(got)
-            continue
+    for got in _entries(engine, problems.append, progress, total):  # a broken record: its problem
         try:
             key = got.key.decode("utf-8")
         except UnicodeDecodeError:
-            problems.append(f"the record at offset {off} has a key that is not UTF-8: {got.key!r}")
+            problems.append(f"the record at offset {got.offset} has a key that is not UTF-8: {got.key!r}")
             continue
         try:
             codec.decode(got.data, got.flags)
         except ValueError as exc:
-            problems.append(f"the record at offset {off} (key {key!r}) holds a value that is not JSON: {exc}")
+            problems.append(f"the record at offset {got.offset} (key {key!r}) holds a value that is not "
+                            f"JSON: {exc}")
     return problems
