@@ -21,6 +21,7 @@ Importing this module has no side effects (pytest's doctest collection imports i
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import random
@@ -566,6 +567,7 @@ def sigint(args: dict[str, Any]) -> None:
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    faulthandler.register(signal.SIGUSR1)  # the parent asks where a child that will not end is stuck
     # Python raises KeyboardInterrupt only if SIGINT was not ignored when it started, and a
     # background job of a non-interactive shell starts with it ignored: every SIGINT was
     # then lost, and the test proved nothing.

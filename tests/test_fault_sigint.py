@@ -84,8 +84,15 @@ def test_sigint_storm_keeps_every_call_whole(tmp_path: Any, seed: int) -> None:
             assert child.pump(0.0), f"the child died: {child.proc.stderr.read().decode()[-3000:]}"  # type: ignore[union-attr]
         kill = rng.random() < 0.4
         child.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        while child.pump(60.0):
-            pass
+        deadline = time.monotonic() + 60
+        while child.pump(1.0):
+            if time.monotonic() > deadline:  # fail, not hang: say where the child is stuck
+                child.proc.send_signal(signal.SIGUSR1)  # faulthandler prints its stack
+                time.sleep(1)
+                child.proc.kill()
+                stderr = child.proc.communicate()[1].decode()
+                pytest.fail(f"seed {seed} session {session}: the child did not end within 60 s of "
+                            f"SIGTERM; its last events {child.events[-3:]}; its stack:\n{stderr[-3000:]}")
         child.proc.wait()
         stderr = child.proc.stderr.read().decode()  # type: ignore[union-attr]
         violations = [e for e in child.events if e["ev"] == "violation"]
