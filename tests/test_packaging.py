@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,6 @@ TOP = Path(__file__).resolve().parent.parent
 
 
 def pyproject() -> dict[str, Any]:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        tomllib = pytest.importorskip("tomli", reason="reading pyproject.toml on 3.10 needs tomli")
     with open(TOP / "pyproject.toml", "rb") as f:
         data: dict[str, Any] = tomllib.load(f)
     return data
