@@ -94,4 +94,3 @@ def _newest_entries(mm: mmap.mmap, view: memoryview, first: int, size: int,
         if key not in newest or newest[key].seq < seq:
             newest[key] = V2Entry(key, bytes(mm[off + _VALUE_OFFSET:end]), flags, expires, seq)
     return newest
-
