@@ -20,7 +20,7 @@ import importlib
 import math
 from collections.abc import Iterable, Iterator, ItemsView, Mapping, MutableMapping, ValuesView
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, overload
+from typing import Any, NoReturn, Protocol, TypeVar, overload
 from urllib.parse import urlsplit, urlunsplit
 
 from . import codec
@@ -312,6 +312,14 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
     def __repr__(self) -> str:
         state = "open" if self._client is not None else "closed"
         return f"<mmapkv.RedisStore {self._where} {state}>"
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        """Refuse ``pickle`` and ``copy``, as ``Store`` does: a copy would share the client,
+        and closing either would close it under the other.  (The URL it keeps has no
+        password, so a pickle could not reconnect anyway.)"""
+        raise InvalidArgumentError(
+            f"a RedisStore cannot be copied or pickled; open one with the server's URL in "
+            f"each process (this one: {self._where})")
 
     # ----------------------------------------------------------------- helpers
 

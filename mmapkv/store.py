@@ -295,6 +295,16 @@ class Store(MutableMapping[str, dict[str, Any]]):
         state = "open" if self._engine is not None else "closed"
         return f"<mmapkv.Store {self._path!r} {state}>"
 
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        """Refuse ``pickle``, ``copy.copy`` and ``copy.deepcopy`` (all of them ask this).  A
+        copy would share the map and the lock, and the first of the two to be collected
+        would close the store under the other (or a pickle would reopen a file this
+        process holds)."""
+        raise InvalidArgumentError(
+            f"a Store cannot be copied or pickled: it is this process's one handle on {self._path}. "
+            "Share the object itself between threads; another process opens the path itself, "
+            "once this one has closed it")
+
     # ----------------------------------------------------------------- reads
 
     def read(self, key: str) -> dict[str, Any]:

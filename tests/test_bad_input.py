@@ -10,10 +10,13 @@ must be unchanged: the same keys with the same values, and the file byte for byt
 
 from __future__ import annotations
 
+import copy
 import datetime
 import decimal
+import gc
 import math
 import os
+import pickle
 import re
 from collections.abc import Callable
 from typing import Any
@@ -339,6 +342,31 @@ def test_closed_store(store: Any, method: str) -> None:
         assert f.read()[4096:] == before[1][4096:]  # the close itself only rewrote the superblock
     with mmapkv.Store(store.path) as again:
         assert {k: again.read(k) for k in again.keys()} == before[0]
+
+
+COPIES: dict[str, Call] = {
+    **{f"pickle-{protocol}": lambda s, p=protocol: pickle.dumps(s, protocol=p)
+       for protocol in range(pickle.HIGHEST_PROTOCOL + 1)},
+    "copy": copy.copy, "deepcopy": copy.deepcopy,
+    "deepcopy-inside": lambda s: copy.deepcopy({"config": [s]}),
+}
+
+
+@pytest.mark.parametrize("how", list(COPIES))
+def test_copy_or_pickle_is_refused(store: Any, how: str) -> None:
+    """A store cannot be copied or pickled: InvalidArgumentError (a TypeError, as Python's
+    own refusals are) saying so, and the store goes on unchanged.  A shallow copy used to
+    be made, sharing the map: when it was collected, its finaliser closed the original,
+    whose next read raised a ValueError of Python's own."""
+    before = snapshot(store)
+    with pytest.raises(Exception) as info:
+        COPIES[how](store)
+    check_error(info.value, mmapkv.InvalidArgumentError, "cannot be copied or pickled")
+    del info
+    gc.collect()  # what would have closed the original
+    assert snapshot(store) == before
+    store.create("after", {"ok": True})
+    assert store.read("after") == {"ok": True}
 
 
 def test_empty_batch_on_closed_store(store: Any) -> None:
