@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -48,12 +48,14 @@ from .errors import (
 )
 from .format import CODEC_STDLIB, MAX_VALUE_BYTES
 
-__all__ = ["MAX_DEPTH", "MAX_KEY_LENGTH", "MAX_TTL", "key_bytes", "check_ttl", "check_expiry",
+__all__ = ["MAX_DEPTH", "MAX_KEY_LENGTH", "MAX_TTL", "MAX_TIME", "key_bytes", "check_ttl", "check_expiry",
+           "checked_clock",
            "batch_items", "update_pairs", "expiring_entries", "encode", "decode", "decode_text"]
 
 MAX_DEPTH = 255  # orjson's own limit, so both codecs accept the same values
 MAX_KEY_LENGTH = 32
 MAX_TTL = 100 * 366 * 24 * 3600  # a century: keeps now + ttl exact as a float
+MAX_TIME = 10_000_000_000  # unix seconds (the year 2286): the latest time a clock may say
 
 _INT64_MIN = -(1 << 63)
 _UINT64_MAX = (1 << 64) - 1
@@ -282,6 +284,28 @@ def check_ttl(ttl: Any, *, required: bool = False) -> int | None:
     if not 1 <= ttl <= MAX_TTL:
         raise InvalidTTLError(f"ttl must be 1 to {MAX_TTL:,} seconds, got {ttl}")
     return int(ttl)
+
+
+def checked_clock(clock: Callable[[], float]) -> Callable[[], float]:
+    """*clock*, each of whose readings is checked: unix time in seconds, a real number from
+    0 to ``MAX_TIME``.  Anything else would be written into an expiry (a NaN, an infinity,
+    a negative time that makes ``now + ttl`` read as "no TTL") or fail inside a comparison
+    with an error of Python's own (a ``str``, ``None``).
+
+    >>> checked_clock(lambda: float("nan"))()
+    Traceback (most recent call last):
+    ...
+    mmapkv.errors.InvalidArgumentError: the store's clock returned nan; it must return unix time in seconds, from 0 to 10,000,000,000
+
+    :raises InvalidArgumentError: (when called) the reading is not such a number.
+    """
+    def now() -> float:
+        t = clock()
+        if isinstance(t, (float, int)) and not isinstance(t, bool) and 0 <= t <= MAX_TIME:  # NaN fails
+            return t
+        raise InvalidArgumentError(f"the store's clock returned {t!r:.40}; it must return unix time "
+                                   f"in seconds, from 0 to {MAX_TIME:,}")
+    return now
 
 
 def check_expiry(expires_at: Any, now: float) -> float:

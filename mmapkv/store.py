@@ -132,7 +132,9 @@ class Store(MutableMapping[str, dict[str, Any]]):
         Otherwise a change survives a crash of the process but not of the machine
         until :meth:`flush` or :meth:`close`.
     :param lock_timeout: seconds to wait for another holder of the file to let go.
-    :param clock: returns the time in seconds; TTLs are measured with it (tests inject one).
+    :param clock: returns unix time in seconds; TTLs are measured with it (tests inject one).
+        A reading that is not a number from 0 to ``codec.MAX_TIME`` fails the call that
+        asked for it with ``InvalidArgumentError``.
     :raises StoreLockedError: another process or ``Store`` holds the file.
     :raises CorruptStoreError: the file is not an mmapkv store (it is left untouched).
     :raises FormatVersionError: the file was written by a newer mmapkv.
@@ -162,7 +164,8 @@ class Store(MutableMapping[str, dict[str, Any]]):
         if not callable(clock):
             raise InvalidArgumentError("clock must be a callable returning seconds")
         self._path = os.path.abspath(path)
-        self._clock = clock
+        # A clock of the caller's has each reading checked; time.time's need not be.
+        self._clock = clock if clock is time.time else codec.checked_clock(clock)
         self._lock = threading.Lock()
         self._engine = Engine(self._path, max_size=max_size, durable=bool(durable),
                               lock_timeout=float(lock_timeout))
@@ -533,12 +536,16 @@ class Store(MutableMapping[str, dict[str, Any]]):
         kb = _key_bytes(key)
         fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
         with self._lock:
+            engine = self._use()
+            # The clock before the removal: a reading it refuses leaves the key stored.
+            now = self._clock() if engine.ttl_count else 0.0
             # an expired key is removed too: its room is reclaimed while we are here
-            expires = self._use().remove_key(kb, fp)
+            expires = engine.remove_key(kb, fp)
             if expires:
                 if expires < 0:
                     raise self._not_found(key)
-                self._now_unexpired(key, expires)
+                if now >= expires:
+                    raise self._expired(key, expires)
 
     def batch_create(self, items: Mapping[str, Mapping[str, Any]] | Iterable[Any],
                      ttl: int | None = None) -> None:
@@ -754,8 +761,12 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """The clock's time, unless *key*'s expiry (0.0: none) has passed by it."""
         now = self._clock()
         if expires and now >= expires:
-            raise KeyExpiredError(f"key {key!r} expired at {expires:.0f} (unix time)")
+            raise self._expired(key, expires)
         return now
+
+    @staticmethod
+    def _expired(key: str, expires: float) -> KeyExpiredError:
+        return KeyExpiredError(f"key {key!r} expired at {expires:.0f} (unix time)")
 
     def _put(self, engine: Engine, kb: bytes, fp: int, data: bytes, flags: int, expires: float) -> None:
         """Write a record for *kb* and index it, replacing the key's entry (live or
@@ -882,9 +893,12 @@ class Store(MutableMapping[str, dict[str, Any]]):
 
     def _reclaim_expired(self, engine: Engine) -> bool:
         """Sweep expired records if one is due; True if it swept."""
-        if engine.ttl_count and engine.next_expiry <= self._clock():
+        if not engine.ttl_count:
+            return False
+        now = self._clock()
+        if engine.next_expiry <= now:
             with engine.change():
-                engine.sweep(self._clock())
+                engine.sweep(now)
             return True
         return False
 

@@ -407,6 +407,56 @@ def test_expired_key_errors(tmp_path: Any) -> None:
         check_error(info.value, mmapkv.KeyExpiredError, "short")
 
 
+BAD_READINGS = {"nan": math.nan, "inf": math.inf, "negative": -1.0, "far": 1e300, "str": "1700000000",
+                "None": None, "bool": True}
+CLOCK_CALLS: dict[str, Call] = {
+    "create-ttl": lambda s: s.create("new", {"v": 1}, ttl=10), "set-ttl": lambda s: s.set("present", {}, ttl=10),
+    "read": lambda s: s.read("ttl"), "get": lambda s: s.get("ttl"), "in": lambda s: "ttl" in s,
+    "ttl": lambda s: s.ttl("ttl"), "expire": lambda s: s.expire("present", 10), "keys": lambda s: s.keys(),
+    "len": len, "delete": lambda s: s.delete("ttl"),
+}
+
+
+@pytest.mark.parametrize("call", list(CLOCK_CALLS))
+@pytest.mark.parametrize("reading", list(BAD_READINGS))
+def test_a_clock_that_says_no_time(tmp_path: Any, reading: str, call: str) -> None:
+    """A clock (``Store(clock=...)``) that returns no unix time: each call that reads it
+    raises InvalidArgumentError naming the reading, and nothing is written.  A NaN expiry
+    used to be stored (and ``ttl`` then failed with Python's ValueError); a negative clock
+    could make ``now + ttl`` 0.0, "no TTL"."""
+    now: list[Any] = [1_700_000_000.0]
+    with mmapkv.Store(os.path.join(tmp_path, "c.mmapkv"), clock=lambda: now[0]) as store:
+        store.batch_create(PRESENT)
+        store.create("ttl", {"t": 1}, ttl=3600)
+        before = snapshot(store)
+        now[0] = BAD_READINGS[reading]
+        with pytest.raises(Exception) as info:
+            CLOCK_CALLS[call](store)
+        check_error(info.value, mmapkv.InvalidArgumentError, f"clock returned {BAD_READINGS[reading]!r}"[:40])
+        now[0] = 1_700_000_001.0
+        assert snapshot(store) == before
+        assert store.verify() == []
+
+
+def test_a_clock_that_says_no_time_while_a_full_store_sweeps(tmp_path: Any) -> None:
+    """A create into a full store reads the clock inside its change (to sweep expired keys
+    first): a refused reading there fails the create, and the store is as it was."""
+    now: list[Any] = [1_700_000_000.0]
+    with mmapkv.Store(os.path.join(tmp_path, "f.mmapkv"), max_size=SMALLEST, clock=lambda: now[0]) as store:
+        store.create("t", {"pad": "t" * 8000}, ttl=60)
+        with pytest.raises(mmapkv.StoreFullError):
+            for i in range(10_000):
+                store.create(f"k{i}", {"pad": "x" * 8000})
+        before = {k: store.read(k) for k in store.keys()}
+        now[0] = math.nan
+        with pytest.raises(Exception) as info:
+            store.create("new", {"pad": "y" * 8000})
+        check_error(info.value, mmapkv.InvalidArgumentError, "clock returned nan")
+        now[0] = 1_700_000_001.0
+        assert {k: store.read(k) for k in store.keys()} == before
+        assert store.verify() == []
+
+
 @pytest.fixture(scope="module", autouse=True)
 def report() -> Any:
     yield
