@@ -89,6 +89,8 @@ FIGURES = [
     ("fault_sigint", "calls", "  calls made"),
     ("fault_sigint", "interrupted calls", "  calls interrupted (each read back whole)"),
     ("fault_sigint", "sessions killed", "  sessions ended by SIGKILL"),
+    ("sigint_handler", "signals", "a signal handler that calls set: signals"),
+    ("sigint_handler", "refused in the handler", "  landed inside a call: refused, not a hang"),
 ]
 
 UNDOCUMENTED = "errors other than the documented ones"

@@ -36,6 +36,7 @@ from .errors import (
     KeyExpiredError,
     KeyNotFoundError,
     MmapKVError,
+    ReentrantCallError,
     StoreAccessError,
     StoreClosedError,
     StoreFullError,
@@ -55,8 +56,8 @@ __all__ = [
     "MmapKVError", "KeyExistsError", "KeyNotFoundError", "KeyExpiredError",
     "InvalidArgumentError", "InvalidKeyError", "InvalidValueError", "ValueTooLargeError",
     "InvalidTTLError", "StoreFullError", "DiskFullError", "StoreLockedError",
-    "StoreClosedError", "StoreAccessError", "StoreUnavailableError", "CorruptStoreError",
-    "FormatVersionError",
+    "StoreClosedError", "ReentrantCallError", "StoreAccessError", "StoreUnavailableError",
+    "CorruptStoreError", "FormatVersionError",
 ]
 
 __version__ = "0.1.0"

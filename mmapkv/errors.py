@@ -21,6 +21,7 @@ __all__ = [
     "DiskFullError",
     "StoreLockedError",
     "StoreClosedError",
+    "ReentrantCallError",
     "StoreAccessError",
     "StoreUnavailableError",
     "CorruptStoreError",
@@ -85,6 +86,13 @@ class StoreLockedError(MmapKVError, OSError):
 
 class StoreClosedError(MmapKVError, ValueError):
     """The store was closed, or belongs to the parent of this forked process."""
+
+
+class ReentrantCallError(MmapKVError, RuntimeError):
+    """A ``Store`` method was called by the thread that is inside another of its calls: from
+    a signal handler, a finaliser (``__del__``), a weakref callback or the store's clock,
+    which Python runs between any two bytecodes of that call.  It cannot run in the middle
+    of it (waiting for the call to end would wait forever)."""
 
 
 class StoreAccessError(MmapKVError, OSError):

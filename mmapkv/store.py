@@ -27,6 +27,7 @@ from .errors import (
     KeyExistsError,
     KeyExpiredError,
     KeyNotFoundError,
+    ReentrantCallError,
     StoreClosedError,
     StoreFullError,
 )
@@ -166,7 +167,9 @@ class Store(MutableMapping[str, dict[str, Any]]):
         self._path = os.path.abspath(path)
         # A clock of the caller's has each reading checked; time.time's need not be.
         self._clock = clock if clock is time.time else codec.checked_clock(clock)
-        self._lock = threading.Lock()
+        # Reentrant only so that a call from inside another call of this thread (a signal
+        # handler...) can be refused (_use) rather than wait for itself forever.
+        self._lock = threading.RLock()
         self._engine = Engine(self._path, max_size=max_size, durable=bool(durable),
                               lock_timeout=float(lock_timeout))
         # Keys hash with the file's own seed; compact keeps it, so it never changes.
@@ -190,7 +193,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
 
     def _disown(self) -> None:
         """In a forked child: drop the parent's map and file descriptor, keep its lock."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         engine, self._engine = self._engine, None
         if engine is not None:
             self._forked = True
@@ -203,12 +206,20 @@ class Store(MutableMapping[str, dict[str, Any]]):
         was interrupted by an exception (Ctrl-C, ``MemoryError``...), repairs the store
         first, exactly as recovery after a crash would (docs/design.md, "Interrupts").
         """
+        if self._lock._recursion_count() > 1:  # type: ignore[attr-defined]
+            raise self._reentered()
         engine = self._engine
         if engine is None:
             raise self._closed()
         if engine.changes:
             engine = self._repair(engine)
         return engine
+
+    def _reentered(self) -> ReentrantCallError:
+        return ReentrantCallError(
+            f"{self._path}: a Store method was called while this thread is inside another call "
+            "of this store (from a signal handler, a __del__, a weakref callback or the clock?): "
+            "it cannot run in the middle of that call; let the handler set a flag instead")
 
     def _repair(self, engine: Engine) -> Engine:
         """``_use`` after an interrupted change.  Every step may be interrupted again, so
@@ -267,6 +278,8 @@ class Store(MutableMapping[str, dict[str, Any]]):
         Idempotent.  After it every other method raises ``StoreClosedError``.
         """
         with self._lock:
+            if self._lock._recursion_count() > 1:  # type: ignore[attr-defined]
+                raise self._reentered()  # closing under the call would pull its map away
             engine, self._engine = self._engine, None
             if engine is not None:
                 engine.close()

@@ -18,6 +18,7 @@ import math
 import os
 import pickle
 import re
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -455,6 +456,54 @@ def test_a_clock_that_says_no_time_while_a_full_store_sweeps(tmp_path: Any) -> N
         now[0] = 1_700_000_001.0
         assert {k: store.read(k) for k in store.keys()} == before
         assert store.verify() == []
+
+
+INNER_CALLS: dict[str, Call] = {
+    "set": lambda s: s.set("inner", {"v": 1}), "create": lambda s: s.create("inner", {"v": 1}),
+    "delete": lambda s: s.delete("present"), "update": lambda s: s.update({"inner": {}}),
+    "clear": lambda s: s.clear(), "len": len, "keys": lambda s: s.keys(), "flush": lambda s: s.flush(),
+    "verify": lambda s: s.verify(), "close": lambda s: s.close(),
+    "compact": lambda s: __import__("mmapkv.transfer").transfer.compact(s),
+}
+
+
+@pytest.mark.parametrize("inner", list(INNER_CALLS))
+def test_a_call_from_inside_a_call_is_refused(tmp_path: Any, inner: str) -> None:
+    """A call that the thread makes while it is inside another call of the same store (a
+    signal handler, a finaliser, here the store's own clock, all of which Python runs
+    between two bytecodes of that call): ReentrantCallError, naming the path, where it
+    used to wait forever for the lock its own thread held; the outer call then completes,
+    and the inner one changed nothing."""
+    inner_errors: list[BaseException] = []
+    reenter = [False]
+
+    def clock() -> float:
+        if reenter[0]:
+            reenter[0] = False
+            try:
+                INNER_CALLS[inner](store)
+            except BaseException as exc:  # what the handler would see
+                inner_errors.append(exc)
+        return 1_700_000_000.0
+
+    store = mmapkv.Store(os.path.join(tmp_path, "r.mmapkv"), clock=clock)
+    store.batch_create(PRESENT)
+    before = snapshot(store)
+    reenter[0] = True
+    # In a thread of its own, so that a call that waits for itself fails the test, not hangs it.
+    outer = threading.Thread(target=lambda: store.create("outer", {"v": 2}, ttl=60), daemon=True)
+    outer.start()  # create reads the clock with the lock held
+    outer.join(30)
+    if outer.is_alive():  # the store stays open: the stuck thread holds its lock
+        pytest.fail(f"{inner} from inside create waits for the lock its own thread holds")
+    assert len(inner_errors) == 1, "the clock was not asked inside the call"
+    check_error(inner_errors[0], mmapkv.ReentrantCallError, store.path)
+    assert isinstance(inner_errors[0], RuntimeError)
+    assert store.read("outer") == {"v": 2}
+    store.delete("outer")
+    assert snapshot(store)[0] == before[0]
+    assert store.verify() == []
+    store.close()
 
 
 @pytest.fixture(scope="module", autouse=True)

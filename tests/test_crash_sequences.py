@@ -267,7 +267,7 @@ def test_random_sessions_with_interrupts_and_crashes(seed: int, tmp_path: Any) -
                 continue
             counts["interrupted"] += 1
             # a test that hangs on a lock left held says nothing: fail here instead
-            assert not store._lock.locked(), f"seed {seed}: {name} interrupted left the store's lock held"
+            assert not store._lock._is_owned(), f"seed {seed}: {name} interrupted left the store's lock held"
             if rng.random() < 0.3:  # killed right after the interrupt, before any repair
                 counts["crash_after_interrupt"] += 1
                 crash(store, path)

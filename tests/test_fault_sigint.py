@@ -20,6 +20,7 @@ import random
 import select
 import signal
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -116,3 +117,58 @@ def test_sigint_storm_keeps_every_call_whole(tmp_path: Any, seed: int) -> None:
             assert _state(path) == expected
     write_report("fault_sigint", counts)
     assert counts["interrupted calls"] > 0, "no SIGINT landed inside a call: the test proves nothing"
+
+
+HANDLER_CHILD = r'''
+import json, os, signal, sys
+import mmapkv
+
+store = mmapkv.Store(sys.argv[1])
+counts = {"signals": 0, "written by the handler": 0, "refused in the handler": 0, "refused in main": 0}
+written = {}  # what main wrote last, per key
+
+def handler(signum, frame):  # saves state on a signal, as a shutdown handler would
+    counts["signals"] += 1
+    signal.setitimer(signal.ITIMER_REAL, 0)  # no signal inside this one
+    try:
+        store.set("last-signal", {"n": counts["signals"]})
+        counts["written by the handler"] += 1
+    except mmapkv.ReentrantCallError:
+        counts["refused in the handler"] += 1
+    signal.setitimer(signal.ITIMER_REAL, float(sys.argv[2]))
+
+signal.signal(signal.SIGALRM, handler)
+signal.setitimer(signal.ITIMER_REAL, float(sys.argv[2]))
+for i in range(int(sys.argv[3])):
+    key, value = f"k{i % 300}", {"i": i, "pad": "x" * (i % 2000)}
+    try:
+        store.set(key, value)
+        written[key] = value
+    except mmapkv.ReentrantCallError:
+        counts["refused in main"] += 1
+signal.setitimer(signal.ITIMER_REAL, 0)
+counts["verify"] = store.verify()
+counts["main's values kept"] = all(store.read(k) == v for k, v in written.items())
+store.close()
+print(json.dumps(counts))
+'''
+
+
+def test_a_signal_handler_that_uses_the_store_never_hangs(tmp_path: Any) -> None:
+    """A SIGALRM handler calls ``set`` while the main thread is in ``set`` calls of its own.
+    When the signal lands inside one, the handler's call is refused (``ReentrantCallError``)
+    instead of waiting forever for the lock its own thread holds, as it did; main's calls all
+    complete, every value main wrote reads back, and ``verify()`` is clean."""
+    path = os.path.join(tmp_path, "handler.mmapkv")
+    try:
+        done = subprocess.run([sys.executable, "-c", HANDLER_CHILD, path, "0.002", "20000"],
+                              capture_output=True, text=True, timeout=120, env=child_env())
+    except subprocess.TimeoutExpired:
+        pytest.fail("the child hung: a handler's call waited for the lock its own thread held")
+    assert done.returncode == 0, done.stderr
+    counts = json.loads(done.stdout)
+    assert counts["verify"] == [] and counts["main's values kept"], counts
+    assert counts["refused in main"] == 0, counts
+    assert counts["refused in the handler"] > 0, f"no signal landed inside a call: {counts}"
+    assert counts["written by the handler"] > 0, counts
+    write_report("sigint_handler", counts)

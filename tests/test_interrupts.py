@@ -230,7 +230,7 @@ def try_every_step(tmp: str, scenario: Scenario, prepared: Prepared,
             assert exc is OSError, f"{where}: swallowed"  # an OSError may be handled
         del out  # as an `except` block would: its traceback holds the call's frames
         counts["points"] += 1
-        assert not store._lock.locked(), f"{where}: the store's lock was left held"
+        assert not store._lock._is_owned(), f"{where}: the store's lock was left held"
         crashed = crash_copy(store, os.path.join(tmp, "crash.mmapkv"))
         try:
             state = snapshot(store)   # the Store goes on (repairing first if it must)

@@ -360,6 +360,7 @@ def test_clock_must_be_callable(tmp_path: Any, clock_arg: Any) -> None:
         (StoreLockedError, (MmapKVError, OSError)),
         (StoreUnavailableError, (MmapKVError, OSError)),
         (StoreClosedError, (MmapKVError,)),
+        (mmapkv.ReentrantCallError, (MmapKVError, RuntimeError)),
         (CorruptStoreError, (MmapKVError, OSError)),
         (FormatVersionError, (CorruptStoreError, MmapKVError)),
     ],
