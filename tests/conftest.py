@@ -26,7 +26,7 @@ SMALL_MAX_SIZE = Geometry.smallest_max_size() * 4  # a few doublings, then the c
 #: where the suite's temporary files go when the run names no ``--basetemp``: a tmpfs if the
 #: machine has one with room (``MMAPKV_TEST_TMPDIR`` names another directory, a disk's say)
 TEST_TMPDIR = os.environ.get("MMAPKV_TEST_TMPDIR", "/dev/shm")
-_TMPFS_ROOM = 4 << 30  # the suite's stores peak under 1 GiB (tmp_path_retention_policy = "failed")
+TMPFS_ROOM = 4 << 30  # the suite's stores peak under 1 GiB (tmp_path_retention_policy = "failed")
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's own hook reads --basetemp
@@ -43,7 +43,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.option.basetemp or hasattr(config, "workerinput") or not os.path.isdir(TEST_TMPDIR):
         return
     try:
-        if shutil.disk_usage(TEST_TMPDIR).free < _TMPFS_ROOM:
+        if shutil.disk_usage(TEST_TMPDIR).free < TMPFS_ROOM:
             return
         base = tempfile.mkdtemp(prefix="mmapkv-tests-", dir=TEST_TMPDIR)
     except OSError:
