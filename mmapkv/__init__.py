@@ -74,12 +74,15 @@ def __getattr__(name: str) -> Any:
 
 
 _default_store: Store | None = None
-_default_lock = threading.Lock()
+_default_lock = threading.RLock()  # reentrant to refuse, not deadlock, a call from inside (Store._use)
 
 
 def _default() -> Store:
     global _default_store
     with _default_lock:
+        if _default_lock._recursion_count() > 1:  # type: ignore[attr-defined]
+            raise ReentrantCallError("mmapkv.create/read/delete was called while this thread is opening "
+                                     "the default store (from a signal handler?)")
         if _default_store is None or _default_store._engine is None:
             _default_store = Store()
             atexit.register(_default_store.close)

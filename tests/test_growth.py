@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -489,6 +490,29 @@ def test_default_location(data_home: str) -> None:
     assert stat.S_IMODE(os.stat(expected).st_mode) == 0o600
     with mmapkv.Store(None) as store:
         assert store.read("hello") == {"n": 1}
+
+
+def test_module_level_call_while_the_default_store_opens(data_home: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mmapkv.read from inside the opening of the default store (a signal handler landing
+    there): ReentrantCallError, where it waited forever for its own thread's lock; the
+    outer call then opens the store and completes."""
+    real_store, inner_errors = mmapkv.Store, []
+
+    def opening(*args: Any, **kwargs: Any) -> mmapkv.Store:
+        try:
+            mmapkv.read("any")
+        except BaseException as exc:
+            inner_errors.append(exc)
+        return real_store(*args, **kwargs)
+
+    monkeypatch.setattr(mmapkv, "Store", opening)
+    outer = threading.Thread(target=lambda: mmapkv.create("outer", {"v": 1}), daemon=True)
+    outer.start()
+    outer.join(30)
+    if outer.is_alive():
+        pytest.fail("the call from inside the opening waits for the lock its own thread holds")
+    assert [type(e) for e in inner_errors] == [mmapkv.ReentrantCallError], inner_errors
+    assert mmapkv.read("outer") == {"v": 1}
 
 
 def test_module_level_functions(data_home: str) -> None:
