@@ -89,10 +89,11 @@ class StoreClosedError(MmapKVError, ValueError):
 
 
 class ReentrantCallError(MmapKVError, RuntimeError):
-    """A ``Store`` method was called by the thread that is inside another of its calls: from
-    a signal handler, a finaliser (``__del__``), a weakref callback or the store's clock,
-    which Python runs between any two bytecodes of that call.  It cannot run in the middle
-    of it (waiting for the call to end would wait forever)."""
+    """A ``Store`` method (or ``mmapkv.create``/``read``/``delete`` while the default store
+    opens) was called by the thread that is inside another of its calls: from a signal
+    handler, a finaliser (``__del__``), a weakref callback or the store's clock, which
+    Python runs between any two bytecodes of that call.  It cannot run in the middle of it
+    (waiting for the call to end would wait forever)."""
 
 
 class StoreAccessError(MmapKVError, OSError):

@@ -26,6 +26,7 @@ import pytest
 
 import mmapkv
 from fault_child import write_report
+from mmapkv import transfer
 from mmapkv.format import MAX_FILE_SIZE, Geometry
 
 SMALLEST = Geometry.smallest_max_size()
@@ -463,7 +464,7 @@ INNER_CALLS: dict[str, Call] = {
     "delete": lambda s: s.delete("present"), "update": lambda s: s.update({"inner": {}}),
     "clear": lambda s: s.clear(), "len": len, "keys": lambda s: s.keys(), "flush": lambda s: s.flush(),
     "verify": lambda s: s.verify(), "close": lambda s: s.close(),
-    "compact": lambda s: __import__("mmapkv.transfer").transfer.compact(s),
+    "compact": transfer.compact,
 }
 
 
