@@ -1080,7 +1080,7 @@ class Engine:
         new table, free the rest.  Returns each slot's bitmap of kept records, the live and
         TTL counts, the next expiry and the highest sequence number kept."""
         mm, view, table = self._mm, self._view, self.table
-        self.table.segment_count = 0
+        table.segment_count = 0
         table.new()
         bits: dict[int, int] = {}
         live = ttl = 0

@@ -399,15 +399,15 @@ def _remove_names(engine: Engine, lines: dict[bytes, int], numbers: set[int]) ->
 
 
 def _restore_room(engine: Engine, lines: dict[bytes, int], sizes: dict[bytes, int],
-                 skip: set[bytes]) -> tuple[list[int], list[int]]:
+                  skip: set[bytes]) -> tuple[list[int], list[int]]:
     """The record sizes and fingerprints of the keys to restore: ``_make_room``'s arguments."""
     kept = [kb for kb in lines if kb not in skip]
     return [sizes[kb] for kb in kept], [engine.fingerprint(kb) for kb in kept]
 
 
 def _write_restored(engine: Engine, parsed: Iterable[tuple[int, str, bytes, bytes, int, float]], name: str,
-                   now: float, lines: dict[bytes, int], skip: set[bytes], seq: int,
-                   written: list[tuple[int, int, bool]]) -> None:
+                    now: float, lines: dict[bytes, int], skip: set[bytes], seq: int,
+                    written: list[tuple[int, int, bool]]) -> None:
     """Pass 2 of ``restore``: write the input's entries PENDING under *seq*, appending each
     one's (offset, fingerprint, False) to *written* as it goes."""
     for number, _, kb, data, flags, expires in parsed:
