@@ -507,6 +507,39 @@ def test_a_call_from_inside_a_call_is_refused(tmp_path: Any, inner: str) -> None
     store.close()
 
 
+def test_a_read_from_inside_a_call_answers_unless_a_change_is_open(tmp_path: Any) -> None:
+    """design.md: a lock-free read from inside a call (here from the clock, with the lock
+    held) still answers; when the call has a change open, the read falls back to the lock
+    and is refused with ReentrantCallError, as a locked call is."""
+    got: list[Any] = []
+    reenter = [False]
+
+    def clock() -> float:
+        if reenter[0]:
+            reenter[0] = False
+            try:
+                got.append(store.read("t"))
+            except mmapkv.MmapKVError as exc:
+                got.append(exc)
+        return 1_700_000_000.0
+
+    store = mmapkv.Store(os.path.join(tmp_path, "l.mmapkv"), max_size=SMALLEST, clock=clock)
+    store.create("t", {"pad": "t" * 8000}, ttl=60)
+    reenter[0] = True
+    store.create("outer", {"v": 1}, ttl=60)  # the clock is read before any change opens
+    assert got == [{"pad": "t" * 8000}]
+    with pytest.raises(mmapkv.StoreFullError):
+        for i in range(10_000):
+            store.create(f"k{i}", {"pad": "x" * 8000})
+    reenter[0] = True
+    with pytest.raises(mmapkv.StoreFullError):  # at the ceiling: the sweep reads the clock in its change
+        store.create("new", {"pad": "y" * 8000})
+    assert len(got) == 2, "the clock was not read inside the full store's create"
+    check_error(got[1], mmapkv.ReentrantCallError, store.path)
+    assert store.verify() == []
+    store.close()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def report() -> Any:
     yield
