@@ -78,8 +78,8 @@ class _Bad(Exception):
 def _bad_scalar(v: Any, where: Any) -> _Bad:
     if isinstance(v, float):
         return _Bad(f"holds {v!r}; JSON has no NaN or infinity", where)
-    return _Bad(f"holds a {type(v).__name__}; only dict, list, tuple, str, int, float, bool "
-                "and None are JSON", where)
+    return _Bad(f"holds a value of type {type(v).__name__}; only dict, list, tuple, str, int, "
+                "float, bool and None are JSON", where)
 
 
 def _check_scalar(v: Any, where: Any) -> bool:
@@ -105,7 +105,7 @@ def _check(obj: Any, depth: int) -> bool:
     is_object = isinstance(obj, dict)
     for k, v in obj.items() if is_object else enumerate(obj):
         if is_object and type(k) is not str and not isinstance(k, str):
-            raise _Bad(f"has a {type(k).__name__} key {k!r}; JSON object keys must be str", None)
+            raise _Bad(f"has the key {k!r} of type {type(k).__name__}; JSON object keys must be str", None)
         t = type(v)
         if t is str or t is bool or v is None:
             continue
@@ -244,7 +244,7 @@ def decode_text(data: bytes | str) -> dict[str, Any]:
     raw = data.encode("utf-8") if isinstance(data, str) else data
     value = decode(raw, CODEC_STDLIB if _LONG_DIGITS.search(raw) else 0)
     if type(value) is not dict:
-        raise ValueError(f"the JSON text is a {type(value).__name__}, not an object")
+        raise ValueError(f"the JSON text is not an object (it reads as a Python {type(value).__name__})")
     return value
 
 
