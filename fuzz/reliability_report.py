@@ -27,6 +27,7 @@ TESTS = [
     "tests/test_fault_torn.py",
     "tests/test_fault_corrupt.py",
     "tests/test_fault_disk.py",
+    "tests/test_fault_descriptors.py",
     "tests/test_fault_rivals.py",
     "tests/test_fault_threads.py",
     "tests/test_bad_input.py",

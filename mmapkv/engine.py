@@ -47,6 +47,7 @@ from .errors import (
     StoreAccessError,
     StoreFullError,
     StoreLockedError,
+    system_error,
 )
 from .format import (
     BODY_OFFSET,
@@ -197,11 +198,12 @@ def create_file(path: str, max_size: int, *, in_place: bool = False, seed: int |
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
-    dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the new name itself survives power loss
-    finally:
-        os.close(dir_fd)
+    if not in_place:  # (a temporary file's name need not survive: its rename is synced)
+        dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the new name itself survives power loss
+        finally:
+            os.close(dir_fd)
     return made
 
 
@@ -394,11 +396,19 @@ class Engine:
         return False
 
     def _map(self, size: int) -> None:
-        access = mmap.ACCESS_READ if self.readonly else mmap.ACCESS_WRITE
-        mm = mmap.mmap(self._fd, size, access=access)
+        mm = self._new_map(size)
         self._mm = mm
         self._mapped = True
         self._attach(size)
+
+    def _new_map(self, size: int) -> mmap.mmap:
+        """A map of the file's first *size* bytes.  ``mmap`` duplicates the descriptor, so
+        it fails when the process is out of descriptors (or of address space)."""
+        access = mmap.ACCESS_READ if self.readonly else mmap.ACCESS_WRITE
+        try:
+            return mmap.mmap(self._fd, size, access=access)
+        except OSError as exc:
+            raise system_error(exc, f"cannot map {size:,} bytes of the store {self.path}") from None
 
     def _attach(self, size: int) -> None:
         """Point the views, the slots and the table at the map, now *size* bytes."""
@@ -422,15 +432,22 @@ class Engine:
         that was written through (32 ms at 640 MiB with one store per page, 192 ms in the
         1 GiB fill: a pause on the create that grows).  ``mremap`` is refused while a view
         of the map is held outside the engine (a lock-free reader mid-read, or a value
-        view not yet decoded) and does not exist on every system: then a new map."""
+        view not yet decoded) and does not exist on every system: then a new map, made
+        before the old one is closed, so that if it cannot be made (no descriptor left:
+        ``StoreAccessError``) the old map stands as it was."""
         self._release_views()
         try:
             self._mm.resize(size)
         except (BufferError, OSError, SystemError, ValueError):
+            try:
+                mm = self._new_map(size)  # before the old one goes: a failure keeps it
+            except BaseException:
+                self._attach(self.file_size)
+                raise
             self._unmap()
-            self._map(size)
-        else:
-            self._attach(size)
+            self._mm = mm
+            self._mapped = True
+        self._attach(size)
 
     def _release_views(self) -> None:
         for name in ("_q", "_dir", "_view"):  # an interrupted _map may not have made them all
@@ -687,7 +704,14 @@ class Engine:
             raise DiskFullError(
                 exc.errno, f"cannot grow {self.path} from {old_size:,} to {new_size:,} bytes: "
                 f"{exc.strerror}; free disk space, or delete keys to make room") from None
-        self._remap(new_size)
+        try:
+            self._remap(new_size)
+        except CLEAN_FAILURES:  # no new map: the old one stands, and so must the file
+            try:
+                os.ftruncate(self._fd, old_size)
+            except OSError:
+                pass  # a longer file with this superblock: the next open truncates it
+            raise
         self._mm[SB_FILE_SIZE:SB_FILE_SIZE + 8] = _U64.pack(new_size)
         self._changed()
         return True
@@ -773,9 +797,7 @@ class Engine:
             return True  # cannot tell: assume the worst, and repair
 
     def _write_error(self, exc: OSError) -> MmapKVError:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return DiskFullError(exc.errno, f"cannot write to {self.path}: {exc.strerror or exc}")
-        return StoreAccessError(exc.errno, f"cannot write to {self.path}: {exc.strerror or exc}")
+        return system_error(exc, f"cannot write to {self.path}")
 
     def insert(self, key: bytes, fp: int, data: bytes, flags: int, expires: float) -> int:
         """Write a new LIVE record for *key* (absent: the caller checked) and index it."""

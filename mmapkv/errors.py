@@ -7,6 +7,8 @@ Each specific error also inherits the builtin a Python user would catch:
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
     "MmapKVError",
     "KeyExistsError",
@@ -26,6 +28,7 @@ __all__ = [
     "StoreUnavailableError",
     "CorruptStoreError",
     "FormatVersionError",
+    "system_error",
 ]
 
 
@@ -97,8 +100,9 @@ class ReentrantCallError(MmapKVError, RuntimeError):
 
 
 class StoreAccessError(MmapKVError, OSError):
-    """The operating system refused to create or open the store's path (permissions,
-    a file where a directory should be...); ``errno`` says why."""
+    """The operating system refused to create, open, map, write or replace the store's
+    file (permissions, a file where a directory should be, no file descriptor left...);
+    ``errno`` says why."""
 
 
 class StoreUnavailableError(MmapKVError, OSError):
@@ -113,3 +117,11 @@ class CorruptStoreError(MmapKVError, OSError):
 
 class FormatVersionError(CorruptStoreError):
     """The file is an mmapkv store written by a newer, unknown format version."""
+
+
+def system_error(exc: OSError, doing: str) -> MmapKVError:
+    """The ``MmapKVError`` for an ``OSError`` of the system's own met while *doing*
+    ("cannot write to PATH"): ``DiskFullError`` for a full disk or quota, else
+    ``StoreAccessError``; the errno is kept."""
+    kind = DiskFullError if exc.errno in (errno.ENOSPC, errno.EDQUOT) else StoreAccessError
+    return kind(exc.errno, f"{doing}: {exc.strerror or exc}")

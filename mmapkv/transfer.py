@@ -42,6 +42,7 @@ from .errors import (
     MmapKVError,
     StoreFullError,
     StoreLockedError,
+    system_error,
 )
 from .format import (
     BODY_OFFSET,
@@ -455,8 +456,7 @@ def compact(store: Store, *, skip_corrupt: bool = False,
         old.mark_dirty()
         with old.change():  # an interrupt before the switch: the next use sorts it out
             tmp = temporary_path(path, "compact")
-            create_file(tmp, old.geometry.max_size, in_place=True, seed=old.seed)
-            new = Engine(tmp, durable=old.durable, create=False)  # locked from here on
+            new = _temporary_store(tmp, old.geometry.max_size, durable=old.durable, seed=old.seed)
             try:
                 os.chmod(tmp, stat.S_IMODE(os.fstat(old._fd).st_mode))
                 _fill(new, ((_read_record(old, off), size) for off, size in records), sizes,
@@ -465,13 +465,10 @@ def compact(store: Store, *, skip_corrupt: bool = False,
                 os.fsync(new._fd)  # the file's size and blocks, not only the mapped pages
                 old.successor = new  # Store._repair takes it over if we stop past the rename
                 os.replace(tmp, path)  # the commit point: from here the path names the new file
-            except BaseException:
-                old.successor = None
-                new._release()  # its file goes: nothing to write or sync
-                try:
-                    os.unlink(tmp)
-                except FileNotFoundError:
-                    pass
+            except BaseException as exc:
+                if _abandon(new, tmp, path):  # else past the rename: Store._repair takes new over
+                    old.successor = None
+                    _raise_access_error(exc, f"cannot compact {path}")
                 raise
             new.path = path
             store._engine = new
@@ -483,6 +480,55 @@ def compact(store: Store, *, skip_corrupt: bool = False,
         if progress is not None:
             progress(total, total)
         return old_size, new.file_size, len(records)
+
+
+def _temporary_store(tmp: str, max_size: int, *, durable: bool = False,
+                     seed: int | None = None) -> Engine:
+    """A new, empty store at the fresh temporary name *tmp*, open and locked, for a
+    rewrite to fill and rename over the old file.  If it cannot be made or opened (no
+    file descriptor left, say), nothing is left at *tmp* and ``StoreAccessError`` (or
+    ``DiskFullError``) says why."""
+    try:
+        create_file(tmp, max_size, in_place=True, seed=seed)  # O_EXCL: never another's file
+    except OSError as exc:
+        _raise_access_error(exc, f"cannot create {tmp}")
+        raise
+    try:
+        return Engine(tmp, durable=durable, create=False)
+    except BaseException:
+        _unlink_if_there(tmp)
+        raise
+
+
+def _abandon(new: Engine, tmp: str, path: str) -> bool:
+    """After an exception inside a rewrite: drop *new* and its file at *tmp* (nothing to
+    write or sync), and return True; unless the rename has put it at *path* already (an
+    interrupt just after ``os.replace`` returned): then keep it open and locked, since
+    the path must name a file locked by us at every instant, and return False."""
+    try:
+        renamed = os.path.samestat(os.fstat(new._fd), os.stat(path))
+    except OSError:
+        renamed = False
+    if renamed:
+        return False
+    new._release()
+    _unlink_if_there(tmp)
+    return True
+
+
+def _unlink_if_there(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _raise_access_error(exc: BaseException, doing: str) -> None:
+    """If *exc* is an ``OSError`` of the system's own (``EMFILE``, ``ENOSPC``...), raise
+    its ``MmapKVError`` instead: every error of a rewrite is one, and the old file's change
+    bracket closes cleanly on it."""
+    if isinstance(exc, OSError) and not isinstance(exc, MmapKVError):
+        raise system_error(exc, doing) from None
 
 
 def _live_records(entries: Iterable[Entry], now: float) -> dict[bytes, tuple[int, int]]:
@@ -560,8 +606,7 @@ def convert_v2(path: str, *, now: float | None = None,
         max_size, entries = read_v2(path)
         entries, sizes = _unexpired_v2(entries, now)  # (the note above store._readable_keys)
         tmp = temporary_path(path, "compact")
-        create_file(tmp, _ceiling_for(max_size, sizes), in_place=True)
-        new = Engine(tmp, create=False)
+        new = _temporary_store(tmp, _ceiling_for(max_size, sizes))
         try:
             os.chmod(tmp, stat.S_IMODE(os.fstat(fd).st_mode))
             converted = (Entry(0, e.key, e.data, e.flags, e.expires_at, e.seq) for e in entries)
@@ -577,12 +622,9 @@ def convert_v2(path: str, *, now: float | None = None,
             new.mark_clean()
             os.fsync(new._fd)
             os.replace(tmp, path)
-        except BaseException:
-            new._release()
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+        except BaseException as exc:
+            if _abandon(new, tmp, path):
+                _raise_access_error(exc, f"cannot convert {path}")
             raise
         new_size = new.file_size
         new.close()

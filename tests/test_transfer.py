@@ -10,12 +10,14 @@ import sys
 from collections import Counter
 from typing import Any
 
+import portalocker
 import pytest
 
 import mmapkv
 from mmapkv import codec, transfer
 from mmapkv.errors import (
     CorruptStoreError,
+    DiskFullError,
     InvalidKeyError,
     InvalidTTLError,
     InvalidValueError,
@@ -454,12 +456,56 @@ def test_compact_failure_leaves_the_old_file(tmp_path: Any, clock: Any, monkeypa
             raise OSError(28, "No space left on device")
 
         monkeypatch.setattr(os, "replace", fail)
-        with pytest.raises(OSError, match="No space"):
+        with pytest.raises(DiskFullError, match=f"cannot compact {path}: No space") as caught:
             transfer.compact(store)
         monkeypatch.undo()
+        assert caught.value.errno == 28
         assert os.stat(path).st_ino == inode and os.listdir(tmp_path) == ["s"]
         assert entries(store) == want and store.verify() == []
         store.create("more", {})
+
+
+def is_locked(path: str) -> bool:
+    """True if some open file description holds a lock on the file at *path*."""
+    with open(path, "rb") as f:
+        try:
+            portalocker.lock(f, portalocker.LOCK_EX | portalocker.LOCK_NB)
+        except portalocker.LockException:
+            return True
+        portalocker.unlock(f)
+        return False
+
+
+def test_an_interrupt_just_after_the_rename_keeps_the_new_file_locked(
+        tmp_path: Any, clock: Any, monkeypatch: Any) -> None:
+    """Ctrl-C landing on the bytecode after ``os.replace`` returned (modelled by a replace
+    that renames, then raises) is inside compact's ``try``: its handler used to release the
+    new file, which the path already named, so until the next call repaired, no process
+    held the store's lock and a rival could open it.  The new file must stay locked, and
+    the next call take it over."""
+    path = str(tmp_path / "s")
+    replace = os.replace
+
+    def replace_then_interrupt(src: str, dst: str) -> None:
+        replace(src, dst)
+        raise KeyboardInterrupt
+
+    with mmapkv.Store(path, clock=clock) as store:
+        for i in range(20):
+            store.create(f"k{i}", {"i": i})
+        store.delete("k0")
+        want = entries(store)
+        inode = os.stat(path).st_ino
+        monkeypatch.setattr(os, "replace", replace_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            transfer.compact(store)
+        monkeypatch.undo()
+        assert os.stat(path).st_ino != inode  # renamed: the path names the new file
+        assert is_locked(path)
+        assert entries(store) == want and store.verify() == []  # the next call takes it over
+        assert store._engine is not None and os.path.samestat(os.fstat(store._engine._fd), os.stat(path))
+        store.create("more", {})
+    assert os.listdir(tmp_path) == ["s"]
 
 
 # ------------------------------------------------------------------ corruption
