@@ -89,7 +89,7 @@ from .slots import PER_SLOT, Slots
 from .table import HOME_OF_ENTRY, SEGMENT_MASK, SEGMENT_STRIDE, Table
 from .tempfiles import remove_abandoned, temporary_path
 
-__all__ = ["Engine", "DamagedEntry", "CLEAN_FAILURES", "create_file", "reserve"]
+__all__ = ["Engine", "DamagedEntry", "CLEAN_FAILURES", "create_file", "reserve", "append_key"]
 
 if sys.byteorder != "little":  # the table is read through native u64/u16 memoryviews
     raise ImportError("mmapkv's file format is little-endian; this machine is big-endian")
@@ -205,6 +205,52 @@ def create_file(path: str, max_size: int, *, in_place: bool = False, seed: int |
         finally:
             os.close(dir_fd)
     return made
+
+
+def _reversed(value: int, bits: int) -> int:
+    """The low *bits* bits of *value* in reverse order."""
+    return int(f"{value & ((1 << bits) - 1):0{bits}b}"[::-1], 2)
+
+
+def _segment_keys(engine: Engine, segment: int, now: float, after: int) -> tuple[list[str], int]:
+    """``Engine.scan``'s loop over one segment: its intact, unexpired keys whose place in
+    the order is at *after* or later, and the number of damaged entries met.  An entry is
+    damaged when its record is not LIVE, fails its checksum, or holds a key whose
+    fingerprint is not the entry's (a damaged key byte): what ``read`` could not read."""
+    table, mm, seed = engine.table, engine._mm, engine.seed
+    bits, slots_offset = table.max_depth, engine._slots_offset
+    base = table.base(segment)
+    keys: list[str] = []
+    damaged = 0
+    for entry in table.q[base:base + SEGMENT_ENTRIES].tolist():
+        if not entry:
+            continue
+        fp = entry >> FINGERPRINT_SHIFT
+        if after and _reversed(fp, bits) < after:
+            continue  # listed by an earlier step, when the table was split finer
+        off = slots_offset + ((entry & UNIT_MASK) - 1) * UNIT
+        try:
+            state, _, _, _, expires, _, klen, _ = _unpack_record(mm, off)
+        except struct.error:  # past the end of the map
+            damaged += 1
+            continue
+        key = bytes(mm[off + KEY_OFFSET:off + KEY_OFFSET + klen])
+        if state != STATE_LIVE or xxh3_64_intdigest(key, seed) >> FINGERPRINT_SHIFT != fp \
+                or not engine.is_intact(off):
+            damaged += 1
+        elif not expires or now < expires:
+            damaged += append_key(keys, key)
+    return keys, damaged
+
+
+def append_key(keys: list[str], key: bytes) -> int:
+    """Append *key* to a listing of keys; return 1 (one damaged entry) if it is not UTF-8,
+    which only a forged record can hold (mmapkv writes ``str`` keys), else 0."""
+    try:
+        keys.append(key.decode("utf-8"))
+    except UnicodeDecodeError:
+        return 1
+    return 0
 
 
 class Engine:
@@ -954,6 +1000,31 @@ class Engine:
             self._free_record(off)
 
     # ----------------------------------------------------------------- scans
+
+    def scan(self, cursor: int, now: float) -> tuple[list[str], int, int]:
+        """One step of a walk over the keys a table segment at a time, in the order of their
+        fingerprints' low ``max_depth`` bits read backwards (Redis's ``SCAN`` order, which
+        extendible hashing shares: a segment holds one run of it).  *cursor* is 0 to start.
+        Returns the unexpired keys of the segment at *cursor* that no earlier step listed,
+        the next step's cursor (0 after the last) and how many damaged entries it met.
+
+        A key stored throughout a walk is listed exactly once, whatever changes between the
+        steps: a key's place in the order is fixed by its fingerprint (an overwrite keeps
+        it), splits only cut the order finer, and where the table got coarser (rebuilt by a
+        repair or a compact) the keys before *cursor* are left out.  O(one segment).
+
+        :raises DamagedEntry: the directory names a slot past the end of the file.
+        """
+        table = self.table
+        bits = table.max_depth
+        segment = table.dir[_reversed(cursor, bits) & table.dmask]
+        if segment >= self.slot_count:
+            raise DamagedEntry(f"{self.path}: a directory entry points past the end of the file", -1)
+        span = 1 << (bits - min(self.slots.info(segment)[1], bits))
+        start = cursor & -span  # where the segment's run begins: before cursor if it got coarser
+        keys, damaged = _segment_keys(self, segment, now, cursor if cursor != start else 0)
+        cursor = start + span
+        return keys, (0 if cursor >> bits else cursor), damaged
 
     def record_slots(self) -> Iterator[tuple[int, int]]:
         """(slot, class) of every record slot below the high-water mark."""

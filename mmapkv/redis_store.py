@@ -435,7 +435,8 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
         return [key for batch in self._batches(None) for key, _ in batch]
 
     def __iter__(self) -> Iterator[str]:
-        """The keys, streamed batch by batch from ``SCAN`` (``Store`` iterates a snapshot)."""
+        """The keys, streamed batch by batch from ``SCAN``, each once (``Store`` streams too,
+        a table segment at a time)."""
         for batch in self._batches(None):
             for key, _ in batch:
                 yield key

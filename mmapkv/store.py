@@ -18,7 +18,7 @@ import platformdirs
 from xxhash import xxh3_64_intdigest
 
 from . import codec
-from .engine import CLEAN_FAILURES, DamagedEntry, Engine
+from .engine import CLEAN_FAILURES, DamagedEntry, Engine, append_key
 from .tempfiles import remove_abandoned
 from .errors import (
     CorruptStoreError,
@@ -456,8 +456,9 @@ class Store(MutableMapping[str, dict[str, Any]]):
             return engine.live_count
 
     def keys(self) -> list[str]:  # type: ignore[override]  # a snapshot list, as documented
-        """The unexpired keys, in file order (a snapshot list).  O(slots + bytes of values):
-        each entry's checksum is checked, so ``keys()`` lists what ``read`` can read.
+        """The unexpired keys, in file order (a snapshot list, built under one hold of the
+        lock; ``for key in store`` streams them instead).  O(slots + bytes of values): each
+        entry's checksum is checked, so ``keys()`` lists what ``read`` can read.
 
         :raises CorruptStoreError: entries damaged on disk were found; they are dropped
             (their values are lost), and the next call lists the intact keys.
@@ -466,16 +467,50 @@ class Store(MutableMapping[str, dict[str, Any]]):
             engine = self._use()
             keys, damaged = _readable_keys(engine, self._clock() if engine.ttl_count else 0.0)
             if damaged:
-                with engine.change():
-                    engine.recover()
-                raise CorruptStoreError(
-                    f"{self._path}: " + ("1 entry fails its checksum and was" if damaged == 1
-                                         else f"{damaged} entries fail their checksums and were")
-                    + " dropped (the values are lost); the other keys are intact: call keys() again")
+                raise self._drop_damaged(engine, damaged, "call keys() again")
             return keys
 
-    def __iter__(self) -> Any:
-        return iter(self.keys())
+    def __iter__(self) -> Iterator[str]:
+        """The unexpired keys, streamed: a table segment's keys (at most 1,792) at a time,
+        each step under the lock, so memory stays flat however many keys the store holds
+        (``keys()`` builds the whole list) and writers wait at most one step.
+
+        A key stored for the whole iteration is met exactly once, even if it is
+        overwritten, its TTL changed or the file grown or compacted meanwhile; a key
+        created or deleted meanwhile may or may not be met (``dict`` raises instead).  The
+        order is the table's (by hash), not the order of creation.
+
+        :raises CorruptStoreError: a step met entries damaged on disk; they are dropped
+            (their values are lost), and a new iteration lists the intact keys.
+        """
+        cursor = 0
+        while True:
+            keys, cursor = self._scan(cursor)
+            yield from keys
+            if not cursor:
+                return
+
+    def _scan(self, cursor: int) -> tuple[list[str], int]:
+        """One step of ``__iter__``: ``Engine.scan`` under the lock."""
+        with self._lock:
+            engine = self._use()
+            try:
+                keys, cursor, damaged = engine.scan(cursor, self._clock() if engine.ttl_count else 0.0)
+            except DamagedEntry:
+                keys, damaged = [], 1
+            if damaged:
+                raise self._drop_damaged(engine, damaged, "iterate again")
+            return keys, cursor
+
+    def _drop_damaged(self, engine: Engine, damaged: int, then: str) -> CorruptStoreError:
+        """Drop the *damaged* entries a listing met (recovery frees every record that fails
+        its checksum and rebuilds the table) and return the error that says so."""
+        with engine.change():
+            engine.recover()
+        return CorruptStoreError(
+            f"{self._path}: " + ("1 entry fails its checksum and was" if damaged == 1
+                                 else f"{damaged} entries fail their checksums and were")
+            + f" dropped (the values are lost); the other keys are intact: {then}")
 
     def stats(self) -> StoreStats:
         """Sizes and counts of the store; O(1) unless expired keys need reclaiming.
@@ -826,7 +861,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         ...     list(store.items_with_expiry())
         [('a', {'n': 1}, 1060.0)]
         """
-        for key in self.keys() if keys is None else keys:
+        for key in self if keys is None else keys:
             kb = _key_bytes(key)
             fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
             with self._lock:
@@ -834,7 +869,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
                 try:
                     data, flags, expires, _ = self._live_record(engine, key, kb, fp)
                 except KeyNotFoundError:
-                    continue  # deleted or expired since keys() listed it
+                    continue  # deleted or expired since the scan listed it
                 value = _decode(data, flags)  # under the lock: data is a view of the map
             yield key, value, expires or None
 
@@ -865,7 +900,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
 
     def popitem(self) -> tuple[str, dict[str, Any]]:
         """Remove and return some (key, value) pair; ``KeyError`` when empty."""
-        for key in self.keys():
+        for key in self:
             value = self.pop(key, _GONE)
             if value is not _GONE:  # another thread may have taken it meanwhile
                 return key, value
@@ -958,16 +993,13 @@ class Store(MutableMapping[str, dict[str, Any]]):
 def _readable_keys(engine: Engine, now: float) -> tuple[list[str], int]:
     """The keys ``keys()`` lists (unexpired at *now*, indexed, intact), and the number of
     damaged entries met."""
-    keys = []
+    keys: list[str] = []
     damaged = 0
     for off, _, expires, key in engine.iter_records():
         if not (engine.is_indexed(off, key) and engine.is_intact(off)):
             damaged += 1
         elif not expires or now < expires:
-            try:
-                keys.append(key.decode("utf-8"))
-            except UnicodeDecodeError:  # a forged record: mmapkv writes str keys
-                damaged += 1
+            damaged += append_key(keys, key)
     return keys, damaged
 
 
@@ -1003,7 +1035,7 @@ class _StoreItems(ItemsView[str, dict[str, Any]]):
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
         store = self._mapping
-        for key in store.keys():
+        for key in store:
             value = store.get(key, _GONE)
             if value is not _GONE:
                 yield key, value
@@ -1016,7 +1048,7 @@ class _StoreValues(ValuesView[dict[str, Any]]):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         store = self._mapping
-        for key in store.keys():
+        for key in store:
             value = store.get(key, _GONE)
             if value is not _GONE:
                 yield value

@@ -413,7 +413,9 @@ def check(args: dict[str, Any]) -> None:
                                             "got": repr(got)[:200]})
                 else:
                     result["reads_exact"] += 1
-        for name, call in (("keys", store.keys), ("len", store.__len__), ("verify", store.verify)):
+        for name, call in (("keys", store.keys), ("iter", lambda: list(store)),
+                           ("items", lambda: list(store.items())), ("len", store.__len__),
+                           ("verify", store.verify)):
             try:
                 listed = call()
             except mmapkv.MmapKVError as exc:
@@ -422,10 +424,17 @@ def check(args: dict[str, Any]) -> None:
             except Exception:
                 foreign(case, f"{name} ({when})")
                 continue
-            if name == "keys" and isinstance(listed, list):
+            if name == "items":
+                for key, got in listed:
+                    if key in expected and got != expected[key]:
+                        result["wrong"].append({"case": case, "when": when, "how": "items", "key": key,
+                                                "got": repr(got)[:200]})
+                listed = [key for key, _ in listed]
+            if name in ("keys", "iter", "items"):
                 invented = [k for k in listed if k not in expected]
                 if invented:
-                    result["invented_keys"].append({"case": case, "when": when, "keys": invented[:5]})
+                    result["invented_keys"].append({"case": case, "when": when, "how": name,
+                                                    "keys": invented[:5]})
 
     for case, path in enumerate(args["files"]):
         emit({"ev": "case", "case": case})

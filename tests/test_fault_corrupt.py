@@ -243,7 +243,7 @@ def test_damaged_store_never_gives_wrong_data(tmp_path: Any, kind: str, state: s
     assert foreign == [], (
         f"{context}: a non-mmapkv exception: {foreign[0]['trace']}\ndamage: {damages[foreign[0]['case']]}")
     assert result["invented_keys"] == [], (
-        f"{context}: keys() listed names never stored: {result['invented_keys'][:3]}; damage: "
+        f"{context}: keys(), iteration or items() listed names never stored: {result['invented_keys'][:3]}; damage: "
         f"{[damages[k['case']] for k in result['invented_keys'][:3]]}")
     assert result["refused"] + result["opened"] == CASES
     assert set(result["errors"]) <= {"CorruptStoreError", "FormatVersionError", "KeyNotFoundError",
@@ -416,17 +416,18 @@ def test_a_forged_key_that_is_not_utf8_is_caught(tmp_path: Any) -> None:
 
 
 def test_checker_detects_wrong_data(tmp_path: Any) -> None:
-    """The checker itself can fail: a store holding a different value is reported, by read
-    and get, in each of its passes (open, again, reopen)."""
+    """The checker itself can fail: a store holding a different value is reported, by read,
+    get and items(), in each of its passes (open, again, reopen)."""
     path = os.path.join(tmp_path, "s.mmapkv")
     with mmapkv.Store(path) as store:
         store.create("k", {"v": 1})
     result = run_checker(str(tmp_path), [path], {"k": {"v": 2}})
     assert sorted((w["when"], w["how"]) for w in result["wrong"]) == [
-        ("again", "get"), ("again", "read"), ("open", "get"), ("open", "read"),
-        ("reopen", "get"), ("reopen", "read")]
+        (when, how) for when in ("again", "open", "reopen") for how in ("get", "items", "read")]
     assert result["invented_keys"] == [] and result["reopened"] == 1
-    with mmapkv.Store(path) as store:  # and it names a key that was never stored
+    with mmapkv.Store(path) as store:  # and it names a key that was never stored, each way
         store.create("stranger", {})
-    assert run_checker(str(tmp_path), [path], {"k": {"v": 1}})["invented_keys"][0]["keys"] == ["stranger"]
+    invented = run_checker(str(tmp_path), [path], {"k": {"v": 1}})["invented_keys"]
+    assert {(i["how"], tuple(i["keys"])) for i in invented} == {
+        (how, ("stranger",)) for how in ("keys", "iter", "items")}
     shutil.rmtree(tmp_path, ignore_errors=True)

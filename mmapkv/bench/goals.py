@@ -218,6 +218,11 @@ def _small_value_goals(results: dict[str, Any], groups: list[dict[str, Any]], n:
         add(f"Python heap growth after {scale['n']:,} creates under 64 KiB", f"N={scale['n']:,}, 100B",
             f"{scale['heap_bytes']:,} B", scale["heap_bytes"] < 64 * 1024,
             "" if scale["n"] >= 1_000_000 else "not the published 1,000,000")
+        if "walk_peak_bytes" in scale:
+            add(f"Python heap peak while iterating {scale['n']:,} keys under 1 MiB", f"N={scale['n']:,}, 100B",
+                f"{scale['walk_peak_bytes']:,} B over {scale['walk_keys']:,} keys",
+                scale["walk_peak_bytes"] < 1 << 20 and scale["walk_keys"] == scale["n"],
+                "" if scale["n"] >= 1_000_000 else "not the published 1,000,000")
     for size, f in fills.items():
         o = f.get("open_full")
         if o and o.get("count"):

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from typing import Any
 
 from .machine import SOURCE_ROOT, _anon_kib, _faults, _mapping_rss_kib, _mincore_pages
@@ -66,13 +67,20 @@ def _memory_child(spec: dict[str, Any]) -> dict[str, Any]:
             # A fresh object per key, as values arriving from elsewhere would be.
             create(f"user:{i:08d}", loads(pool[i % len(pool)]))
     gc.collect()
+    walk: dict[str, int] = {}
     if heap:
         grown = tracemalloc.get_traced_memory()[0] - before
+        if spec.get("iterate"):  # then the peak of a walk over every key (for key in store)
+            tracemalloc.reset_peak()
+            start = tracemalloc.get_traced_memory()[0]
+            store: Iterable[str] = getattr(adapter, "store")  # the mmapkv adapter's Store
+            walk["keys"] = sum(1 for _ in store)
+            walk["peak_bytes"] = tracemalloc.get_traced_memory()[1] - start
         tracemalloc.stop()
     else:
         grown = ((_anon_kib() or 0) - before) * 1024
     adapter.close()
-    return {"bytes": grown, "usage": adapter.usage()}
+    return {"bytes": grown, "usage": adapter.usage(), **({"walk": walk} if walk else {})}
 
 
 def _resident_child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -161,15 +169,18 @@ def measure_memory(classes: list[type[Adapter]], n: int, tmp: str, seed: int) ->
 
 def measure_heap_at_scale(n: int, tmp: str, seed: int) -> dict[str, Any]:
     """mmapkv's Python heap growth after *n* creates of ~100 B values (1,000,000 in the
-    published run: millions of keys are what small slots are for)."""
+    published run: millions of keys are what small slots are for), then the heap's peak
+    while a ``for key in store`` walks them all (it streams: one table segment's keys at
+    a time, where a list of a million keys is tens of MiB)."""
     where = tempfile.mkdtemp(dir=tmp)
     try:
         heap = _run_child({"kind": "memory", "family": "mmapkv", "codec": None, "n": n, "size": "100B",
-                           "seed": seed, "tmp": where, "mode": "heap"})
+                           "seed": seed, "tmp": where, "mode": "heap", "iterate": True})
     finally:
         shutil.rmtree(where, ignore_errors=True)
     return {"store": "mmapkv", "n": n, "value_size": "100B", "heap_bytes": heap["bytes"],
-            "file_bytes": heap["usage"][0]}
+            "file_bytes": heap["usage"][0], "walk_keys": heap["walk"]["keys"],
+            "walk_peak_bytes": heap["walk"]["peak_bytes"]}
 
 
 def measure_resident(n: int, tmp: str, seed: int, repeats: int) -> dict[str, Any]:

@@ -1,0 +1,150 @@
+"""Iterating a Store streams its keys a table segment at a time (``Engine.scan``).
+
+A key stored for the whole iteration is met exactly once, whatever happens between two
+steps: creates that split segments, deletes, overwrites, TTL changes, a compact or a
+repair that rebuilds the table coarser; keys created or deleted meanwhile may or may not
+be met, and nothing else is.  Memory stays at one step's keys: ``popitem`` reads one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import mmapkv
+from conftest import FakeClock
+from mmapkv import engine as engine_module
+from mmapkv import table as table_module
+from mmapkv import transfer
+
+SPLIT_AT = 8  # instead of 1,024: a few hundred keys make dozens of segments
+
+
+@pytest.fixture
+def many_segments(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(table_module, "SPLIT_AT", SPLIT_AT)
+
+
+@pytest.fixture
+def store(tmp_path: Any, clock: FakeClock, many_segments: None) -> Iterator[mmapkv.Store]:
+    with mmapkv.Store(os.path.join(tmp_path, "s.mmapkv"), clock=clock) as opened:
+        yield opened
+
+
+def segments(store: mmapkv.Store) -> int:
+    assert store._engine is not None
+    return store._engine.table.segment_count
+
+
+def test_every_key_once_in_a_quiet_store(store: mmapkv.Store) -> None:
+    store.batch_create({f"k{i}": {"i": i} for i in range(500)})
+    assert segments(store) > 30
+    listed = list(iter(store))
+    assert len(listed) == 500 and set(listed) == {f"k{i}" for i in range(500)}
+    assert dict(store.items()) == {f"k{i}": {"i": i} for i in range(500)}
+
+
+def test_iteration_reads_the_store_as_it_goes(store: mmapkv.Store) -> None:
+    """Not a snapshot: a key deleted before the walk reaches it is not met (a list of the
+    keys taken at the start would still name it)."""
+    store.batch_create({f"k{i}": {"i": i} for i in range(500)})
+    walk = iter(store)
+    first = next(walk)
+    store.clear()
+    rest = list(walk)
+    assert len(rest) < SPLIT_AT and first not in rest  # only the first step's other keys
+
+
+def test_expired_keys_are_not_met(store: mmapkv.Store, clock: FakeClock) -> None:
+    store.batch_create({f"k{i}": {"i": i} for i in range(100)})
+    store.batch_create({f"t{i}": {"i": i} for i in range(100)}, ttl=10)
+    clock.advance(10)
+    assert sorted(store) == sorted(f"k{i}" for i in range(100))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_keys_stored_throughout_are_met_exactly_once(store: mmapkv.Store, clock: FakeClock,
+                                                     seed: int) -> None:
+    """A seeded walk: between any two steps of an iteration, the store changes at random.
+    The stable keys are overwritten and get TTLs (long ones) but are never deleted; the
+    volatile ones come and go, growing and splitting the table; now and then a compact
+    (after many deletes: a coarser table) or a repair rebuilds the table."""
+    rng = random.Random(seed)
+    stable = {f"s{i}" for i in range(rng.randint(50, 400))}
+    store.batch_create({key: {"v": 0} for key in stable})
+    volatile: set[str] = set()
+    ever: set[str] = set(stable)
+    counter = 0
+    coarser = 0
+    met: Counter[str] = Counter()
+    for key in store:
+        met[key] += 1
+        for _ in range(rng.randint(0, 6)):
+            roll = rng.random()
+            if roll < 0.35:
+                counter += 1
+                new = f"v{counter}"
+                store.create(new, {"v": counter})
+                volatile.add(new)
+                ever.add(new)
+            elif roll < 0.6 and volatile:
+                gone = rng.choice(sorted(volatile))
+                store.delete(gone)
+                volatile.discard(gone)
+            elif roll < 0.8:
+                store.set(rng.choice(sorted(stable)), {"v": rng.random()})
+            elif roll < 0.9:
+                key_ = rng.choice(sorted(stable))
+                store.expire(key_, 3600) if rng.random() < 0.5 else store.persist(key_)
+            elif roll < 0.95:
+                before = segments(store)
+                for gone in sorted(volatile):
+                    store.delete(gone)
+                volatile.clear()
+                transfer.compact(store)
+                coarser += segments(store) < before
+            else:
+                assert store._engine is not None
+                store._engine.changes += 1  # as an interrupted change leaves it: the next call repairs
+    assert all(met[key] == 1 for key in stable), {k: met[k] for k in stable if met[k] != 1}
+    assert max(met.values()) == 1, [k for k, n in met.items() if n > 1]
+    assert set(met) <= ever
+    if seed == 0:
+        assert coarser, "no compact made the table coarser: the case this test is for"
+    assert store.verify() == []
+
+
+def test_popitem_reads_one_step(store: mmapkv.Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.batch_create({f"k{i}": {"i": i} for i in range(500)})
+    scans = []
+    real_scan = engine_module.Engine.scan
+
+    def counted(self: Any, cursor: int, now: float) -> Any:
+        scans.append(cursor)
+        return real_scan(self, cursor, now)
+
+    monkeypatch.setattr(engine_module.Engine, "scan", counted)
+    key, value = store.popitem()
+    assert value == {"i": int(key[1:])} and key not in store and len(store) == 499
+    assert len(scans) == 1, f"popitem walked {len(scans)} segments of {segments(store)}"
+
+
+def test_a_damaged_entry_met_by_the_walk(tmp_path: Any, many_segments: None) -> None:
+    path = os.path.join(tmp_path, "s.mmapkv")
+    with mmapkv.Store(path) as store:
+        store.batch_create({f"k{i}": {"i": i, "marker": f"<{i}>"} for i in range(200)})
+    with open(path, "r+b") as f:  # one byte of k7's value, as a bad sector would leave it
+        data = f.read()
+        at = data.index(b"<7>") + 1
+        f.seek(at)
+        f.write(b"X")
+    with mmapkv.Store(path) as store:
+        with pytest.raises(mmapkv.CorruptStoreError, match="1 entry fails its checksum.*iterate again"):
+            list(iter(store))
+        assert sorted(store) == sorted(f"k{i}" for i in range(200) if i != 7)
+        assert store.verify() == []
