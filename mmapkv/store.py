@@ -175,6 +175,9 @@ class Store(MutableMapping[str, dict[str, Any]]):
         # Keys hash with the file's own seed; compact keeps it, so it never changes.
         self._seed = self._engine.seed
         self._pid = os.getpid()
+        # popitem's place in a walk of the table: where its next step starts, and the keys
+        # of its last step not popped yet.  A hint only: stale keys are skipped.
+        self._popping: tuple[int, list[str]] = (0, [])
         _OPEN_STORES[id(self)] = self
 
     # ----------------------------------------------------------------- lifecycle
@@ -899,12 +902,26 @@ class Store(MutableMapping[str, dict[str, Any]]):
             return value
 
     def popitem(self) -> tuple[str, dict[str, Any]]:
-        """Remove and return some (key, value) pair; ``KeyError`` when empty."""
-        for key in self:
-            value = self.pop(key, _GONE)
-            if value is not _GONE:  # another thread may have taken it meanwhile
-                return key, value
-        raise KeyNotFoundError(f"popitem(): {self._path} is empty")
+        """Remove and return some (key, value) pair; ``KeyError`` when empty.
+
+        It goes on from where the last ``popitem`` stopped in a walk of the table (as
+        iteration walks it), so emptying a store with ``popitem`` reads each table
+        segment about once, not once per key; it says "empty" only after a whole lap.
+        """
+        cursor, pending = self._popping
+        start, lapped = cursor, False
+        while True:
+            while pending:
+                key = pending.pop()
+                value = self.pop(key, _GONE)
+                if value is not _GONE:  # another thread may have taken it meanwhile
+                    self._popping = (cursor, pending)
+                    return key, value
+            if lapped and cursor >= start:  # the walk came round to where it began
+                self._popping = (cursor, [])
+                raise KeyNotFoundError(f"popitem(): {self._path} is empty")
+            pending, cursor = self._scan(cursor)
+            lapped |= not cursor  # the next step starts the order over
 
     def setdefault(self, key: str, default: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The value of *key*; if missing or expired, store *default* first (under one

@@ -36,6 +36,20 @@ def store(tmp_path: Any, clock: FakeClock, many_segments: None) -> Iterator[mmap
         yield opened
 
 
+@pytest.fixture
+def scans(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The cursor of every ``Engine.scan`` step from here on."""
+    cursors: list[int] = []
+    real_scan = engine_module.Engine.scan
+
+    def counted(self: Any, cursor: int, now: float) -> Any:
+        cursors.append(cursor)
+        return real_scan(self, cursor, now)
+
+    monkeypatch.setattr(engine_module.Engine, "scan", counted)
+    return cursors
+
+
 def segments(store: mmapkv.Store) -> int:
     assert store._engine is not None
     return store._engine.table.segment_count
@@ -119,16 +133,8 @@ def test_keys_stored_throughout_are_met_exactly_once(store: mmapkv.Store, clock:
     assert store.verify() == []
 
 
-def test_popitem_reads_one_step(store: mmapkv.Store, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_popitem_reads_one_step(store: mmapkv.Store, scans: list[int]) -> None:
     store.batch_create({f"k{i}": {"i": i} for i in range(500)})
-    scans = []
-    real_scan = engine_module.Engine.scan
-
-    def counted(self: Any, cursor: int, now: float) -> Any:
-        scans.append(cursor)
-        return real_scan(self, cursor, now)
-
-    monkeypatch.setattr(engine_module.Engine, "scan", counted)
     key, value = store.popitem()
     assert value == {"i": int(key[1:])} and key not in store and len(store) == 499
     assert len(scans) == 1, f"popitem walked {len(scans)} segments of {segments(store)}"
@@ -148,3 +154,56 @@ def test_a_damaged_entry_met_by_the_walk(tmp_path: Any, many_segments: None) -> 
             list(iter(store))
         assert sorted(store) == sorted(f"k{i}" for i in range(200) if i != 7)
         assert store.verify() == []
+
+
+def test_popitem_empties_a_store_reading_each_segment_about_once(store: mmapkv.Store,
+                                                                 scans: list[int]) -> None:
+    """``while store: store.popitem()`` goes on from where the last one stopped, rather
+    than walking from the start each time past the segments it emptied (which made
+    emptying a store quadratic); keys created behind it meanwhile are still found, and it
+    says "empty" only after a whole lap."""
+    want = {f"k{i}": {"i": i} for i in range(500)}
+    store.batch_create(want)
+    popped = dict(store.popitem() for _ in range(250))
+    late = {f"late{i}": {"i": i} for i in range(100)}  # many land in segments already emptied
+    store.batch_create(late)
+    count = segments(store)
+    while True:
+        try:
+            key, value = store.popitem()
+        except mmapkv.KeyNotFoundError:
+            break
+        assert key not in popped
+        popped[key] = value
+    assert popped == {**want, **late} and len(store) == 0
+    # to the end, round to where it stopped, and one lap to find it empty: 3 laps at most
+    # (starting from the beginning each time took thousands of scans)
+    assert len(scans) <= 3 * count, f"{len(scans)} scans to empty {count} segments"
+    with pytest.raises(mmapkv.KeyNotFoundError):
+        store.popitem()
+
+
+def test_popitem_finds_keys_behind_where_it_stopped(store: mmapkv.Store) -> None:
+    """The keys left are all behind the place the last ``popitem`` stopped at: the next
+    one must go round the end of the order to them, not say "empty"."""
+    store.batch_create({f"k{i}": {"i": i} for i in range(500)})
+    for _ in range(250):
+        store.popitem()
+    for key in list(store):
+        del store[key]
+    engine = store._engine
+    assert engine is not None
+    cursor, bits = store._popping[0], engine.table.max_depth
+    assert cursor > 0
+
+    def place(key: str) -> int:  # where the walk meets the key
+        return engine_module._reversed(engine.fingerprint(key.encode()), bits)
+
+    store.batch_create({f"late{i}": {"i": i} for i in range(100)})
+    behind = {f"late{i}" for i in range(100) if place(f"late{i}") < cursor}
+    for key in {f"late{i}" for i in range(100)} - behind:
+        del store[key]
+    assert behind and len(store) == len(behind)
+    assert {store.popitem()[0] for _ in range(len(behind))} == behind
+    with pytest.raises(mmapkv.KeyNotFoundError):
+        store.popitem()
