@@ -256,7 +256,7 @@ def test_damaged_store_never_gives_wrong_data(tmp_path: Any, kind: str, state: s
         "reads exact": result["reads_exact"], "reads refused": result["reads_refused"],
         "reads tried": result["reads"], "wrong data": len(result["wrong"]),
         "errors other than the documented ones": len(result["foreign"]),
-        "keys() listed names never stored": len(result["invented_keys"])})
+        "listings that named a key never stored": len(result["invented_keys"])})
     if known:
         pytest.xfail(f"{context}: {len(known)} foreign exceptions from engine bugs that "
                      f"{sorted({known_bug(f['trace']) for f in known})} pin down; the first in case "
