@@ -1013,14 +1013,23 @@ class Engine:
         it), splits only cut the order finer, and where the table got coarser (rebuilt by a
         repair or a compact) the keys before *cursor* are left out.  O(one segment).
 
-        :raises DamagedEntry: the directory names a slot past the end of the file.
+        :raises DamagedEntry: the directory names a slot past the end of the file, or a
+            segment whose depth disagrees with it.
         """
         table = self.table
-        bits = table.max_depth
-        segment = table.dir[_reversed(cursor, bits) & table.dmask]
+        bits, directory = table.max_depth, table.dir
+        index = _reversed(cursor, bits) & table.dmask
+        segment = directory[index]
         if segment >= self.slot_count:
             raise DamagedEntry(f"{self.path}: a directory entry points past the end of the file", -1)
-        span = 1 << (bits - min(self.slots.info(segment)[1], bits))
+        depth = self.slots.info(segment)[1]
+        # The run the slot info claims must be the directory's: a damaged depth byte would
+        # list a run twice or skip one (read and keys() never use it).
+        if depth > table.depth or (depth < table.depth and directory[index ^ 1 << depth] != segment) \
+                or (depth and directory[index ^ 1 << (depth - 1)] == segment):
+            raise DamagedEntry(f"{self.path}: the depth of the table segment in slot {segment} "
+                               "disagrees with the directory", -1)
+        span = 1 << (bits - depth)
         start = cursor & -span  # where the segment's run begins: before cursor if it got coarser
         keys, damaged = _segment_keys(self, segment, now, cursor if cursor != start else 0)
         cursor = start + span

@@ -497,10 +497,13 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """One step of ``__iter__``: ``Engine.scan`` under the lock."""
         with self._lock:
             engine = self._use()
+            now = self._clock() if engine.ttl_count else 0.0
             try:
-                keys, cursor, damaged = engine.scan(cursor, self._clock() if engine.ttl_count else 0.0)
-            except DamagedEntry:
-                keys, damaged = [], 1
+                keys, cursor, damaged = engine.scan(cursor, now)
+            except DamagedEntry:  # the table itself: rebuilt from the records, no value lost
+                with engine.change():
+                    engine.recover()
+                keys, cursor, damaged = engine.scan(cursor, now)
             if damaged:
                 raise self._drop_damaged(engine, damaged, "iterate again")
             return keys, cursor
@@ -909,7 +912,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         segment about once, not once per key; it says "empty" only after a whole lap.
         """
         cursor, pending = self._popping
-        start, lapped = cursor, False
+        start, laps = cursor, 0
         while True:
             while pending:
                 key = pending.pop()
@@ -917,11 +920,13 @@ class Store(MutableMapping[str, dict[str, Any]]):
                 if value is not _GONE:  # another thread may have taken it meanwhile
                     self._popping = (cursor, pending)
                     return key, value
-            if lapped and cursor >= start:  # the walk came round to where it began
+            # Round to where it began; or round twice, when the table got coarser and
+            # *start* now lies inside the last run, which no step begins past.
+            if laps and cursor >= start or laps > 1:
                 self._popping = (cursor, [])
                 raise KeyNotFoundError(f"popitem(): {self._path} is empty")
             pending, cursor = self._scan(cursor)
-            lapped |= not cursor  # the next step starts the order over
+            laps += not cursor  # the next step starts the order over
 
     def setdefault(self, key: str, default: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The value of *key*; if missing or expired, store *default* first (under one

@@ -508,7 +508,7 @@ def _abandon(new: Engine, tmp: str, path: str) -> bool:
     try:
         renamed = os.path.samestat(os.fstat(new._fd), os.stat(path))
     except OSError:
-        renamed = False
+        renamed = True  # cannot tell: keep it locked and the failure unclean; the repair looks again
     if renamed:
         return False
     new._release()
@@ -625,6 +625,8 @@ def convert_v2(path: str, *, now: float | None = None,
         except BaseException as exc:
             if _abandon(new, tmp, path):
                 _raise_access_error(exc, f"cannot convert {path}")
+            else:  # renamed into place, complete: no Store is there to take it over
+                new._release()
             raise
         new_size = new.file_size
         new.close()

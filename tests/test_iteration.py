@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -207,3 +208,52 @@ def test_popitem_finds_keys_behind_where_it_stopped(store: mmapkv.Store) -> None
     assert {store.popitem()[0] for _ in range(len(behind))} == behind
     with pytest.raises(mmapkv.KeyNotFoundError):
         store.popitem()
+
+
+def test_popitem_after_the_table_got_coarser_answers(store: mmapkv.Store) -> None:
+    """After ``clear()`` (or a compact) the table may be one run, and the place the last
+    ``popitem`` stopped inside it: the lap then never came back past that place, and the
+    next ``popitem`` looped forever.  It must say "empty", or find the keys there are."""
+    store.batch_create({f"k{i}": {"i": i} for i in range(500)})
+    store.popitem()
+    assert store._popping[0] > 0
+    store.clear()
+    outcome: list[Any] = []
+
+    def pop_twice() -> None:
+        try:
+            store.popitem()
+        except mmapkv.KeyNotFoundError:
+            outcome.append("empty")
+        store.create("only", {"v": 1})
+        outcome.append(store.popitem())
+
+    worker = threading.Thread(target=pop_twice, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "popitem() looped forever"
+    assert outcome == ["empty", ("only", {"v": 1})]
+
+
+@pytest.mark.parametrize("wrong_by", [1, -1])
+def test_a_damaged_segment_depth_is_repaired_not_walked(tmp_path: Any, wrong_by: int) -> None:
+    """A segment's depth (one byte of its slot info, which no lookup reads) that disagrees
+    with the directory made a walk list a run twice (too deep) or skip one (too shallow),
+    silently.  The walk must notice, rebuild the table, and still meet every key once."""
+    path = os.path.join(tmp_path, "s.mmapkv")
+    with mmapkv.Store(path) as store:
+        store.batch_create({f"k{i}": {"i": i} for i in range(6000)})
+        engine = store._engine
+        assert engine is not None and engine.table.depth >= 2
+        segment = engine.table.segments()[0]
+        depth = engine.slots.info(segment)[1]
+        at = engine.geometry.info_offset + 24 * segment + 1
+    with open(path, "r+b") as f:
+        f.seek(at)
+        assert f.read(1) == bytes([depth])  # the byte the slot info keeps the depth in
+        f.seek(at)
+        f.write(bytes([depth + wrong_by]))
+    with mmapkv.Store(path) as store:
+        met = Counter(iter(store))
+        assert len(met) == 6000 and max(met.values()) == 1
+        assert store.verify() == []
