@@ -743,24 +743,27 @@ class Engine:
             # over a file of many dirty pages it took 105 and 127 ms (docs/design.md).
             reserve(self._fd, new_size, old_size if self._map_writes else 0)
         except OSError as exc:
-            try:
-                os.ftruncate(self._fd, old_size)
-            except OSError:
-                pass
+            self._cut_back(old_size)
             raise DiskFullError(
                 exc.errno, f"cannot grow {self.path} from {old_size:,} to {new_size:,} bytes: "
                 f"{exc.strerror}; free disk space, or delete keys to make room") from None
         try:
             self._remap(new_size)
         except CLEAN_FAILURES:  # no new map: the old one stands, and so must the file
-            try:
-                os.ftruncate(self._fd, old_size)
-            except OSError:
-                pass  # a longer file with this superblock: the next open truncates it
+            self._cut_back(old_size)
             raise
         self._mm[SB_FILE_SIZE:SB_FILE_SIZE + 8] = _U64.pack(new_size)
         self._changed()
         return True
+
+    def _cut_back(self, size: int) -> None:
+        """Undo a growth that failed: the file back to *size* bytes.  Should that fail too,
+        the file stays longer than its superblock says; an open after a crash cuts it back,
+        but one after a clean close refuses it (a double fault, left as it is)."""
+        try:
+            os.ftruncate(self._fd, size)
+        except OSError:
+            pass
 
     # ----------------------------------------------------------------- writes
 
