@@ -308,22 +308,19 @@ def checked_clock(clock: Callable[[], float]) -> Callable[[], float]:
     return now
 
 
-def check_expiry(expires_at: Any, now: float) -> float:
+def check_expiry(expires_at: Any) -> float:
     """Return an absolute expiry (unix seconds) as a float, 0.0 for ``None`` (never).
 
-    It may be in the past (the caller skips such an entry), but not more than ``MAX_TTL``
-    seconds after *now*, the same bound a TTL has.
+    It may be in the past (the caller skips such an entry); how far ahead it may be is
+    checked against a clock by :func:`expiring_entries`.
 
-    :raises InvalidTTLError: not ``None`` nor a finite, positive number of seconds, or
-        too far away.
+    :raises InvalidTTLError: not ``None`` nor a finite, positive number of seconds.
     """
     if expires_at is None:
         return 0.0
     if isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)) \
             or not (math.isfinite(expires_at) and expires_at > 0):
         raise InvalidTTLError(f"expires_at must be None or unix time in seconds, got {expires_at!r:.40}")
-    if expires_at - now > MAX_TTL:
-        raise InvalidTTLError(f"expires_at {expires_at} is more than {MAX_TTL:,} seconds away")
     return float(expires_at)
 
 
@@ -404,15 +401,19 @@ def update_pairs(other: Any, kwargs: Mapping[str, Any]) -> list[tuple[str, bytes
     return list(last.values())
 
 
-def expiring_entries(entries: Iterable[Any], now: float) -> list[tuple[str, bytes, bytes, int, float]]:
+def expiring_entries(entries: Iterable[Any], clock: Callable[[], float]
+                     ) -> list[tuple[str, bytes, bytes, int, float]]:
     """Check (key, value, expires_at) entries before anything is written (``restore_entries``
     of both stores): a list of (key, key bytes, encoded value, codec flags, expires_at), 0.0
-    for no expiry, without the entries whose expiry is at or before *now*.
+    for no expiry, without the entries whose expiry is at or before the time *clock* says.
+
+    *clock* is asked once, after every entry passed the checks that need no time, so a bad
+    entry is refused before a clock is read (``RedisStore``'s asks the server).
 
     :raises KeyExistsError: a key is given twice.
     :raises InvalidArgumentError: an entry is not a (key, value, expires_at) tuple.
     :raises InvalidKeyError, InvalidValueError, ValueTooLargeError, InvalidTTLError: a bad
-        key, value or expiry.
+        key, value or expiry (one more than ``MAX_TTL`` seconds after the clock's time).
     """
     if isinstance(entries, (str, bytes, Mapping)) or not isinstance(entries, Iterable):
         raise InvalidArgumentError(f"entries must be an iterable of (key, value, expires_at) tuples, "
@@ -429,7 +430,12 @@ def expiring_entries(entries: Iterable[Any], now: float) -> list[tuple[str, byte
             raise KeyExistsError(f"key {key!r} appears twice in the entries")
         seen.add(kb)
         data, flags = encode(value)
-        expires = check_expiry(expires_at, now)
-        if not expires or expires > now:
-            checked.append((key, kb, data, flags, expires))
-    return checked
+        checked.append((key, kb, data, flags, check_expiry(expires_at)))
+    if not checked:
+        return checked
+    now = clock()
+    for key, _, _, _, expires in checked:
+        if expires - now > MAX_TTL:
+            raise InvalidTTLError(f"expires_at {expires} of key {key!r} is more than {MAX_TTL:,} "
+                                  "seconds away")
+    return [entry for entry in checked if not entry[4] or entry[4] > now]

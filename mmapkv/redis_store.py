@@ -618,7 +618,7 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
         :raises InvalidTTLError: an ``expires_at`` is not unix seconds, or is more than
             ``MAX_TTL`` away.
         """
-        checked = codec.expiring_entries(entries, self._now())
+        checked = codec.expiring_entries(entries, self._now)
         with self._server() as r:
             if not checked:
                 return 0

@@ -650,7 +650,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         :raises StoreFullError: the entries do not fit under the ceiling.
         """
         prepared = [(key, kb, _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT, data, flags, expires)
-                    for key, kb, data, flags, expires in codec.expiring_entries(entries, self._clock())]
+                    for key, kb, data, flags, expires in codec.expiring_entries(entries, self._clock)]
         self._commit_batch(prepared, overwrite=replace, absolute=True)
         return len(prepared)
 

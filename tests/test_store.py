@@ -936,6 +936,21 @@ def test_restore_entries_keeps_absolute_expiries(make_store: MakeStore, clock: F
     assert store.verify() == []
 
 
+def test_bad_entries_are_refused_before_a_clock_is_read(make_store: MakeStore) -> None:
+    """restore_entries() checks every entry before it reads the time, as batch_create()
+    checks before it writes: on a closed store a bad entry is still InvalidKeyError
+    (RedisStore asked its server for the time first, so it said StoreClosedError, or
+    StoreUnavailableError after a timeout when the server was down)."""
+    store = make_store()
+    store.close()
+    for call in (lambda: store.restore_entries([("ok", {}, None), ("", {}, None)]),
+                 lambda: store.batch_create([("ok", {}), ("", {})])):
+        with pytest.raises(InvalidKeyError):
+            call()
+    with pytest.raises(mmapkv.StoreClosedError):
+        store.restore_entries([("ok", {}, None)])
+
+
 # --------------------------------------------------------------------- batch
 
 def test_batch_mapping(make_store: MakeStore) -> None:
