@@ -18,10 +18,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
+import re
+import threading
 from collections.abc import Iterable, Iterator, ItemsView, Mapping, MutableMapping, ValuesView
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol, TypeVar, overload
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from . import codec
 from .errors import (
@@ -126,13 +128,22 @@ def _glob_escape(text: bytes) -> bytes:
 
 
 def _public_url(url: str) -> str:
-    """*url* without its password, for messages and ``RedisStore.url``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+    """*url* without its password, for messages and ``RedisStore.url``: the one of
+    ``user:password@`` and any ``password=`` of the query (redis-py reads both; the
+    query is the usual place for a ``unix://`` socket's).  *url* must parse (``urlsplit``);
+    the rest of it is kept as written."""
+    base, mark, query = url.partition("?")
+    parts = urlsplit(base)
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)
+        base = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{netloc[-1]}"))
+    query, hash_mark, fragment = query.partition("#")
+    fields = query.split("&")  # as redis-py's parse_qs splits it
+    for i, field in enumerate(fields):
+        name = field.split("=", 1)[0]
+        if unquote_plus(name).lower() == "password":
+            fields[i] = f"{name}=***"
+    return base + mark + "&".join(fields) + hash_mark + fragment
 
 
 def _client_url(client: Any) -> str:
@@ -187,14 +198,20 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
         except UnicodeEncodeError:
             raise InvalidArgumentError(f"namespace {namespace!r} is not valid Unicode") from None
         if isinstance(socket_timeout, bool) or not isinstance(socket_timeout, (int, float)) \
-                or not 0 < socket_timeout < math.inf:
-            raise InvalidArgumentError(f"socket_timeout must be seconds > 0, got {socket_timeout!r}")
+                or not 0 < socket_timeout <= threading.TIMEOUT_MAX:  # the most a socket takes
+            raise InvalidArgumentError(f"socket_timeout must be seconds > 0 and at most "
+                                       f"{threading.TIMEOUT_MAX:g}, got {socket_timeout!r:.40}")
         if not isinstance(url_or_client, str) and not hasattr(url_or_client, "execute_command"):
             raise InvalidArgumentError(f"url_or_client must be a redis:// URL or a redis.Redis client, "
                                        f"not {type(url_or_client).__name__}")
-        if isinstance(url_or_client, str) and urlsplit(url_or_client).scheme not in URL_SCHEMES:
-            raise InvalidArgumentError(f"the URL must start with redis://, rediss:// or unix://, "
-                                       f"got {_public_url(url_or_client)!r}")
+        if isinstance(url_or_client, str):
+            try:
+                scheme = urlsplit(url_or_client).scheme
+            except ValueError as exc:  # "Invalid IPv6 URL": the URL is not shown, it may hold a password
+                raise InvalidArgumentError(f"bad Redis URL: {exc}") from None
+            if scheme not in URL_SCHEMES:
+                raise InvalidArgumentError(f"the URL must start with redis://, rediss:// or unix://, "
+                                           f"got {_public_url(url_or_client)!r}")
         redis = _import_redis()
         self._errors = redis.exceptions
         self._timeout: float | None = float(socket_timeout)
@@ -228,7 +245,8 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
             with self._server() as r:
                 info = r.info("server")
             version = str(info.get("redis_version", "0"))
-            if tuple(int(part) for part in version.split(".")[:2]) < MIN_SERVER_VERSION:
+            numbers = re.match(r"(\d+)\.(\d+)", version)  # "7.0.15"; "7.2-rc1" would do too
+            if numbers is None or (int(numbers[1]), int(numbers[2])) < MIN_SERVER_VERSION:
                 raise StoreUnavailableError(
                     f"{self._url} runs Redis {version}; RedisStore needs Redis "
                     f"{'.'.join(map(str, MIN_SERVER_VERSION))} or later (or Valkey)")

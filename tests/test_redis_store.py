@@ -11,6 +11,7 @@ tests start is stopped by the test, also when it fails.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -61,6 +62,8 @@ def aof_server() -> Iterator[LocalRedis]:
     ({"socket_timeout": float("inf")}, "socket_timeout"),
     ({"socket_timeout": True}, "socket_timeout"),
     ({"socket_timeout": "5"}, "socket_timeout"),
+    ({"socket_timeout": 1e10}, "socket_timeout"),      # more than a socket takes
+    ({"socket_timeout": 10 ** 400}, "socket_timeout"),  # more than a float holds
 ])
 def test_bad_constructor_arguments(redis_server: LocalRedis, kwargs: dict[str, Any], text: str) -> None:
     """A bad namespace or timeout is InvalidArgumentError (ValueError and TypeError) naming it,
@@ -78,10 +81,34 @@ def test_bad_constructor_arguments(redis_server: LocalRedis, kwargs: dict[str, A
     (6379, "int"),
     (None, "NoneType"),
     (object(), "object"),
+    ("redis://[::1/0", "bad Redis URL"),                    # urlsplit refuses it
+    ("redis://:hunter2@[::1/0", "bad Redis URL: Invalid"),  # ... and the password is not shown
 ])
 def test_bad_url_or_client(redis_server: LocalRedis, target: Any, text: str) -> None:
-    with pytest.raises(mmapkv.InvalidArgumentError, match=text):
+    with pytest.raises(mmapkv.InvalidArgumentError, match=re.escape(text)) as info:
         mmapkv.RedisStore(target)
+    assert "hunter2" not in str(info.value)
+
+
+def test_a_password_in_the_query_is_never_shown(own_server: LocalRedis) -> None:
+    """``?password=`` (the usual form for a ``unix://`` socket; redis-py reads it) is hidden
+    like ``user:password@``: in ``url``, ``repr``, ``stats()`` and error messages."""
+    import redis
+
+    admin = redis.Redis.from_url(own_server.url)
+    admin.config_set("requirepass", "s3cret")
+    admin.close()
+    url = f"redis://127.0.0.1:{own_server.port}/0?password=s3cret"
+    store = mmapkv.RedisStore(url, namespace="pw", socket_timeout=SHORT_TIMEOUT)
+    store.set("a", {"n": 1})  # the password was used: the server asks for it
+    shown = [store.url, repr(store), store.stats().url]
+    own_server.stop()
+    for call in (lambda: store.read("a"), lambda: mmapkv.RedisStore(url, socket_timeout=SHORT_TIMEOUT)):
+        with pytest.raises(mmapkv.StoreUnavailableError) as info:
+            call()
+        shown.append(str(info.value))
+    store.close()
+    assert all("s3cret" not in text and "password=***" in text for text in shown), shown
 
 
 def test_unreachable_server_is_a_clear_error_at_once(own_server: LocalRedis) -> None:
@@ -96,6 +123,29 @@ def test_unreachable_server_is_a_clear_error_at_once(own_server: LocalRedis) -> 
     assert isinstance(info.value, OSError)
     assert f"127.0.0.1:{own_server.port}" in str(info.value) and "hunter2" not in str(info.value)
     assert isinstance(info.value.__cause__, Exception)  # the redis-py error, chained
+
+
+@pytest.mark.parametrize("version, works", [("7.0.15", True), ("7.2-rc1", True), ("8.0", True),
+                                            ("6.2.14", False), ("unknown", False)])
+def test_the_servers_version_is_checked(redis_server: LocalRedis, version: str, works: bool) -> None:
+    """A server older than 7.0, or one whose version cannot be read, is StoreUnavailableError
+    naming the version (a suffix such as "-rc1" was a bare ValueError)."""
+    import redis
+
+    class Reporting(redis.Redis):  # type: ignore[misc]  # the server, with another version
+        def info(self, section: Any = None, *args: Any, **kwargs: Any) -> Any:
+            answer = super().info(section, *args, **kwargs)
+            return {**answer, "redis_version": version} if section == "server" else answer
+
+    client = Reporting.from_url(redis_server.url)
+    try:
+        if works:
+            mmapkv.RedisStore(client, namespace=new_namespace()).close()
+        else:
+            with pytest.raises(mmapkv.StoreUnavailableError, match=f"runs Redis {version}; .* needs Redis 7.0"):
+                mmapkv.RedisStore(client)
+    finally:
+        client.close()
 
 
 def test_without_redis_py(tmp_path: Any) -> None:
