@@ -79,8 +79,9 @@ return 0
 """
 
 #: PERSIST answers 0 both for a missing key and for one without a TTL; Store.persist tells
-#: them apart (KeyNotFoundError / False), so the script does too: -1, 0 or 1.
-_PERSIST = """#!lua
+#: them apart (KeyNotFoundError / False), so the script does too: -1, 0 or 1.  It allocates
+#: nothing, so it runs at maxmemory, as PERSIST itself and EXPIRE do ("allow-oom").
+_PERSIST = """#!lua flags=allow-oom
 if redis.call("EXISTS", KEYS[1]) == 0 then return -1 end
 return redis.call("PERSIST", KEYS[1])
 """
@@ -355,27 +356,32 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
     def _missing(self, key: str) -> KeyNotFoundError:
         return KeyNotFoundError(f"key {key!r} is not in {self._where}")
 
-    def _key_of(self, name: bytes | str) -> str | None:
+    def _key_of(self, name: bytes) -> str | None:
         """The mmapkv key of a Redis key of the namespace; None for one mmapkv could not
         have written (another program's, under our prefix)."""
-        raw = name.encode("utf-8") if isinstance(name, str) else name
         try:
-            key = raw[len(self._prefix):].decode("utf-8")
+            key = name[len(self._prefix):].decode("utf-8")
         except UnicodeDecodeError:
             return None
         return key if 0 < len(key) <= codec.MAX_KEY_LENGTH else None
 
-    def _scan(self) -> Iterator[list[tuple[str | None, bytes | str]]]:
+    def _scan(self, every_type: bool = False) -> Iterator[list[tuple[str | None, bytes]]]:
         """The namespace's Redis keys in batches, each once: (mmapkv key or None, name).
 
-        ``SCAN`` may return a key twice (while the server resizes its table); a set of the
-        names seen drops the repeats, so memory grows with the keys listed.
+        Only keys holding strings, what mmapkv writes (``SCAN``'s ``TYPE``), unless
+        *every_type*: another program's hash under the namespace is none of the store's
+        keys, but ``verify`` reports it and ``clear`` removes it.  Names come as bytes
+        even through a ``decode_responses=True`` client (``NEVER_DECODE``), so one name
+        that is not UTF-8 cannot make the whole reply unreadable.  ``SCAN`` may return a
+        key twice (while the server resizes its table); a set of the names seen drops the
+        repeats, so memory grows with the keys listed.
         """
-        seen: set[bytes | str] = set()
+        seen: set[bytes] = set()
         cursor = 0
+        options = ["MATCH", self._pattern, "COUNT", SCAN_BATCH] + ([] if every_type else ["TYPE", "string"])
         while True:
             with self._server() as r:
-                cursor, names = r.scan(cursor, match=self._pattern, count=SCAN_BATCH)
+                cursor, names = r.execute_command("SCAN", cursor, *options, NEVER_DECODE=True)
             batch = [(self._key_of(name), name) for name in names if name not in seen]
             seen.update(name for _, name in batch)
             if batch:
@@ -383,13 +389,13 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
             if not cursor:
                 return
 
-    def _batches(self, keys: Iterable[str] | None) -> Iterator[list[tuple[str, bytes | str]]]:
+    def _batches(self, keys: Iterable[str] | None) -> Iterator[list[tuple[str, bytes]]]:
         """Batches of (key, Redis key): of *keys* (each validated), or of every key."""
         if keys is None:
             for found in self._scan():
                 yield [(key, name) for key, name in found if key is not None]
             return
-        batch: list[tuple[str, bytes | str]] = []
+        batch: list[tuple[str, bytes]] = []
         for key in keys:
             batch.append((key, self._name(key)))
             if len(batch) == SCAN_BATCH:
@@ -542,12 +548,12 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
         objects or over 16,384 bytes.  For tests and post-mortems; O(keys in the database).
         """
         problems = []
-        for batch in self._scan():
+        for batch in self._scan(every_type=True):
             with self._server() as r:
                 pipe = r.pipeline(transaction=False)
                 for _, name in batch:
                     pipe.type(name)
-                    pipe.get(name)
+                    pipe.execute_command("GET", name, NEVER_DECODE=True)  # bytes: sizes in bytes
                 answers = pipe.execute(raise_on_error=False)
             for (key, name), kind, raw in zip(batch, answers[::2], answers[1::2]):
                 kind = kind.decode() if isinstance(kind, bytes) else str(kind)
@@ -764,7 +770,7 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
         Not atomic, unlike ``Store.clear``: a key another client writes meanwhile may
         survive, and another reader may see the namespace half cleared.
         """
-        for batch in self._scan():
+        for batch in self._scan(every_type=True):
             with self._server() as r:
                 r.unlink(*[name for _, name in batch])
 
