@@ -4,8 +4,8 @@ run ``RedisStore`` against.  Not needed to use ``RedisStore``, which talks to an
 ``LocalRedis`` runs ``redis-server`` from ``PATH`` (Debian's ``redis-server`` package, or
 any build of Redis 7 or Valkey) in a temporary directory of its own, with snapshots off, waits
 (a bounded poll) until it answers ``PING``, and stops it with ``stop()`` or at the end of a
-``with`` block.  On Linux the server also gets SIGTERM when the Python process that started
-it dies, so even a killed test run leaves no server behind.
+``with`` block.  On Linux a server started from the main thread also gets SIGTERM when the
+Python process that started it dies, so even a killed test run leaves no server behind.
 
 >>> missing() in (None, SERVER_MISSING, CLIENT_MISSING)
 True
@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 
@@ -53,8 +54,10 @@ def _free_port() -> int:
 
 
 def _die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that asks Linux to SIGTERM the child when its parent dies."""
-    if not sys.platform.startswith("linux"):
+    """A ``preexec_fn`` that asks Linux to SIGTERM the child when its parent dies; None off
+    the main thread, whose end Linux would take for the parent's death (prctl(2) ties
+    ``PR_SET_PDEATHSIG`` to the thread that forked): such a server lives until ``stop()``."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
         return None
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not after fork

@@ -148,6 +148,20 @@ def test_the_servers_version_is_checked(redis_server: LocalRedis, version: str, 
         client.close()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_server_dies_with_the_process_not_with_a_thread() -> None:
+    """LocalRedis asks Linux to stop its server when the process dies; off the main thread
+    it does not ask, since Linux would stop it when that thread ended (prctl(2))."""
+    from mmapkv import redis_server
+
+    in_thread: list[Any] = []
+    worker = threading.Thread(target=lambda: in_thread.append(redis_server._die_with_parent()))
+    worker.start()
+    worker.join(30)
+    assert in_thread == [None]
+    assert callable(redis_server._die_with_parent())
+
+
 def test_without_redis_py(tmp_path: Any) -> None:
     """``import mmapkv`` works without redis-py, loads nothing of RedisStore until asked, and
     making one says what to install."""
