@@ -38,6 +38,7 @@ from collections.abc import Iterator
 import portalocker
 from xxhash import xxh3_64_intdigest
 
+from . import legacy
 from .errors import (
     CorruptStoreError,
     DiskFullError,
@@ -347,6 +348,10 @@ class Engine:
                                     f"in its first bytes; {actual:,} bytes long); it was left untouched")
         version = _U32.unpack_from(head, 8)[0]
         if version == 2:
+            problem = legacy.superblock_problem(os.pread(fd, PAGE_SIZE, 0), actual)
+            if problem is not None:  # compact would convert it into an empty store
+                raise CorruptStoreError(f"{path} says it has mmapkv format version 2, but it is not a "
+                                        f"version-2 store: {problem}; it was left untouched")
             raise FormatVersionError(
                 f"{path} has mmapkv format version 2; this mmapkv reads version {VERSION}. "
                 f"Convert it with `mmapkv compact --path {path}` (it keeps every key; the file "

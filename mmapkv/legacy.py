@@ -1,11 +1,11 @@
 """Reading a store of format version 2, to convert it (``mmapkv compact``).
 
 Version 2 gave every key a whole 20,480-byte slot behind a hash table sized for the
-ceiling.  This module knows just enough of it to read its entries back: the superblock's
-first fields and the slot header (docs/format.md, "Version 2").  It never writes a byte of
-the old file.  An entry is kept as recovery would keep it: LIVE (or PENDING with the last
-committed batch's sequence number) and passing its checksum; of two copies of one key, the
-newer wins.
+ceiling.  This module knows just enough of it to check that a file is one and to read
+its entries back: the superblock and the slot header (docs/format.md, "Version 2").  It
+never writes a byte of the old file.  An entry is kept as recovery would keep it: LIVE (or
+PENDING with the last committed batch's sequence number) and passing its checksum; of two
+copies of one key, the newer wins.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from xxhash import xxh3_64_intdigest
 
 from .errors import CorruptStoreError
-from .format import MAGIC, MAX_KEY_BYTES, MAX_VALUE_BYTES, PAGE_SIZE, STATE_LIVE, STATE_PENDING
+from .format import (FLAG_CLEAN, MAGIC, MAX_FILE_SIZE, MAX_KEY_BYTES, MAX_VALUE_BYTES, PAGE_SIZE, STATE_LIVE,
+                     STATE_PENDING)
 
-__all__ = ["V2_VERSION", "V2Entry", "is_v2", "read_v2"]
+__all__ = ["V2_VERSION", "V2Entry", "is_v2", "superblock_problem", "read_v2"]
 
 V2_VERSION = 2
 _SUPERBLOCK = struct.Struct("<8sIIQQIIIIdQQQ")  # magic .. checksum; batch_commit at 64
+_CHECKSUM_AT = 72                                  # xxh3_64 of [0, 72), valid when CLEAN
 _SLOT_HEADER = struct.Struct("<IIQQdIBBH")       # state .. reserved: 40 bytes
 _SLOT_STRIDE = 20_480
 _KEY_OFFSET = 40
@@ -40,8 +42,34 @@ class V2Entry:
     seq: int
 
 
+def superblock_problem(head: bytes, size: int) -> str | None:
+    """Why *head* (a file's first bytes, version 2 in its version field) and *size* (the
+    file's length) are not a version-2 store's, or None if they could be.
+
+    Conversion renames a new store over the file, so a file that only starts like one
+    must not pass: a version-3 store whose version field a flipped bit turned into 2 (its
+    version-2 checksum fails when it was closed cleanly, and its random hash seed is no
+    slot count), or another program's file behind the same 12 bytes.
+    """
+    if len(head) < _SUPERBLOCK.size or size < PAGE_SIZE:
+        return f"{size:,} bytes is too short for one"
+    (magic, version, flags, max_size, file_size, high_water, *_, checksum) = _SUPERBLOCK.unpack_from(head, 0)
+    if magic != MAGIC or version != V2_VERSION:
+        return "it does not start with version 2's magic number and version"
+    if file_size != size:
+        return f"its superblock says {file_size:,} bytes, the file has {size:,}"
+    if not PAGE_SIZE < max_size <= MAX_FILE_SIZE or size > max_size:
+        return f"its max_size {max_size:,} is out of range"
+    if _slots_offset(max_size) + high_water * _SLOT_STRIDE > size:
+        return f"its {high_water:,} slots in use do not fit in the file"
+    if flags & FLAG_CLEAN and xxh3_64_intdigest(head[:_CHECKSUM_AT]) != checksum:
+        return "its superblock fails its checksum"
+    return None
+
+
 def is_v2(path: str) -> bool:
-    """True if *path* is a regular file that starts like a version-2 store."""
+    """True if *path* is a regular file that starts like a version-2 store (whether the
+    rest agrees is :func:`superblock_problem`'s question, which ``read_v2`` asks)."""
     if not os.path.isfile(path):  # opening a FIFO would block
         return False
     try:
@@ -67,9 +95,11 @@ def read_v2(path: str) -> tuple[int, list[V2Entry]]:
         if size < PAGE_SIZE:
             raise CorruptStoreError(f"{path} is too short to be a version-2 store")
         with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
-            (magic, version, _, max_size, _, _, _, _, _, _, _, batch, _) = _SUPERBLOCK.unpack_from(mm, 0)
-            if magic != MAGIC or version != V2_VERSION:
-                raise CorruptStoreError(f"{path} is not a version-2 mmapkv store")
+            problem = superblock_problem(mm[:_SUPERBLOCK.size], size)
+            if problem is not None:
+                raise CorruptStoreError(f"{path} is not a version-2 mmapkv store: {problem}; "
+                                        "it was left untouched")
+            (_, _, _, max_size, _, _, _, _, _, _, _, batch, _) = _SUPERBLOCK.unpack_from(mm, 0)
             view = memoryview(mm)
             try:  # the loop in a function of its own: see the note above store._readable_keys
                 newest = _newest_entries(mm, view, _slots_offset(max_size), size, batch)

@@ -231,6 +231,52 @@ def test_a_damaged_entry_is_dropped_alone(v2_path: str, capsys: Any) -> None:
                 assert store.read(key) == value, key
 
 
+# --------------------------------------------------------------------- files that only look like it
+
+def _mimics(tmp_path: Any) -> list[tuple[str, str]]:
+    """Files whose first 12 bytes say "version 2" and whose rest is no version-2 store:
+    version-3 stores with one bit of their version field flipped (closed cleanly, and
+    left open: the checksum is then no help), and another program's file."""
+    made = []
+    for clean in (True, False):
+        path = str(tmp_path / f"v3-{'clean' if clean else 'open'}.mmapkv")
+        with mmapkv.Store(path) as store:
+            store.batch_create({f"k{i}": {"i": i} for i in range(100)})
+        with open(path, "r+b") as f:
+            flags = struct.unpack_from("<I", f.read(16), 12)[0]
+            f.seek(8)
+            f.write(struct.pack("<II", 2, flags if clean else flags & ~1))
+        made.append((path, "v3"))
+    junk = str(tmp_path / "junk.bin")
+    with open(junk, "wb") as f:
+        f.write(MAGIC + struct.pack("<I", 2) + os.urandom(300_000))
+    made.append((junk, "junk"))
+    return made
+
+
+def test_a_file_that_only_starts_like_version_2_is_never_converted(tmp_path: Any, capsys: Any) -> None:
+    """Opening such a file says it is damaged (not "convert it with compact"), and compact
+    and dump refuse it and leave it byte for byte: compact converted each into an empty
+    store, losing the version-3 store's keys and overwriting a file not ours."""
+    for path, kind in _mimics(tmp_path):
+        before = sha256(path)
+        with pytest.raises(CorruptStoreError) as info:
+            mmapkv.Store(path)
+        assert "not a version-2 store" in str(info.value) and "compact" not in str(info.value)
+        assert cli.main(["compact", "--path", path]) == cli.EXIT_UNAVAILABLE
+        assert cli.main(["dump", "--path", path]) == cli.EXIT_UNAVAILABLE
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("not a version-2") == 2, err
+        assert sha256(path) == before and sorted(os.listdir(tmp_path)) == ["junk.bin", "v3-clean.mmapkv",
+                                                                           "v3-open.mmapkv"]
+        if kind == "v3":  # the version field mended, every key is there
+            with open(path, "r+b") as f:
+                f.seek(8)
+                f.write(struct.pack("<I", VERSION))
+            with mmapkv.Store(path) as store:
+                assert len(store) == 100 and store.read("k99") == {"i": 99}
+
+
 # --------------------------------------------------------------------- engine bugs
 
 def v2_slot(key: bytes, data: bytes, seq: int) -> bytes:
