@@ -1067,6 +1067,30 @@ class Engine:
                 if state in states:
                     yield off, state, expires, bytes(mm[off + KEY_OFFSET:off + KEY_OFFSET + klen])
 
+    def unlisted_records(self) -> Iterator[int]:
+        """Offsets the hash table points at that :meth:`iter_records` does not visit:
+        records the slot info lost (a damaged kind byte or bitmap bit; slot info has no
+        checksum).  Reads follow the table, so a copy that walked the slot info alone
+        would drop keys ``read`` still returns.  An offset past the end of the file is
+        yielded too, for the caller to report.  O(table entries)."""
+        table, info = self.table, self.slots.info
+        first, high_water = self._slots_offset, self.slots.high_water
+        for segment in table.segments():
+            base = table.base(segment)
+            for entry in table.q[base:base + SEGMENT_ENTRIES].tolist():
+                if not entry:
+                    continue
+                off = first + ((entry & UNIT_MASK) - 1) * UNIT
+                slot, within = divmod(off - first, SLOT_SIZE)
+                if slot < high_water:
+                    kind, _, _, _, _, bitmap = info(slot)
+                    cls = kind - 1
+                    if 0 <= cls < CLASS_COUNT:
+                        sub, rest = divmod(within, CLASS_SIZES[cls])
+                        if not rest and sub < PER_SLOT[cls] and int.from_bytes(bitmap, "little") >> sub & 1:
+                            continue  # iter_records reads it
+                yield off
+
     def class_usage(self) -> dict[int, tuple[int, int, int]]:
         """``{sub-slot size: (slots, sub-slots taken, sub-slots free)}`` over the classes
         that hold a slot.  O(slots)."""

@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import IO, Any
+from typing import IO, Any, TypeGuard
 
 from xxhash import xxh3_64_intdigest
 
@@ -143,9 +143,10 @@ def _skipper(skip_corrupt: bool, on_skip: Callable[[str], None] | None,
 
 def _entries(engine: Engine, skip: Callable[[str], None] | None,
              progress: Progress | None, total: int) -> Iterator[Entry]:
-    """Every intact LIVE record, in file order.  A broken one raises
-    ``CorruptStoreError``, or with *skip* given, is passed over after ``skip(problem)``.
-    *progress* counts slots."""
+    """Every intact LIVE record: in file order, then any the table points at that the slot
+    info lost (``Engine.unlisted_records``), so no key ``read`` returns is left out.  A
+    broken one raises ``CorruptStoreError``, or with *skip* given, is passed over after
+    ``skip(problem)``.  *progress* counts slots."""
     done = 0
     for off, _, _, _ in engine.iter_records():
         slot = engine.slot_of(off)
@@ -153,15 +154,24 @@ def _entries(engine: Engine, skip: Callable[[str], None] | None,
             done = slot
             progress(slot, total)
         got = _read_record(engine, off)
-        if got is None:
-            continue
-        if isinstance(got, str):
-            if skip is not None:
-                skip(got)
-                continue
-            raise CorruptStoreError(f"{engine.path}: {got}; `mmapkv verify` lists every problem, "
-                                    "and skip_corrupt=True (--skip-corrupt) leaves such entries out")
-        yield got
+        if got is not None and _intact(got, engine, skip):
+            yield got
+    for off in engine.unlisted_records():
+        got = _read_record(engine, off) if off + RECORD_HEADER.size <= engine.file_size else \
+            f"a table entry points past the end of the file (offset {off})"
+        if got is not None and _intact(got, engine, skip):
+            yield got
+
+
+def _intact(got: Entry | str, engine: Engine, skip: Callable[[str], None] | None) -> TypeGuard[Entry]:
+    """True for an Entry; for a broken record's sentence, ``skip`` it (False) or raise."""
+    if not isinstance(got, str):
+        return True
+    if skip is None:
+        raise CorruptStoreError(f"{engine.path}: {got}; `mmapkv verify` lists every problem, "
+                                "and skip_corrupt=True (--skip-corrupt) leaves such entries out")
+    skip(got)
+    return False
 
 
 # ------------------------------------------------------------------ dump
