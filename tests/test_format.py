@@ -435,16 +435,16 @@ def test_future_version(path: str) -> None:
         assert store.read("a") == {"v": 1}
 
 
-def test_version_2_names_the_converting_command(path: str) -> None:
-    """Version 2 is FormatVersionError whose message names `mmapkv compact` with the path;
-    the file is left as it was.  (tests/test_convert_v2.py runs that command on a real
-    version-2 file.)"""
+def test_a_version_3_file_that_says_version_2_is_damaged(path: str) -> None:
+    """A version field turned into 2 is not taken for version 2 (whose refusal names
+    `mmapkv compact`, which would convert the file into an empty store): its superblock
+    is no version-2 one, so it is CorruptStoreError, naming no command, and left as it
+    was.  (tests/test_convert_v2.py opens and converts a real version-2 file.)"""
     with mmapkv.Store(path) as store:
         store.create("a", {"v": 1})
     patch_bytes(path, 8, struct.pack("<I", 2))
-    message = assert_refused_untouched(path, FormatVersionError)
-    assert "format version 2" in message
-    assert f"`mmapkv compact --path {path}`" in message
+    message = assert_refused_untouched(path, CorruptStoreError)
+    assert "not a version-2 store" in message and "compact" not in message
     patch_bytes(path, 8, struct.pack("<I", 3))
     with mmapkv.Store(path) as store:
         assert store.read("a") == {"v": 1}
