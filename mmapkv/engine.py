@@ -271,6 +271,9 @@ class Engine:
     #: Records go in through the map (a copy, no syscall) once ``_mark_dirty`` has made sure
     #: every block of the file is allocated; else with ``pwrite`` (see ``_write_at``).
     _map_writes: bool = False
+    #: the superblock says CLEAN but fails its checksum (``_load``): ``recover`` then
+    #: does not trust its ``floor_seq``
+    _damaged_superblock: bool = False
 
     def __init__(self, path: str, *, max_size: int | None = None, readonly: bool = False,
                  durable: bool = False, lock_timeout: float = 0.0, create: bool = True) -> None:
@@ -379,6 +382,9 @@ class Engine:
                 f"max_size={max_size:,} (leave max_size=None, or compact into a new file)")
         geometry = self.geometry = Geometry(stored_max)
         clean = bool(flags & FLAG_CLEAN) and xxh3_64_intdigest(head[:SB_CHECKSUM]) == checksum
+        # Marking the store dirty clears CLEAN and the checksum together, so CLEAN with a
+        # checksum that fails is no crash: a field of the superblock is damaged.
+        self._damaged_superblock = bool(flags & FLAG_CLEAN) and not clean
         if not clean and not geometry.is_valid_size(file_size) and geometry.is_valid_size(actual):
             file_size = actual  # a damaged size field: the file's own size is one it can have
         if not geometry.is_valid_size(file_size):
@@ -1147,9 +1153,17 @@ class Engine:
         if floor > seq_limit:  # a floor is a sequence number already handed out: damage
             floor = 0
             mm[SB_FLOOR_SEQ:SB_FLOOR_SEQ + 8] = bytes(8)
-        self.floor_seq = floor
         kinds = bytearray(mm[g.info_offset:g.info_offset + 24 * self.slot_count:24]) \
             if self.slot_count else bytearray()
+        if self._damaged_superblock:
+            # floor_seq may be the damaged field, and one bit too high drops every record
+            # below it.  The table was exact at the clean close: every record it indexes
+            # was live then, every other LIVE one dead, so its oldest record's seq is a
+            # floor that keeps the first and drops the second, whatever the field says.
+            floor = self._indexed_floor(kinds, floor)
+            mm[SB_FLOOR_SEQ:SB_FLOOR_SEQ + 8] = _U64.pack(floor)
+            self._damaged_superblock = False
+        self.floor_seq = floor
         record_slots = [s for s in range(self.slot_count) if 1 <= kinds[s] <= CLASS_COUNT]
         spare = [s for s in range(self.slot_count - 1, -1, -1) if not 1 <= kinds[s] <= CLASS_COUNT]
         for slot in spare:
@@ -1207,6 +1221,25 @@ class Engine:
         self.seq_limit = self.next_seq + _SEQ_RESERVE
         mm[SB_SEQ_LIMIT:SB_SEQ_LIMIT + 8] = _U64.pack(self.seq_limit)
         mm.flush()
+
+    def _indexed_floor(self, kinds: bytearray, floor: int) -> int:
+        """The lowest seq of the intact LIVE records the table's segments point at (found
+        through the slot info's segment kind, not the directory, whose depth is in the
+        superblock); *floor* if they point at none."""
+        lowest = -1
+        first, end = self._slots_offset, self.file_size - RECORD_HEADER.size
+        for slot in range(self.slot_count):
+            if kinds[slot] != KIND_SEGMENT:
+                continue
+            base = self.table.base(slot)
+            for entry in self._q[base:base + SEGMENT_ENTRIES].tolist():
+                off = first + ((entry & UNIT_MASK) - 1) * UNIT
+                if not entry or off > end or not self.is_intact(off):
+                    continue
+                state, _, _, seq = _unpack_record(self._mm, off)[:4]
+                if state == STATE_LIVE and (lowest < 0 or seq < lowest):
+                    lowest = seq
+        return floor if lowest < 0 else lowest
 
     def _rebuild_table(self, record_slots: list[int], kinds: bytearray, floor: int,
                        batch: int) -> tuple[dict[int, int], int, int, float, int]:

@@ -169,6 +169,24 @@ def test_a_floor_past_every_sequence_number(store_path: str, state: str) -> None
     assert_intact(store_path, expected)
 
 
+@pytest.mark.parametrize("bit", [2, 5, 8, 12, 16])
+def test_a_raised_floor_in_a_cleanly_closed_file_drops_nothing(store_path: str, bit: int) -> None:
+    """A floor_seq bit flipped on in a file closed cleanly, to a floor still below
+    seq_limit: every record under it looked cleared, and recovery freed them (bit 16:
+    all of them; ``mmapkv verify`` then said "ok (0 entries)").  CLEAN with a checksum
+    that fails is damage, not a crash, so the table, exact at that close, says which
+    records are live.  (In a file not closed cleanly no checksum tells a damaged floor
+    from one a ``clear()`` just wrote: docs/reliability.md.)"""
+    expected = _populate(store_path)
+    flip(store_path, fmt.SB_FLOOR_SEQ, bit)
+    with open(store_path, "rb") as f:
+        head = f.read(SUPERBLOCK.size)
+    floor, seq_limit = (struct.unpack_from("<Q", head, at)[0] for at in (fmt.SB_FLOOR_SEQ, fmt.SB_SEQ_LIMIT))
+    assert floor < seq_limit  # else the floor is plainly damage: test_a_floor_past_every_sequence_number
+    assert_intact(store_path, expected)
+    assert_intact(store_path, expected)
+
+
 def test_a_clean_flag_flipped_on_in_a_crashed_file(store_path: str) -> None:
     """A store closed cleanly, reopened for 25 creates (no growth) and dropped as after a
     crash; then bit 0 of flags is set.  The header is not the one a clean close wrote, so
