@@ -10,7 +10,8 @@ was acknowledged:
 ``holder``   opens a store and holds it (idle, writing, or frozen in the middle of a
              growth) until told on stdin to ``resume``, ``close`` or ``exit``.
 ``rival``    tries to open a store again and again and counts how it was refused.
-``check``    opens damaged store files and reads every key, classifying each outcome.
+``check``    opens damaged store files and reads every key, classifying each outcome, and
+             compacts each: no key that read back exactly may be lost.
 ``diskfull`` fills a store under ``RLIMIT_FSIZE`` and reports how growth failed.
 ``sigint``   works through random calls while its parent fires SIGINTs at it; after each
              interrupted call it reads the store back (retrying through further
@@ -376,9 +377,12 @@ def check(args: dict[str, Any]) -> None:
 
     with open(args["expected"]) as f:
         expected: dict[str, Any] = json.load(f)
+    from mmapkv import transfer
+
     result: dict[str, Any] = {"refused": 0, "opened": 0, "reopened": 0, "reads": 0,
                               "reads_exact": 0, "reads_refused": 0, "wrong": [], "foreign": [],
-                              "invented_keys": [], "errors": {}}
+                              "invented_keys": [], "errors": {}, "compacted": 0,
+                              "compact_refused": {}, "lost_by_compact": []}
 
     def foreign(case: int, what: str) -> None:
         result["foreign"].append({"case": case, "during": what, "trace": traceback.format_exc()})
@@ -436,6 +440,37 @@ def check(args: dict[str, Any]) -> None:
                     result["invented_keys"].append({"case": case, "when": when, "how": name,
                                                     "keys": invented[:5]})
 
+    def exact(store: Any) -> dict[str, Any]:
+        """The expected keys that read back exactly now."""
+        readable = {}
+        for key, want in expected.items():
+            try:
+                if store.read(key) == want:
+                    readable[key] = want
+            except mmapkv.MmapKVError:
+                pass
+        return readable
+
+    def compact_keeps_what_reads(case: int, store: Any) -> None:
+        """Compact (leaving out what fails its checksum) must keep every key that read
+        back exactly before it: a key ``read`` returns is never lost to a repack."""
+        readable = exact(store)
+        try:
+            transfer.compact(store, skip_corrupt=True)
+        except mmapkv.MmapKVError as exc:
+            name = type(exc).__name__
+            result["compact_refused"][name] = result["compact_refused"].get(name, 0) + 1
+            return
+        except Exception:
+            foreign(case, "compact")
+            return
+        result["compacted"] += 1
+        after = exact(store)
+        lost = [key for key in readable if key not in after]
+        if lost:
+            result["lost_by_compact"].append({"case": case, "keys": lost[:5], "lost": len(lost),
+                                              "of": len(readable)})
+
     for case, path in enumerate(args["files"]):
         emit({"ev": "case", "case": case})
         for when in ("open", "reopen"):
@@ -453,6 +488,7 @@ def check(args: dict[str, Any]) -> None:
                 read_everything(case, store, when)
                 if when == "open":
                     read_everything(case, store, "again")
+                    compact_keeps_what_reads(case, store)
             finally:
                 try:
                     store.close()

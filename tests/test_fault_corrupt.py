@@ -245,6 +245,10 @@ def test_damaged_store_never_gives_wrong_data(tmp_path: Any, kind: str, state: s
     assert result["invented_keys"] == [], (
         f"{context}: keys(), iteration or items() listed names never stored: {result['invented_keys'][:3]}; damage: "
         f"{[damages[k['case']] for k in result['invented_keys'][:3]]}")
+    assert result["lost_by_compact"] == [], (
+        f"{context}: compact lost keys that read back exactly: {result['lost_by_compact'][:3]}; damage: "
+        f"{[damages[k['case']] for k in result['lost_by_compact'][:3]]}")
+    assert set(result["compact_refused"]) <= {"CorruptStoreError"}, (context, result["compact_refused"])
     assert result["refused"] + result["opened"] == CASES
     assert set(result["errors"]) <= {"CorruptStoreError", "FormatVersionError", "KeyNotFoundError",
                                      "KeyExpiredError"}, (context, result["errors"])
@@ -256,7 +260,10 @@ def test_damaged_store_never_gives_wrong_data(tmp_path: Any, kind: str, state: s
         "reads exact": result["reads_exact"], "reads refused": result["reads_refused"],
         "reads tried": result["reads"], "wrong data": len(result["wrong"]),
         "errors other than the documented ones": len(result["foreign"]),
-        "listings that named a key never stored": len(result["invented_keys"])})
+        "listings that named a key never stored": len(result["invented_keys"]),
+        "compacted after the damage was read": result["compacted"],
+        "compacts refused (CorruptStoreError)": sum(result["compact_refused"].values()),
+        "compacts that lost a key read exactly before": len(result["lost_by_compact"])})
     if known:
         pytest.xfail(f"{context}: {len(known)} foreign exceptions from engine bugs that "
                      f"{sorted({known_bug(f['trace']) for f in known})} pin down; the first in case "
