@@ -596,9 +596,11 @@ class Engine:
         self.changes += 1
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        # generation first, as on entry: a reader that sees ``changes`` back at 0 then
+        # sees a generation other than the one it began with (see Store.get)
+        self.generation += 1
         if exc_type is None or issubclass(exc_type, CLEAN_FAILURES):
             self.changes -= 1
-        self.generation += 1
 
     def repair(self) -> None:
         """Bring the store back to a consistent state after an interrupted change.
@@ -613,8 +615,8 @@ class Engine:
         self._unmap()
         self._load(None)
         self.next_seq = max(self.next_seq, next_seq)  # sequence numbers never repeat
-        self.changes = 0
         self.generation += 1
+        self.changes = 0
 
     # ----------------------------------------------------------------- keys
 
@@ -899,8 +901,8 @@ class Engine:
                 self._mark_dirty()
             off = self._write_at(slots.take_record(cls), key, data, flags, expires)
         except CLEAN_FAILURES:
-            self.changes -= 1
             self.generation += 1
+            self.changes -= 1
             raise
         entry = fp << FINGERPRINT_SHIFT | ((off - self._slots_offset) // UNIT + 1)
         if segment >= 0:
@@ -911,8 +913,8 @@ class Engine:
             self._free_record(old)
         if self.durable:
             self._mm.flush()
-        self.changes -= 1
         self.generation += 1
+        self.changes -= 1
         return True
 
     def replace(self, position: int, key: bytes, fp: int, data: bytes, flags: int,
@@ -943,8 +945,8 @@ class Engine:
         self.generation += 1
         self.changes += 1
         self.remove(position)
-        self.changes -= 1
         self.generation += 1
+        self.changes -= 1
         return expires
 
     def remove(self, position: int) -> None:

@@ -390,7 +390,10 @@ class Store(MutableMapping[str, dict[str, Any]]):
             except _TORN:
                 pass  # a record or map changed under the read: the locked path decides
             else:
-                if engine.generation == generation:
+                # changes first: a writer between its generation bump and its changes
+                # bump when the read began is still counted in changes here, or it has
+                # left, bumping generation again (Engine.__enter__, __exit__)
+                if not engine.changes and engine.generation == generation:
                     return value
         # `with`, not acquire() and try: an interrupt between those two would keep the lock.
         with self._lock:
@@ -441,7 +444,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
                 found = engine.get(kb, fp)
             except _TORN:
                 return None
-            if engine.generation == generation:
+            if not engine.changes and engine.generation == generation:  # as in get
                 return -1.0 if found is None else found[2]
         return None
 

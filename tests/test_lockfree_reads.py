@@ -11,14 +11,20 @@ hot key, nor find one never stored.
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
+import sys
 import threading
 from typing import Any
 
+import pytest
+
 import mmapkv
 from mmapkv import transfer
-from mmapkv.format import Geometry
+from mmapkv.engine import Engine
+from mmapkv.format import SPLIT_AT, Geometry
+from mmapkv.table import Table
 
 HOT = [f"hot{i}" for i in range(16)]
 
@@ -116,3 +122,92 @@ def test_reads_do_not_take_the_store_lock(tmp_path: Any) -> None:
             reader.start()
             reader.join(timeout=30)
             assert done == [{"v": 1}, True, False, False, None, 4, "KeyNotFoundError", "KeyExpiredError"]
+
+
+# ------------------------------------------------------------------ schedules forced with tracers
+
+
+def _line_of(function: Any, text: str) -> tuple[Any, int]:
+    """(code, line number) of the first line of *function* that contains *text*."""
+    lines, start = inspect.getsourcelines(function)
+    return function.__code__, start + next(i for i, line in enumerate(lines) if text in line)
+
+
+def _pausing(points: dict[tuple[Any, int], tuple[threading.Event, threading.Event]]) -> Any:
+    """A tracer that, on reaching a point, sets its first event and waits (bounded) for its
+    second: a thread switch exactly there, which a line tracer (a debugger, coverage) or a
+    free-threaded interpreter can make happen in a real run."""
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        point = points.get((frame.f_code, frame.f_lineno)) if event == "line" else None
+        if point is not None:
+            point[0].set()
+            point[1].wait(10)
+        return tracer
+    return tracer
+
+
+def _full_segment(tmp_path: Any) -> mmapkv.Store:
+    """A store whose one table segment is full: the next create splits it."""
+    store = mmapkv.Store(os.path.join(tmp_path, "split.mmapkv"))
+    engine = store._engine
+    assert engine is not None
+    n = 0
+    while engine.slots.used(engine.table.segment_of(0)) < SPLIT_AT:
+        store.create(f"k{n}", {"n": n})
+        n += 1
+    return store
+
+
+@pytest.mark.parametrize("gap", ["reader", "writer"])
+def test_a_read_overlapping_a_split_is_not_trusted(tmp_path: Any, gap: str) -> None:
+    """A lock-free read that overlaps a segment split (the segment zeroed, its entries not
+    yet put back) must not return what it found there.  The seqlock's two counters leave
+    a gap on each side: a reader switched out between its ``changes`` check and its
+    ``generation`` read, or a writer switched out between its ``generation`` and
+    ``changes`` bumps, let the read begin at the writer's new generation, and the end
+    check compared only ``generation``: ``get`` said a key stored throughout was missing."""
+    store = _full_segment(tmp_path)
+    get_generation = _line_of(mmapkv.Store.get, "generation = engine.generation")
+    get_lookup = _line_of(mmapkv.Store.get, "found = engine.get(kb, fp)")
+    get_locked = _line_of(mmapkv.Store.get, "with self._lock:")
+    enter_counted = _line_of(Engine.__enter__, "self.changes += 1")
+    split_zeroed = _line_of(Table.split, "sibling = self._new_segment(")
+    began, entered, mid_split, decided, go_on = (threading.Event() for _ in range(5))
+    go_on.set()  # the reader only says it reached the lock, and goes on to wait for it
+    if gap == "reader":  # reader: past `changes`, before `generation`; then the writer runs
+        reader_points = {get_generation: (began, mid_split), get_locked: (decided, go_on)}
+        writer_points = {split_zeroed: (mid_split, decided)}
+    else:  # writer: generation bumped, changes not yet; the reader starts, then the split
+        reader_points = {get_lookup: (began, mid_split), get_locked: (decided, go_on)}
+        writer_points = {enter_counted: (entered, began), split_zeroed: (mid_split, decided)}
+    got: list[Any] = []
+
+    def reader() -> None:
+        if gap == "writer":
+            entered.wait(10)
+        sys.settrace(_pausing(reader_points))
+        try:
+            got.append(store.get("k0"))
+        finally:
+            sys.settrace(None)
+            decided.set()  # returned without the lock: let the writer go on
+
+    def writer() -> None:
+        if gap == "reader":
+            began.wait(10)
+        sys.settrace(_pausing(writer_points))
+        try:
+            store.create("splits", {"n": -1})
+        finally:
+            sys.settrace(None)
+
+    threads = [threading.Thread(target=reader), threading.Thread(target=writer)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert began.is_set() and mid_split.is_set()  # the schedule happened
+    assert got == [{"n": 0}]
+    assert store.stats().table_segments == 2
+    store.close()
