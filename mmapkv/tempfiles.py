@@ -10,6 +10,9 @@ provably ours and abandoned:
 * it is a regular file that is empty or starts with mmapkv's magic number;
 * no process holds a lock on it (the builder of a temporary file locks it from the moment
   it creates it until it is renamed or removed).
+
+A store reached through a symbolic link is the file the link names: its temporary files
+are named after, and kept beside, that file, where compact renames over it.
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ def _prefix(path: str) -> str:
 
 
 def temporary_path(path: str, kind: str) -> str:
-    """A fresh temporary name beside *path* for a file of *kind* (one of ``KINDS``)."""
+    """A fresh temporary name beside the file *path* names (through any symbolic link)
+    for a file of *kind* (one of ``KINDS``)."""
     assert kind in KINDS
+    path = os.path.realpath(path)
     return os.path.join(os.path.dirname(path) or ".",
                         f"{_prefix(path)}{kind}-{uuid.uuid4().hex[:16]}.tmp")
 
@@ -52,6 +57,7 @@ def _is_ours(name: str, prefix: str) -> bool:
 def remove_abandoned(path: str) -> list[str]:
     """Remove the temporary files a dead process left beside the store *path*; return
     their paths.  Never raises for a file it cannot judge: it leaves that file alone."""
+    path = os.path.realpath(path)  # where temporary_path puts them
     directory = os.path.dirname(path) or "."
     prefix = _prefix(path)
     removed: list[str] = []

@@ -442,7 +442,8 @@ def compact(store: Store, *, skip_corrupt: bool = False,
     repacks sub-slots that deletes left free).  Crash-safe: the new file is built, locked
     and synced under a temporary name in the same directory, then renamed over the old one
     with ``os.replace``, so the path always names a complete store, and some file at the
-    path is locked by us at every instant.  Returns ``(old_size, new_size, keys)``.
+    path is locked by us at every instant.  Through a symbolic link, the file it names is
+    the one rewritten, and the link stays.  Returns ``(old_size, new_size, keys)``.
     O(slots + bytes of live values).
 
     :raises CorruptStoreError: an entry fails its checksum (unless *skip_corrupt*, which
@@ -453,7 +454,9 @@ def compact(store: Store, *, skip_corrupt: bool = False,
     with store._lock:
         old = _engine(store)
         now = store._clock()
-        path = store.path
+        # The rewrite replaces the file itself: through a symbolic link, its target, so the
+        # link stays.  store.path keeps the name the user gave, which still names the store.
+        path = os.path.realpath(store.path)
         # Pass 1: where each live key's record is (the newer copy, should there be two).
         total = 2 * max(old.slots.high_water, 1)
         # The loops run in helpers, never in this frame (the note above store._readable_keys).
@@ -478,9 +481,9 @@ def compact(store: Store, *, skip_corrupt: bool = False,
             except BaseException as exc:
                 if _abandon(new, tmp, path):  # else past the rename: Store._repair takes new over
                     old.successor = None
-                    _raise_access_error(exc, f"cannot compact {path}")
+                    _raise_access_error(exc, f"cannot compact {store.path}")
                 raise
-            new.path = path
+            new.path = store.path
             store._engine = new
         old_size = old.file_size
         # The old inode is unlinked: unmap and unlock it without syncing pages nobody reads.
@@ -608,14 +611,15 @@ def convert_v2(path: str, *, now: float | None = None,
     ``(old_size, new_size, keys)``.  O(old file).
     """
     now = time.time() if now is None else now
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    real = os.path.realpath(path)  # through a symbolic link, its target, as compact
+    fd = os.open(real, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
-        if not lock_file(fd, path):
+        if not lock_file(fd, real):
             raise StoreLockedError(f"{path} was replaced while converting it; try again")
         old_size = os.fstat(fd).st_size
-        max_size, entries = read_v2(path)
+        max_size, entries = read_v2(real)
         entries, sizes = _unexpired_v2(entries, now)  # (the note above store._readable_keys)
-        tmp = temporary_path(path, "compact")
+        tmp = temporary_path(real, "compact")
         new = _temporary_store(tmp, _ceiling_for(max_size, sizes))
         try:
             os.chmod(tmp, stat.S_IMODE(os.fstat(fd).st_mode))
@@ -631,16 +635,16 @@ def convert_v2(path: str, *, now: float | None = None,
                     "restore the dump into two stores") from None
             new.mark_clean()
             os.fsync(new._fd)
-            os.replace(tmp, path)
+            os.replace(tmp, real)
         except BaseException as exc:
-            if _abandon(new, tmp, path):
+            if _abandon(new, tmp, real):
                 _raise_access_error(exc, f"cannot convert {path}")
             else:  # renamed into place, complete: no Store is there to take it over
                 new._release()
             raise
         new_size = new.file_size
         new.close()
-        _sync_directory(path)
+        _sync_directory(real)
     finally:
         os.close(fd)
     return old_size, new_size, len(entries)

@@ -169,6 +169,18 @@ def test_compact_converts_it(v2_path: str, capsys: Any) -> None:
     assert cli.main(["verify", "--path", v2_path]) == 0
 
 
+def test_conversion_through_a_symbolic_link_converts_its_target(v2_path: str, capsys: Any) -> None:
+    """The link stays a link, naming the converted file (it used to be replaced by it)."""
+    link = os.path.join(os.path.dirname(v2_path), "link.mmapkv")
+    os.symlink("old.mmapkv", link)
+    code, out, err = convert(link, capsys)
+    assert (code, err) == (0, "") and out.startswith(f"converted {link} from format version 2")
+    assert os.readlink(link) == "old.mmapkv" and not legacy.is_v2(v2_path)
+    assert sorted(os.listdir(os.path.dirname(v2_path))) == ["link.mmapkv", "old.mmapkv"]
+    with mmapkv.Store(v2_path) as store:
+        assert sorted(store.keys()) == sorted(EXPECTED)
+
+
 def test_converted_file_compacts_as_version_3(v2_path: str, capsys: Any) -> None:
     """Run again, the command compacts the (now version-3) file and keeps every key."""
     assert convert(v2_path, capsys)[0] == 0

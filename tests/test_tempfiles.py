@@ -97,3 +97,17 @@ def test_compact_removes_what_an_earlier_compact_left(tmp_path: Any) -> None:
         transfer.compact(store)
         assert store.read("k") == {"v": 1}
     assert _siblings(path) == []
+
+
+def test_temporary_files_of_a_linked_store_are_beside_its_target(tmp_path: Any) -> None:
+    """Through a symbolic link, a store's temporary files are named and looked for beside
+    the file it names, where compact builds and renames them."""
+    os.mkdir(tmp_path / "real")
+    target, link = os.path.join(tmp_path, "real", "s.mmapkv"), os.path.join(tmp_path, "link.mmapkv")
+    mmapkv.Store(target).close()
+    os.symlink(target, link)
+    left = temporary_path(link, "compact")
+    assert os.path.dirname(left) == os.path.dirname(target)
+    assert os.path.basename(left).startswith(".s.mmapkv.compact-")
+    create_file(left, SMALL, in_place=True)
+    assert remove_abandoned(link) == [left] and _siblings(target) == []

@@ -469,6 +469,34 @@ def test_compact_keeps_the_lock(tmp_path: Any, clock: Any) -> None:
         assert done.stdout == "locked\n", done.stderr
 
 
+def test_compact_through_a_symbolic_link_rewrites_its_target(tmp_path: Any, clock: Any) -> None:
+    """Opened through a symbolic link, compact builds the new file beside the link's target
+    and renames it over the target: the link stays a link.  It used to rename over the link,
+    which left a regular file there and the target as a second, stale copy."""
+    os.mkdir(tmp_path / "real")
+    target, link = str(tmp_path / "real" / "s"), str(tmp_path / "link")
+    mmapkv.Store(target, clock=clock).close()
+    os.symlink(os.path.join("real", "s"), link)  # relative, as `ln -s` makes it
+    with mmapkv.Store(link, clock=clock) as store:
+        for i in range(20):
+            store.create(f"k{i}", WHOLE_SLOT)
+        for i in range(10):
+            store.delete(f"k{i}")
+        want = entries(store)
+        inode = os.stat(target).st_ino
+        old, new, keys = transfer.compact(store)
+        assert keys == 10 and new < old
+        assert store.path == link  # what the user gave, which still names the store
+        assert os.readlink(link) == os.path.join("real", "s")
+        assert os.stat(target).st_ino != inode and is_locked(target)
+        assert store._engine is not None and os.path.samestat(os.fstat(store._engine._fd), os.stat(target))
+        assert entries(store) == want and store.verify() == []
+        store.create("more", {})
+    assert sorted(os.listdir(tmp_path)) == ["link", "real"] and os.listdir(tmp_path / "real") == ["s"]
+    with mmapkv.Store(target, clock=clock) as store:
+        assert set(entries(store)) == set(want) | {"more"}
+
+
 def test_compact_of_an_empty_store(tmp_path: Any, clock: Any) -> None:
     initial = Geometry(SMALL_MAX_SIZE).initial_size
     with mmapkv.Store(tmp_path / "s", clock=clock, max_size=SMALL_MAX_SIZE) as store:
