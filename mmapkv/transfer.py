@@ -471,7 +471,7 @@ def compact(store: Store, *, skip_corrupt: bool = False,
             tmp = temporary_path(path, "compact")
             new = _temporary_store(tmp, old.geometry.max_size, durable=old.durable, seed=old.seed)
             try:
-                os.chmod(tmp, stat.S_IMODE(os.fstat(old._fd).st_mode))
+                _take_owner_and_mode(old._fd, new._fd)
                 _fill(new, ((_read_record(old, off), size) for off, size in records), sizes,
                       list(map(new.fingerprint, chosen)), progress, total // 2, total)
                 new.mark_clean()  # counters written, flagged clean, synced
@@ -511,6 +511,22 @@ def _temporary_store(tmp: str, max_size: int, *, durable: bool = False,
     except BaseException:
         _unlink_if_there(tmp)
         raise
+
+
+def _take_owner_and_mode(old_fd: int, new_fd: int) -> None:
+    """Give the new file of a rewrite the owner, group and permissions of the old one,
+    so that whoever could use the store still can, whoever runs the rewrite."""
+    old = os.fstat(old_fd)
+    try:
+        os.fchown(new_fd, old.st_uid, old.st_gid)
+    except PermissionError:  # not root: only root gives a file away
+        try:
+            os.fchown(new_fd, -1, old.st_gid)  # the owner may, if a member of the group
+        except PermissionError:
+            # Refused too: the file stays ours, the user who could write the store's
+            # directory (so could replace the file anyway); the old group loses access.
+            pass
+    os.fchmod(new_fd, stat.S_IMODE(old.st_mode))  # after the chown, which may clear set-id bits
 
 
 def _abandon(new: Engine, tmp: str, path: str) -> bool:
@@ -622,7 +638,7 @@ def convert_v2(path: str, *, now: float | None = None,
         tmp = temporary_path(real, "compact")
         new = _temporary_store(tmp, _ceiling_for(max_size, sizes))
         try:
-            os.chmod(tmp, stat.S_IMODE(os.fstat(fd).st_mode))
+            _take_owner_and_mode(fd, new._fd)
             converted = (Entry(0, e.key, e.data, e.flags, e.expires_at, e.seq) for e in entries)
             try:
                 _fill(new, ((entry, 0) for entry in converted), sizes,

@@ -181,6 +181,14 @@ def test_conversion_through_a_symbolic_link_converts_its_target(v2_path: str, ca
         assert sorted(store.keys()) == sorted(EXPECTED)
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="only root gives files away")
+def test_conversion_keeps_the_owner_and_group(v2_path: str, capsys: Any) -> None:
+    os.chown(v2_path, 65534, 65534)  # nobody, nogroup
+    assert convert(v2_path, capsys)[0] == 0 and not legacy.is_v2(v2_path)
+    after = os.stat(v2_path)
+    assert (after.st_uid, after.st_gid) == (65534, 65534)
+
+
 def test_converted_file_compacts_as_version_3(v2_path: str, capsys: Any) -> None:
     """Run again, the command compacts the (now version-3) file and keeps every key."""
     assert convert(v2_path, capsys)[0] == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import subprocess
 import sys
 from collections import Counter
@@ -495,6 +496,50 @@ def test_compact_through_a_symbolic_link_rewrites_its_target(tmp_path: Any, cloc
     assert sorted(os.listdir(tmp_path)) == ["link", "real"] and os.listdir(tmp_path / "real") == ["s"]
     with mmapkv.Store(target, clock=clock) as store:
         assert set(entries(store)) == set(want) | {"more"}
+
+
+NOBODY = 65534  # uid and gid of nobody / nogroup
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="only root gives files away")
+def test_compact_keeps_the_owner_and_group(tmp_path: Any, clock: Any) -> None:
+    """The new file used to belong to whoever ran compact (root, say, from a cron job),
+    which locked the store's real owner out of a 0600 file."""
+    path = str(tmp_path / "s")
+    with mmapkv.Store(path, clock=clock) as store:
+        store.create("a", {})
+        os.chown(path, NOBODY, NOBODY)
+        os.chmod(path, 0o640)
+        inode = os.stat(path).st_ino
+        transfer.compact(store)
+        after = os.stat(path)
+        assert after.st_ino != inode  # a new file
+        assert (after.st_uid, after.st_gid, stat.S_IMODE(after.st_mode)) == (NOBODY, NOBODY, 0o640)
+
+
+@pytest.mark.parametrize("group_allowed", [True, False])
+def test_compact_keeps_what_it_may_of_the_owner(tmp_path: Any, clock: Any, monkeypatch: Any,
+                                                 group_allowed: bool) -> None:
+    """Not root: giving the file away is refused, so compact keeps the group if it may,
+    and otherwise goes on, the new file then being the caller's."""
+    path = str(tmp_path / "s")
+    calls: list[tuple[int, int]] = []
+    fchown = os.fchown
+
+    def refusing(fd: int, uid: int, gid: int) -> None:
+        calls.append((uid, gid))
+        if uid != -1 or not group_allowed:
+            raise PermissionError(1, "Operation not permitted")
+        fchown(fd, uid, gid)
+
+    with mmapkv.Store(path, clock=clock) as store:
+        store.create("a", {})
+        old = os.stat(path)
+        monkeypatch.setattr(os, "fchown", refusing)
+        transfer.compact(store)
+        monkeypatch.undo()
+        assert calls == [(old.st_uid, old.st_gid), (-1, old.st_gid)]
+        assert os.stat(path).st_ino != old.st_ino and store.read("a") == {}
 
 
 def test_compact_of_an_empty_store(tmp_path: Any, clock: Any) -> None:
