@@ -22,8 +22,8 @@ Exit codes:
 2   usage error (bad arguments; from argparse)
 3   the data given is wrong: key not found (or expired), key exists, invalid key,
     value, TTL, JSON text or dump line, an input/output FILE that cannot be opened,
-    a dump FILE that exists already (``--force`` replaces it), a bad Redis URL, or
-    keys that ``copy`` would overwrite (``--replace`` does)
+    a dump FILE that exists already (``--force`` replaces it) or is the store, a bad
+    Redis URL, or keys that ``copy`` would overwrite (``--replace`` does)
 4   the store is unavailable: held by another process, missing, not a store,
     corrupt, full, the file system refused, or a Redis server is unreachable
 70  internal error (a bug: please report it; ``MMAPKV_TRACEBACK=1`` shows the traceback)
@@ -219,11 +219,21 @@ def _dump(args: argparse.Namespace, out: IO[str]) -> None:
         transfer.dump(store, out, skip_corrupt=args.skip_corrupt, on_skip=_left_out, progress=bar)
 
 
+def _same_file(a: str, b: str) -> bool:
+    """True if the paths *a* and *b* name one file (through links, hard or symbolic)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one is missing (or out of reach): the names they resolve to
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
 def cmd_dump(args: argparse.Namespace) -> int:
     if args.file in (None, "-"):
         _dump(args, sys.stdout)
         return EXIT_OK
     name = args.file
+    if _same_file(name, args.path):  # --force would replace the store with its own dump
+        raise InputError(f"{name} is the store itself; dump to another file")
     target = os.path.realpath(name)  # through a symbolic link, as `> FILE` writes
 
     def cannot_write(exc: OSError) -> InputError:

@@ -269,6 +269,26 @@ def test_dump_does_not_replace_a_file_without_force(run: Run, tmp_path: Any, pat
     assert sorted(os.listdir(tmp_path)) == ["cli.mmapkv", "link.jsonl", "out.jsonl"]
 
 
+@pytest.mark.parametrize("name", ["the store", "a link to it", "a hard link to it", "its path in other words"])
+def test_dump_to_the_store_itself_is_refused(run: Run, tmp_path: Any, path: str, name: str) -> None:
+    """`dump FILE --force` with FILE the store used to replace the store with its own dump."""
+    with mmapkv.Store(path) as store:
+        store.create("k", {"v": 1})
+    before = open(path, "rb").read()
+    out = {"the store": path, "a link to it": str(tmp_path / "link"), "a hard link to it": str(tmp_path / "hard"),
+           "its path in other words": os.path.join(str(tmp_path), ".", "cli.mmapkv")}[name]
+    if name == "a link to it":
+        os.symlink("cli.mmapkv", out)
+    elif name == "a hard link to it":
+        os.link(path, out)
+    for force in (["--force"], []):
+        code, _, err = run("dump", out, *force, "--path", path)
+        assert code == cli.EXIT_DATA and err == f"mmapkv: error: {out} is the store itself; dump to another file\n"
+    assert open(path, "rb").read() == before and not os.path.islink(path)
+    assert sorted(os.listdir(tmp_path)) == sorted({"cli.mmapkv", os.path.basename(out)})  # no temporary file
+    assert json.loads(run("get", "k", "--path", path)[1]) == {"v": 1}
+
+
 def test_file_that_appears_during_the_dump_is_kept(run: Run, tmp_path: Any, path: str,
                                                    monkeypatch: Any) -> None:
     mmapkv.Store(path).close()
