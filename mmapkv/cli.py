@@ -128,9 +128,18 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
 
 
+def _stdin() -> IO[bytes]:
+    # Started with stdin closed (`<&-`), Python sets sys.stdin to None.  Like an input
+    # FILE that cannot be opened, it is the user's input that is missing, not the store:
+    # exit 3, not 4, and not argparse's 2, since the arguments themselves are right.
+    if sys.stdin is None:
+        raise InputError("cannot read stdin: it is closed")
+    return sys.stdin.buffer
+
+
 def _read_input(name: str) -> IO[bytes]:
     if name == "-":
-        return sys.stdin.buffer
+        return _stdin()
     try:
         return open(name, "rb")
     except OSError as exc:
@@ -148,7 +157,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 def _value_argument(args: argparse.Namespace) -> Any:
     # JSON text is UTF-8 (RFC 8259): read bytes, whatever encoding the locale gives stdin.
-    text = sys.stdin.buffer.read() if args.json == "-" else args.json
+    text = _stdin().read() if args.json == "-" else args.json
     try:
         return transfer.loads(text)
     except ValueError as exc:
@@ -298,7 +307,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
                     os.unlink(store.path)  # while still locked, so nobody opens it meanwhile
                 raise
     finally:
-        if source is not sys.stdin.buffer:
+        if args.file != "-":  # stdin is not ours to close
             source.close()
     skipped = []
     if result.existing:

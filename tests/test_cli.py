@@ -234,6 +234,23 @@ def test_restore_bad_input(run: Run, tmp_path: Any, path: str) -> None:
     assert os.path.exists(path)  # but never removes one that was there
 
 
+@pytest.mark.parametrize("args", [["create", "k", "-"], ["set", "k", "-"], ["restore", "-"]])
+def test_closed_stdin_is_bad_input(run: Run, tmp_path: Any, path: str, monkeypatch: Any,
+                                   args: list[str]) -> None:
+    """Started with stdin closed (`<&-`), Python's sys.stdin is None: reading "-" was an
+    internal error (AttributeError, exit 70)."""
+    monkeypatch.setattr(sys, "stdin", None)
+    code, _, err = run(*args, "--path", path)
+    assert code == cli.EXIT_DATA and err == "mmapkv: error: cannot read stdin: it is closed\n"
+    assert os.listdir(tmp_path) == []  # no store made for nothing
+
+
+def test_closed_stdin_in_a_real_process(path: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "mmapkv", "create", "k", "-", "--path", path],
+                          capture_output=True, text=True, preexec_fn=lambda: os.close(0))
+    assert (done.returncode, done.stderr) == (3, "mmapkv: error: cannot read stdin: it is closed\n")
+
+
 def test_dump_to_an_unwritable_place(run: Run, tmp_path: Any, path: str) -> None:
     mmapkv.Store(path).close()
     code, _, err = run("dump", str(tmp_path / "no" / "such" / "dir.jsonl"), "--path", path)
