@@ -41,7 +41,8 @@ part way first says how many keys it copied, and that the copy is incomplete).  
 walk the whole store draw a progress bar on stderr when it is a terminal.  A character
 that stdout's encoding cannot hold (``PYTHONIOENCODING=ascii``) is written as a JSON
 ``\\uXXXX`` escape, so ``get`` and ``dump`` print valid JSON of the same text in any
-encoding; ``keys`` prints the same escapes.  Input JSON is read as UTF-8.
+encoding; ``keys`` prints the same escapes.  Input JSON is read as UTF-8 (UTF-16 and UTF-32 are
+refused).
 """
 
 from __future__ import annotations

@@ -254,7 +254,19 @@ def _write_lines(entries: Iterable[Entry], out: IO[str], now: float,
 
 def loads(text: str | bytes) -> Any:
     """``json.loads``, with text nested too deeply for it raising ``ValueError``, as any
-    other bad JSON does, rather than ``RecursionError``."""
+    other bad JSON does, rather than ``RecursionError``.
+
+    Bytes must be UTF-8 (RFC 8259): ``json.loads`` would guess UTF-16 and UTF-32 too.  A
+    leading UTF-8 byte order mark is ignored, as the RFC lets a parser do and as
+    ``json.loads`` did, so each line of a dump written by a tool that adds one reads.
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8-sig")  # strict: a byte that is not UTF-8 raises
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"it is not UTF-8: {exc.reason} at byte {exc.start}") from None
+        if "\0" in text:  # never in JSON text; ASCII as UTF-16 or UTF-32 is valid UTF-8 with them
+            raise ValueError("it holds NUL bytes: JSON input must be UTF-8, not UTF-16 or UTF-32")
     try:
         return json.loads(text)
     except RecursionError:

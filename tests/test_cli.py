@@ -108,6 +108,14 @@ def test_create_reads_stdin(run: Run, path: str, monkeypatch: Any) -> None:
     assert json.loads(run("get", "k", "--path", path)[1]) == {"from": "stdin", "ü": 1}
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16", "utf-32"])
+def test_create_refuses_stdin_in_utf16_or_utf32(run: Run, path: str, monkeypatch: Any, encoding: str) -> None:
+    stdin(monkeypatch, '{"a": 1}'.encode(encoding))
+    code, _, err = run("create", "k", "-", "--path", path)
+    assert code == cli.EXIT_DATA and "the value is not valid JSON" in err and "UTF-8" in err
+    assert not os.path.exists(path)
+
+
 @pytest.mark.parametrize("args, message", [
     (["create", "k", "{not json"], "not valid JSON"),
     (["create", "k", "[1, 2]"], "must be a dict"),

@@ -223,6 +223,34 @@ def test_restore_rejects_bad_lines_and_writes_nothing(tmp_path: Any, clock: Any,
         assert len(b) == 0 and b.verify() == []
 
 
+ENTRY_LINE = '{"key":"k","value":{"x":"ü"},"expires_at":null}'
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-16", "utf-32-le", "utf-32"])
+def test_loads_takes_utf8_only(encoding: str) -> None:
+    """json.loads(bytes) guesses UTF-16 and UTF-32 too; input is UTF-8 (RFC 8259, docs/cli.md)."""
+    with pytest.raises(ValueError, match="UTF-8"):
+        transfer.loads(ENTRY_LINE.encode(encoding))
+
+
+def test_loads_reads_utf8_and_ignores_a_leading_byte_order_mark() -> None:
+    want = {"key": "k", "value": {"x": "ü"}, "expires_at": None}
+    assert transfer.loads(ENTRY_LINE.encode()) == transfer.loads(ENTRY_LINE) == want
+    assert transfer.loads(ENTRY_LINE.encode("utf-8-sig")) == want  # as RFC 8259 allows
+    with pytest.raises(ValueError, match="not UTF-8: invalid start byte at byte 25"):
+        transfer.loads(ENTRY_LINE.encode("latin-1"))
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16", "utf-32"])
+def test_restore_of_a_dump_in_utf16_or_utf32_writes_nothing(tmp_path: Any, clock: Any, encoding: str) -> None:
+    """One line without its newline used to be restored (json.loads took its encoding)."""
+    with mmapkv.Store(tmp_path / "b", clock=clock) as b:
+        with pytest.raises(transfer.InvalidDumpError, match="d line 1 is not JSON: .*UTF-8"):
+            transfer.restore(b, io.BytesIO(ENTRY_LINE.encode(encoding)), name="d")
+        assert len(b) == 0
+        assert transfer.restore(b, io.BytesIO(ENTRY_LINE.encode("utf-8-sig"))).restored == 1
+
+
 def test_restore_blank_lines_and_missing_expiry(tmp_path: Any, clock: Any) -> None:
     data = b'\n{"key":"a","value":{"x":1}}\n\n'
     with mmapkv.Store(tmp_path / "b", clock=clock) as b:
