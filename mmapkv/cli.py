@@ -125,6 +125,14 @@ def _left_out(problem: str) -> None:
     _warn(f"left out: {problem}")
 
 
+def _v2_left_out(damaged: int) -> None:
+    """Say how many entries of a version-2 file failed their checksum: they are left out
+    (version 2's own recovery would have dropped them), but never silently."""
+    if damaged:
+        _left_out(f"{_plural(damaged, 'entry', 'entries')} of the version-2 file that "
+                  f"{'fails its' if damaged == 1 else 'fail their'} checksum")
+
+
 def _print_json(value: Any) -> None:
     print(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
 
@@ -223,7 +231,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def _dump(args: argparse.Namespace, out: IO[str]) -> None:
     if is_v2(args.path):  # read in place: the way out for a store too full to convert
-        transfer.dump_v2(os.path.abspath(args.path), out)
+        _v2_left_out(transfer.dump_v2(os.path.abspath(args.path), out).corrupt)
         return
     with _open(args.path) as store, ProgressBar("dumping") as bar:
         transfer.dump(store, out, skip_corrupt=args.skip_corrupt, on_skip=_left_out, progress=bar)
@@ -349,7 +357,8 @@ def cmd_compact(args: argparse.Namespace) -> int:
     path = os.path.abspath(args.path)
     if is_v2(path):  # an older format: compacting is how it is converted
         with ProgressBar("converting") as bar:
-            old_size, new_size, keys = transfer.convert_v2(path, progress=bar)
+            old_size, new_size, keys, damaged = transfer.convert_v2(path, progress=bar)
+        _v2_left_out(damaged)
         print(f"converted {path} from format version 2 to {FORMAT_VERSION}: "
               f"{old_size:,} -> {new_size:,} bytes, {_plural(keys, 'key')}")
         return EXIT_OK

@@ -86,10 +86,11 @@ def _slots_offset(max_size: int) -> int:
     return -(-(PAGE_SIZE + 8 * capacity) // PAGE_SIZE) * PAGE_SIZE
 
 
-def read_v2(path: str) -> tuple[int, list[V2Entry]]:
-    """The ceiling (``max_size``) and every intact entry of the version-2 store at
-    *path*, the newest copy of each key, in slot order.  The caller holds the file's
-    lock.  O(slots)."""
+def read_v2(path: str) -> tuple[int, list[V2Entry], int]:
+    """The ceiling (``max_size``), every intact entry of the version-2 store at *path*
+    (the newest copy of each key, in slot order) and the number of entries left out for
+    failing their checks (what version 2's recovery would have dropped; the caller says
+    so).  The caller holds the file's lock.  O(slots)."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size < PAGE_SIZE:
@@ -102,16 +103,18 @@ def read_v2(path: str) -> tuple[int, list[V2Entry]]:
             (_, _, _, max_size, _, _, _, _, _, _, _, batch, _) = _SUPERBLOCK.unpack_from(mm, 0)
             view = memoryview(mm)
             try:  # the loop in a function of its own: see the note above store._readable_keys
-                newest = _newest_entries(mm, view, _slots_offset(max_size), size, batch)
+                newest, damaged = _newest_entries(mm, view, _slots_offset(max_size), size, batch)
             finally:
                 view.release()
-    return max_size, list(newest.values())
+    return max_size, list(newest.values()), damaged
 
 
 def _newest_entries(mm: mmap.mmap, view: memoryview, first: int, size: int,
-                    batch: int) -> dict[bytes, V2Entry]:
-    """The newest intact copy of each key in the slots from *first*, by key."""
+                    batch: int) -> tuple[dict[bytes, V2Entry], int]:
+    """The newest intact copy of each key in the slots from *first*, by key, and the
+    number of committed entries that fail their checks."""
     newest: dict[bytes, V2Entry] = {}
+    damaged = 0
     for off in range(first, size - _VALUE_OFFSET + 1, _SLOT_STRIDE):
         state, _, checksum, seq, expires, vlen, klen, flags, _ = _SLOT_HEADER.unpack_from(mm, off)
         if not (state == STATE_LIVE or (state == STATE_PENDING and seq == batch)):
@@ -119,8 +122,9 @@ def _newest_entries(mm: mmap.mmap, view: memoryview, first: int, size: int,
         end = off + _VALUE_OFFSET + vlen
         if vlen > MAX_VALUE_BYTES or not 1 <= klen <= MAX_KEY_BYTES or end > size or \
                 xxh3_64_intdigest(view[off + _BODY_OFFSET:end]) != checksum:
+            damaged += 1
             continue
         key = bytes(mm[off + _KEY_OFFSET:off + _KEY_OFFSET + klen])
         if key not in newest or newest[key].seq < seq:
             newest[key] = V2Entry(key, bytes(mm[off + _VALUE_OFFSET:end]), flags, expires, seq)
-    return newest
+    return newest, damaged

@@ -213,18 +213,19 @@ def dump(store: Store, out: IO[str], *, skip_corrupt: bool = False,
 
 def dump_v2(path: str, out: IO[str], *, now: float | None = None) -> DumpResult:
     """``dump`` for a store of format version 2, read in place and not changed: the way
-    out for one ``convert_v2`` cannot fit under the ceiling."""
+    out for one ``convert_v2`` cannot fit under the ceiling.  Entries that fail their
+    checksum are left out and counted in ``corrupt``."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
         if not lock_file(fd, path, shared=True):
             raise StoreLockedError(f"{path} was replaced while reading it; try again")
-        _, entries = read_v2(path)
+        _, entries, damaged = read_v2(path)
         written, expired = _write_lines(
             (Entry(0, e.key, e.data, e.flags, e.expires_at, e.seq) for e in entries), out,
             time.time() if now is None else now, None, path)
     finally:
         os.close(fd)
-    return DumpResult(written, expired, 0)
+    return DumpResult(written, expired, damaged)
 
 
 def _write_lines(entries: Iterable[Entry], out: IO[str], now: float,
@@ -630,13 +631,15 @@ def _unexpired_v2(entries: list[V2Entry], now: float) -> tuple[list[V2Entry], li
 
 
 def convert_v2(path: str, *, now: float | None = None,
-               progress: Progress | None = None) -> tuple[int, int, int]:
+               progress: Progress | None = None) -> tuple[int, int, int, int]:
     """Convert the format-version-2 store at *path* to the current format, in place.
 
     Every unexpired entry keeps its key, exact value bytes and absolute expiry.  The old
     file is held under its lock throughout and replaced only once the new one is complete
     and synced (the same rename as ``compact``); an error leaves it untouched.  Returns
-    ``(old_size, new_size, keys)``.  O(old file).
+    ``(old_size, new_size, keys, damaged)``: *damaged* entries failed their checksum and
+    were left out, as version 2's own recovery would have dropped them at its next open
+    (the caller says so).  O(old file).
     """
     now = time.time() if now is None else now
     real = os.path.realpath(path)  # through a symbolic link, its target, as compact
@@ -645,7 +648,7 @@ def convert_v2(path: str, *, now: float | None = None,
         if not lock_file(fd, real):
             raise StoreLockedError(f"{path} was replaced while converting it; try again")
         old_size = os.fstat(fd).st_size
-        max_size, entries = read_v2(real)
+        max_size, entries, damaged = read_v2(real)
         entries, sizes = _unexpired_v2(entries, now)  # (the note above store._readable_keys)
         tmp = temporary_path(real, "compact")
         new = _temporary_store(tmp, _ceiling_for(max_size, sizes))
@@ -675,7 +678,7 @@ def convert_v2(path: str, *, now: float | None = None,
         _sync_directory(real)
     finally:
         os.close(fd)
-    return old_size, new_size, len(entries)
+    return old_size, new_size, len(entries), damaged
 
 
 # ------------------------------------------------------------------ verify

@@ -94,7 +94,8 @@ def test_fixture_is_the_documented_version_2_store(v2_path: str) -> None:
         head = f.read(16)
     assert head[:8] == MAGIC and struct.unpack_from("<I", head, 8)[0] == 2
     assert legacy.is_v2(v2_path)
-    max_size, entries = legacy.read_v2(v2_path)
+    max_size, entries, damaged = legacy.read_v2(v2_path)
+    assert damaged == 0
     assert max_size == FIXTURE_MAX_SIZE
     by_key = {e.key.decode(): e for e in entries}
     assert set(by_key) == set(EXPECTED) | {"ttl-past"}
@@ -140,7 +141,7 @@ def test_compact_converts_it(v2_path: str, capsys: Any) -> None:
     store with the same ceiling and mode, verify() finds nothing, and every key but the
     expired and the deleted reads back equal, with its exact JSON and absolute expiry."""
     os.chmod(v2_path, 0o640)
-    _, old = legacy.read_v2(v2_path)
+    _, old, _ = legacy.read_v2(v2_path)
     old_text = {e.key.decode(): e.data.decode() for e in old}
     code, out, err = convert(v2_path, capsys)
     assert (code, err) == (0, "")
@@ -233,16 +234,22 @@ def test_conversion_after_the_holder_let_go(v2_path: str, capsys: Any) -> None:
         assert len(store) == len(EXPECTED)
 
 
-def test_a_damaged_entry_is_dropped_alone(v2_path: str, capsys: Any) -> None:
-    """A flipped byte in one entry's value fails its checksum: conversion leaves that entry
-    out and keeps every other one intact."""
+def test_a_damaged_entry_is_dropped_alone_and_said_so(v2_path: str, capsys: Any) -> None:
+    """A flipped byte in one entry's value fails its checksum: conversion (and a dump)
+    leaves that entry out, as version 2's own recovery would have, says so on stderr (it
+    was silent), and keeps every other one intact."""
     with open(v2_path, "r+b") as f:
         data = f.read()
         at = data.index(b'{"name":"Ada"') + len(b'{"name":"')
         f.seek(at)
         f.write(b"B")
-    code, out, _ = convert(v2_path, capsys)
+    assert cli.main(["dump", "--path", v2_path]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("\n") == len(EXPECTED) - 1 and '"plain"' not in out
+    assert err == "mmapkv: warning: left out: 1 entry of the version-2 file that fails its checksum\n"
+    code, out, err = convert(v2_path, capsys)
     assert code == 0 and f"{len(EXPECTED) - 1} keys" in out
+    assert err == "mmapkv: warning: left out: 1 entry of the version-2 file that fails its checksum\n"
     with mmapkv.Store(v2_path) as store:
         assert store.verify() == []
         assert sorted(store.keys()) == sorted(set(EXPECTED) - {"plain"})
