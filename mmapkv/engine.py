@@ -104,6 +104,7 @@ _U32 = RECORD_HEADER.__class__("<I")
 # file never held, a committed record's state word read as FREE, a slot's kind as free
 # (its records lost), a superblock word as 0.
 _LIVE = _U32.pack(STATE_LIVE)
+_LIVE_FIRST = _LIVE[0]  # a sub-slot whose first byte is not this holds no LIVE record
 #: what freeing a record writes over its first 16 bytes: state FREE and no checksum.  The
 #: old bytes after them may stay valid; were the state word alone cleared, a later write
 #: into the sub-slot cut short after its new state word (a kill mid-copy) would make them
@@ -794,8 +795,28 @@ class Engine:
         return its offset.  Not indexed: see ``insert``, ``replace``, ``commit_batch``."""
         if not self._dirty:
             self._mark_dirty()
-        off = self.slots.take_record(class_for(KEY_OFFSET + len(key) + len(data)))
+        off = self._take_record(class_for(KEY_OFFSET + len(key) + len(data)))
         return self._write_at(off, key, data, flags, expires, state, seq)
+
+    def _take_record(self, cls: int) -> int:
+        """``slots.take_record``, refusing a sub-slot that holds a record the table still
+        indexes: its bitmap bit was lost (slot info has no checksum), and the write would
+        destroy a live value.  Not a clean failure: the store repairs before its next use,
+        rebuilding the slot info from the records.  One byte read on the common path."""
+        off = self.slots.take_record(cls)
+        if self._mm[off] == _LIVE_FIRST:
+            self._refuse_a_live_record(off)
+        return off
+
+    def _refuse_a_live_record(self, off: int) -> None:
+        """Raise if the sub-slot at *off*, just taken, holds a record the table indexes."""
+        mm = self._mm
+        if mm[off:off + 4] == _LIVE:
+            klen = _unpack_record(mm, off)[6]
+            if self.is_indexed(off, bytes(mm[off + KEY_OFFSET:off + KEY_OFFSET + klen])):
+                raise CorruptStoreError(
+                    f"{self.path}: the slot info lost the live record at offset {off:,}; the store "
+                    "rebuilds it from the records at its next use: try again")
 
     def _write_at(self, off: int, key: bytes, data: bytes, flags: int, expires: float,
                   state: int = STATE_LIVE, seq: int = 0) -> int:
@@ -899,7 +920,10 @@ class Engine:
         try:
             if not self._dirty:
                 self._mark_dirty()
-            off = self._write_at(slots.take_record(cls), key, data, flags, expires)
+            off = slots.take_record(cls)
+            if self._mm[off] == _LIVE_FIRST:  # _take_record's check, inline: the hot path
+                self._refuse_a_live_record(off)
+            off = self._write_at(off, key, data, flags, expires)
         except CLEAN_FAILURES:
             self.generation += 1
             self.changes -= 1
@@ -1157,6 +1181,7 @@ class Engine:
             mm[SB_FLOOR_SEQ:SB_FLOOR_SEQ + 8] = bytes(8)
         kinds = bytearray(mm[g.info_offset:g.info_offset + 24 * self.slot_count:24]) \
             if self.slot_count else bytearray()
+        self._find_lost_record_slots(kinds)
         if self._damaged_superblock:
             # floor_seq may be the damaged field, and one bit too high drops every record
             # below it.  The table was exact at the clean close: every record it indexes
@@ -1223,6 +1248,32 @@ class Engine:
         self.seq_limit = self.next_seq + _SEQ_RESERVE
         mm[SB_SEQ_LIMIT:SB_SEQ_LIMIT + 8] = _U64.pack(self.seq_limit)
         mm.flush()
+
+    def _find_lost_record_slots(self, kinds: bytearray) -> None:
+        """Give back their class in *kinds* to record slots whose kind byte was damaged
+        (slot info has no checksum; recovery frees every slot that is not a record class,
+        and reads one of another class at the wrong boundaries: every record in it would
+        go).  Where the old table points at an intact LIVE record, that record's size says
+        its slot's class.  O(table entries)."""
+        first, end = self._slots_offset, self.file_size - RECORD_HEADER.size
+        for slot in range(self.slot_count):
+            if kinds[slot] != KIND_SEGMENT:
+                continue
+            base = self.table.base(slot)
+            for entry in self._q[base:base + SEGMENT_ENTRIES].tolist():
+                off = first + ((entry & UNIT_MASK) - 1) * UNIT
+                if not entry or off > end:
+                    continue
+                slot_of, within = divmod(off - first, SLOT_SIZE)
+                kind = kinds[slot_of]
+                if kind == KIND_SEGMENT or 1 <= kind <= CLASS_COUNT and not within % CLASS_SIZES[kind - 1]:
+                    continue  # agrees with its slot's kind, as every entry but a damaged one does
+                if not self.is_intact(off):
+                    continue
+                state, _, _, _, _, vlen, klen, _ = _unpack_record(self._mm, off)
+                cls = class_for(KEY_OFFSET + klen + vlen)
+                if state == STATE_LIVE and not within % CLASS_SIZES[cls]:
+                    kinds[slot_of] = cls + 1  # a slot holds one class: its records' own
 
     def _indexed_floor(self, kinds: bytearray, floor: int) -> int:
         """The lowest seq of the intact LIVE records the table's segments point at (found

@@ -37,8 +37,10 @@ from .format import (
     KEY_OFFSET,
     MAX_FILE_SIZE,
     MAX_VALUE_BYTES,
+    RECORD_HEADER,
     SEGMENT_ENTRIES,
     SLOT_SIZE,
+    STATE_LIVE,
     STATE_PENDING,
     VERSION,
     Geometry,
@@ -1019,12 +1021,24 @@ def _readable_keys(engine: Engine, now: float) -> tuple[list[str], int]:
     """The keys ``keys()`` lists (unexpired at *now*, indexed, intact), and the number of
     damaged entries met."""
     keys: list[str] = []
-    damaged = 0
+    damaged = visited = 0
     for off, _, expires, key in engine.iter_records():
+        visited += 1
         if not (engine.is_indexed(off, key) and engine.is_intact(off)):
             damaged += 1
         elif not expires or now < expires:
             damaged += append_key(keys, key)
+    if visited != engine.live_count:  # the slot info lost some: the table still leads to them
+        for off in engine.unlisted_records():
+            if off + RECORD_HEADER.size > engine.file_size or not engine.is_intact(off):
+                damaged += 1
+                continue
+            state, _, _, _, expires, _, klen, _ = RECORD_HEADER.unpack_from(engine._mm, off)
+            key = bytes(engine._mm[off + KEY_OFFSET:off + KEY_OFFSET + klen])
+            if state != STATE_LIVE or not engine.is_indexed(off, key):
+                damaged += 1
+            elif not expires or now < expires:
+                damaged += append_key(keys, key)
     return keys, damaged
 
 

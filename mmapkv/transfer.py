@@ -147,8 +147,9 @@ def _entries(engine: Engine, skip: Callable[[str], None] | None,
     info lost (``Engine.unlisted_records``), so no key ``read`` returns is left out.  A
     broken one raises ``CorruptStoreError``, or with *skip* given, is passed over after
     ``skip(problem)``.  *progress* counts slots."""
-    done = 0
+    done = visited = 0
     for off, _, _, _ in engine.iter_records():
+        visited += 1
         slot = engine.slot_of(off)
         if progress is not None and slot - done >= _PROGRESS_EVERY:
             done = slot
@@ -156,6 +157,8 @@ def _entries(engine: Engine, skip: Callable[[str], None] | None,
         got = _read_record(engine, off)
         if got is not None and _intact(got, engine, skip):
             yield got
+    if visited == engine.live_count:
+        return  # every LIVE record was met: the table can point at no other
     for off in engine.unlisted_records():
         got = _read_record(engine, off) if off + RECORD_HEADER.size <= engine.file_size else \
             f"a table entry points past the end of the file (offset {off})"
