@@ -10,8 +10,8 @@ was acknowledged:
 ``holder``   opens a store and holds it (idle, writing, or frozen in the middle of a
              growth) until told on stdin to ``resume``, ``close`` or ``exit``.
 ``rival``    tries to open a store again and again and counts how it was refused.
-``check``    opens damaged store files and reads every key, classifying each outcome, and
-             compacts each: no key that read back exactly may be lost.
+``check``    opens damaged store files and reads every key, classifying each outcome, then
+             creates keys in each and compacts it: no key that read back exactly may be lost.
 ``diskfull`` fills a store under ``RLIMIT_FSIZE`` and reports how growth failed.
 ``sigint``   works through random calls while its parent fires SIGINTs at it; after each
              interrupted call it reads the store back (retrying through further
@@ -382,7 +382,8 @@ def check(args: dict[str, Any]) -> None:
     result: dict[str, Any] = {"refused": 0, "opened": 0, "reopened": 0, "reads": 0,
                               "reads_exact": 0, "reads_refused": 0, "wrong": [], "foreign": [],
                               "invented_keys": [], "errors": {}, "compacted": 0,
-                              "compact_refused": {}, "lost_by_compact": []}
+                              "compact_refused": {}, "lost_by_compact": [],
+                              "create_refused": {}, "lost_by_writes": []}
 
     def foreign(case: int, what: str) -> None:
         result["foreign"].append({"case": case, "during": what, "trace": traceback.format_exc()})
@@ -430,12 +431,12 @@ def check(args: dict[str, Any]) -> None:
                 continue
             if name == "items":
                 for key, got in listed:
-                    if key in expected and got != expected[key]:
+                    if key in written and got != written[key]:
                         result["wrong"].append({"case": case, "when": when, "how": "items", "key": key,
                                                 "got": repr(got)[:200]})
                 listed = [key for key, _ in listed]
             if name in ("keys", "iter", "items"):
-                invented = [k for k in listed if k not in expected]
+                invented = [k for k in listed if k not in written]
                 if invented:
                     result["invented_keys"].append({"case": case, "when": when, "how": name,
                                                     "keys": invented[:5]})
@@ -450,6 +451,28 @@ def check(args: dict[str, Any]) -> None:
             except mmapkv.MmapKVError:
                 pass
         return readable
+
+    def writes_keep_what_reads(case: int, store: Any) -> None:
+        """Creates of new keys (of every size class) must keep every key that read back
+        exactly before them: damaged slot info must never hand a live record's sub-slot
+        to a new one.  A create may refuse with an MmapKVError; the next one repairs."""
+        readable = exact(store)
+        for n in range(26):
+            key = f"new{n}"
+            value = make_value(key, n, 130 + 631 * n)
+            try:
+                store.create(key, value)
+                written[key] = value
+            except mmapkv.MmapKVError as exc:
+                name = type(exc).__name__
+                result["create_refused"][name] = result["create_refused"].get(name, 0) + 1
+            except Exception:
+                foreign(case, f"create {key!r}")
+        after = exact(store)
+        lost = [key for key in readable if key not in after]
+        if lost:
+            result["lost_by_writes"].append({"case": case, "keys": lost[:5], "lost": len(lost),
+                                             "of": len(readable)})
 
     def compact_keeps_what_reads(case: int, store: Any) -> None:
         """Compact (leaving out what fails its checksum) must keep every key that read
@@ -471,8 +494,12 @@ def check(args: dict[str, Any]) -> None:
             result["lost_by_compact"].append({"case": case, "keys": lost[:5], "lost": len(lost),
                                               "of": len(readable)})
 
+    written: dict[str, Any] = {}  # what the case's store holds: expected, and its creates
+
     for case, path in enumerate(args["files"]):
         emit({"ev": "case", "case": case})
+        written.clear()
+        written.update(expected)
         for when in ("open", "reopen"):
             try:
                 store = mmapkv.Store(path)
@@ -488,6 +515,7 @@ def check(args: dict[str, Any]) -> None:
                 read_everything(case, store, when)
                 if when == "open":
                     read_everything(case, store, "again")
+                    writes_keep_what_reads(case, store)
                     compact_keeps_what_reads(case, store)
             finally:
                 try:

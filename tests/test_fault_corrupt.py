@@ -245,6 +245,10 @@ def test_damaged_store_never_gives_wrong_data(tmp_path: Any, kind: str, state: s
     assert result["invented_keys"] == [], (
         f"{context}: keys(), iteration or items() listed names never stored: {result['invented_keys'][:3]}; damage: "
         f"{[damages[k['case']] for k in result['invented_keys'][:3]]}")
+    assert result["lost_by_writes"] == [], (
+        f"{context}: creates lost keys that read back exactly: {result['lost_by_writes'][:3]}; damage: "
+        f"{[damages[k['case']] for k in result['lost_by_writes'][:3]]}")
+    assert set(result["create_refused"]) <= {"CorruptStoreError", "StoreFullError"}, (context, result["create_refused"])
     assert result["lost_by_compact"] == [], (
         f"{context}: compact lost keys that read back exactly: {result['lost_by_compact'][:3]}; damage: "
         f"{[damages[k['case']] for k in result['lost_by_compact'][:3]]}")
@@ -261,6 +265,8 @@ def test_damaged_store_never_gives_wrong_data(tmp_path: Any, kind: str, state: s
         "reads tried": result["reads"], "wrong data": len(result["wrong"]),
         "errors other than the documented ones": len(result["foreign"]),
         "listings that named a key never stored": len(result["invented_keys"]),
+        "creates refused after the damage was read": sum(result["create_refused"].values()),
+        "creates that lost a key read exactly before": len(result["lost_by_writes"]),
         "compacted after the damage was read": result["compacted"],
         "compacts refused (CorruptStoreError)": sum(result["compact_refused"].values()),
         "compacts that lost a key read exactly before": len(result["lost_by_compact"])})
@@ -432,7 +438,9 @@ def test_checker_detects_wrong_data(tmp_path: Any) -> None:
     assert sorted((w["when"], w["how"]) for w in result["wrong"]) == [
         (when, how) for when in ("again", "open", "reopen") for how in ("get", "items", "read")]
     assert result["invented_keys"] == [] and result["reopened"] == 1
+    path = os.path.join(tmp_path, "t.mmapkv")  # (the checker's own creates are in the first)
     with mmapkv.Store(path) as store:  # and it names a key that was never stored, each way
+        store.create("k", {"v": 1})
         store.create("stranger", {})
     invented = run_checker(str(tmp_path), [path], {"k": {"v": 1}})["invented_keys"]
     assert {(i["how"], tuple(i["keys"])) for i in invented} == {
