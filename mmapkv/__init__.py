@@ -4,7 +4,8 @@ When one process is not enough, :class:`RedisStore` gives the same API on a Redi
 (``pip install "mmapkv[redis]"``; docs/scaling.md).
 
 >>> import mmapkv, tempfile, os
->>> store = mmapkv.Store(os.path.join(tempfile.mkdtemp(), "demo.mmapkv"))
+>>> where = tempfile.TemporaryDirectory()
+>>> store = mmapkv.Store(os.path.join(where.name, "demo.mmapkv"))
 >>> store.create("greeting", {"text": "hello"}, ttl=3600)
 >>> store.read("greeting")
 {'text': 'hello'}
@@ -12,6 +13,7 @@ When one process is not enough, :class:`RedisStore` gives the same API on a Redi
 (True, 1)
 >>> store.delete("greeting")
 >>> store.close()
+>>> where.cleanup()
 
 The module-level :func:`create`, :func:`read` and :func:`delete` use one shared
 ``Store`` on :func:`default_path`, opened on first use and closed at exit.

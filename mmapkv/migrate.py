@@ -14,8 +14,8 @@ deleted meanwhile is counted with the expired.  Stop the writers first for an ex
 
 >>> import os, tempfile
 >>> from mmapkv import Store
->>> where = tempfile.mkdtemp()
->>> with Store(os.path.join(where, "a"), clock=lambda: 1000.0) as a, \\
+>>> with tempfile.TemporaryDirectory() as where, \\
+...         Store(os.path.join(where, "a"), clock=lambda: 1000.0) as a, \\
 ...         Store(os.path.join(where, "b"), clock=lambda: 1000.0) as b:
 ...     a.create("k", {"n": 1}, ttl=60)
 ...     copy = Copy(a, b)

@@ -121,10 +121,10 @@ class Store(MutableMapping[str, dict[str, Any]]):
     One process at a time may open a file; any number of threads may share the ``Store``.
 
     >>> import tempfile, os
-    >>> path = os.path.join(tempfile.mkdtemp(), "example.mmapkv")
-    >>> with Store(path) as store:
-    ...     store.create("user:1", {"name": "Ada", "langs": ["en", "fr"]})
-    ...     store.read("user:1")
+    >>> with tempfile.TemporaryDirectory() as where:
+    ...     with Store(os.path.join(where, "example.mmapkv")) as store:
+    ...         store.create("user:1", {"name": "Ada", "langs": ["en", "fr"]})
+    ...         store.read("user:1")
     {'name': 'Ada', 'langs': ['en', 'fr']}
 
     :param path: the store file (``str`` or ``os.PathLike``); ``None`` uses
@@ -357,7 +357,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         building an exception: a miss costs a lookup only).
 
         >>> import tempfile, os
-        >>> with Store(os.path.join(tempfile.mkdtemp(), "s")) as store:
+        >>> with tempfile.TemporaryDirectory() as where, Store(os.path.join(where, "s")) as store:
         ...     store.get("nope", {})
         {}
 
@@ -617,7 +617,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         write, so after a crash either all of it or none of it is there.
 
         >>> import tempfile, os
-        >>> with Store(os.path.join(tempfile.mkdtemp(), "s")) as store:
+        >>> with tempfile.TemporaryDirectory() as where, Store(os.path.join(where, "s")) as store:
         ...     store.batch_create({"a": {"n": 1}, "b": {"n": 2}})
         ...     sorted(store.keys())
         ['a', 'b']
@@ -641,7 +641,8 @@ class Store(MutableMapping[str, dict[str, Any]]):
         crash or an exception at any point, all of them are there or none.
 
         >>> import tempfile, os
-        >>> with Store(os.path.join(tempfile.mkdtemp(), "s"), clock=lambda: 1000.0) as store:
+        >>> with tempfile.TemporaryDirectory() as where, \\
+        ...         Store(os.path.join(where, "s"), clock=lambda: 1000.0) as store:
         ...     store.restore_entries([("a", {"n": 1}, 1060.0), ("b", {"n": 2}, None),
         ...                            ("gone", {"n": 3}, 999.0)])
         ...     store.ttl("a"), store.ttl("b"), "gone" in store
@@ -715,7 +716,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         at any point exactly one of them is stored (recovery keeps the newer write).
 
         >>> import tempfile, os
-        >>> with Store(os.path.join(tempfile.mkdtemp(), "s")) as store:
+        >>> with tempfile.TemporaryDirectory() as where, Store(os.path.join(where, "s")) as store:
         ...     store.set("k", {"v": 1})
         ...     store.set("k", {"v": 2}, ttl=60)
         ...     store.read("k"), store.ttl("k")
@@ -867,7 +868,8 @@ class Store(MutableMapping[str, dict[str, Any]]):
         than starting again.
 
         >>> import tempfile, os
-        >>> with Store(os.path.join(tempfile.mkdtemp(), "s"), clock=lambda: 1000.0) as store:
+        >>> with tempfile.TemporaryDirectory() as where, \\
+        ...         Store(os.path.join(where, "s"), clock=lambda: 1000.0) as store:
         ...     store.create("a", {"n": 1}, ttl=60)
         ...     list(store.items_with_expiry())
         [('a', {'n': 1}, 1060.0)]

@@ -192,7 +192,8 @@ def dump(store: Store, out: IO[str], *, skip_corrupt: bool = False,
     (if given) is called with a sentence saying which.
 
     >>> import io, tempfile, os
-    >>> with Store(os.path.join(tempfile.mkdtemp(), "s"), clock=lambda: 1000.0) as store:
+    >>> with tempfile.TemporaryDirectory() as where, \\
+    ...         Store(os.path.join(where, "s"), clock=lambda: 1000.0) as store:
     ...     store.create("user:1", {"name": "Ada"}, ttl=60)
     ...     out = io.StringIO()
     ...     dump(store, out)
