@@ -726,6 +726,7 @@ class Engine:
         slots = self.slots
         data = slots.slots_needed(Counter(class_for(size) for size in record_sizes))
         want, must = self.table.needs(fps)
+        self.table.reserve = must  # what the inserts that follow must find free
         if not grow:
             return slots.free_slots() >= data + want
         if slots.free_slots() + self.geometry.max_slots - self.slot_count < data + must:
@@ -1301,6 +1302,7 @@ class Engine:
         TTL counts, the next expiry and the highest sequence number kept."""
         mm, view, table = self._mm, self._view, self.table
         table.segment_count = 0
+        table.reserve = 0  # recovery splits wherever a spare slot allows
         table.new()
         bits: dict[int, int] = {}
         live = ttl = 0

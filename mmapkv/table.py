@@ -50,6 +50,10 @@ class Table:
         self.depth = 0
         self.dmask = 0
         self.segment_count = 0
+        #: free slots a split by choice (of a segment past SPLIT_AT, not yet at
+        #: SEGMENT_FULL) must leave: those the inserts in hand must have (``needs``'s
+        #: *must*, set by ``Engine.room_for``); each split they force uses one up
+        self.reserve = 0
 
     def attach(self, q: memoryview, directory: memoryview) -> None:
         """Use *q* (the whole map as u64s) and *directory* (the directory region as u16s)."""
@@ -99,10 +103,14 @@ class Table:
             if used < SPLIT_AT:
                 break
             depth = slots.info(segment)[1]
-            if slots.free_slots() and (depth < self.depth or self.depth < self.max_depth):
+            free = slots.free_slots()
+            forced = used >= SEGMENT_FULL
+            if free and (free > self.reserve or forced) and (depth < self.depth or self.depth < self.max_depth):
+                if forced and self.reserve:
+                    self.reserve -= 1
                 self.split(segment, fp)
                 continue
-            if used >= SEGMENT_FULL:
+            if forced:
                 raise AssertionError(f"segment in slot {segment} is full; room was not checked")
             break
         return self.add_to(segment, entry)
@@ -183,17 +191,45 @@ class Table:
 
     def needs(self, fps: list[int]) -> tuple[int, int]:
         """Slots that adding entries for *fps* would want for splits, and the slots it
-        must have (segments that would otherwise pass ``SEGMENT_FULL``)."""
-        adds: dict[int, int] = {}
+        must have: the splits without which some segment would pass ``SEGMENT_FULL``,
+        counted on the fingerprints themselves (``_forced_splits``).  Counting each
+        split as 512 entries of room asked a fresh table for N/512 slots where N/700 do,
+        so a full store's keys did not fit a new file of its own ceiling (``compact``)."""
+        adds: dict[int, list[int]] = {}
         for fp in fps:
-            segment = self.dir[fp & self.dmask]
-            adds[segment] = adds.get(segment, 0) + 1
+            adds.setdefault(self.dir[fp & self.dmask], []).append(fp)
         want = must = 0
         half = SPLIT_AT // 2
-        for segment, count in adds.items():
-            total = self.slots.used(segment) + count
+        for segment, new in adds.items():
+            total = self.slots.used(segment) + len(new)
             if total > SPLIT_AT:
                 want += -(-total // half) - 1
             if total > SEGMENT_FULL:
-                must += -(-(total - SEGMENT_FULL) // half)
+                base = self.base(segment)
+                held = [e >> FINGERPRINT_SHIFT for e in self.q[base:base + SEGMENT_ENTRIES].tolist() if e]
+                must += _forced_splits(held + new, self.slots.info(segment)[1], self.max_depth)
         return want, must
+
+
+def _forced_splits(fps: list[int], depth: int, max_depth: int) -> int:
+    """How many splits a segment of local *depth* holding entries of these fingerprints
+    must have so that none passes ``SEGMENT_FULL``, splitting only where it must (a split
+    shares a segment's entries by the fingerprint bit after its depth); a count no file
+    has room for if the bits run out (``max_depth``).  O(len(fps)) per level."""
+    splits = 0
+    crowded = [fps] if len(fps) > SEGMENT_FULL else []
+    while crowded:
+        if depth >= max_depth:
+            return 1 << 40
+        bit = 1 << depth
+        halves = []
+        for group in crowded:
+            splits += 1
+            ones = [fp for fp in group if fp & bit]
+            if len(ones) > SEGMENT_FULL:
+                halves.append(ones)
+            if len(group) - len(ones) > SEGMENT_FULL:
+                halves.append([fp for fp in group if not fp & bit])
+        crowded = halves
+        depth += 1
+    return splits
