@@ -22,6 +22,7 @@ The module-level :func:`create`, :func:`read` and :func:`delete` use one shared
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,7 @@ from .errors import (
     ValueTooLargeError,
 )
 from .format import MAX_FILE_SIZE, MAX_VALUE_BYTES
+from .locking import recursion_count
 from .store import MAX_KEY_LENGTH, MAX_TTL, Store, StoreStats, default_path
 
 if TYPE_CHECKING:
@@ -77,12 +79,25 @@ def __getattr__(name: str) -> Any:
 
 _default_store: Store | None = None
 _default_lock = threading.RLock()  # reentrant to refuse, not deadlock, a call from inside (Store._use)
+_default_lock_depth = recursion_count(_default_lock)
+
+
+def _new_default_lock() -> None:
+    """In a forked child: a fresh lock, since a thread of the parent's that held it (opening
+    the default store) does not exist here to let it go; the store itself is disowned."""
+    global _default_lock, _default_lock_depth
+    _default_lock = threading.RLock()
+    _default_lock_depth = recursion_count(_default_lock)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_default_lock)
 
 
 def _default() -> Store:
     global _default_store
     with _default_lock:
-        if _default_lock._recursion_count() > 1:  # type: ignore[attr-defined]
+        if _default_lock_depth() > 1:
             raise ReentrantCallError("mmapkv.create/read/delete was called while this thread is opening "
                                      "the default store (from a signal handler?)")
         if _default_store is None or _default_store._engine is None:

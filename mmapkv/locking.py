@@ -1,4 +1,5 @@
-"""The one-process rule: an exclusive ``flock`` on the store file, taken through portalocker.
+"""The one-process rule: an exclusive ``flock`` on the store file, taken through portalocker;
+and how deep a thread holds a ``Store``'s thread lock.
 
 ``flock`` locks belong to an open file description, so a second ``Store`` on the same file
 in the *same* process is refused too, and the kernel drops the lock when a holder dies.
@@ -9,13 +10,18 @@ the file just before ``compact`` replaced it must not keep a lock on the unlinke
 from __future__ import annotations
 
 import os
+import re
 import time
+from collections.abc import Callable
+from typing import Any
 
 import portalocker
 
 from .errors import StoreLockedError
 
-__all__ = ["lock_file", "unlock_file"]
+__all__ = ["lock_file", "unlock_file", "recursion_count"]
+
+_COUNT = re.compile(r" count=(\d+) ")
 
 _POLL_SECONDS = 0.05
 
@@ -56,3 +62,20 @@ def unlock_file(fd: int) -> None:
         portalocker.unlock(fd)
     except (portalocker.LockException, OSError):
         pass
+
+
+def recursion_count(lock: Any) -> Callable[[], int]:
+    """A function saying how many times the calling thread holds *lock* (a
+    ``threading.RLock``), to call with the lock held: more than once means a call came
+    back in (a signal handler's) and is refused.  ``RLock._recursion_count``, which the C
+    lock gained in a 3.11 bugfix release (3.11.7 has it, Debian 12's 3.11.2 does not);
+    without it, the count the C lock's repr has always printed."""
+    count: Callable[[], int] | None = getattr(lock, "_recursion_count", None)
+    if count is not None:
+        return count
+
+    def from_repr() -> int:
+        found = _COUNT.search(repr(lock))
+        return int(found[1]) if found else 0
+
+    return from_repr

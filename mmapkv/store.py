@@ -19,6 +19,7 @@ from xxhash import xxh3_64_intdigest
 
 from . import codec
 from .engine import CLEAN_FAILURES, DamagedEntry, Engine, append_key
+from .locking import recursion_count
 from .tempfiles import remove_abandoned
 from .errors import (
     CorruptStoreError,
@@ -172,6 +173,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         # Reentrant only so that a call from inside another call of this thread (a signal
         # handler...) can be refused (_use) rather than wait for itself forever.
         self._lock = threading.RLock()
+        self._lock_depth = recursion_count(self._lock)
         self._engine = Engine(self._path, max_size=max_size, durable=bool(durable),
                               lock_timeout=float(lock_timeout))
         # Keys hash with the file's own seed; compact keeps it, so it never changes.
@@ -199,6 +201,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
     def _disown(self) -> None:
         """In a forked child: drop the parent's map and file descriptor, keep its lock."""
         self._lock = threading.RLock()
+        self._lock_depth = recursion_count(self._lock)
         engine, self._engine = self._engine, None
         if engine is not None:
             self._forked = True
@@ -211,7 +214,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         was interrupted by an exception (Ctrl-C, ``MemoryError``...), repairs the store
         first, exactly as recovery after a crash would (docs/design.md, "Interrupts").
         """
-        if self._lock._recursion_count() > 1:  # type: ignore[attr-defined]
+        if self._lock_depth() > 1:
             raise self._reentered()
         engine = self._engine
         if engine is None:
@@ -283,7 +286,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         Idempotent.  After it every other method raises ``StoreClosedError``.
         """
         with self._lock:
-            if self._lock._recursion_count() > 1:  # type: ignore[attr-defined]
+            if self._lock_depth() > 1:
                 raise self._reentered()  # closing under the call would pull its map away
             engine, self._engine = self._engine, None
             if engine is not None:

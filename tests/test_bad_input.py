@@ -544,3 +544,68 @@ def test_a_read_from_inside_a_call_answers_unless_a_change_is_open(tmp_path: Any
 def report() -> Any:
     yield
     write_report("bad_input", COUNTS)
+
+
+def test_the_lock_depth_is_read_where_the_lock_does_not_say_it() -> None:
+    """CPython's C RLock gained ``_recursion_count`` in a 3.11 bugfix release: on Debian
+    12's 3.11.2 every locked call raised AttributeError.  Without it, the depth comes from
+    the count the C lock's repr prints."""
+    import _thread
+
+    from mmapkv.locking import recursion_count
+
+    class WithoutTheMethod:  # a C RLock as 3.11.2 offers it
+        def __init__(self) -> None:
+            self.lock = _thread.RLock()
+
+        def __repr__(self) -> str:
+            return repr(self.lock)
+
+    hidden = WithoutTheMethod()
+    depth = recursion_count(hidden)
+    seen = [depth()]
+    for _ in range(2):
+        hidden.lock.acquire()
+        seen.append(depth())
+    for _ in range(2):
+        hidden.lock.release()
+    assert seen == [0, 1, 2] and depth() == 0
+    real = threading.RLock()
+    with real, real:
+        assert recursion_count(real)() == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_child_forked_while_the_default_store_opens_can_use_it(tmp_path: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread of the parent holds the default store's lock (it is opening the store) when
+    another forks: in the child nobody would ever release it, and mmapkv.read waited for
+    good.  The child gets a fresh lock (os.register_at_fork)."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    holding, done = threading.Event(), threading.Event()
+
+    def opener() -> None:
+        with mmapkv._default_lock:
+            holding.set()
+            done.wait(30)
+
+    thread = threading.Thread(target=opener)
+    thread.start()
+    try:
+        assert holding.wait(30)
+        pid = os.fork()
+        if pid == 0:  # the child: a read answers (KeyNotFoundError), or the alarm kills it
+            import signal
+            signal.alarm(20)
+            try:
+                mmapkv.read("nothing")
+            except mmapkv.KeyNotFoundError:
+                os._exit(0)
+            except BaseException:
+                os._exit(2)
+            os._exit(3)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        done.set()
+        thread.join(30)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
