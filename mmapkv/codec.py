@@ -48,7 +48,7 @@ from .errors import (
 )
 from .format import CODEC_STDLIB, MAX_VALUE_BYTES
 
-__all__ = ["MAX_DEPTH", "MAX_KEY_LENGTH", "MAX_TTL", "MAX_TIME", "key_bytes", "check_ttl", "check_expiry",
+__all__ = ["MAX_DEPTH", "MAX_KEY_LENGTH", "MAX_TTL", "MAX_TIME", "shown", "key_bytes", "check_ttl", "check_expiry",
            "checked_clock",
            "batch_items", "update_pairs", "expiring_entries", "encode", "decode", "decode_text"]
 
@@ -86,8 +86,8 @@ def _check_scalar(v: Any, where: Any) -> bool:
     """Check a non-container of a type other than exactly str/bool/None/int/float."""
     if isinstance(v, (str, bool)):
         return False
-    if isinstance(v, int):
-        return not (_INT64_MIN <= v <= _UINT64_MAX)
+    if isinstance(v, int):  # a subclass's number itself, not what its < says
+        return not (_INT64_MIN <= int.__index__(v) <= _UINT64_MAX)
     if isinstance(v, float) and _isfinite(v):
         return False
     raise _bad_scalar(v, where)
@@ -103,7 +103,10 @@ def _check(obj: Any, depth: int) -> bool:
         raise _Bad(f"is nested deeper than {MAX_DEPTH} levels", None)
     big = False
     is_object = isinstance(obj, dict)
-    for k, v in obj.items() if is_object else enumerate(obj):
+    # The base types' own iteration: what orjson writes of a subclass is its real contents,
+    # whatever its items() or __iter__ says (a subclass could hide a NaN from the check)
+    for k, v in dict.items(obj) if is_object else enumerate(
+            list.__iter__(obj) if isinstance(obj, list) else tuple.__iter__(obj)):
         if is_object and type(k) is not str and not isinstance(k, str):
             raise _Bad(f"has the key {k!r} of type {type(k).__name__}; JSON object keys must be str", None)
         t = type(v)
@@ -251,6 +254,17 @@ def decode_text(data: bytes | str) -> dict[str, Any]:
 # ------------------------------------------------------------------ keys and TTLs
 
 
+def shown(value: Any) -> str:
+    """*value* as an error message shows it: its repr, cut to 40 characters; for an int
+    too long for ``repr`` (over 4,300 digits raise ``ValueError``), its size in bits."""
+    if isinstance(value, int) and value.bit_length() > 4096:
+        return f"an int of {value.bit_length():,} bits"
+    try:
+        return f"{value!r:.40}"
+    except Exception:  # a repr of the caller's that raises
+        return f"a {type(value).__name__}"
+
+
 def key_bytes(key: Any) -> bytes:
     """Validate *key* and return its UTF-8 bytes.
 
@@ -262,12 +276,16 @@ def key_bytes(key: Any) -> bytes:
     """
     if type(key) is not str and not isinstance(key, str):
         raise InvalidKeyError(f"key must be a str, not {type(key).__name__}")
-    if not 0 < len(key) <= MAX_KEY_LENGTH:
-        raise InvalidKeyError(f"key must be 1 to {MAX_KEY_LENGTH} characters, got {len(key)}: {key[:40]!r}")
+    # str's own methods: a subclass's len() or encode() could say anything (and what is
+    # stored and compared is the string's own text)
+    length = str.__len__(key)
+    if not 0 < length <= MAX_KEY_LENGTH:
+        raise InvalidKeyError(f"key must be 1 to {MAX_KEY_LENGTH} characters, got {length}: "
+                              f"{str.__repr__(str.__getitem__(key, slice(0, 40)))}")
     try:
-        return key.encode("utf-8")
+        return str.encode(key, "utf-8")
     except UnicodeEncodeError:
-        raise InvalidKeyError(f"key {key!r} is not valid Unicode (a lone surrogate?)") from None
+        raise InvalidKeyError(f"key {str.__repr__(key)} is not valid Unicode (a lone surrogate?)") from None
 
 
 def check_ttl(ttl: Any, *, required: bool = False) -> int | None:
@@ -279,11 +297,13 @@ def check_ttl(ttl: Any, *, required: bool = False) -> int | None:
         if required:
             raise InvalidTTLError("expire() needs a ttl in seconds; persist() removes one")
         return None
-    if type(ttl) is not int and (not isinstance(ttl, int) or isinstance(ttl, bool)):
-        raise InvalidTTLError(f"ttl must be None or an int number of seconds, not {type(ttl).__name__}")
+    if type(ttl) is not int:
+        if not isinstance(ttl, int) or isinstance(ttl, bool):
+            raise InvalidTTLError(f"ttl must be None or an int number of seconds, not {type(ttl).__name__}")
+        ttl = int.__index__(ttl)  # the number itself: a subclass's __int__ or < could say another
     if not 1 <= ttl <= MAX_TTL:
-        raise InvalidTTLError(f"ttl must be 1 to {MAX_TTL:,} seconds, got {ttl}")
-    return int(ttl)
+        raise InvalidTTLError(f"ttl must be 1 to {MAX_TTL:,} seconds, got {shown(ttl)}")
+    return ttl
 
 
 def checked_clock(clock: Callable[[], float]) -> Callable[[], float]:
@@ -303,7 +323,7 @@ def checked_clock(clock: Callable[[], float]) -> Callable[[], float]:
         t = clock()
         if isinstance(t, (float, int)) and not isinstance(t, bool) and 0 <= t <= MAX_TIME:  # NaN fails
             return t
-        raise InvalidArgumentError(f"the store's clock returned {t!r:.40}; it must return unix time "
+        raise InvalidArgumentError(f"the store's clock returned {shown(t)}; it must return unix time "
                                    f"in seconds, from 0 to {MAX_TIME:,}")
     return now
 
@@ -314,14 +334,17 @@ def check_expiry(expires_at: Any) -> float:
     It may be in the past (the caller skips such an entry); how far ahead it may be is
     checked against a clock by :func:`expiring_entries`.
 
-    :raises InvalidTTLError: not ``None`` nor a finite, positive number of seconds.
+    :raises InvalidTTLError: not ``None`` nor a positive number of seconds up to
+        ``MAX_TIME + MAX_TTL``.
     """
     if expires_at is None:
         return 0.0
-    if isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)) \
-            or not (math.isfinite(expires_at) and expires_at > 0):
-        raise InvalidTTLError(f"expires_at must be None or unix time in seconds, got {expires_at!r:.40}")
-    return float(expires_at)
+    if not isinstance(expires_at, bool) and isinstance(expires_at, (int, float)):
+        # an int first: math.isfinite would overflow on one past a float's range
+        value = int.__index__(expires_at) if isinstance(expires_at, int) else float.__float__(expires_at)
+        if 0 < value <= MAX_TIME + MAX_TTL and math.isfinite(value):
+            return float(value)
+    raise InvalidTTLError(f"expires_at must be None or unix time in seconds, got {shown(expires_at)}")
 
 
 # ------------------------------------------------------------------ batches
@@ -435,7 +458,7 @@ def expiring_entries(entries: Iterable[Any], clock: Callable[[], float]
         return checked
     now = clock()
     for key, _, _, _, expires in checked:
-        if expires - now > MAX_TTL:
+        if round(expires - now, 5) > MAX_TTL:  # to 10 us: now + MAX_TTL in a float may round up
             raise InvalidTTLError(f"expires_at {expires} of key {key!r} is more than {MAX_TTL:,} "
                                   "seconds away")
     return [entry for entry in checked if not entry[4] or entry[4] > now]

@@ -31,6 +31,7 @@ from .errors import (
     ReentrantCallError,
     StoreClosedError,
     StoreFullError,
+    system_error,
 )
 from .format import (
     CLASS_SIZES,
@@ -161,20 +162,26 @@ class Store(MutableMapping[str, dict[str, Any]]):
             smallest = Geometry.smallest_max_size()
             if type(max_size) is not int or not smallest <= max_size <= MAX_FILE_SIZE:
                 raise InvalidArgumentError(
-                    f"max_size must be an int from {smallest:,} to {MAX_FILE_SIZE:,} bytes, got {max_size!r}")
+                    f"max_size must be an int from {smallest:,} to {MAX_FILE_SIZE:,} bytes, got {codec.shown(max_size)}")
         if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)) \
-                or not 0 <= lock_timeout < math.inf:
-            raise InvalidArgumentError(f"lock_timeout must be seconds >= 0, got {lock_timeout!r}")
+                or not 0 <= lock_timeout <= threading.TIMEOUT_MAX:  # the longest wait a clock can time
+            raise InvalidArgumentError(f"lock_timeout must be seconds from 0 to {threading.TIMEOUT_MAX:g}, "
+                                       f"got {codec.shown(lock_timeout)}")
+        if not isinstance(durable, bool):  # "no" would have been True
+            raise InvalidArgumentError(f"durable must be True or False, got {codec.shown(durable)}")
         if not callable(clock):
             raise InvalidArgumentError("clock must be a callable returning seconds")
-        self._path = os.path.abspath(path)
+        try:
+            self._path = os.path.abspath(path)
+        except OSError as exc:  # a relative path, and the working directory is gone
+            raise system_error(exc, f"cannot resolve the store path {path!r}") from None
         # A clock of the caller's has each reading checked; time.time's need not be.
         self._clock = clock if clock is time.time else codec.checked_clock(clock)
         # Reentrant only so that a call from inside another call of this thread (a signal
         # handler...) can be refused (_use) rather than wait for itself forever.
         self._lock = threading.RLock()
         self._lock_depth = recursion_count(self._lock)
-        self._engine = Engine(self._path, max_size=max_size, durable=bool(durable),
+        self._engine = Engine(self._path, max_size=max_size, durable=durable,
                               lock_timeout=float(lock_timeout))
         # Keys hash with the file's own seed; compact keeps it, so it never changes.
         self._seed = self._engine.seed
@@ -658,6 +665,8 @@ class Store(MutableMapping[str, dict[str, Any]]):
             ``MAX_TTL`` away.
         :raises StoreFullError: the entries do not fit under the ceiling.
         """
+        if not isinstance(replace, bool):
+            raise InvalidArgumentError(f"replace must be True or False, got {codec.shown(replace)}")
         prepared = [(key, kb, _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT, data, flags, expires)
                     for key, kb, data, flags, expires in codec.expiring_entries(entries, self._clock)]
         self._commit_batch(prepared, overwrite=replace, absolute=True)
@@ -765,7 +774,9 @@ class Store(MutableMapping[str, dict[str, Any]]):
             raise self._not_found(key)
         else:
             now = self._now_unexpired(key, expires)
-        return math.ceil(expires - now) if expires else None
+        # Rounded to 10 us first: expires is now + ttl in a float, which can round up past
+        # the whole second (clock 7.97, ttl 3: 3.0000000000000004 left, "4"); alive, at least 1
+        return max(1, math.ceil(round(expires - now, 5))) if expires else None
 
     def expire(self, key: str, ttl: int) -> None:
         """Make *key* expire *ttl* seconds from now, whatever TTL it had.  Atomic: the
@@ -773,6 +784,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
 
         :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired).
         :raises InvalidTTLError: *ttl* is not a whole number of seconds from 1.
+        :raises StoreFullError: at the ceiling, no sub-slot is free for the new record.
         """
         self._retime(key, _check_ttl(ttl, required=True))
 
@@ -780,6 +792,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """Remove *key*'s TTL.  True if it had one (Redis's ``PERSIST``).
 
         :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired).
+        :raises StoreFullError: at the ceiling, no sub-slot is free for the new record.
         """
         return self._retime(key, None)
 

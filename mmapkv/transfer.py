@@ -17,7 +17,6 @@ The dump format is JSON Lines, one entry per line, in file order::
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import stat
@@ -302,13 +301,11 @@ def _parse(source: IO[bytes], name: str, progress: Progress | None, done: int,
             data, flags = codec.encode(obj["value"])
         except (InvalidKeyError, InvalidValueError) as exc:
             raise type(exc)(f"{where}: {exc}") from None
-        if expires is None:
-            expires = 0.0
-        elif isinstance(expires, bool) or not isinstance(expires, (int, float)) \
-                or not (math.isfinite(expires) and expires > 0):
-            raise InvalidTTLError(f"{where}: expires_at must be null or unix time in seconds, "
-                                  f"got {expires!r:.40}")
-        yield number, key, kb, data, flags, float(expires)
+        try:
+            expires = codec.check_expiry(expires)
+        except InvalidTTLError as exc:
+            raise InvalidTTLError(f"{where}: {str(exc).replace('None', 'null', 1)}") from None  # JSON's word
+        yield number, key, kb, data, flags, expires
 
 
 def _seekable(source: IO[bytes]) -> IO[bytes]:

@@ -26,7 +26,7 @@ import pytest
 
 import mmapkv
 from fault_child import write_report
-from mmapkv import transfer
+from mmapkv import codec, transfer
 from mmapkv.format import MAX_FILE_SIZE, Geometry
 
 SMALLEST = Geometry.smallest_max_size()
@@ -54,7 +54,29 @@ def _deep(levels: int) -> dict[str, Any]:
     return value
 
 
+class ShortSaying(str):
+    """A str subclass whose len() lies: its text is what is stored and counted."""
+
+    def __len__(self) -> int:
+        return 3
+
+
+class HidingItems(dict):  # type: ignore[type-arg]
+    """A dict subclass whose items() shows nothing; orjson writes what it holds."""
+
+    def items(self) -> Any:
+        return iter([])
+
+
+class HidingItems2(list):  # type: ignore[type-arg]
+    """A list subclass whose iteration shows nothing; orjson writes what it holds."""
+
+    def __iter__(self) -> Any:
+        return iter([])
+
+
 BAD_KEYS: list[tuple[str, Any, str]] = [
+    ("str-subclass-saying-3-of-100", ShortSaying("x" * 100), "got 100"),
     ("empty", "", "1 to 32"),
     ("33-ascii", "k" * 33, "1 to 32"),
     ("33-multibyte", "🔑" * 33, "1 to 32"),
@@ -101,13 +123,15 @@ BAD_VALUES: list[tuple[str, Any, type[Exception], str]] = [
     ("16385-multibyte", {"p": "é" * 8188 + "a"}, mmapkv.ValueTooLargeError, "16,384"),
     ("big-ints", {"n": [2 ** 200] * 300}, mmapkv.ValueTooLargeError, "16,384"),
     ("huge", {"p": "x" * 10 ** 6}, mmapkv.ValueTooLargeError, "16,384"),
+    ("dict-subclass-hiding-nan", HidingItems(x=math.nan), mmapkv.InvalidValueError, "nan"),
+    ("list-subclass-hiding-bytes", {"l": HidingItems2([b"x"])}, mmapkv.InvalidValueError, "bytes"),
 ]
 
 BAD_TTLS: list[tuple[str, Any]] = [
     ("zero", 0), ("negative", -1), ("very-negative", -10 ** 20), ("past-max", mmapkv.MAX_TTL + 1),
     ("2**100", 2 ** 100), ("float-1.0", 1.0), ("float", 1.5), ("nan", math.nan), ("inf", math.inf),
     ("True", True), ("False", False), ("str", "10"), ("bytes", b"1"),
-    ("decimal", decimal.Decimal(10)), ("list", [10]),
+    ("decimal", decimal.Decimal(10)), ("list", [10]), ("10**5000", 10 ** 5000),
 ]
 
 
@@ -276,11 +300,15 @@ CONSTRUCTOR_ROWS: list[Any] = [
     *[pytest.param(lambda tmp, m=m: {"max_size": m}, mmapkv.InvalidArgumentError, "max_size",
                    id=f"max-size-{name}")
       for name, m in [("float", 1.5e6), ("bool", True), ("str", "1000000"), ("negative", -1), ("zero", 0),
-                      ("too-small", SMALLEST - 1), ("too-big", MAX_FILE_SIZE + 1), ("2**64", 2 ** 64)]],
+                      ("too-small", SMALLEST - 1), ("too-big", MAX_FILE_SIZE + 1), ("2**64", 2 ** 64),
+                      ("10**5000", 10 ** 5000)]],
     *[pytest.param(lambda tmp, t=t: {"lock_timeout": t}, mmapkv.InvalidArgumentError, "lock_timeout",
                    id=f"lock-timeout-{name}")
       for name, t in [("negative", -1), ("nan", math.nan), ("inf", math.inf), ("str", "1"),
-                      ("bool", True), ("None", None)]],
+                      ("bool", True), ("None", None), ("10**400", 10 ** 400)]],
+    *[pytest.param(lambda tmp, d=d: {"durable": d}, mmapkv.InvalidArgumentError, "durable",
+                   id=f"durable-{name}")
+      for name, d in [("str-no", "no"), ("int", 1), ("None", None)]],
     *[pytest.param(lambda tmp, c=c: {"clock": c}, mmapkv.InvalidArgumentError, "clock", id=f"clock-{name}")
       for name, c in [("int", 5), ("None", None), ("str", "time")]],
 ]
@@ -410,7 +438,7 @@ def test_expired_key_errors(tmp_path: Any) -> None:
 
 
 BAD_READINGS = {"nan": math.nan, "inf": math.inf, "negative": -1.0, "far": 1e300, "str": "1700000000",
-                "None": None, "bool": True}
+                "None": None, "bool": True, "10**5000": 10 ** 5000}
 CLOCK_CALLS: dict[str, Call] = {
     "create-ttl": lambda s: s.create("new", {"v": 1}, ttl=10), "set-ttl": lambda s: s.set("present", {}, ttl=10),
     "read": lambda s: s.read("ttl"), "get": lambda s: s.get("ttl"), "in": lambda s: "ttl" in s,
@@ -434,7 +462,7 @@ def test_a_clock_that_says_no_time(tmp_path: Any, reading: str, call: str) -> No
         now[0] = BAD_READINGS[reading]
         with pytest.raises(Exception) as info:
             CLOCK_CALLS[call](store)
-        check_error(info.value, mmapkv.InvalidArgumentError, f"clock returned {BAD_READINGS[reading]!r}"[:40])
+        check_error(info.value, mmapkv.InvalidArgumentError, f"clock returned {codec.shown(BAD_READINGS[reading])}"[:40])
         now[0] = 1_700_000_001.0
         assert snapshot(store) == before
         assert store.verify() == []
@@ -609,3 +637,45 @@ def test_a_child_forked_while_the_default_store_opens_can_use_it(tmp_path: Any,
         done.set()
         thread.join(30)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+def test_an_int_subclass_ttl_is_its_number(tmp_path: Any) -> None:
+    """A TTL of an int subclass is checked and stored as the number it is: its __int__
+    said -100 and the key was stored already expired after passing the check on 60."""
+    class Seconds(int):
+        def __int__(self) -> int:
+            return -100
+
+    with mmapkv.Store(str(tmp_path / "s"), clock=lambda: 1_000_000.0) as store:
+        store.create("k", {"v": 1}, ttl=Seconds(60))
+        store.set("s", {"v": 1}, ttl=Seconds(30))
+        store.batch_create([("b", {"v": 1}, Seconds(20))])
+        store.expire("s", Seconds(40))
+        assert (store.ttl("k"), store.ttl("s"), store.ttl("b")) == (60, 40, 20)
+
+
+def test_a_relative_path_after_the_working_directory_went(tmp_path: Any,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Store("rel") whose working directory was removed: StoreAccessError (an OSError), not
+    Python's bare FileNotFoundError from resolving the path."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with pytest.raises(mmapkv.StoreAccessError) as info:
+        mmapkv.Store("rel.mmapkv")
+    assert isinstance(info.value, OSError) and "rel.mmapkv" in str(info.value)
+
+
+def test_ttl_is_never_a_second_more_than_was_set(tmp_path: Any) -> None:
+    """expires is now + ttl in a float, and at some clocks the sum rounds up past the whole
+    second: ttl() said 4 for a TTL of 3 set at clock 7.970975626354963 (and restoring
+    that expiry MAX_TTL ahead was refused as too far)."""
+    for now, ttl in [(7.970975626354963, 3), (2147483647.8033855, 17),
+                     (1_760_000_000.25, mmapkv.MAX_TTL)]:
+        with mmapkv.Store(str(tmp_path / f"s{now}"), clock=lambda now=now: now) as store:
+            store.set("k", {}, ttl=ttl)
+            assert store.ttl("k") == ttl
+            entries = list(store.items_with_expiry())
+            store.delete("k")
+            assert store.restore_entries(entries) == 1 and store.ttl("k") == ttl

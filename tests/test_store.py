@@ -927,12 +927,16 @@ def test_restore_entries_keeps_absolute_expiries(make_store: MakeStore, clock: F
     before = {k: store.read(k) for k in store.keys()}
     for bad, error in [([("x", {}, "soon")], InvalidTTLError), ([("x", {}, float("nan"))], InvalidTTLError),
                        ([("x", {}, -1)], InvalidTTLError), ([("x", {}, now + mmapkv.MAX_TTL + 10)], InvalidTTLError),
+                       ([("x", {}, 10 ** 400)], InvalidTTLError),  # was Python's OverflowError
                        ([("x", {}, None), ("x", {}, None)], KeyExistsError), ([("x", {})], InvalidArgumentError),
                        ([("x", [1], None)], InvalidValueError), ([("", {}, None)], InvalidKeyError), (42, InvalidArgumentError),
                        ({"x": {}}, InvalidArgumentError)]:
         with pytest.raises(error):
             store.restore_entries([("fine", {}, None), *bad] if isinstance(bad, list) else bad)
         assert {k: store.read(k) for k in store.keys()} == before
+    with pytest.raises(mmapkv.InvalidArgumentError, match="replace"):  # "no" was taken for True
+        store.restore_entries([("live", {"old": None}, None)], replace="no")  # type: ignore[arg-type]
+    assert {k: store.read(k) for k in store.keys()} == before
     assert store.verify() == []
 
 

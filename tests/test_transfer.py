@@ -212,6 +212,8 @@ def test_restore_replaces_an_expired_key(tmp_path: Any, clock: Any) -> None:
     (b'{"key": "x", "value": {}, "expires_at": true}', InvalidTTLError, "line 2: expires_at"),
     (b'{"key": "x", "value": {}, "expires_at": -1}', InvalidTTLError, "line 2: expires_at"),
     (b'{"key": "x", "value": {}, "expires_at": 1e300}', InvalidTTLError, "line 2: expires_at"),
+    (b'{"key": "x", "value": {}, "expires_at": 1' + b"0" * 400 + b"}", InvalidTTLError,
+     "line 2: expires_at"),  # an int past a float's range: was Python's OverflowError
     (b'{"key": "ok", "value": {}}', KeyExistsError, "line 2: key 'ok' appeared already on line 1"),
 ])
 def test_restore_rejects_bad_lines_and_writes_nothing(tmp_path: Any, clock: Any, line: bytes,
