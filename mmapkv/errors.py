@@ -96,7 +96,8 @@ class ReentrantCallError(MmapKVError, RuntimeError):
     opens) was called by the thread that is inside another of its calls: from a signal
     handler, a finaliser (``__del__``), a weakref callback or the store's clock, which
     Python runs between any two bytecodes of that call.  It cannot run in the middle of it
-    (waiting for the call to end would wait forever)."""
+    (waiting for the call to end would wait forever).  A clock must not call its own store
+    at all: inside a read, which holds no lock, that recurses until ``RecursionError``."""
 
 
 class StoreAccessError(MmapKVError, OSError):
