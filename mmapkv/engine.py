@@ -1250,46 +1250,44 @@ class Engine:
         mm[SB_SEQ_LIMIT:SB_SEQ_LIMIT + 8] = _U64.pack(self.seq_limit)
         mm.flush()
 
+    def _old_table_offsets(self, kinds: bytearray) -> Iterator[int]:
+        """Recovery's view of the table it is about to replace: the record offset of each
+        entry of every slot *kinds* calls a segment (found through the slot info, not the
+        directory, whose depth is a superblock field), within the file."""
+        first, end = self._slots_offset, self.file_size - RECORD_HEADER.size
+        for slot in range(self.slot_count):
+            if kinds[slot] != KIND_SEGMENT:
+                continue
+            base = self.table.base(slot)
+            for entry in self._q[base:base + SEGMENT_ENTRIES].tolist():
+                off = first + ((entry & UNIT_MASK) - 1) * UNIT
+                if entry and off <= end:
+                    yield off
+
     def _find_lost_record_slots(self, kinds: bytearray) -> None:
         """Give back their class in *kinds* to record slots whose kind byte was damaged
         (slot info has no checksum; recovery frees every slot that is not a record class,
         and reads one of another class at the wrong boundaries: every record in it would
         go).  Where the old table points at an intact LIVE record, that record's size says
         its slot's class.  O(table entries)."""
-        first, end = self._slots_offset, self.file_size - RECORD_HEADER.size
-        for slot in range(self.slot_count):
-            if kinds[slot] != KIND_SEGMENT:
+        for off in self._old_table_offsets(kinds):
+            slot_of, within = divmod(off - self._slots_offset, SLOT_SIZE)
+            kind = kinds[slot_of]
+            if kind == KIND_SEGMENT or 1 <= kind <= CLASS_COUNT and not within % CLASS_SIZES[kind - 1]:
+                continue  # agrees with its slot's kind, as every entry but a damaged one does
+            if not self.is_intact(off):
                 continue
-            base = self.table.base(slot)
-            for entry in self._q[base:base + SEGMENT_ENTRIES].tolist():
-                off = first + ((entry & UNIT_MASK) - 1) * UNIT
-                if not entry or off > end:
-                    continue
-                slot_of, within = divmod(off - first, SLOT_SIZE)
-                kind = kinds[slot_of]
-                if kind == KIND_SEGMENT or 1 <= kind <= CLASS_COUNT and not within % CLASS_SIZES[kind - 1]:
-                    continue  # agrees with its slot's kind, as every entry but a damaged one does
-                if not self.is_intact(off):
-                    continue
-                state, _, _, _, _, vlen, klen, _ = _unpack_record(self._mm, off)
-                cls = class_for(KEY_OFFSET + klen + vlen)
-                if state == STATE_LIVE and not within % CLASS_SIZES[cls]:
-                    kinds[slot_of] = cls + 1  # a slot holds one class: its records' own
+            state, _, _, _, _, vlen, klen, _ = _unpack_record(self._mm, off)
+            cls = class_for(KEY_OFFSET + klen + vlen)
+            if state == STATE_LIVE and not within % CLASS_SIZES[cls]:
+                kinds[slot_of] = cls + 1  # a slot holds one class: its records' own
 
     def _indexed_floor(self, kinds: bytearray, floor: int) -> int:
-        """The lowest seq of the intact LIVE records the table's segments point at (found
-        through the slot info's segment kind, not the directory, whose depth is in the
-        superblock); *floor* if they point at none."""
+        """The lowest seq of the intact LIVE records the old table points at; *floor* if it
+        points at none."""
         lowest = -1
-        first, end = self._slots_offset, self.file_size - RECORD_HEADER.size
-        for slot in range(self.slot_count):
-            if kinds[slot] != KIND_SEGMENT:
-                continue
-            base = self.table.base(slot)
-            for entry in self._q[base:base + SEGMENT_ENTRIES].tolist():
-                off = first + ((entry & UNIT_MASK) - 1) * UNIT
-                if not entry or off > end or not self.is_intact(off):
-                    continue
+        for off in self._old_table_offsets(kinds):
+            if self.is_intact(off):
                 state, _, _, seq = _unpack_record(self._mm, off)[:4]
                 if state == STATE_LIVE and (lowest < 0 or seq < lowest):
                     lowest = seq
