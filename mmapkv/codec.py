@@ -297,13 +297,15 @@ def check_ttl(ttl: Any, *, required: bool = False) -> int | None:
         if required:
             raise InvalidTTLError("expire() needs a ttl in seconds; persist() removes one")
         return None
-    if type(ttl) is not int:
-        if not isinstance(ttl, int) or isinstance(ttl, bool):
-            raise InvalidTTLError(f"ttl must be None or an int number of seconds, not {type(ttl).__name__}")
-        ttl = int.__index__(ttl)  # the number itself: a subclass's __int__ or < could say another
-    if not 1 <= ttl <= MAX_TTL:
-        raise InvalidTTLError(f"ttl must be 1 to {MAX_TTL:,} seconds, got {shown(ttl)}")
-    return ttl
+    if type(ttl) is int:
+        seconds: int = ttl
+    elif isinstance(ttl, int) and not isinstance(ttl, bool):
+        seconds = int.__index__(ttl)  # the number itself: a subclass's __int__ or < could say another
+    else:
+        raise InvalidTTLError(f"ttl must be None or an int number of seconds, not {type(ttl).__name__}")
+    if not 1 <= seconds <= MAX_TTL:
+        raise InvalidTTLError(f"ttl must be 1 to {MAX_TTL:,} seconds, got {shown(seconds)}")
+    return seconds
 
 
 def checked_clock(clock: Callable[[], float]) -> Callable[[], float]:
