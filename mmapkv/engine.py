@@ -726,7 +726,9 @@ class Engine:
         slots = self.slots
         data = slots.slots_needed(Counter(class_for(size) for size in record_sizes))
         want, must = self.table.needs(fps)
-        self.table.reserve = must  # what the inserts that follow must find free
+        # What the writes that follow must find free: the slots their records take (each
+        # taken gives one back, _take_record) and the splits their entries force
+        self.table.reserve = must + data
         if not grow:
             return slots.free_slots() >= data + want
         if slots.free_slots() + self.geometry.max_slots - self.slot_count < data + must:
@@ -804,7 +806,11 @@ class Engine:
         indexes: its bitmap bit was lost (slot info has no checksum), and the write would
         destroy a live value.  Not a clean failure: the store repairs before its next use,
         rebuilding the slot info from the records.  One byte read on the common path."""
-        off = self.slots.take_record(cls)
+        slots = self.slots
+        from_pool = not slots.heads[cls]  # no partial slot: a slot of the pool is taken
+        off = slots.take_record(cls)
+        if from_pool and self.table.reserve:
+            self.table.reserve -= 1  # one of the slots room_for held back for the records
         if self._mm[off] == _LIVE_FIRST:
             self._refuse_a_live_record(off)
         return off
@@ -1212,6 +1218,8 @@ class Engine:
         slots.free_slots = lambda: len(pool_order)  # type: ignore[method-assign]
         try:  # the loop in a method of its own: see the note above store._readable_keys
             bits, live, ttl, next_expiry, top_seq = self._rebuild_table(record_slots, kinds, floor, batch)
+            self.table.split_crowded()
+            self.table.reserve = 0
         finally:
             del slots.take_slot, slots.free_slots  # back to the class's own methods
         # The slot info of the record slots, the partial lists and the pool; every list
@@ -1300,7 +1308,10 @@ class Engine:
         TTL counts, the next expiry and the highest sequence number kept."""
         mm, view, table = self._mm, self._view, self.table
         table.segment_count = 0
-        table.reserve = 0  # recovery splits wherever a spare slot allows
+        # Only the splits it must make: these records fit the spare slots that way, as the
+        # old table held them (a split by choice in slot order could spend a slot a
+        # segment further on must have); split_crowded then uses what is left
+        table.reserve = 1 << 62
         table.new()
         bits: dict[int, int] = {}
         live = ttl = 0

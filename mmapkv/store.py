@@ -688,7 +688,11 @@ class Store(MutableMapping[str, dict[str, Any]]):
             expired, stored = self._stored_keys(engine, prepared, now, overwrite)
             with engine.change():
                 _remove_keys(engine, expired)
-                self._make_room(engine, *_room_wanted(prepared, stored))
+                def recount() -> tuple[list[int], list[int]]:  # a sweep's clock is later than now
+                    stored.intersection_update([kb for _, kb, fp, _, _, _ in prepared if engine.find(kb, fp) >= 0])
+                    return _room_wanted(prepared, stored)
+
+                self._make_room(engine, *_room_wanted(prepared, stored), recount)
                 seq = engine.begin_batch()
                 written: list[tuple[int, int, bool]] = []
                 try:
@@ -1004,14 +1008,19 @@ class Store(MutableMapping[str, dict[str, Any]]):
             ttl = _check_ttl(ttl)
         return kb, _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT, data, flags, ttl
 
-    def _make_room(self, engine: Engine, record_sizes: list[int], fps: list[int]) -> bool:
+    def _make_room(self, engine: Engine, record_sizes: list[int], fps: list[int],
+                   recount: Callable[[], tuple[list[int], list[int]]] | None = None) -> bool:
         """Ensure room for new records of these sizes (and their table entries): in the
         slots the file has, else after reclaiming expired entries (room already paid for),
         else by growing the file, else raise ``StoreFullError``.  True if it swept expired
-        entries (table positions found before are then stale)."""
+        entries (table positions found before are then stale).  After a sweep, *recount*
+        (if given) says the sizes and fingerprints again: the sweep reads the clock anew,
+        and may have removed a key counted as stored, whose entry is then a new one."""
         if engine.room_for(record_sizes, fps, grow=False):
             return False
         swept = self._reclaim_expired(engine)
+        if swept and recount is not None:
+            record_sizes, fps = recount()
         if engine.room_for(record_sizes, fps):
             return swept
         g = engine.geometry

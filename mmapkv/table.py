@@ -51,8 +51,9 @@ class Table:
         self.dmask = 0
         self.segment_count = 0
         #: free slots a split by choice (of a segment past SPLIT_AT, not yet at
-        #: SEGMENT_FULL) must leave: those the inserts in hand must have (``needs``'s
-        #: *must*, set by ``Engine.room_for``); each split they force uses one up
+        #: SEGMENT_FULL) must leave: those the writes in hand must have (``needs``'s
+        #: *must* and their records' slots, set by ``Engine.room_for``); each split they
+        #: force, and each slot a record takes, uses one up
         self.reserve = 0
 
     def attach(self, q: memoryview, directory: memoryview) -> None:
@@ -183,6 +184,23 @@ class Table:
         slots.set_depth_used(sibling, depth + 1, moved)
         for index in range((fp & (bit - 1)) | bit, 1 << self.depth, bit << 1):
             self.dir[index] = sibling
+
+    def split_crowded(self) -> None:
+        """Split the segments past ``SPLIT_AT`` while slots are free: after a rebuild that
+        split only where it had to (``reserve`` held every slot back), as roomy a table as
+        one grown insert by insert."""
+        slots = self.slots
+        while slots.free_slots():
+            crowded = [s for s in self.segments() if slots.used(s) >= SPLIT_AT
+                       and (slots.info(s)[1] < self.depth or self.depth < self.max_depth)]
+            if not crowded:
+                return
+            for segment in crowded:
+                if not slots.free_slots():
+                    return
+                base = self.base(segment)
+                entry = next(e for e in self.q[base:base + SEGMENT_ENTRIES].tolist() if e)
+                self.split(segment, entry >> FINGERPRINT_SHIFT)
 
     def segment_with_room(self, fp: int) -> int:
         """The segment *fp* maps to, or -1 if it would split before taking another entry."""

@@ -381,6 +381,8 @@ def restore(store: Store, source: IO[bytes], *, skip_existing: bool = False,
                                 skip, seq, written)
                 if len(written) != needed:
                     raise InvalidDumpError(f"{name} changed while it was being restored; nothing was restored")
+            except CorruptStoreError:
+                raise  # damage met while writing (slot info): the change stays open, the store repairs
             except MmapKVError as exc:  # bad input or a full disk: give the slots back
                 engine.abort_batch(written)
                 failure = exc

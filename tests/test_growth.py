@@ -679,3 +679,119 @@ def test_a_split_by_choice_leaves_the_slots_a_forced_one_needs(tmp_path: Any,
     engine.changes = 0  # the entries point at no records: drop the store unclosed
     engine._release()
     store._engine = None
+
+
+def test_compact_of_a_store_whose_segment_grew_past_split_at_at_the_ceiling(tmp_path: Any) -> None:
+    """At the ceiling the one table segment grew to 1,124 entries (no slot to split it
+    into); compact's new file splits it by choice while it writes the records, and those
+    splits spent slots the records still needed: AssertionError "no free slot" (the old
+    file stood).  room_for now holds back the records' slots too."""
+    wholes = 1014
+    path = str(tmp_path / "c.mmapkv")
+    with mmapkv.Store(path, max_size=ceiling_of(2 + wholes)) as store:
+        values = {f"s{i}": {"i": i} for i in range(110)}
+        for i in range(10):
+            store.create(f"s{i}", values[f"s{i}"])
+        for i in range(wholes):
+            store.create(f"w{i}", WHOLE)
+        for i in range(10, 110):
+            store.create(f"s{i}", values[f"s{i}"])
+        engine = store._engine
+        assert engine is not None
+        assert engine.slots.free_slots() == 0 and engine.table.segment_count == 1
+        transfer.compact(store)
+        assert store.verify() == [] and len(store) == 110 + wholes
+        assert all(store.read(key) == value for key, value in values.items())
+
+
+def _small_limits(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """Segments that split at 8 entries and hold at most 14, in a file of a fixed hash seed."""
+    monkeypatch.setattr(table_module, "SPLIT_AT", 8)
+    monkeypatch.setattr(table_module, "SEGMENT_FULL", 14)
+    monkeypatch.setattr(engine_module, "secrets", types.SimpleNamespace(randbits=lambda bits: seed))
+
+
+def test_recovery_of_a_full_store_splits_only_where_it_must_first(tmp_path: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full store (no free slot) whose table is as the writes left it; recovery (after an
+    interrupted change, or a crash) rebuilt the table splitting by choice in slot order,
+    spent the spare slots on segments the old table never split, and a segment it had to
+    split then had none: AssertionError, at the repair and at every open after it."""
+    _small_limits(monkeypatch, 1)
+    path = str(tmp_path / "r.mmapkv")
+    store = mmapkv.Store(path, max_size=SMALLEST)
+    engine = store._engine
+    assert engine is not None
+    names = (f"k{n}" for n in range(10**9))
+    made: dict[str, dict[str, Any]] = {}
+
+    def create(side: int, value: dict[str, Any]) -> str:
+        key = next(k for k in names if engine.fingerprint(k.encode()) & 1 == side)
+        store.create(key, value)
+        made[key] = value
+        return key
+
+    medium = {"pad": "b" * 150}  # one 320-byte sub-slot class: 64 to a slot
+    create(0, {"v": 1})  # and a 160-byte one, started before the store fills
+    for _ in range(12):
+        create(1, medium)
+    try:
+        while True:
+            create(1, WHOLE)
+    except StoreFullError:
+        pass
+    side_a = engine.table.dir[0]
+    while engine.slots.used(side_a) < 13:
+        create(0, {"v": 1})
+    assert engine.slots.free_slots() == 0 and store.verify() == []
+    engine.changes += 1  # an interrupted change: the next call repairs, as an open after a crash
+    assert len(store) == len(made) and store.verify() == []
+    store.close()
+    with mmapkv.Store(path) as again:
+        assert {key: again.read(key) for key in made} == made
+
+
+def test_a_sweep_during_a_batch_recounts_the_keys_it_removed(tmp_path: Any,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch counts a stored key as an entry it replaces; making room, a sweep reads the
+    clock again and removes that key (expired by then), and the batch inserted an entry the
+    room check never counted: AssertionError with its commit written, and the repair after
+    it failed the same way.  After a sweep the batch counts again."""
+    _small_limits(monkeypatch, 5)
+    now = [1000.0]
+    path = str(tmp_path / "b.mmapkv")
+    store = mmapkv.Store(path, max_size=SMALLEST, clock=lambda: now[0])
+    engine = store._engine
+    assert engine is not None
+    names = (f"k{n}" for n in range(10**9))
+    store.create(next(names), SMALL)  # a slot of 160-byte sub-slots, with room for the rest
+    try:
+        while True:
+            store.create(next(names), WHOLE)
+    except StoreFullError:
+        pass
+    side = min(engine.table.segments(), key=engine.slots.used)  # X: the emptiest segment
+
+    def in_x() -> str:
+        return next(k for k in names if engine.table.dir[engine.fingerprint(k.encode()) & engine.table.dmask] == side)
+
+    doomed = in_x()
+    store.create(doomed, SMALL, ttl=1)
+    while engine.slots.used(side) < 14:
+        store.create(in_x(), SMALL)
+    assert engine.slots.free_slots() == 0
+    real_reclaim = mmapkv.Store._reclaim_expired
+
+    def later(self: mmapkv.Store, engine: Any) -> bool:
+        now[0] = 1001.5  # time passes between the batch's clock and the sweep's
+        return real_reclaim(self, engine)
+
+    monkeypatch.setattr(mmapkv.Store, "_reclaim_expired", later)
+    fresh = in_x()
+    try:
+        store.restore_entries([(doomed, SMALL, None), (fresh, SMALL, None)], replace=True)
+        assert store.read(doomed) == SMALL and store.read(fresh) == SMALL
+    except StoreFullError:  # the split it must have has no slot: refused whole
+        assert fresh not in store
+    assert store.verify() == []
+    store.close()

@@ -771,3 +771,19 @@ def test_progress_is_reported(tmp_path: Any, clock: Any) -> None:
         with mmapkv.Store(tmp_path / "t", clock=clock) as other:
             transfer.restore(other, io.BytesIO(dumped(store)), progress=progress)
         assert calls and calls[-1][0] == calls[-1][1]
+
+
+def test_a_restore_that_meets_lost_slot_info_leaves_the_store_to_repair(tmp_path: Any) -> None:
+    """A restore handed a sub-slot the slot info lost (a cleared bitmap bit) raises
+    CorruptStoreError as a create does, and the store repairs at its next call: restore
+    caught the error as bad input, closed its change, and the slot info stayed wrong."""
+    path, values = _slot_info_loses_k7(tmp_path, "bitmap bit")
+    lines = b"".join(b'{"key":"new%d","value":{"v":%d},"expires_at":null}\n' % (i, i) for i in range(40))
+    with mmapkv.Store(path) as store:
+        with pytest.raises(CorruptStoreError, match="lost the live record"):
+            transfer.restore(store, io.BytesIO(lines))
+        assert store.read("k7") == values["k7"]  # the next call repairs
+        assert store.verify() == []
+        transfer.restore(store, io.BytesIO(lines))
+        assert store.verify() == [] and len(store) == 80
+        assert all(store.read(key) == value for key, value in values.items())
