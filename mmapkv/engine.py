@@ -726,6 +726,7 @@ class Engine:
         slots = self.slots
         data = slots.slots_needed(Counter(class_for(size) for size in record_sizes))
         want, must = self.table.needs(fps)
+        want = max(want, must)  # an estimate, and the count it must not fall below
         # What the writes that follow must find free: the slots their records take (each
         # taken gives one back, _take_record) and the splits their entries force
         self.table.reserve = must + data
