@@ -125,7 +125,8 @@ SCENARIOS: dict[str, Scenario] = {
     "repair-after-batch-half-committed": Scenario(
         lambda s, c: _fill(s, 6),
         lambda s, c: s.batch_create({"b0": {"n": 0}, "b1": {"n": 1}, "b2": {"n": 2}}),
-        repair_at=0.93),
+        repair_at=0.86),  # inside the commit loop whatever the seed (at 0.93 a seed whose
+        # probes were long put it past the bracket: 522 steps, the bracket closed by 0.93)
     "len-sweeps-expired": Scenario(lambda s, c: (_fill(s, 2), _fill(s, 3, ttl=50, prefix="t")),
                                    lambda s, c: len(s)),
     # issue 11: every overwrite is old-or-new, never neither and never both
