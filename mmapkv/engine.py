@@ -1268,9 +1268,9 @@ class Engine:
             if kinds[slot] != KIND_SEGMENT:
                 continue
             base = self.table.base(slot)
-            for entry in self._q[base:base + SEGMENT_ENTRIES].tolist():
+            for entry in filter(None, self._q[base:base + SEGMENT_ENTRIES].tolist()):  # C skips the empties
                 off = first + ((entry & UNIT_MASK) - 1) * UNIT
-                if entry and off <= end:
+                if off <= end:
                     yield off
 
     def _find_lost_record_slots(self, kinds: bytearray) -> None:
