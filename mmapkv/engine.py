@@ -33,7 +33,7 @@ import stat
 import struct
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import portalocker
 from xxhash import xxh3_64_intdigest
@@ -1107,29 +1107,34 @@ class Engine:
                 if state in states:
                     yield off, state, expires, bytes(mm[off + KEY_OFFSET:off + KEY_OFFSET + klen])
 
-    def unlisted_records(self) -> Iterator[int]:
-        """Offsets the hash table points at that :meth:`iter_records` does not visit:
-        records the slot info lost (a damaged kind byte or bitmap bit; slot info has no
-        checksum).  Reads follow the table, so a copy that walked the slot info alone
-        would drop keys ``read`` still returns.  An offset past the end of the file is
-        yielded too, for the caller to report.  O(table entries)."""
-        table, info = self.table, self.slots.info
-        first, high_water = self._slots_offset, self.slots.high_water
-        for segment in table.segments():
-            base = table.base(segment)
-            for entry in table.q[base:base + SEGMENT_ENTRIES].tolist():
-                if not entry:
-                    continue
-                off = first + ((entry & UNIT_MASK) - 1) * UNIT
-                slot, within = divmod(off - first, SLOT_SIZE)
-                if slot < high_water:
-                    kind, _, _, _, _, bitmap = info(slot)
-                    cls = kind - 1
-                    if 0 <= cls < CLASS_COUNT:
-                        sub, rest = divmod(within, CLASS_SIZES[cls])
-                        if not rest and sub < PER_SLOT[cls] and int.from_bytes(bitmap, "little") >> sub & 1:
-                            continue  # iter_records reads it
-                yield off
+    def unlisted_records(self, visited: int) -> Iterator[int]:
+        """Offsets the hash table points at that :meth:`iter_records` does not visit, given
+        that a walk of it *visited* records: records the slot info lost (a damaged kind
+        byte or bitmap bit; slot info has no checksum).  Reads follow the table, so a copy
+        that walked the slot info alone would drop keys ``read`` still returns.  Nothing
+        when the walk met all ``live_count`` records.  An offset past the end of the file
+        is yielded too, for the caller to report.  O(table entries)."""
+        if visited == self.live_count:
+            return  # every LIVE record was met: the table can point at no other
+        info, first, high_water = self.slots.info, self._slots_offset, self.slots.high_water
+        for off in self._entry_offsets(self.table.segments()):
+            slot, within = divmod(off - first, SLOT_SIZE)
+            if slot < high_water:
+                kind, _, _, _, _, bitmap = info(slot)
+                cls = kind - 1
+                if 0 <= cls < CLASS_COUNT:
+                    sub, rest = divmod(within, CLASS_SIZES[cls])
+                    if not rest and sub < PER_SLOT[cls] and int.from_bytes(bitmap, "little") >> sub & 1:
+                        continue  # iter_records reads it
+            yield off
+
+    def _entry_offsets(self, segments: Iterable[int]) -> Iterator[int]:
+        """The record offset of every entry of these table segments (by slot)."""
+        first, q, base_of = self._slots_offset, self._q, self.table.base
+        for segment in segments:
+            base = base_of(segment)
+            for entry in filter(None, q[base:base + SEGMENT_ENTRIES].tolist()):  # C skips the empties
+                yield first + ((entry & UNIT_MASK) - 1) * UNIT
 
     def class_usage(self) -> dict[int, tuple[int, int, int]]:
         """``{sub-slot size: (slots, sub-slots taken, sub-slots free)}`` over the classes
@@ -1263,15 +1268,9 @@ class Engine:
         """Recovery's view of the table it is about to replace: the record offset of each
         entry of every slot *kinds* calls a segment (found through the slot info, not the
         directory, whose depth is a superblock field), within the file."""
-        first, end = self._slots_offset, self.file_size - RECORD_HEADER.size
-        for slot in range(self.slot_count):
-            if kinds[slot] != KIND_SEGMENT:
-                continue
-            base = self.table.base(slot)
-            for entry in filter(None, self._q[base:base + SEGMENT_ENTRIES].tolist()):  # C skips the empties
-                off = first + ((entry & UNIT_MASK) - 1) * UNIT
-                if off <= end:
-                    yield off
+        end = self.file_size - RECORD_HEADER.size
+        segments = (slot for slot in range(self.slot_count) if kinds[slot] == KIND_SEGMENT)
+        return (off for off in self._entry_offsets(segments) if off <= end)
 
     def _find_lost_record_slots(self, kinds: bytearray) -> None:
         """Give back their class in *kinds* to record slots whose kind byte was damaged

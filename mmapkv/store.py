@@ -1055,17 +1055,16 @@ def _readable_keys(engine: Engine, now: float) -> tuple[list[str], int]:
             damaged += 1
         elif not expires or now < expires:
             damaged += append_key(keys, key)
-    if visited != engine.live_count:  # the slot info lost some: the table still leads to them
-        for off in engine.unlisted_records():
-            if off + RECORD_HEADER.size > engine.file_size or not engine.is_intact(off):
-                damaged += 1
-                continue
-            state, _, _, _, expires, _, klen, _ = RECORD_HEADER.unpack_from(engine._mm, off)
-            key = bytes(engine._mm[off + KEY_OFFSET:off + KEY_OFFSET + klen])
-            if state != STATE_LIVE or not engine.is_indexed(off, key):
-                damaged += 1
-            elif not expires or now < expires:
-                damaged += append_key(keys, key)
+    for off in engine.unlisted_records(visited):  # the table still leads to what slot info lost
+        if not engine.is_intact(off):  # (past the end of the file too)
+            damaged += 1
+            continue
+        state, _, _, _, expires, _, klen, _ = RECORD_HEADER.unpack_from(engine._mm, off)
+        key = bytes(engine._mm[off + KEY_OFFSET:off + KEY_OFFSET + klen])
+        if state != STATE_LIVE or not engine.is_indexed(off, key):
+            damaged += 1
+        elif not expires or now < expires:
+            damaged += append_key(keys, key)
     return keys, damaged
 
 

@@ -156,9 +156,7 @@ def _entries(engine: Engine, skip: Callable[[str], None] | None,
         got = _read_record(engine, off)
         if got is not None and _intact(got, engine, skip):
             yield got
-    if visited == engine.live_count:
-        return  # every LIVE record was met: the table can point at no other
-    for off in engine.unlisted_records():
+    for off in engine.unlisted_records(visited):
         got = _read_record(engine, off) if off + RECORD_HEADER.size <= engine.file_size else \
             f"a table entry points past the end of the file (offset {off})"
         if got is not None and _intact(got, engine, skip):
