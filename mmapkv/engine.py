@@ -272,9 +272,6 @@ class Engine:
     #: Records go in through the map (a copy, no syscall) once ``_mark_dirty`` has made sure
     #: every block of the file is allocated; else with ``pwrite`` (see ``_write_at``).
     _map_writes: bool = False
-    #: the superblock says CLEAN but fails its checksum (``_load``): ``recover`` then
-    #: does not trust its ``floor_seq``
-    _damaged_superblock: bool = False
 
     def __init__(self, path: str, *, max_size: int | None = None, readonly: bool = False,
                  durable: bool = False, lock_timeout: float = 0.0, create: bool = True) -> None:
@@ -385,7 +382,7 @@ class Engine:
         clean = bool(flags & FLAG_CLEAN) and xxh3_64_intdigest(head[:SB_CHECKSUM]) == checksum
         # Marking the store dirty clears CLEAN and the checksum together, so CLEAN with a
         # checksum that fails is no crash: a field of the superblock is damaged.
-        self._damaged_superblock = bool(flags & FLAG_CLEAN) and not clean
+        damaged = bool(flags & FLAG_CLEAN) and not clean
         if not clean and not geometry.is_valid_size(file_size) and geometry.is_valid_size(actual):
             file_size = actual  # a damaged size field: the file's own size is one it can have
         if not geometry.is_valid_size(file_size):
@@ -419,7 +416,7 @@ class Engine:
             return
         self._dirty = False
         if not clean:
-            self.recover()
+            self.recover(superblock_damaged=damaged)
             remove_abandoned(path)  # what a process killed while compacting left beside it
 
     def mark_dirty(self) -> None:
@@ -1172,7 +1169,7 @@ class Engine:
 
     # ----------------------------------------------------------------- recovery
 
-    def recover(self) -> None:
+    def recover(self, *, superblock_damaged: bool = False) -> None:
         """Rebuild the table, the slot info and the counters from the records themselves.
 
         Runs on open after a crash (and after an interrupted change).  A record is kept if
@@ -1180,7 +1177,9 @@ class Engine:
         ``floor_seq``, fits its sub-slot and passes its checksum; anything else is freed.
         Should one key be live twice, the newer write (higher seq) wins.  Record slots are
         told apart by their slot info (written before any record goes in); every other
-        slot, old table segments included, is free.  O(file).
+        slot, old table segments included, is free.  O(file).  With *superblock_damaged*
+        (CLEAN set, checksum failing: damage, not a crash), ``floor_seq`` is read off the
+        old table instead of trusted.
         """
         if not self._dirty:
             self._mark_dirty()
@@ -1195,14 +1194,13 @@ class Engine:
         kinds = bytearray(mm[g.info_offset:g.info_offset + 24 * self.slot_count:24]) \
             if self.slot_count else bytearray()
         self._find_lost_record_slots(kinds)
-        if self._damaged_superblock:
+        if superblock_damaged:  # CLEAN with a checksum that fails (_load)
             # floor_seq may be the damaged field, and one bit too high drops every record
             # below it.  The table was exact at the clean close: every record it indexes
             # was live then, every other LIVE one dead, so its oldest record's seq is a
             # floor that keeps the first and drops the second, whatever the field says.
             floor = self._indexed_floor(kinds, floor)
             mm[SB_FLOOR_SEQ:SB_FLOOR_SEQ + 8] = _U64.pack(floor)
-            self._damaged_superblock = False
         self.floor_seq = floor
         record_slots = [s for s in range(self.slot_count) if 1 <= kinds[s] <= CLASS_COUNT]
         spare = [s for s in range(self.slot_count - 1, -1, -1) if not 1 <= kinds[s] <= CLASS_COUNT]
@@ -1222,6 +1220,10 @@ class Engine:
 
         slots.take_slot = take_spare  # type: ignore[method-assign]
         slots.free_slots = lambda: len(pool_order)  # type: ignore[method-assign]
+        # Only the splits it must make while it indexes: the records fit the spare slots
+        # that way, as the old table held them (a split by choice in slot order could spend
+        # a slot a segment further on must have); split_crowded then uses what is left
+        self.table.reserve = 1 << 62
         try:  # the loop in a method of its own: see the note above store._readable_keys
             bits, live, ttl, next_expiry, top_seq = self._rebuild_table(record_slots, kinds, floor, batch)
             self.table.split_crowded()
@@ -1308,10 +1310,6 @@ class Engine:
         TTL counts, the next expiry and the highest sequence number kept."""
         mm, view, table = self._mm, self._view, self.table
         table.segment_count = 0
-        # Only the splits it must make: these records fit the spare slots that way, as the
-        # old table held them (a split by choice in slot order could spend a slot a
-        # segment further on must have); split_crowded then uses what is left
-        table.reserve = 1 << 62
         table.new()
         bits: dict[int, int] = {}
         live = ttl = 0
