@@ -342,9 +342,10 @@ def check_expiry(expires_at: Any) -> float:
     if expires_at is None:
         return 0.0
     if not isinstance(expires_at, bool) and isinstance(expires_at, (int, float)):
-        # an int first: math.isfinite would overflow on one past a float's range
+        # compared as it is (float() overflows on an int past a float's range); a NaN and
+        # the infinities fail the comparison too
         value = int.__index__(expires_at) if isinstance(expires_at, int) else float.__float__(expires_at)
-        if 0 < value <= MAX_TIME + MAX_TTL and math.isfinite(value):
+        if 0 < value <= MAX_TIME + MAX_TTL:
             return float(value)
     raise InvalidTTLError(f"expires_at must be None or unix time in seconds, got {shown(expires_at)}")
 
