@@ -795,3 +795,20 @@ def test_a_sweep_during_a_batch_recounts_the_keys_it_removed(tmp_path: Any,
         assert fresh not in store
     assert store.verify() == []
     store.close()
+
+
+def test_recovery_then_splits_the_crowded_segments_while_slots_are_free(tmp_path: Any,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recovery indexes with only the splits it must make (so the records always fit), then
+    splits every segment past SPLIT_AT while a slot is free: the rebuilt table is as roomy
+    as one grown insert by insert (docs/design.md)."""
+    _small_limits(monkeypatch, 2)
+    with mmapkv.Store(str(tmp_path / "r.mmapkv")) as store:
+        store.batch_create({f"k{i}": {"i": i} for i in range(300)})
+        engine = store._engine
+        assert engine is not None
+        engine.changes += 1  # an interrupted change: the next call recovers
+        assert len(store) == 300 and store.verify() == []
+        engine = store._engine
+        assert engine is not None and engine.slots.free_slots() > 0
+        assert max(engine.slots.used(s) for s in engine.table.segments()) < table_module.SPLIT_AT
