@@ -9,6 +9,7 @@ the file just before ``compact`` replaced it must not keep a lock on the unlinke
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import time
@@ -17,13 +18,17 @@ from typing import Any
 
 import portalocker
 
-from .errors import StoreLockedError
+from .errors import StoreLockedError, system_error
 
 __all__ = ["lock_file", "unlock_file", "recursion_count"]
 
 _COUNT = re.compile(r" count=(\d+) ")
 
 _POLL_SECONDS = 0.05
+
+# What flock says when another open file holds the lock; any other errno (ENOLCK on a
+# network file system, EBADF, EINTR) is a failure to lock, not a rival.
+_HELD_ELSEWHERE = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES})
 
 
 def lock_file(fd: int, path: str, *, shared: bool = False, timeout: float = 0.0) -> bool:
@@ -37,7 +42,12 @@ def lock_file(fd: int, path: str, *, shared: bool = False, timeout: float = 0.0)
     while True:
         try:
             portalocker.lock(fd, flags)
-        except (portalocker.AlreadyLocked, portalocker.LockException):
+        except portalocker.LockException as exc:
+            # portalocker keeps flock's OSError as the cause (2.7 raised LockException
+            # for every errno, 4.x AlreadyLocked for contention only)
+            cause = exc.__cause__
+            if isinstance(cause, OSError) and cause.errno not in _HELD_ELSEWHERE:
+                raise system_error(cause, f"cannot lock {path}") from None
             if time.monotonic() >= deadline:
                 waited = f" after waiting {timeout:g} s" if timeout > 0 else ""
                 raise StoreLockedError(

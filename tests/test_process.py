@@ -189,6 +189,42 @@ def test_lock_timeout_expires(path: str) -> None:
         assert path in str(info.value) and "wait" in str(info.value)
 
 
+@pytest.mark.parametrize("portalocker_error", ["LockException", "AlreadyLocked"])
+def test_lock_failure_is_not_taken_for_a_rival(path: str, monkeypatch: pytest.MonkeyPatch,
+                                               portalocker_error: str) -> None:
+    """flock failing for another reason than a holder (ENOLCK: a network file system
+    without locks) is StoreAccessError with that errno, at once and not "in use by another
+    process", whichever class portalocker wraps it in (2.7 used LockException for every
+    errno); a held lock (EAGAIN) is still StoreLockedError.  The file is left as it was."""
+    import errno
+
+    import portalocker
+
+    import mmapkv.locking
+
+    with mmapkv.Store(path) as store:
+        store.create("kept", {"v": 1})
+    with open(path, "rb") as f:
+        before = f.read()
+    wrapper = getattr(portalocker, portalocker_error)
+
+    def failing_lock(fd: Any, flags: Any) -> None:
+        cause = OSError(failing_errno, os.strerror(failing_errno))
+        raise wrapper(cause, str(cause)) from cause
+
+    monkeypatch.setattr(mmapkv.locking.portalocker, "lock", failing_lock)
+    failing_errno = errno.ENOLCK
+    with pytest.raises(mmapkv.StoreAccessError) as info:
+        mmapkv.Store(path, lock_timeout=0.2)  # not waited out as a rival would be
+    assert not isinstance(info.value, StoreLockedError)
+    assert info.value.errno == errno.ENOLCK and path in str(info.value)
+    failing_errno = errno.EAGAIN
+    with pytest.raises(StoreLockedError):
+        mmapkv.Store(path)
+    with open(path, "rb") as f:
+        assert f.read() == before
+
+
 @pytest.mark.parametrize("bad", [-1, float("inf"), float("nan"), "1", True, None])
 def test_bad_lock_timeout(path: str, bad: Any) -> None:
     """lock_timeout must be a finite number of seconds >= 0."""
