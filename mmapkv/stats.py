@@ -161,15 +161,17 @@ def _report(engine: Engine, now: float, progress: Progress | None) -> dict[str, 
     ttl_keys = bad_expiries = 0
     next_expiry = math.inf
     classes: dict[int, list[int]] = {}
-    segments = record_slots = last_used = 0
+    segment_slots: list[int] = []
+    deepest = record_slots = last_used = 0
     for slot in range(high_water):
         if progress is not None and slot % _PROGRESS_EVERY == 0:
             progress(slot, capacity)
-        kind, _, used, _, _, bitmap = slots.info(slot)
+        kind, depth, used, _, _, bitmap = slots.info(slot)
         if kind:
             last_used = slot + 1
         if kind == KIND_SEGMENT:
-            segments += 1
+            segment_slots.append(slot)
+            deepest = max(deepest, depth)
             continue
         if not 1 <= kind <= CLASS_COUNT:
             continue
@@ -203,16 +205,24 @@ def _report(engine: Engine, now: float, progress: Progress | None) -> dict[str, 
     if progress is not None:
         progress(capacity, capacity)
 
-    # Probe lengths straight from the on-disk table: distance from home + 1.
+    # Probe lengths straight from the on-disk table: distance from home + 1.  After a
+    # crash the superblock's depth is the last clean close's (it is written at close), and
+    # a directory read that deep misses every segment split off since: walk the slots that
+    # say they are segments then, and take the directory's depth as the deepest of theirs
+    # (a split that doubles the directory gives both halves its new depth).
+    if engine.was_clean:
+        segments, depth = engine.table.segments(), engine.table.depth
+    else:
+        segments, depth = segment_slots, deepest
     probes: list[int] = []
     q = engine._q
-    for segment in engine.table.segments():
+    for segment in segments:
         if not 0 <= segment < capacity:
             continue
         base = engine.table.base(segment)
         probes += [((i - (e >> HOME_OF_ENTRY)) & SEGMENT_MASK) + 1
                    for i, e in enumerate(q[base:base + SEGMENT_ENTRIES].tolist()) if e]
-    table_capacity = segments * SEGMENT_ENTRIES
+    table_capacity = len(segment_slots) * SEGMENT_ENTRIES
     value_sizes.sort()
     return {
         "path": engine.path,
@@ -228,8 +238,8 @@ def _report(engine: Engine, now: float, progress: Progress | None) -> dict[str, 
         "max_capacity": g.max_slots,
         "high_water": high_water if engine.was_clean else last_used,
         "record_slots": record_slots,
-        "segment_slots": segments,
-        "free_slots": capacity - record_slots - segments,
+        "segment_slots": len(segment_slots),
+        "free_slots": capacity - record_slots - len(segment_slots),
         "live_keys": live,
         "expired_keys": expired,
         "pending_records": pending,
@@ -237,8 +247,8 @@ def _report(engine: Engine, now: float, progress: Progress | None) -> dict[str, 
                      "free": n * PER_SLOT[cls] - used,
                      "fill": round(used / (n * PER_SLOT[cls]), 3)}
                     for cls, (n, used) in sorted(classes.items())],
-        "table_depth": engine.table.depth,
-        "table_segments": segments,
+        "table_depth": depth,
+        "table_segments": len(segment_slots),
         "table_capacity": table_capacity,
         "table_entries": len(probes),
         "load_factor": round(len(probes) / table_capacity, 4) if table_capacity else 0.0,

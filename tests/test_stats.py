@@ -307,6 +307,32 @@ def test_crashed_store_counts_its_records(store_path: str) -> None:
     assert r["live_keys"] == 5 == r["table_entries"]
 
 
+def test_crashed_store_reads_the_segments_split_since_the_last_clean_close(store_path: str) -> None:
+    """The superblock's directory depth is written at close: a crash after the table split
+    leaves the last clean close's (0 here), and a directory read that deep named one
+    segment of several, so the report counted a fraction of the table's entries."""
+    with mmapkv.Store(store_path, max_size=SMALL_MAX_SIZE):
+        pass  # a clean close at depth 0
+    code = f"""if True:
+        import os, mmapkv
+        store = mmapkv.Store({store_path!r}, max_size={SMALL_MAX_SIZE})
+        store.batch_create({{f"p{{i}}": {{"i": i}} for i in range(3000)}})
+        engine = store._engine
+        print(engine.table.depth, engine.table.segment_count, flush=True)
+        os._exit(0)  # no close: the superblock keeps depth 0
+    """
+    shown = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    depth, segments = map(int, shown.stdout.split())
+    assert depth > 0 and segments > 1
+    with open(store_path, "rb") as f:
+        f.seek(GLOBAL_DEPTH_AT)
+        assert struct.unpack("<I", f.read(4))[0] == 0  # what the report must not go by
+    r = stats.collect(store_path)
+    assert r["clean_close"] is False
+    assert (r["table_depth"], r["table_segments"]) == (depth, segments)
+    assert r["table_entries"] == r["live_keys"] == 3000
+
+
 def test_default_path(tmp_path: Any, monkeypatch: Any, capsys: Any) -> None:
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     assert stats.main([]) == 4  # nothing there yet, and nothing created
