@@ -49,7 +49,7 @@ from .errors import (
 from .format import CODEC_STDLIB, MAX_VALUE_BYTES
 
 __all__ = ["MAX_DEPTH", "MAX_KEY_LENGTH", "MAX_TTL", "MAX_TIME", "shown", "key_bytes", "check_ttl", "check_expiry",
-           "checked_clock",
+           "checked_clock", "check_flag",
            "batch_items", "update_pairs", "expiring_entries", "encode", "decode", "decode_text"]
 
 MAX_DEPTH = 255  # orjson's own limit, so both codecs accept the same values
@@ -348,6 +348,16 @@ def check_expiry(expires_at: Any) -> float:
         if 0 < value <= MAX_TIME + MAX_TTL:
             return float(value)
     raise InvalidTTLError(f"expires_at must be None or unix time in seconds, got {shown(expires_at)}")
+
+
+def check_flag(value: object, name: str) -> None:
+    """Refuse a *value* for the option *name* that is not ``True`` or ``False``: a truthy
+    ``"no"`` or ``1`` would otherwise have meant ``True``.
+
+    :raises InvalidArgumentError: *value* is not a ``bool``.
+    """
+    if not isinstance(value, bool):
+        raise InvalidArgumentError(f"{name} must be True or False, got {shown(value)}")
 
 
 # ------------------------------------------------------------------ batches

@@ -642,8 +642,7 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
         :raises InvalidTTLError: an ``expires_at`` is not unix seconds, or is more than
             ``MAX_TTL`` away.
         """
-        if not isinstance(replace, bool):
-            raise InvalidArgumentError(f"replace must be True or False, got {codec.shown(replace)}")
+        codec.check_flag(replace, "replace")
         checked = codec.expiring_entries(entries, self._now)
         with self._server() as r:
             if not checked:

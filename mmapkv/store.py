@@ -167,8 +167,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
                 or not 0 <= lock_timeout <= threading.TIMEOUT_MAX:  # the longest wait a clock can time
             raise InvalidArgumentError(f"lock_timeout must be seconds from 0 to {threading.TIMEOUT_MAX:g}, "
                                        f"got {codec.shown(lock_timeout)}")
-        if not isinstance(durable, bool):  # "no" would have been True
-            raise InvalidArgumentError(f"durable must be True or False, got {codec.shown(durable)}")
+        codec.check_flag(durable, "durable")
         if not callable(clock):
             raise InvalidArgumentError("clock must be a callable returning seconds")
         try:
@@ -665,8 +664,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
             ``MAX_TTL`` away.
         :raises StoreFullError: the entries do not fit under the ceiling.
         """
-        if not isinstance(replace, bool):
-            raise InvalidArgumentError(f"replace must be True or False, got {codec.shown(replace)}")
+        codec.check_flag(replace, "replace")
         prepared = [(key, kb, _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT, data, flags, expires)
                     for key, kb, data, flags, expires in codec.expiring_entries(entries, self._clock)]
         self._commit_batch(prepared, overwrite=replace, absolute=True)
