@@ -20,7 +20,7 @@ import portalocker
 
 from .errors import StoreLockedError, system_error
 
-__all__ = ["lock_file", "unlock_file", "recursion_count"]
+__all__ = ["lock_file", "unlock_file", "names_file", "recursion_count"]
 
 _COUNT = re.compile(r" count=(\d+) ")
 
@@ -56,13 +56,20 @@ def lock_file(fd: int, path: str, *, shared: bool = False, timeout: float = 0.0)
                 ) from None
             time.sleep(_POLL_SECONDS)
             continue
-        try:
-            same = os.path.samestat(os.fstat(fd), os.stat(path))
-        except FileNotFoundError:
-            same = False
+        same = names_file(path, fd)
         if not same:
             unlock_file(fd)
         return same
+
+
+def names_file(path: str, fd: int) -> bool:
+    """True if *path* (followed through symbolic links) names the file *fd* is open on;
+    False if it names another file or nothing: another program moved, replaced or deleted
+    it, or a compact renamed its new file over it."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def unlock_file(fd: int) -> None:

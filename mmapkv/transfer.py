@@ -16,6 +16,7 @@ The dump format is JSON Lines, one entry per line, in file order::
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -39,6 +40,7 @@ from .errors import (
     InvalidValueError,
     KeyExistsError,
     MmapKVError,
+    StoreAccessError,
     StoreFullError,
     StoreLockedError,
     system_error,
@@ -59,7 +61,7 @@ from .format import (
 )
 from .legacy import V2Entry, read_v2
 from .slots import PER_SLOT
-from .locking import lock_file
+from .locking import lock_file, names_file
 from .store import MAX_TTL, Store
 from .tempfiles import remove_abandoned, temporary_path
 
@@ -490,10 +492,12 @@ def compact(store: Store, *, skip_corrupt: bool = False,
                       list(map(new.fingerprint, chosen)), progress, total // 2, total)
                 new.mark_clean()  # counters written, flagged clean, synced
                 os.fsync(new._fd)  # the file's size and blocks, not only the mapped pages
+                _refuse_if_moved(path, old._fd, f"{store.path} no longer names the file this Store has "
+                                 "open", "compacted")
                 old.successor = new  # Store._repair takes it over if we stop past the rename
                 os.replace(tmp, path)  # the commit point: from here the path names the new file
             except BaseException as exc:
-                if _abandon(new, tmp, path):  # else past the rename: Store._repair takes new over
+                if _abandon(new, tmp):  # else past the rename: Store._repair takes new over
                     old.successor = None
                     _raise_access_error(exc, f"cannot compact {store.path}")
                 raise
@@ -543,13 +547,25 @@ def _take_owner_and_mode(old_fd: int, new_fd: int) -> None:
     os.fchmod(new_fd, stat.S_IMODE(old.st_mode))  # after the chown, which may clear set-id bits
 
 
-def _abandon(new: Engine, tmp: str, path: str) -> bool:
+def _refuse_if_moved(path: str, fd: int, what: str, doing: str) -> None:
+    """Before a rewrite renames its new file over *path*: refuse if *path* no longer names
+    the old file (*fd*), which another program moved, replaced or deleted meanwhile (a
+    rewrite of 1 GiB takes seconds).  The rename would put the store over its file, or at
+    a path it had left."""
+    if not names_file(path, fd):
+        raise StoreAccessError(errno.ESTALE, f"{what} (another program moved, replaced or deleted "
+                               f"it): it was not {doing}, and what is at that path now was left as it is")
+
+
+def _abandon(new: Engine, tmp: str) -> bool:
     """After an exception inside a rewrite: drop *new* and its file at *tmp* (nothing to
-    write or sync), and return True; unless the rename has put it at *path* already (an
+    write or sync), and return True; unless the rename has put it at its path already (an
     interrupt just after ``os.replace`` returned): then keep it open and locked, since
     the path must name a file locked by us at every instant, and return False."""
-    try:
-        renamed = os.path.samestat(os.fstat(new._fd), os.stat(path))
+    try:  # the temporary name, not the path: another program may have put a file there
+        renamed = not os.path.samestat(os.fstat(new._fd), os.stat(tmp))
+    except FileNotFoundError:
+        renamed = True
     except OSError:
         renamed = True  # cannot tell: keep it locked and the failure unclean; the repair looks again
     if renamed:
@@ -667,9 +683,10 @@ def convert_v2(path: str, *, now: float | None = None,
                     "restore the dump into two stores") from None
             new.mark_clean()
             os.fsync(new._fd)
+            _refuse_if_moved(real, fd, f"{path} is no longer the file being converted", "converted")
             os.replace(tmp, real)
         except BaseException as exc:
-            if _abandon(new, tmp, real):
+            if _abandon(new, tmp):
                 _raise_access_error(exc, f"cannot convert {path}")
             else:  # renamed into place, complete: no Store is there to take it over
                 new._release()
