@@ -19,7 +19,7 @@ from xxhash import xxh3_64_intdigest
 
 from . import codec
 from .engine import CLEAN_FAILURES, DamagedEntry, Engine, append_key
-from .locking import recursion_count
+from .locking import names_file, recursion_count
 from .tempfiles import remove_abandoned
 from .errors import (
     CorruptStoreError,
@@ -239,30 +239,23 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """``_use`` after an interrupted change.  Every step may be interrupted again, so
         each leaves things for the next call to finish: the Store is switched to another
         engine by one assignment, and only once that engine is ready."""
-        try:
-            replaced = not os.path.samestat(os.fstat(engine._fd), os.stat(self._path))
-        except FileNotFoundError:
-            replaced = False
         successor = engine.successor
-        if not replaced:
-            if successor is not None:  # a compact stopped before its rename: drop its file
-                successor.close()
-                remove_abandoned(self._path)
-                engine.successor = None
-            engine.repair()
-            return engine
-        # A compact renamed its finished file over ours and was interrupted before it
-        # switched the Store over: that file is the store now.
-        if successor is not None and successor._fd >= 0 and \
-                os.path.samestat(os.fstat(successor._fd), os.stat(self._path)):
+        if successor is not None and successor._fd >= 0 and names_file(self._path, successor._fd):
+            # A compact renamed its finished file over ours and was interrupted before it
+            # switched the Store over: that file is the store now.
             successor.path = self._path
-            new = successor
-        else:
-            new = Engine(self._path, durable=engine.durable, create=False)
-        self._engine = new
-        engine.successor = None
-        engine._release()
-        return new
+            self._engine = successor
+            engine.successor = None
+            engine._release()
+            return successor
+        if successor is not None:  # a compact stopped before its rename: drop its file
+            successor.close()
+            remove_abandoned(self._path)
+            engine.successor = None
+        # Our own file, whatever the path names now: a file another program put there is
+        # not this store's to open
+        engine.repair()
+        return engine
 
     def _found(self, engine: Engine, key: str, kb: bytes,
                fp: int) -> tuple[memoryview, int, float] | None:

@@ -689,6 +689,65 @@ def test_an_interrupt_just_after_the_rename_keeps_the_new_file_locked(
     assert os.listdir(tmp_path) == ["s"]
 
 
+@pytest.mark.parametrize("at_the_path", ["another file", "nothing"])
+def test_compact_refuses_when_another_program_moved_the_store(tmp_path: Any, clock: Any,
+                                                              at_the_path: str) -> None:
+    """Another program moves the store aside (``mv``) while it is open, and maybe puts its
+    own file at the path: compact renamed its new file over that file (the user's data
+    gone), or put the store at a path it had left.  It refuses, changing nothing, and the
+    Store goes on in its own file."""
+    path, moved = str(tmp_path / "s"), str(tmp_path / "moved")
+    with mmapkv.Store(path, clock=clock) as store:
+        for i in range(20):
+            store.create(f"k{i}", {"i": i})
+        store.delete("k0")
+        want = entries(store)
+        os.rename(path, moved)
+        if at_the_path == "another file":
+            with open(path, "wb") as f:
+                f.write(b"precious user data\n")
+        with pytest.raises(mmapkv.StoreAccessError, match="no longer names the file"):
+            transfer.compact(store)
+        if at_the_path == "another file":
+            with open(path, "rb") as f:
+                assert f.read() == b"precious user data\n"
+            assert sorted(os.listdir(tmp_path)) == ["moved", "s"]
+        else:
+            assert os.listdir(tmp_path) == ["moved"]
+        assert entries(store) == want and store.verify() == []
+        store.create("more", {})
+    with mmapkv.Store(moved, clock=clock) as store:
+        assert set(entries(store)) == set(want) | {"more"}
+
+
+def test_a_repair_keeps_its_own_file_when_another_store_took_its_path(tmp_path: Any, clock: Any) -> None:
+    """The store's file moved aside and another store put at the path, then a change
+    interrupted: the repair opened whatever the path named, so the Store went on in the
+    other store (holding its lock).  It repairs its own file."""
+    from interrupts import interrupt_at
+
+    path, moved = str(tmp_path / "s"), str(tmp_path / "moved")
+    with mmapkv.Store(path, clock=clock) as store:
+        store.create("mine", {"v": 1})
+        os.rename(path, moved)
+        with mmapkv.Store(path) as other:
+            other.create("theirs", {"v": 2})
+        with open(path, "rb") as f:
+            theirs = f.read()
+        engine = store._engine
+        assert engine is not None
+        for step in range(1, 10_000):  # the first point inside the change's bracket
+            interrupt_at(lambda: store.create(f"n{step}", {"v": 3}), step, KeyboardInterrupt)
+            if engine.changes:
+                break
+        assert engine.changes, "no interrupt left a change open"
+        assert store.read("mine") == {"v": 1} and "theirs" not in store  # repaired, our file
+        assert store._engine is engine and store.verify() == []
+        assert not is_locked(path)
+    with open(path, "rb") as f:
+        assert f.read() == theirs
+
+
 # ------------------------------------------------------------------ corruption
 
 def flip_value_byte(path: str, marker: bytes) -> None:
