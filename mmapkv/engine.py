@@ -396,6 +396,8 @@ class Engine:
                 raise CorruptStoreError(f"{path} is {actual:,} bytes, its superblock says {file_size:,}")
             if not self.readonly:  # a growth that did not finish before a crash: undo it
                 os.ftruncate(fd, file_size)
+        if not self.readonly:
+            self._allocate_holes(file_size)
         self.seed = seed
         self.slots = Slots(geometry.info_offset, geometry.slots_offset)
         self.table = Table(self.slots, geometry.slots_offset, geometry.max_depth)
@@ -436,6 +438,25 @@ class Engine:
         self._mm.flush(0, PAGE_SIZE)
         self._map_writes = self._blocks_reserved()
         self._dirty = True
+
+    def _allocate_holes(self, file_size: int) -> None:
+        """Allocate the holes of a file copied sparse (``cp --sparse=always``, ``rsync
+        -S``), before anything goes through the map: on a full disk a store into a hole
+        (on tmpfs even a read of one) is a SIGBUS, which kills the process where no
+        exception handler can see it.  A disk without room for them refuses the open
+        instead.  One ``lseek`` when the file has no hole (every store mmapkv made)."""
+        try:
+            hole = os.lseek(self._fd, 0, os.SEEK_HOLE)
+        except (AttributeError, OSError):  # no SEEK_HOLE here: the first change allocates
+            return
+        if hole >= file_size:
+            return
+        try:
+            reserve(self._fd, file_size)
+        except OSError as exc:
+            raise system_error(exc, f"cannot open {self.path}: it has holes from offset {hole:,} on "
+                               "(a sparse copy?), and a store whose blocks are not all allocated "
+                               "could crash the process on a full disk; allocating them failed") from None
 
     def _blocks_reserved(self) -> bool:
         """Allocate any block of the file that is not (a copy made sparse by ``cp``, a file

@@ -156,47 +156,59 @@ def test_a_failed_slot_write_changes_nothing(tmp_path: Any, monkeypatch: pytest.
         assert again.read("new") == value
 
 
-@pytest.mark.parametrize("reservable", [True, False])
-def test_records_go_through_the_map_only_when_blocks_are_reserved(
-        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, reservable: bool) -> None:
-    """A store into the map that meets a full disk is a SIGBUS, so records are copied in
-    through the map only after the first change of a session has allocated every block of
-    the file (a sparse copy's holes too); where that fails they go in with pwrite, whose
-    failure is an exception.  Either way the values round-trip."""
+@pytest.mark.parametrize("allocation", ["done", "no space", "no posix_fallocate"])
+def test_a_sparse_copy_has_its_holes_allocated_before_any_store_through_the_map(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, allocation: str) -> None:
+    """A store into the map that meets a full disk is a SIGBUS (on tmpfs, a read of a hole
+    too), which kills the process where no handler sees it.  A writable open of a file with
+    holes (a copy made by `cp --sparse=always`) allocates them before anything goes
+    through the map, and refuses with DiskFullError, the file untouched, when the disk has
+    no room: the first change used to try, and on failure went on storing the table and
+    the slot info through the map.  Records are copied in through the map only once every
+    block is known allocated; where ``posix_fallocate`` does not exist they go in with
+    pwrite, whose failure is an exception.  Either way the values round-trip."""
     import mmapkv
     from mmapkv import engine as eng
 
     path = os.path.join(tmp_path, "s.mmapkv")
-    mmapkv.Store(path).close()
+    with mmapkv.Store(path) as store:
+        store.create("old", {"v": 1})
     with open(path, "r+b") as f:  # punch the file sparse, as `cp --sparse=always` would
         size = os.fstat(f.fileno()).st_size
         data = f.read()
     os.unlink(path)
     with open(path, "wb") as f:
-        f.write(data[:4096])
         f.truncate(size)
-        f.seek(4096)
-        for start in range(4096, size, 4096):
+        for start in range(0, size, 4096):
             chunk = data[start:start + 4096]
             if chunk.strip(b"\0"):
                 f.seek(start)
                 f.write(chunk)
     sparse_blocks = os.stat(path).st_blocks
-    if not reservable:
+    assert sparse_blocks * 512 < size
+    if allocation == "no space":
         def no_space(fd: int, offset: int, length: int) -> None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         monkeypatch.setattr(eng.os, "posix_fallocate", no_space)
+        with pytest.raises(mmapkv.DiskFullError, match="holes") as caught:
+            mmapkv.Store(path)
+        assert caught.value.errno == errno.ENOSPC and path in str(caught.value)
+        with open(path, "rb") as f:
+            assert f.read() == data
+        assert os.stat(path).st_blocks == sparse_blocks
+        monkeypatch.undo()  # room again: it opens
+    elif allocation == "no posix_fallocate":
+        monkeypatch.delattr(eng.os, "posix_fallocate")
     writes: list[int] = []
     real_pwrite = eng.os.pwrite
     monkeypatch.setattr(eng.os, "pwrite", lambda fd, b, off: writes.append(off) or real_pwrite(fd, b, off))
+    reservable = allocation != "no posix_fallocate"
     with mmapkv.Store(path) as store:
+        assert (os.stat(path).st_blocks * 512 >= size) is reservable  # the holes were filled at open
         assert store._engine is not None and not store._engine._map_writes  # nothing changed yet
         store.create("k", {"v": "x" * 500})
         assert store._engine._map_writes is reservable
-        assert store.read("k") == {"v": "x" * 500}
+        assert store.read("k") == {"v": "x" * 500} and store.read("old") == {"v": 1}
     assert (len(writes) == 0) is reservable  # no record went through pwrite
-    st = os.stat(path)
-    assert sparse_blocks * 512 < st.st_size
-    assert (st.st_blocks * 512 >= st.st_size) is reservable  # the holes were filled
     with mmapkv.Store(path) as store:
         assert store.read("k") == {"v": "x" * 500} and store.verify() == []
