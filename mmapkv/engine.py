@@ -201,7 +201,10 @@ def create_file(path: str, max_size: int, *, in_place: bool = False, seed: int |
             except FileNotFoundError:
                 pass
     if not in_place:  # (a temporary file's name need not survive: its rename is synced)
-        dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+        try:
+            dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+        except PermissionError:  # a directory we may write but not read: as SQLite, go without
+            return made
         try:
             os.fsync(dir_fd)  # the new name itself survives power loss
         finally:
@@ -292,8 +295,10 @@ class Engine:
         self._fd = self._open_and_lock(max_size, lock_timeout, create)
         try:
             self._load(max_size)
-        except BaseException:
+        except BaseException as exc:
             self._release()
+            if isinstance(exc, OSError) and not isinstance(exc, MmapKVError):  # EIO, say
+                raise system_error(exc, f"cannot read the store {path}") from None
             raise
 
     # ----------------------------------------------------------------- opening
@@ -303,9 +308,8 @@ class Engine:
             return self._open_and_lock_path(max_size, lock_timeout, create)
         except MmapKVError:
             raise
-        except OSError as exc:
-            raise StoreAccessError(exc.errno, f"cannot open the store {self.path}: "
-                                   f"{exc.strerror or exc}") from None
+        except OSError as exc:  # DiskFullError too: creating it needs room
+            raise system_error(exc, f"cannot open the store {self.path}") from None
 
     def _open_and_lock_path(self, max_size: int | None, lock_timeout: float, create: bool) -> int:
         path = self.path
@@ -552,7 +556,16 @@ class Engine:
         recovers it, as after a crash.
         """
         if self._mapped and not self.readonly and release_lock and self._dirty and not self.changes:
-            self.mark_clean()
+            try:
+                self.mark_clean()
+                deleted = self._deleted()
+            except OSError as exc:  # EIO from msync: the lock and descriptor go all the same
+                self._release(release_lock)
+                raise system_error(exc, f"cannot sync {self.path} while closing it (the next "
+                                   "open recovers it, as after a crash)") from None
+            if deleted:
+                self._release(release_lock)
+                raise deleted
         self._release(release_lock)
 
     def mark_clean(self) -> None:
@@ -592,8 +605,24 @@ class Engine:
             self._fd = -1
 
     def flush(self) -> None:
-        """msync the whole map: what was written survives power loss from here on."""
-        self._mm.flush()
+        """msync the whole map: what was written survives power loss from here on (unless
+        another program deleted the file: then ``StoreAccessError`` says so)."""
+        try:
+            self._mm.flush()
+            deleted = self._deleted()
+        except OSError as exc:
+            raise system_error(exc, f"cannot sync {self.path}") from None
+        if deleted:
+            raise deleted
+
+    def _deleted(self) -> StoreAccessError | None:
+        """The error to raise if the open file has no name left: another program deleted
+        it (or its directory), and what it holds goes when it is closed.  A sync cannot
+        keep that promise, so it must not look as if it had."""
+        if os.fstat(self._fd).st_nlink:
+            return None
+        return StoreAccessError(errno.ENOENT, f"{self.path} was deleted while this Store had it open "
+                                "(by another program?): what it held is lost once it is closed")
 
     def _changed(self) -> None:
         if self.durable:
@@ -632,7 +661,12 @@ class Engine:
         self.generation += 1
         next_seq = self.next_seq
         self._unmap()
-        self._load(None)
+        try:
+            self._load(None)
+        except OSError as exc:  # left to repair at the next use again
+            if isinstance(exc, MmapKVError):
+                raise
+            raise system_error(exc, f"cannot read the store {self.path}") from None
         self.next_seq = max(self.next_seq, next_seq)  # sequence numbers never repeat
         self.generation += 1
         self.changes = 0
