@@ -38,6 +38,7 @@ from .errors import (
     StoreUnavailableError,
 )
 from .format import MAX_VALUE_BYTES
+from .views import Items, Values
 
 __all__ = ["RedisStore", "RedisStats", "DEFAULT_NAMESPACE", "DEFAULT_TIMEOUT", "MIN_SERVER_VERSION",
            "INSTALL_HINT"]
@@ -468,11 +469,11 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
     def items(self) -> ItemsView[str, dict[str, Any]]:
         """The (key, value) pairs, a ``SCAN`` batch and one ``MGET`` at a time; keys deleted
         or expired meanwhile are skipped."""
-        return _RedisItems(self)
+        return Items(self)
 
     def values(self) -> ValuesView[dict[str, Any]]:
         """The values, a ``SCAN`` batch and one ``MGET`` at a time."""
-        return _RedisValues(self)
+        return Values(self)
 
     def _pairs(self) -> Iterator[tuple[str, dict[str, Any]]]:
         for batch in self._batches(None):
@@ -743,11 +744,19 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
 
     def setdefault(self, key: str, default: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The value of *key*; if missing or expired, store *default* first and return it
-        (``SET NX GET``: one atomic command)."""
-        if default is None:
-            raise InvalidValueError("setdefault() needs a default value: a store holds JSON objects only")
+        (``SET NX GET``: one atomic command).  As with ``dict``, *default* counts only
+        then: for a stored key it may be left out, or be no value to store (a ``GET``)."""
         name = self._name(key)
-        data, _ = codec.encode(default)
+        try:
+            if default is None:
+                raise InvalidValueError("setdefault() needs a default value: a store holds JSON objects only")
+            data, _ = codec.encode(default)
+        except InvalidValueError:
+            with self._server() as r:
+                raw = r.get(name)
+            if raw is None:
+                raise
+            return self._decode(raw, key)
         with self._server() as r:
             old = r.set(name, data, nx=True, get=True)
         return self._decode(data if old is None else old, key)
@@ -774,22 +783,3 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
         for batch in self._scan(every_type=True):
             with self._server() as r:
                 r.unlink(*[name for _, name in batch])
-
-
-class _RedisItems(ItemsView[str, dict[str, Any]]):
-    """``RedisStore.items()``: streams from the server; see :meth:`RedisStore.items`."""
-
-    _mapping: RedisStore
-
-    def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        return self._mapping._pairs()
-
-
-class _RedisValues(ValuesView[dict[str, Any]]):
-    """``RedisStore.values()``: streams from the server; see :meth:`RedisStore.values`."""
-
-    _mapping: RedisStore
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for _, value in self._mapping._pairs():
-            yield value

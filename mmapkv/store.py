@@ -21,6 +21,7 @@ from . import codec
 from .engine import CLEAN_FAILURES, DamagedEntry, Engine, append_key
 from .locking import names_file, recursion_count
 from .tempfiles import remove_abandoned
+from .views import Items, Values
 from .errors import (
     CorruptStoreError,
     InvalidArgumentError,
@@ -864,11 +865,17 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """The unexpired (key, value) pairs, decoded one at a time as they are iterated
         (no dict of the whole store is built); keys deleted or expired meanwhile are
         skipped."""
-        return _StoreItems(self)
+        return Items(self)
 
     def values(self) -> ValuesView[dict[str, Any]]:
         """The unexpired values, decoded one at a time as they are iterated."""
-        return _StoreValues(self)
+        return Values(self)
+
+    def _pairs(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        for key in self:
+            value = self.get(key, _GONE)
+            if value is not _GONE:  # deleted or expired since it was listed
+                yield key, value
 
     def items_with_expiry(self, keys: Iterable[str] | None = None
                           ) -> Iterator[tuple[str, dict[str, Any], float | None]]:
@@ -948,7 +955,15 @@ class Store(MutableMapping[str, dict[str, Any]]):
 
     def setdefault(self, key: str, default: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The value of *key*; if missing or expired, store *default* first (under one
-        hold of the lock) and return it."""
+        hold of the lock) and return it.  As with ``dict``, *default* counts only then:
+        for a stored key it may be left out, and it is not checked.
+
+        :raises InvalidValueError: *key* is missing and *default* is not a value to store
+            (``None`` included: a store holds JSON objects only).
+        """
+        found = self.get(key, _ABSENT)  # lock-free, as get; checks the key
+        if found is not _ABSENT:
+            return found  # type: ignore[no-any-return,unused-ignore]
         if default is None:
             raise InvalidValueError("setdefault() needs a default value: a store holds JSON objects only")
         kb, fp, data, flags, _ = self._prepare(key, default, None)
@@ -1082,29 +1097,3 @@ def _write_pending(engine: Engine, prepared: Sequence[tuple[str, bytes, int, byt
         expires = (t or 0.0) if absolute else (now + t if t is not None else 0.0)
         off = engine.write_record(kb, data, flags, expires, STATE_PENDING, seq)
         written.append((off, fp, kb in stored))
-
-
-class _StoreItems(ItemsView[str, dict[str, Any]]):
-    """``Store.items()``: streams from the file; see :meth:`Store.items`."""
-
-    _mapping: Store
-
-    def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        store = self._mapping
-        for key in store:
-            value = store.get(key, _GONE)
-            if value is not _GONE:
-                yield key, value
-
-
-class _StoreValues(ValuesView[dict[str, Any]]):
-    """``Store.values()``: streams from the file; see :meth:`Store.values`."""
-
-    _mapping: Store
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        store = self._mapping
-        for key in store:
-            value = store.get(key, _GONE)
-            if value is not _GONE:
-                yield value

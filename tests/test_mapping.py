@@ -262,6 +262,54 @@ def test_readers_never_see_a_key_missing_during_sets(store: Any) -> None:
     assert store.read("hot")["n"] == 2999 and store.verify() == []
 
 
+def test_setdefault_of_a_stored_key_does_not_look_at_the_default(store: Any) -> None:
+    """As dict.setdefault: the default counts only for a missing key.  A stored key's value
+    came back only with a default that could have been stored (None, a list and a NaN were
+    refused for a key that needed none of them)."""
+    store["a"] = {"v": 1}
+    for default in [None, [], {"x": float("nan")}, {"v": 2}]:
+        assert store.setdefault("a", default) == {"v": 1}
+    assert store.setdefault("a") == {"v": 1}
+    assert dict(store.items()) == {"a": {"v": 1}}
+    with pytest.raises(mmapkv.InvalidValueError):
+        store.setdefault("b", [])  # missing: the default is checked, nothing written
+    assert "b" not in store
+
+
+def test_in_items_answers_like_dict(store: Any) -> None:
+    """ItemsView's own `in` unpacked the probe (TypeError, ValueError for anything but a
+    pair); dict's says False.  A key that could never be stored raises, as `in` does."""
+    store["a"] = {"v": 1}
+    assert ("a", {"v": 1}) in store.items()
+    for probe in [5, ("a",), ("a", {"v": 1}, 0), ["a", {"v": 1}], ("a", {"v": 2}), ("b", {"v": 1})]:
+        assert probe not in store.items()
+    with pytest.raises(mmapkv.InvalidKeyError):
+        (1, {"v": 1}) in store.items()
+
+
+class TickingClock:
+    """A clock one second later at every reading: a key with a TTL expires between being
+    listed and being read, the race a real clock loses now and then."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        self.now += 1
+        return self.now
+
+
+def test_in_values_skips_a_key_that_expires_meanwhile(tmp_path: Any) -> None:
+    """ValuesView's own `in` read each listed key with [], which raised KeyExpiredError
+    for one that expired after the listing (and KeyNotFoundError for one deleted)."""
+    with mmapkv.Store(os.path.join(tmp_path, "s"), clock=TickingClock()) as store:
+        store["stays"] = {"v": 0}
+        store.set("goes", {"v": 1}, ttl=2)
+        assert {"v": 2} not in store.values()
+        store.set("goes", {"v": 1}, ttl=2)
+        assert {"v": 0} in store.values()
+
+
 def test_setdefault_without_a_default_is_refused(store: Any) -> None:
     """dict.setdefault(k) stores None; a store holds JSON objects only: a clear refusal,
     nothing written."""
