@@ -69,7 +69,8 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str) -> Any:
     # RedisStore's module loads on first use: most programs never touch it, and
-    # ``import mmapkv`` stays as fast as it was (redis-py itself loads later still).
+    # ``import mmapkv`` stays as fast as it was (redis-py itself loads later still, unless
+    # portalocker, which imports it when it is installed, did).
     if name in ("RedisStore", "RedisStats"):
         from . import redis_store
 

@@ -1,9 +1,14 @@
 """``python -m mmapkv`` (and the ``mmapkv`` command): look at and look after a store from a shell.
 
-Commands, each with ``--path`` (default: :func:`mmapkv.default_path`) and ``--help``::
+Commands, each with ``--help`` and all but ``copy`` with ``--path`` (default:
+:func:`mmapkv.default_path`)::
 
     get KEY                    print the value as JSON
     create KEY JSON [--ttl N]  store a JSON object (JSON "-" reads it from stdin)
+    set KEY JSON [--ttl N]     store it whether or not the key exists
+    ttl KEY                    seconds left, or "none"
+    expire KEY SECONDS         set a TTL
+    persist KEY                remove the TTL
     delete KEY                 remove a key
     keys [--prefix P]          list the live keys, sorted
     stats [--json]             the report of ``python -m mmapkv.stats``

@@ -302,7 +302,8 @@ def check_ttl(ttl: Any, *, required: bool = False) -> int | None:
     elif isinstance(ttl, int) and not isinstance(ttl, bool):
         seconds = int.__index__(ttl)  # the number itself: a subclass's __int__ or < could say another
     else:
-        raise InvalidTTLError(f"ttl must be None or an int number of seconds, not {type(ttl).__name__}")
+        allowed = "an int" if required else "None or an int"
+        raise InvalidTTLError(f"ttl must be {allowed} number of seconds, not {type(ttl).__name__}")
     if not 1 <= seconds <= MAX_TTL:
         raise InvalidTTLError(f"ttl must be 1 to {MAX_TTL:,} seconds, got {shown(seconds)}")
     return seconds

@@ -117,7 +117,8 @@ class CorruptStoreError(MmapKVError, OSError):
 
 
 class FormatVersionError(CorruptStoreError):
-    """The file is an mmapkv store written by a newer, unknown format version."""
+    """The file is an mmapkv store in a format version this mmapkv does not open: a newer
+    one (upgrade mmapkv), version 2 (``mmapkv compact`` converts it) or version 1."""
 
 
 def system_error(exc: OSError, doing: str) -> MmapKVError:

@@ -4,7 +4,8 @@ Each key is a Redis string named ``<namespace>:<key>`` holding the value's compa
 the very bytes ``Store`` writes (so the 16,384-byte limit is the same); a TTL is Redis's own
 (``SET ... EX``), counted down by the server's clock.  Arguments are checked by
 :mod:`mmapkv.codec`, as ``Store`` checks them, before anything is sent.  redis-py is imported
-when a ``RedisStore`` is made, not before: ``import mmapkv`` works without it.
+when a ``RedisStore`` is made, not before: ``import mmapkv`` works without it (where it is
+installed, portalocker imports it anyway).
 
 The commands behind each call, and where the answers differ from ``Store``'s, are in
 docs/scaling.md.  In short: Redis deletes an expired key itself, so it reads as

@@ -143,7 +143,12 @@ class Store(MutableMapping[str, dict[str, Any]]):
         asked for it with ``InvalidArgumentError``.
     :raises StoreLockedError: another process or ``Store`` holds the file.
     :raises CorruptStoreError: the file is not an mmapkv store (it is left untouched).
-    :raises FormatVersionError: the file was written by a newer mmapkv.
+    :raises FormatVersionError: the file is in a format version this mmapkv does not
+        open (a newer one, or version 2: the message names the command that converts it).
+    :raises StoreAccessError: the file or its directory cannot be made, opened or read
+        (the errno is kept).
+    :raises DiskFullError: no room on the disk for a new store (or for the holes of a
+        sparse copy).
     :raises InvalidArgumentError: a bad *path*, *max_size* or *lock_timeout*.
     """
 
@@ -337,7 +342,8 @@ class Store(MutableMapping[str, dict[str, Any]]):
         Cost: one hash, one directory entry, about 1.3 table probes in one segment page and
         one record read, then JSON decoding.
 
-        :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired).
+        :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired and
+            its record is not reclaimed yet: a sweep, which ``len`` may run, reclaims it).
         :raises InvalidKeyError: *key* is not a valid key.
         :raises CorruptStoreError: the stored entry fails its checksum.
         """
@@ -592,7 +598,8 @@ class Store(MutableMapping[str, dict[str, Any]]):
     def delete(self, key: str) -> None:
         """Remove *key* and free its slot.
 
-        :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired).
+        :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired and
+            its record is not reclaimed yet: a sweep, which ``len`` may run, reclaims it).
         :raises InvalidKeyError: *key* is not a valid key.
         """
         kb = _key_bytes(key)
@@ -614,8 +621,9 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """Create many keys at once: all of them, or (on any error) none.
 
         *items* is a mapping ``{key: value}`` or an iterable of ``(key, value)`` and
-        ``(key, value, ttl)`` tuples; *ttl* applies to items that do not give their own
-        (a 3-tuple's ``None`` means "never expires", whatever *ttl* says).
+        ``(key, value, ttl)`` tuples or ``{"key": ..., "value": ...[, "ttl": ...]}`` dicts;
+        *ttl* applies to items that do not give their own (an item's ``None`` TTL means
+        "never expires", whatever *ttl* says).
         Every item is checked before anything is written, and the batch commits with one
         write, so after a crash either all of it or none of it is there.
 
@@ -626,7 +634,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         ['a', 'b']
 
         :raises KeyExistsError: a key is stored already, or given twice.
-        :raises InvalidArgumentError: an item is not a 2- or 3-tuple.
+        :raises InvalidArgumentError: an item is none of those shapes.
         :raises StoreFullError: the batch does not fit under the ceiling.
         """
         prepared = [(key, kb, _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT, data, flags, item_ttl)
@@ -741,7 +749,8 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """Like :meth:`set`, but only for a stored, unexpired *key*.  The key keeps its
         TTL unless *ttl* is given (``None`` removes it), as a cache refresh expects.
 
-        :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired).
+        :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired and
+            its record is not reclaimed yet: a sweep, which ``len`` may run, reclaims it).
         """
         kb = _key_bytes(key)
         data, flags = _encode(value)
@@ -758,7 +767,8 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """Seconds until *key* expires, rounded up (``None``: it never expires).  Like
         :meth:`get`, it takes no lock unless a change ran under it.
 
-        :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired).
+        :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired and
+            its record is not reclaimed yet: a sweep, which ``len`` may run, reclaims it).
         """
         kb = _key_bytes(key)
         fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
@@ -778,7 +788,8 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """Make *key* expire *ttl* seconds from now, whatever TTL it had.  Atomic: the
         record is rewritten with its new expiry and switched to as :meth:`set` does.
 
-        :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired).
+        :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired and
+            its record is not reclaimed yet: a sweep, which ``len`` may run, reclaims it).
         :raises InvalidTTLError: *ttl* is not a whole number of seconds from 1.
         :raises StoreFullError: at the ceiling, no sub-slot is free for the new record.
         """
@@ -787,7 +798,8 @@ class Store(MutableMapping[str, dict[str, Any]]):
     def persist(self, key: str) -> bool:
         """Remove *key*'s TTL.  True if it had one (Redis's ``PERSIST``).
 
-        :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired).
+        :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired and
+            its record is not reclaimed yet: a sweep, which ``len`` may run, reclaims it).
         :raises StoreFullError: at the ceiling, no sub-slot is free for the new record.
         """
         return self._retime(key, None)
@@ -810,7 +822,8 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """(value view, codec flags, expiry, now) of a stored, unexpired *key*, checksum
         checked, with one lookup; damaged entries are dropped as ``read`` drops them.
 
-        :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired).
+        :raises KeyNotFoundError: *key* is not stored (``KeyExpiredError`` if it expired and
+            its record is not reclaimed yet: a sweep, which ``len`` may run, reclaims it).
         """
         found = self._found(engine, key, kb, fp)
         if found is None:

@@ -310,6 +310,16 @@ def test_in_values_skips_a_key_that_expires_meanwhile(tmp_path: Any) -> None:
         assert {"v": 0} in store.values()
 
 
+def test_expire_refusing_a_non_int_does_not_offer_none(store: Any) -> None:
+    """expire() refuses None (persist() removes a TTL), so its message must not offer it."""
+    store["a"] = {"v": 1}
+    with pytest.raises(InvalidTTLError) as caught:
+        store.expire("a", 1.5)
+    assert "must be an int number of seconds" in str(caught.value) and "None" not in str(caught.value)
+    with pytest.raises(InvalidTTLError, match="must be None or an int"):
+        store.set("a", {"v": 2}, ttl=1.5)
+
+
 def test_setdefault_without_a_default_is_refused(store: Any) -> None:
     """dict.setdefault(k) stores None; a store holds JSON objects only: a clear refusal,
     nothing written."""
