@@ -119,6 +119,9 @@ _SEQ_RESERVE = 1 << 16   # sequence numbers reserved on disk at a time (one supe
 #: engine usable.  Any other exception inside a change makes the next use repair first.
 CLEAN_FAILURES: tuple[type[BaseException], ...] = (StoreFullError, StoreAccessError)
 
+# A version field above this is damage, not a newer mmapkv: "upgrade mmapkv" would mislead.
+_NEWEST_PLAUSIBLE_VERSION = 255
+
 
 class DamagedEntry(CorruptStoreError):
     """A stored entry failed its checksum (or the table pointed at no record)."""
@@ -318,6 +321,12 @@ class Engine:
         if os.path.exists(path) and not os.path.isfile(path):  # open() of a FIFO would block
             raise InvalidArgumentError(f"{path} is not a regular file")
         if os.path.islink(path) and not os.path.exists(path):
+            try:
+                os.stat(path)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise InvalidArgumentError(f"{path} is a symbolic link that leads back to itself "
+                                               "(a loop of links)") from None
             raise InvalidArgumentError(f"{path} is a symbolic link to {os.readlink(path)}, "
                                        "which does not exist")
         flags = (os.O_RDONLY if self.readonly else os.O_RDWR) | getattr(os, "O_CLOEXEC", 0)
@@ -348,9 +357,12 @@ class Engine:
         fd, path = self._fd, self.path
         actual = os.fstat(fd).st_size
         head = os.pread(fd, SUPERBLOCK.size, 0)
-        if len(head) < 12 or head[:8] != MAGIC:
+        if head[:8] != MAGIC:
             raise CorruptStoreError(f"{path} is not an mmapkv store (no mmapkv magic number "
                                     f"in its first bytes; {actual:,} bytes long); it was left untouched")
+        if len(head) < 12:
+            raise CorruptStoreError(f"{path} starts with mmapkv's magic number but is only {actual:,} "
+                                    "bytes long, too short for a store; it was left untouched")
         version = _U32.unpack_from(head, 8)[0]
         if version == 2:
             problem = legacy.superblock_problem(os.pread(fd, PAGE_SIZE, 0), actual)
@@ -364,11 +376,12 @@ class Engine:
         if version == 1:  # unaligned slots; no release wrote it (docs/format.md)
             raise FormatVersionError(f"{path} has mmapkv format version 1, a development format "
                                      f"this mmapkv no longer reads (it reads version {VERSION})")
-        if version > VERSION:
+        if VERSION < version <= _NEWEST_PLAUSIBLE_VERSION:
             raise FormatVersionError(f"{path} has mmapkv format version {version}; this mmapkv "
                                      f"reads version {VERSION} (upgrade mmapkv to open it)")
         if version != VERSION:
-            raise CorruptStoreError(f"{path} has format version {version}, which no mmapkv wrote")
+            raise CorruptStoreError(f"{path} has format version {version:,}, which no mmapkv wrote "
+                                    "(damaged, or not an mmapkv store); it was left untouched")
         if len(head) < SUPERBLOCK.size:
             raise CorruptStoreError(f"{path} is truncated: {actual:,} bytes, shorter than its "
                                     f"{SUPERBLOCK.size}-byte superblock")

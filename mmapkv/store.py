@@ -164,6 +164,9 @@ class Store(MutableMapping[str, dict[str, Any]]):
         path = os.fspath(path)
         if not isinstance(path, str) or not path or "\0" in path:
             raise InvalidArgumentError(f"path must be a non-empty str without NUL, got {path!r}")
+        if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):  # abspath drops it
+            raise InvalidArgumentError(f"{path} ends with {path[-1]!r}, so it names a directory; "
+                                       "give the path of a store file")
         if max_size is not None:
             smallest = Geometry.smallest_max_size()
             if type(max_size) is not int or not smallest <= max_size <= MAX_FILE_SIZE:

@@ -274,6 +274,13 @@ def _dangling(tmp: str) -> str:
     return path
 
 
+def _link_loop(tmp: str) -> str:
+    path, other = os.path.join(tmp, "loop1"), os.path.join(tmp, "loop2")
+    os.symlink(other, path)
+    os.symlink(path, other)
+    return path
+
+
 def _other_ceiling(tmp: str) -> str:
     path = os.path.join(tmp, "made.mmapkv")
     mmapkv.Store(path, max_size=SMALLEST).close()
@@ -293,6 +300,10 @@ CONSTRUCTOR_ROWS: list[Any] = [
                  id="path-fifo"),
     pytest.param(lambda tmp: {"path": _dangling(tmp)}, mmapkv.InvalidArgumentError, "nowhere",
                  id="path-dangling-symlink"),
+    pytest.param(lambda tmp: {"path": _link_loop(tmp)}, mmapkv.InvalidArgumentError, "loop of links",
+                 id="path-symlink-loop"),
+    pytest.param(lambda tmp: {"path": os.path.join(tmp, "new") + os.sep}, mmapkv.InvalidArgumentError,
+                 "names a directory", id="path-trailing-separator"),
     pytest.param(lambda tmp: {"path": _not_a_store(tmp)}, mmapkv.CorruptStoreError, "not an mmapkv store",
                  id="path-not-a-store"),
     pytest.param(lambda tmp: {"path": _other_ceiling(tmp), "max_size": SMALLEST * 2},

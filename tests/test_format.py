@@ -403,6 +403,28 @@ def test_not_a_store(path: str, content: bytes) -> None:
     assert_refused_untouched(path)
 
 
+def test_the_magic_number_alone_is_too_short_not_missing(path: str) -> None:
+    """A file of exactly the 8 magic bytes was "no mmapkv magic number in its first bytes"."""
+    with open(path, "wb") as f:
+        f.write(fmt.MAGIC)
+    message = assert_refused_untouched(path)
+    assert "too short" in message and "no mmapkv magic" not in message
+
+
+@pytest.mark.parametrize("version", [256, 0x01E9A035, 0xFFFFFFFF])
+def test_a_version_no_mmapkv_could_have_written_is_damage(path: str, version: int) -> None:
+    """Magic then garbage read as a version in the millions, refused with "upgrade mmapkv
+    to open it": that is damage (CorruptStoreError, not FormatVersionError)."""
+    with mmapkv.Store(path) as store:
+        store.create("a", {"v": 1})
+    patch_bytes(path, 8, struct.pack("<I", version))
+    message = assert_refused_untouched(path)
+    assert "upgrade" not in message and "no mmapkv wrote" in message
+    with pytest.raises(CorruptStoreError) as info:
+        mmapkv.Store(path)
+    assert not isinstance(info.value, FormatVersionError)
+
+
 def test_random_2_mib_file(path: str) -> None:
     """A file of 2 MiB of random bytes is CorruptStoreError and left untouched."""
     with open(path, "wb") as f:
