@@ -410,7 +410,11 @@ class Engine:
                                     f"{file_size:,}")
         if actual > file_size:
             if clean:
-                raise CorruptStoreError(f"{path} is {actual:,} bytes, its superblock says {file_size:,}")
+                raise CorruptStoreError(
+                    f"{path} is {actual:,} bytes, but it was closed cleanly at {file_size:,}: something "
+                    f"other than mmapkv wrote past its end. It was left untouched; if those "
+                    f"{actual - file_size:,} bytes are not wanted, `truncate -s {file_size} {path}` "
+                    "makes it the store again")
             if not self.readonly:  # a growth that did not finish before a crash: undo it
                 os.ftruncate(fd, file_size)
         if not self.readonly:

@@ -425,6 +425,21 @@ def test_a_version_no_mmapkv_could_have_written_is_damage(path: str, version: in
     assert not isinstance(info.value, FormatVersionError)
 
 
+def test_a_clean_store_something_appended_to_names_the_remedy(path: str) -> None:
+    """Bytes appended to a cleanly closed store: refused, untouched, and the message says
+    how to get the store back; doing what it says does."""
+    with mmapkv.Store(path) as store:
+        store.create("a", {"v": 1})
+    size = os.path.getsize(path)
+    with open(path, "ab") as f:
+        f.write(b"\n")
+    message = assert_refused_untouched(path)
+    assert f"truncate -s {size} {path}" in message
+    os.truncate(path, size)
+    with mmapkv.Store(path) as store:
+        assert store.read("a") == {"v": 1}
+
+
 def test_random_2_mib_file(path: str) -> None:
     """A file of 2 MiB of random bytes is CorruptStoreError and left untouched."""
     with open(path, "wb") as f:
