@@ -258,7 +258,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
             engine._release()
             return successor
         if successor is not None:  # a compact stopped before its rename: drop its file
-            successor.close()
+            successor._release()  # (no sync: it is deleted next)
             remove_abandoned(self._path)
             engine.successor = None
         # Our own file, whatever the path names now: a file another program put there is
