@@ -340,6 +340,27 @@ def test_keys_never_lists_a_damaged_name(tmp_path: Any) -> None:
         assert store.keys() == [] and len(store) == 0 and store.verify() == []
 
 
+def test_a_read_that_meets_a_damaged_value_drops_it_for_every_later_call(tmp_path: Any) -> None:
+    """read() of an entry whose value fails its checksum raises CorruptStoreError once and
+    drops the entry (recovery): then len, in and keys agree that it is gone, and verify is
+    clean.  Without the drop, keys() raised again and len() went on counting it."""
+    path = os.path.join(tmp_path, "s.mmapkv")
+    with mmapkv.Store(path, max_size=MAX_SIZE) as store:
+        for i in range(5):
+            store.create(f"k{i}", {"v": f"value number {i}"})
+    with open(path, "r+b") as f:
+        data = f.read()
+        at = data.index(b"value number 1") + 3
+        f.seek(at)
+        f.write(bytes([data[at] ^ 0x20]))
+    with mmapkv.Store(path) as store:
+        with pytest.raises(mmapkv.CorruptStoreError, match="k1"):
+            store.read("k1")
+        assert len(store) == 4 and "k1" not in store
+        assert sorted(store.keys()) == ["k0", "k2", "k3", "k4"] and store.verify() == []
+        assert all(store.read(f"k{i}") == {"v": f"value number {i}"} for i in (0, 2, 3, 4))
+
+
 def small_store(tmp_path: Any, value: dict[str, Any]) -> tuple[str, int]:
     """A closed store holding *value* under "k"; returns its path and the record's slot."""
     path = os.path.join(tmp_path, "s.mmapkv")

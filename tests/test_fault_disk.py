@@ -156,6 +156,43 @@ def test_a_failed_slot_write_changes_nothing(tmp_path: Any, monkeypatch: pytest.
         assert again.read("new") == value
 
 
+def test_a_batch_whose_second_record_write_fails_changes_nothing(tmp_path: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk at a batch's second record (pwrite, as where the file's blocks could
+    not be reserved): DiskFullError, and the first record's sub-slot is given back, not
+    left PENDING, taken and counted (len() wrong, verify() finding "PENDING outside a
+    batch") until a repair."""
+    import mmapkv
+    from mmapkv import engine as eng
+
+    path = os.path.join(tmp_path, "s.mmapkv")
+    real_pwrite = eng.os.pwrite
+    store = mmapkv.Store(path)
+    store.create("kept", {"v": 1})
+    engine = store._engine
+    assert engine is not None
+    engine._map_writes = False
+    before = (engine.slots.free_slots(), engine.live_count, engine.class_usage())
+    calls: list[int] = []
+
+    def second_fails(fd: int, data: bytes, offset: int) -> int:
+        calls.append(offset)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(eng.os, "pwrite", second_fails)
+    with pytest.raises(mmapkv.DiskFullError):
+        store.batch_create({f"b{i}": {"i": i} for i in range(3)})
+    monkeypatch.setattr(eng.os, "pwrite", real_pwrite)
+    assert len(calls) == 2 and engine.changes == 0
+    assert (engine.slots.free_slots(), engine.live_count, engine.class_usage()) == before
+    assert len(store) == 1 and sorted(store) == ["kept"] and store.verify() == []
+    store.batch_create({f"b{i}": {"i": i} for i in range(3)})
+    assert len(store) == 4 and store.verify() == []
+    store.close()
+
+
 @pytest.mark.parametrize("allocation", ["done", "no space", "no posix_fallocate"])
 def test_a_sparse_copy_has_its_holes_allocated_before_any_store_through_the_map(
         tmp_path: Any, monkeypatch: pytest.MonkeyPatch, allocation: str) -> None:

@@ -209,6 +209,92 @@ def test_a_clean_flag_flipped_on_in_a_crashed_file(store_path: str) -> None:
     assert_intact(store_path, expected)
 
 
+@pytest.mark.parametrize("forged", ["segments=0", "ttl_count>live_count", "segments>high_water"])
+def test_a_clean_superblock_whose_counters_cannot_be_is_not_trusted(store_path: str, forged: str) -> None:
+    """Counters that no store can have, under a CLEAN flag and a checksum that holds (a
+    hand-made file, or a writer's bug): the open must not trust them, but recover, and
+    every key still reads back."""
+    from xxhash import xxh3_64_intdigest
+
+    expected = _populate(store_path)
+    with open(store_path, "r+b") as f:
+        head = bytearray(f.read(SUPERBLOCK.size))
+        fields = dict(zip(SUPERBLOCK_FIELDS, SUPERBLOCK.unpack(head)))
+        name, value = {"segments=0": ("segments", 0),
+                       "ttl_count>live_count": ("ttl_count", fields["live_count"] + 1),
+                       "segments>high_water": ("segments", fields["high_water"] + 1)}[forged]
+        at, size = FIELDS[name]
+        head[at:at + size] = value.to_bytes(size, "little")
+        head[fmt.SB_CHECKSUM:fmt.SB_CHECKSUM + 8] = struct.pack("<Q", xxh3_64_intdigest(bytes(head[:fmt.SB_CHECKSUM])))
+        f.seek(0)
+        f.write(head)
+    with mmapkv.Store(store_path) as store:
+        assert store._engine is not None and not store._engine.was_clean
+    assert_intact(store_path, expected)
+
+
+def _crash(store: mmapkv.Store) -> None:
+    """Drop *store* as a kill -9 would: no close, no repair; the file is as it stands."""
+    engine, store._engine = store._engine, None
+    assert engine is not None
+    engine._release()
+
+
+def _lower_seq_limit(path: str) -> None:
+    """seq_limit is written in place and trusted after a crash: damage it downwards."""
+    with open(path, "r+b") as f:
+        f.seek(fmt.SB_SEQ_LIMIT)
+        f.write(struct.pack("<Q", 1))
+
+
+def _seq_of(store: mmapkv.Store, key: str) -> int:
+    engine = store._engine
+    assert engine is not None
+    kb = key.encode()
+    seq: int = fmt.RECORD_HEADER.unpack_from(engine._mm, engine.record_offset(
+        engine.find(kb, engine.fingerprint(kb))))[3]
+    return seq
+
+
+def test_a_lowered_seq_limit_never_hands_out_the_newest_records_number(store_path: str) -> None:
+    """After a crash whose seq_limit was damaged downwards, recovery sets the next number
+    past the newest record's: the next write got that record's own number, so two records
+    of a key could tie, and recovery keep the older."""
+    store = mmapkv.Store(store_path)
+    store.create("a", {"v": 1})
+    _crash(store)
+    _lower_seq_limit(store_path)
+    with mmapkv.Store(store_path) as store:
+        store.create("c", {"v": 2})
+        assert _seq_of(store, "c") > _seq_of(store, "a")
+
+
+def test_a_lowered_seq_limit_never_hands_out_the_committed_batchs_number(
+        store_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last committed batch's records were all deleted, so no record carries its number
+    and only batch_commit says it was used.  Recovery must not hand it out again: a later
+    batch cut short under it (its records PENDING with that number) was taken for the
+    committed one after the next crash, and came back."""
+    store = mmapkv.Store(store_path)
+    store.create("a", {"v": 1})
+    store.batch_create({"b1": {"v": 2}, "b2": {"v": 3}})
+    store.delete("b1")
+    store.delete("b2")
+    _crash(store)
+    _lower_seq_limit(store_path)
+    store = mmapkv.Store(store_path)
+
+    def cut_short(self: Any, seq: int, written: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mmapkv.engine.Engine, "commit_batch", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        store.batch_create({"d1": {"v": 4}, "d2": {"v": 5}})
+    monkeypatch.undo()
+    _crash(store)
+    assert_intact(store_path, {"a": {"v": 1}})
+
+
 @pytest.mark.parametrize("size", [0, 1, 2**40, 2**64 - 1])
 def test_is_valid_size_refuses_sizes_outside_the_ceiling(size: int) -> None:
     assert not fmt.Geometry(fmt.MAX_FILE_SIZE).is_valid_size(size)
