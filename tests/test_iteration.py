@@ -82,6 +82,21 @@ def test_expired_keys_are_not_met(store: mmapkv.Store, clock: FakeClock) -> None
     assert sorted(store) == sorted(f"k{i}" for i in range(100))
 
 
+def test_a_key_is_not_met_at_its_expiry_instant(store: mmapkv.Store, clock: FakeClock) -> None:
+    """At exactly now == expires the key has expired (read says so): a walk that kept it
+    until the instant after (``now <= expires``) would hand iteration a key that ``read``,
+    ``get`` and ``keys()`` no longer give.  The walk comes first, by ``iter`` alone:
+    ``list(store)`` asks ``len`` first, which reclaims the expired entry, and nothing
+    would be left for the walk to get wrong."""
+    store.create("k", {}, ttl=10)
+    clock.advance(10)
+    assert list(iter(store)) == []
+    assert store.keys() == []
+    with pytest.raises(mmapkv.KeyNotFoundError):
+        store.popitem()
+    assert store.get("k") is None and len(store) == 0
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_keys_stored_throughout_are_met_exactly_once(store: mmapkv.Store, clock: FakeClock,
                                                      seed: int) -> None:
