@@ -940,6 +940,29 @@ def test_restore_entries_keeps_absolute_expiries(make_store: MakeStore, clock: F
     assert store.verify() == []
 
 
+@pytest.mark.parametrize("zero", [0, 0.0])
+def test_restore_entries_refuses_an_expiry_of_zero(make_store: MakeStore, zero: float) -> None:
+    """expires_at=0 is not unix time 0 made to mean "never": the file writes 0.0 for no
+    expiry, so an entry accepted with 0 would be stored without one, forever."""
+    store = make_store()
+    with pytest.raises(InvalidTTLError):
+        store.restore_entries([("k", {"v": 1}, zero)])
+    assert len(store) == 0 and "k" not in store
+
+
+def test_restore_entries_skips_an_entry_that_expires_now(make_file_store: MakeFileStore,
+                                                         clock: FakeClock) -> None:
+    """An entry whose expiry is exactly the clock's time has expired (as a key does at
+    now == expires): kept, it would be written only to be unreadable.  One a second later
+    is kept.  (A file store: a Redis server's clock moves on meanwhile.)"""
+    store = make_file_store()
+    assert store.restore_entries([("k", {}, clock.now)]) == 0
+    assert len(store) == 0 and store.keys() == []
+    assert store.restore_entries([("k", {}, clock.now + 1)]) == 1
+    assert store.read("k") == {} and store.ttl("k") == 1
+    assert store.verify() == []
+
+
 def test_bad_entries_are_refused_before_a_clock_is_read(make_store: MakeStore) -> None:
     """restore_entries() checks every entry before it reads the time, as batch_create()
     checks before it writes: on a closed store a bad entry is still InvalidKeyError
