@@ -33,6 +33,7 @@ from mmapkv import (
     StoreUnavailableError,
     ValueTooLargeError,
 )
+from mmapkv.codec import MAX_DEPTH
 from mmapkv.format import Geometry
 
 from conftest import expired_error, where
@@ -581,6 +582,27 @@ def test_too_deep_value_rejected(make_store: MakeStore) -> None:
     with pytest.raises(InvalidValueError):
         store.create("loop", loop)
     assert len(store) == 0
+    assert store.verify() == []
+
+
+def test_value_nested_to_the_depth_limit_with_a_big_integer(make_store: MakeStore) -> None:
+    """255 levels of nesting (``MAX_DEPTH``, the outermost dict being level 1) are allowed
+    on the full check's path too, which a big integer forces (orjson cannot write it);
+    one level more is InvalidValueError.  Were the full check off by one, a value the fast
+    path stores would be refused as soon as it held a number past 64 bits."""
+    def nested(levels: int) -> dict[str, Any]:
+        value: dict[str, Any] = {"n": 2**70}
+        for _ in range(levels - 1):
+            value = {"a": value}
+        return value
+
+    store = make_store()
+    assert MAX_DEPTH == 255
+    store.create("deep", nested(MAX_DEPTH))
+    assert store.read("deep") == nested(255)
+    with pytest.raises(InvalidValueError, match="nested deeper than 255"):
+        store.create("deeper", nested(256))
+    assert "deeper" not in store and len(store) == 1
     assert store.verify() == []
 
 
