@@ -138,3 +138,16 @@ def test_plain_values_take_the_fast_path(value: dict[str, Any]) -> None:
     data, flags = codec.encode(value)
     assert flags == 0 and codec.decode(data, flags) == value
     same(value)
+
+
+@pytest.mark.parametrize("number", [-9223372036854775809, -9999999999999999999, 9223372036854775808,
+                                    -(2**63), 2**64 - 1, 2**64])
+def test_decode_text_reads_integers_of_19_digits_and_more_exactly(number: int) -> None:
+    """``decode_text`` (text whose codec flags were not kept: a ``RedisStore``'s) reads
+    integers exactly on orjson's fast path too.  orjson reads one below -2**63 as a float,
+    silently, and the shortest such numbers have 19 digits: a search for 20 digits would
+    let -9223372036854775809 come back as -9.223372036854776e18.  (A positive one of 19
+    digits fits in 64 bits: orjson reads it exactly either way.)"""
+    got = codec.decode_text(b'{"n":%d}' % number)
+    assert got == {"n": number} and type(got["n"]) is int
+    assert codec.decode_text(f'{{"n":{number}}}') == {"n": number}  # a str, as redis-py gives
