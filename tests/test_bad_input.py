@@ -479,6 +479,18 @@ def test_a_clock_that_says_no_time(tmp_path: Any, reading: str, call: str) -> No
         assert store.verify() == []
 
 
+@pytest.mark.parametrize("zero", [0.0, 0])
+def test_a_clock_at_the_epoch_is_a_time(tmp_path: Any, zero: float) -> None:
+    """A reading of exactly 0 (the epoch: a test's clock, a board without an RTC) is unix
+    time like any other, not "no time": refusing it would fail every call that reads the
+    clock, and the expiry it gives, 0 + ttl, is not 0.0 ("no TTL")."""
+    with mmapkv.Store(os.path.join(tmp_path, "z.mmapkv"), clock=lambda: zero) as store:
+        store.create("k", {"v": 1}, ttl=5)
+        assert store.ttl("k") == 5 and store.read("k") == {"v": 1}
+        assert [tuple(entry) for entry in store.items_with_expiry()] == [("k", {"v": 1}, 5.0)]
+        assert store.verify() == []
+
+
 def test_a_clock_that_says_no_time_while_a_full_store_sweeps(tmp_path: Any) -> None:
     """A create into a full store reads the clock inside its change (to sweep expired keys
     first): a refused reading there fails the create, and the store is as it was."""
