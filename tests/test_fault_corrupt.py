@@ -38,6 +38,7 @@ from mmapkv.format import (
     KEY_OFFSET,
     KIND_SEGMENT,
     MAGIC,
+    MAX_KEY_BYTES,
     PAGE_SIZE,
     RECORD_HEADER,
     SEGMENT_ENTRIES,
@@ -447,6 +448,27 @@ def test_a_forged_key_that_is_not_utf8_is_caught(tmp_path: Any) -> None:
             engine.room_for([64], [engine.fingerprint(b"\xff")])
             engine.insert(b"\xff", engine.fingerprint(b"\xff"), b'{"v":2}', 0, 0.0)
     assert_reads_exact_or_refused(path, {"v": 1})
+
+
+def test_a_forged_key_longer_than_128_bytes_is_caught(tmp_path: Any) -> None:
+    """A hostile file's record passes its checksum but its key is 200 bytes (its length is
+    one byte of the header; no key of mmapkv's is over MAX_KEY_BYTES): without the length
+    check, ``is_intact`` vouches for it, and keys() lists a key no call can name, and
+    verify() finds nothing wrong.  keys() must say so and drop it; verify() must name it."""
+    path, _ = small_store(tmp_path, {"v": 1})
+    long_key = b"x" * 200
+    assert len(long_key) > MAX_KEY_BYTES
+    with mmapkv.Store(path) as store:
+        engine = store._engine
+        assert engine is not None
+        with engine.change():  # past Store's validation: what a forged file holds
+            engine.room_for([KEY_OFFSET + len(long_key) + 7], [engine.fingerprint(long_key)])
+            engine.insert(long_key, engine.fingerprint(long_key), b'{"v":2}', 0, 0.0)
+        assert [problem for problem in store.verify() if "fails its checksum" in problem]
+        with pytest.raises(mmapkv.CorruptStoreError, match="1 entry fails its checksum"):
+            store.keys()
+        assert store.keys() == ["k"] and list(iter(store)) == ["k"]
+        assert store.read("k") == {"v": 1} and store.verify() == []
 
 
 def test_checker_detects_wrong_data(tmp_path: Any) -> None:
