@@ -465,7 +465,12 @@ class Engine:
         -S``), before anything goes through the map: on a full disk a store into a hole
         (on tmpfs even a read of one) is a SIGBUS, which kills the process where no
         exception handler can see it.  A disk without room for them refuses the open
-        instead.  One ``lseek`` when the file has no hole (every store mmapkv made)."""
+        instead.  One ``fstat`` when every block is there (every store mmapkv made): on
+        tmpfs ``SEEK_HOLE`` walks the file's pages (19 us at 2 MB), so it runs only when
+        fewer blocks than bytes are allocated.  (A hole that the file system's own
+        metadata blocks make up for is left to the first change's ``_blocks_reserved``.)"""
+        if os.fstat(self._fd).st_blocks * 512 >= file_size:
+            return
         try:
             hole = os.lseek(self._fd, 0, os.SEEK_HOLE)
         except (AttributeError, OSError):  # no SEEK_HOLE here: the first change allocates
