@@ -26,7 +26,7 @@ class _Streamed(Protocol):
 class Items(ItemsView[str, dict[str, Any]]):
     """``store.items()``: the unexpired (key, value) pairs, decoded as they are iterated."""
 
-    _mapping: _Streamed  # type: ignore[assignment]
+    _mapping: _Streamed
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
         return self._mapping._pairs()
@@ -43,7 +43,7 @@ class Items(ItemsView[str, dict[str, Any]]):
 class Values(ValuesView[dict[str, Any]]):
     """``store.values()``: the unexpired values, decoded as they are iterated."""
 
-    _mapping: _Streamed  # type: ignore[assignment]
+    _mapping: _Streamed
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for _, value in self._mapping._pairs():
