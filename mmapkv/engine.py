@@ -613,6 +613,14 @@ class Engine:
         self._dirty = False
 
     def _release(self, release_lock: bool = True) -> None:
+        # A compact interrupted past its rename and never repaired (the Store closed or
+        # dropped instead) leaves its new file open and locked here: it goes too, or the
+        # lock outlives the Store for as long as anything (a kept traceback) holds the
+        # engine.  Its file is complete (marked clean before the rename), or it is a
+        # temporary file the next open removes.
+        successor, self.successor = self.successor, None
+        if successor is not None:
+            successor._release(release_lock)
         self._unmap()
         if self._fd >= 0:
             if release_lock:

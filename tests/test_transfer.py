@@ -689,6 +689,36 @@ def test_an_interrupt_just_after_the_rename_keeps_the_new_file_locked(
     assert os.listdir(tmp_path) == ["s"]
 
 
+def test_a_store_closed_after_an_interrupt_past_the_rename_lets_go_of_the_new_file(
+        tmp_path: Any, clock: Any, monkeypatch: Any) -> None:
+    """Ctrl-C just after compact's rename, then the Store closed (or dropped) without a
+    call to repair it, while the KeyboardInterrupt's traceback is kept (a log, a test):
+    the new file stayed open and locked through the old engine, and the next Store on
+    the path was refused as "in use" for as long as the traceback lived."""
+    path = str(tmp_path / "s")
+    replace = os.replace
+
+    def replace_then_interrupt(src: str, dst: str) -> None:
+        replace(src, dst)
+        raise KeyboardInterrupt
+
+    store = mmapkv.Store(path, clock=clock)
+    for i in range(20):
+        store.create(f"k{i}", {"i": i})
+    store.delete("k0")
+    want = entries(store)
+    monkeypatch.setattr(os, "replace", replace_then_interrupt)
+    with pytest.raises(KeyboardInterrupt) as kept:
+        transfer.compact(store)
+    monkeypatch.undo()
+    store.close()
+    assert kept.value.__traceback__ is not None  # still holding the compact's frames
+    assert not is_locked(path)
+    with mmapkv.Store(path, clock=clock) as again:
+        assert entries(again) == want and again.verify() == []
+    assert os.listdir(tmp_path) == ["s"]
+
+
 @pytest.mark.parametrize("at_the_path", ["another file", "nothing"])
 def test_compact_refuses_when_another_program_moved_the_store(tmp_path: Any, clock: Any,
                                                               at_the_path: str) -> None:
