@@ -297,11 +297,9 @@ class Engine:
         self._dirty = False
         self._fd = self._open_and_lock(max_size, lock_timeout, create)
         try:
-            self._load(max_size)
-        except BaseException as exc:
+            self._load_or_raise(max_size)
+        except BaseException:
             self._release()
-            if isinstance(exc, OSError) and not isinstance(exc, MmapKVError):  # EIO, say
-                raise system_error(exc, f"cannot read the store {path}") from None
             raise
 
     # ----------------------------------------------------------------- opening
@@ -352,6 +350,16 @@ class Engine:
                 raise
             os.close(fd)
         raise StoreLockedError(f"{path} keeps being replaced while opening it; try again")
+
+    def _load_or_raise(self, max_size: int | None) -> None:
+        """``_load``, an ``OSError`` of the system's own (``EIO`` reading the superblock)
+        raised as mmapkv's, with the path."""
+        try:
+            self._load(max_size)
+        except OSError as exc:
+            if isinstance(exc, MmapKVError):
+                raise
+            raise system_error(exc, f"cannot read the store {self.path}") from None
 
     def _load(self, max_size: int | None) -> None:
         fd, path = self._fd, self.path
@@ -695,12 +703,7 @@ class Engine:
         self.generation += 1
         next_seq = self.next_seq
         self._unmap()
-        try:
-            self._load(None)
-        except OSError as exc:  # left to repair at the next use again
-            if isinstance(exc, MmapKVError):
-                raise
-            raise system_error(exc, f"cannot read the store {self.path}") from None
+        self._load_or_raise(None)  # failing, it is left to repair at the next use again
         self.next_seq = max(self.next_seq, next_seq)  # sequence numbers never repeat
         self.generation += 1
         self.changes = 0
