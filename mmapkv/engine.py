@@ -477,7 +477,7 @@ class Engine:
         ``SEEK_HOLE`` is asked only when fewer blocks than bytes are allocated, since on
         tmpfs it walks the file's pages (19 us at 2 MB) and on ext4 it calls a
         preallocated, never-written extent a hole, as mmapkv's growth leaves them."""
-        if os.fstat(self._fd).st_blocks * 512 >= file_size:
+        if not self._blocks_missing(file_size):
             return
         try:
             hole = os.lseek(self._fd, 0, os.SEEK_HOLE)
@@ -492,6 +492,10 @@ class Engine:
                                "(a sparse copy?), and a store whose blocks are not all allocated "
                                "could crash the process on a full disk; allocating them failed") from None
 
+    def _blocks_missing(self, size: int) -> bool:
+        """True if fewer blocks than *size* bytes are allocated to the file (a hole)."""
+        return os.fstat(self._fd).st_blocks * 512 < size
+
     def _blocks_reserved(self) -> bool:
         """Allocate any block of the file that is not (a copy made sparse by ``cp``, a file
         from a system without ``posix_fallocate``); True if every one now is.  Only then
@@ -503,7 +507,7 @@ class Engine:
         if not hasattr(os, "posix_fallocate"):
             return False
         try:
-            if os.fstat(self._fd).st_blocks * 512 < self.file_size:
+            if self._blocks_missing(self.file_size):
                 os.posix_fallocate(self._fd, 0, self.file_size)
             return True
         except OSError:
