@@ -563,9 +563,7 @@ def _abandon(new: Engine, tmp: str) -> bool:
     interrupt just after ``os.replace`` returned): then keep it open and locked, since
     the path must name a file locked by us at every instant, and return False."""
     try:  # the temporary name, not the path: another program may have put a file there
-        renamed = not os.path.samestat(os.fstat(new._fd), os.stat(tmp))
-    except FileNotFoundError:
-        renamed = True
+        renamed = not names_file(tmp, new._fd)
     except OSError:
         renamed = True  # cannot tell: keep it locked and the failure unclean; the repair looks again
     if renamed:
