@@ -17,14 +17,11 @@ from mmapkv import engine as eng
 from mmapkv.format import SB_BATCH_COMMIT
 
 
-class FailingSync:
-    """A store's map whose ``msync`` fails with EIO (a disk going bad); all else as the map."""
+class MapProxy:
+    """Stands in for a store's map, passing everything through to it."""
 
     def __init__(self, mm: Any) -> None:
         self._real = mm
-
-    def flush(self, *args: Any) -> None:
-        raise OSError(errno.EIO, os.strerror(errno.EIO))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
@@ -34,6 +31,13 @@ class FailingSync:
 
     def __setitem__(self, index: Any, value: Any) -> None:
         self._real[index] = value
+
+
+class FailingSync(MapProxy):
+    """A store's map whose ``msync`` fails with EIO (a disk going bad)."""
+
+    def flush(self, *args: Any) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
 
 
 def is_locked(path: str) -> bool:
@@ -172,7 +176,7 @@ def test_a_directory_that_cannot_be_read_still_gets_its_store(tmp_path: Any,
         assert store.read("k") == {"v": 1}
 
 
-class RecordingMap(FailingSync):
+class RecordingMap(MapProxy):
     """A store's map that logs, in order, each msync and where each store into it began."""
 
     def __init__(self, mm: Any) -> None:
