@@ -334,8 +334,10 @@ def checked_clock(clock: Callable[[], float]) -> Callable[[], float]:
 def check_expiry(expires_at: Any) -> float:
     """Return an absolute expiry (unix seconds) as a float, 0.0 for ``None`` (never).
 
-    It may be in the past (the caller skips such an entry); how far ahead it may be is
-    checked against a clock by :func:`expiring_entries`.
+    It may be in the past (the caller skips such an entry).  How far ahead it may be is
+    bounded in absolute time, not by ``MAX_TTL`` from a clock: it was set by another
+    clock, which may be ahead of the one restoring it, so its time left may exceed
+    ``MAX_TTL`` there.
 
     :raises InvalidTTLError: not ``None`` nor a positive number of seconds up to
         ``MAX_TIME + MAX_TTL``.
@@ -450,7 +452,7 @@ def expiring_entries(entries: Iterable[Any], clock: Callable[[], float]
     :raises KeyExistsError: a key is given twice.
     :raises InvalidArgumentError: an entry is not a (key, value, expires_at) tuple.
     :raises InvalidKeyError, InvalidValueError, ValueTooLargeError, InvalidTTLError: a bad
-        key, value or expiry (one more than ``MAX_TTL`` seconds after the clock's time).
+        key, value or expiry (see :func:`check_expiry`).
     """
     if isinstance(entries, (str, bytes, Mapping)) or not isinstance(entries, Iterable):
         raise InvalidArgumentError(f"entries must be an iterable of (key, value, expires_at) tuples, "
@@ -470,9 +472,9 @@ def expiring_entries(entries: Iterable[Any], clock: Callable[[], float]
         checked.append((key, kb, data, flags, check_expiry(expires_at)))
     if not checked:
         return checked
+    # Only check_expiry's absolute bound, not MAX_TTL from this clock: an expiry another
+    # clock set MAX_TTL ahead reads as further away here when this one is behind it (a
+    # clock stepped back, a server's clock a few ms behind), and one such key would refuse
+    # the whole restore or copy.
     now = clock()
-    for key, _, _, _, expires in checked:
-        if round(expires - now, 5) > MAX_TTL:  # to 10 us: now + MAX_TTL in a float may round up
-            raise InvalidTTLError(f"expires_at {expires} of key {key!r} is more than {MAX_TTL:,} "
-                                  "seconds away")
     return [entry for entry in checked if not entry[4] or entry[4] > now]

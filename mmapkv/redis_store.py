@@ -641,8 +641,8 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
         written.  What ``mmapkv copy`` writes with.
 
         :raises KeyExistsError: a key is stored (without *replace*), or given twice.
-        :raises InvalidTTLError: an ``expires_at`` is not unix seconds, or is more than
-            ``MAX_TTL`` away.
+        :raises InvalidTTLError: an ``expires_at`` is not unix seconds before the year
+            2386 (it may be more than ``MAX_TTL`` ahead: another clock set it).
         """
         codec.check_flag(replace, "replace")
         checked = codec.expiring_entries(entries, self._now)

@@ -665,8 +665,8 @@ class Store(MutableMapping[str, dict[str, Any]]):
 
         :raises KeyExistsError: a key is stored and live (without *replace*), or given twice.
         :raises InvalidArgumentError: an entry is not a (key, value, expires_at) tuple.
-        :raises InvalidTTLError: an ``expires_at`` is not unix seconds, or is more than
-            ``MAX_TTL`` away.
+        :raises InvalidTTLError: an ``expires_at`` is not unix seconds before the year
+            2386 (it may be more than ``MAX_TTL`` ahead: another clock set it).
         :raises StoreFullError: the entries do not fit under the ceiling.
         """
         codec.check_flag(replace, "replace")

@@ -62,7 +62,7 @@ from .format import (
 from .legacy import V2Entry, read_v2
 from .slots import PER_SLOT
 from .locking import lock_file, names_file
-from .store import MAX_TTL, Store
+from .store import Store
 from .tempfiles import remove_abandoned, temporary_path
 
 __all__ = [
@@ -353,9 +353,6 @@ def restore(store: Store, source: IO[bytes], *, skip_existing: bool = False,
         if expires and expires <= now:
             expired += 1
             continue
-        if expires - now > MAX_TTL:
-            raise InvalidTTLError(f"{name} line {number}: expires_at {expires} is more than "
-                                  f"{MAX_TTL:,} seconds away")
         if kb in lines:
             raise KeyExistsError(f"{name} line {number}: key {key!r} appeared already on line {lines[kb]}")
         lines[kb] = number

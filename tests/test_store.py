@@ -33,7 +33,7 @@ from mmapkv import (
     StoreUnavailableError,
     ValueTooLargeError,
 )
-from mmapkv.codec import MAX_DEPTH
+from mmapkv.codec import MAX_DEPTH, MAX_TIME
 from mmapkv.format import Geometry
 
 from conftest import expired_error, where
@@ -929,6 +929,19 @@ def test_items_with_expiry_give_absolute_expiries(make_store: MakeStore, clock: 
         list(store.items_with_expiry(["ok", ""]))
 
 
+def test_restore_entries_takes_an_expiry_another_clock_set_max_ttl_ahead(
+        make_store: MakeStore, clock: FakeClock) -> None:
+    """An expiry set MAX_TTL ahead by a clock a little ahead of this store's (a clock stepped
+    back, a server a few ms behind) is more than MAX_TTL away here: it was refused, and with
+    it the whole restore or copy, every other key included."""
+    store = make_store()
+    now = _now(store, clock)
+    entries = [("far", {"v": 1}, now + mmapkv.MAX_TTL + 5), ("near", {"v": 2}, now + 60)]
+    assert store.restore_entries(entries) == 2
+    assert store.read("far") == {"v": 1} and store.read("near") == {"v": 2}
+    assert store.ttl("far") in (mmapkv.MAX_TTL + 5, mmapkv.MAX_TTL + 6)  # Redis: to the ms
+
+
 def test_restore_entries_keeps_absolute_expiries(make_store: MakeStore, clock: FakeClock) -> None:
     """restore_entries() writes (key, value, expires_at) entries all or nothing, each
     expiring at the instant given (not a fresh TTL); past ones are skipped; a live key
@@ -948,7 +961,7 @@ def test_restore_entries_keeps_absolute_expiries(make_store: MakeStore, clock: F
     assert store.read("live") == {"old": False} and store.ttl("live") == 50
     before = {k: store.read(k) for k in store.keys()}
     for bad, error in [([("x", {}, "soon")], InvalidTTLError), ([("x", {}, float("nan"))], InvalidTTLError),
-                       ([("x", {}, -1)], InvalidTTLError), ([("x", {}, now + mmapkv.MAX_TTL + 10)], InvalidTTLError),
+                       ([("x", {}, -1)], InvalidTTLError), ([("x", {}, MAX_TIME + mmapkv.MAX_TTL + 1)], InvalidTTLError),
                        ([("x", {}, 10 ** 400)], InvalidTTLError),  # was Python's OverflowError
                        ([("x", {}, None), ("x", {}, None)], KeyExistsError), ([("x", {})], InvalidArgumentError),
                        ([("x", [1], None)], InvalidValueError), ([("", {}, None)], InvalidKeyError), (42, InvalidArgumentError),

@@ -174,6 +174,19 @@ def test_restore_skips_expired_entries(tmp_path: Any, clock: Any) -> None:
         assert entries(b)["full"][1] == 1_700_000_000.0 + 600  # kept, absolute
 
 
+def test_restore_takes_a_dump_whose_expiry_is_more_than_max_ttl_ahead(tmp_path: Any, clock: Any) -> None:
+    """A key created with ttl=MAX_TTL, dumped after the clock stepped back a second: its
+    expiry is MAX_TTL + 1 s ahead now.  restore refused that line, and so the whole dump."""
+    with mmapkv.Store(tmp_path / "a", clock=clock) as a:
+        a.create("far", {"v": 1}, ttl=mmapkv.MAX_TTL)
+        a.create("other", {"v": 2})
+        clock.now = clock() - 1
+        original = dumped(a)
+    with mmapkv.Store(tmp_path / "b", clock=clock) as b:
+        assert transfer.restore(b, io.BytesIO(original)).restored == 2
+        assert b.read("far") == {"v": 1} and b.ttl("far") == mmapkv.MAX_TTL + 1 and b.read("other") == {"v": 2}
+
+
 def test_restore_refuses_existing_keys_and_writes_nothing(tmp_path: Any, clock: Any) -> None:
     with mmapkv.Store(tmp_path / "a", clock=clock) as a:
         fill(a)
