@@ -1,10 +1,12 @@
 """Issue 13: readers without the lock, against hypothesis-drawn programs of writes.
 
 Hypothesis draws a program of writes (``set``, ``create``, ``replace``, ``delete``,
-``update``, ``batch_create``, ``expire``/``persist``, ``clear``, ``compact``) over a few
-keys, with values of every size class, in a file small enough to double and fill up. The
-main thread runs it while reader threads ``get`` the same keys without pause, with the GIL
-handed over every few microseconds so that readers land inside the writes' bytecodes.
+``update``, ``batch_create``, ``expire``/``persist``, ``clear``, deleting every key,
+``compact``) over a few keys, with values of every size class, in a file small enough to
+double and fill up, at the format's ``SPLIT_AT`` or at 4 (the table's segments split and
+merge). The main thread runs it while reader threads ``get`` the same keys without
+pause, with the GIL handed over every few microseconds so that readers land inside the
+writes' bytecodes.
 
 Every value names its key and version and carries a check field derived from both, and
 the writer keeps, per key, what it acknowledged last (the version stored, or that the key
@@ -36,6 +38,7 @@ from hypothesis import strategies as st
 
 import mmapkv
 from fuzz.conftest import PROFILE_NAME
+from mmapkv import table as table_module
 from mmapkv import transfer
 from mmapkv.format import Geometry
 
@@ -49,7 +52,7 @@ op: st.SearchStrategy[tuple[str, Any, int]] = st.one_of(
               st.sampled_from(KEYS), st.sampled_from(PADS)),
     st.tuples(st.sampled_from(["update", "batch_create"]),
               st.lists(st.sampled_from(KEYS), min_size=1, max_size=4, unique=True), st.sampled_from(PADS)),
-    st.tuples(st.sampled_from(["clear", "compact"]), st.just([]), st.just(0)),
+    st.tuples(st.sampled_from(["clear", "compact", "delete_all"]), st.just([]), st.just(0)),
 )
 
 
@@ -69,8 +72,8 @@ class Writer:
 
     def run(self, name: str, keys: Any, pad: int) -> None:
         store = self.store
-        touched = KEYS if name in ("clear", "compact") else ([keys] if isinstance(keys, str) else keys)
-        for key in touched if name in ("delete", "clear") else ():
+        touched = KEYS if name in ("clear", "compact", "delete_all") else ([keys] if isinstance(keys, str) else keys)
+        for key in touched if name in ("delete", "clear", "delete_all") else ():
             self.removals[key] += 1  # announced first: a reader that misses the key knows why
         self.version += 1
         v = self.version
@@ -101,6 +104,10 @@ class Writer:
             elif name == "clear":
                 store.clear()
                 after = {}
+            elif name == "delete_all":  # one delete at a time: emptied segments merge
+                for key in sorted(self.present):
+                    store.delete(key)
+                after = {}
             else:
                 transfer.compact(store)
         except (mmapkv.KeyExistsError, mmapkv.KeyNotFoundError, mmapkv.StoreFullError):
@@ -111,8 +118,19 @@ class Writer:
 
 
 @settings(PROFILE, max_examples=min(PROFILE.max_examples, 30))
-@given(program=st.lists(op, min_size=5, max_size=60), seed=st.integers(0, 2 ** 16))
-def test_readers_never_see_torn_stale_or_missing_values(program: list[Any], seed: int) -> None:
+@given(program=st.lists(op, min_size=5, max_size=60), seed=st.integers(0, 2 ** 16),
+       split_at=st.sampled_from([table_module.SPLIT_AT, 4]))
+def test_readers_never_see_torn_stale_or_missing_values(program: list[Any], seed: int, split_at: int) -> None:
+    """*split_at* 4: the six keys split the table's segments and merge them again (under
+    SPLIT_AT // 4 = 1 entry: when a pair is empty) while the readers look."""
+    real_split_at, table_module.SPLIT_AT = table_module.SPLIT_AT, split_at
+    try:
+        _readers_against(program, seed)
+    finally:
+        table_module.SPLIT_AT = real_split_at
+
+
+def _readers_against(program: list[Any], seed: int) -> None:
     tmp = tempfile.mkdtemp(prefix="mmapkv-readers-")
     store = mmapkv.Store(os.path.join(tmp, "r.mmapkv"), max_size=Geometry.smallest_max_size() * 4)
     writer = Writer(store)

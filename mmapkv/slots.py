@@ -82,10 +82,12 @@ class Slots:
         self.mm[off + 1] = depth  # type: ignore[index]
         self.mm[off + 2:off + 4] = _pack_u16(used)  # type: ignore[index]
 
-    def add_used(self, slot: int, delta: int) -> None:
-        """Count *delta* more entries in segment *slot* (its depth unchanged)."""
+    def add_used(self, slot: int, delta: int) -> int:
+        """Count *delta* more entries in segment *slot* (its depth unchanged); the new count."""
         off = self.info_offset + SLOT_INFO.size * slot + 2
-        self.mm[off:off + 2] = _pack_u16(_U16.unpack_from(self.mm, off)[0] + delta)  # type: ignore[index, arg-type]
+        used: int = _U16.unpack_from(self.mm, off)[0] + delta  # type: ignore[arg-type]
+        self.mm[off:off + 2] = _pack_u16(used)  # type: ignore[index]
+        return used
 
     def used(self, slot: int) -> int:
         return _U16.unpack_from(self.mm, self.info_offset + SLOT_INFO.size * slot + 2)[0]  # type: ignore[arg-type, no-any-return]

@@ -13,6 +13,8 @@ shared with a new segment by the next fingerprint bit (the directory doubles fir
 segment already used every bit it has).  Growth is one segment at a time, about 1,000
 entries moved, a few milliseconds, never a rehash of the whole table.  At the file's
 ceiling with no free slot, a segment may fill past ``SPLIT_AT`` up to ``SEGMENT_FULL``.
+Deletes shrink it the same way: two buddy segments holding under ``SPLIT_AT // 4``
+entries together merge into one (``merge``), and the emptied slot goes back to the pool.
 
 The table is derived from the records: after a crash the engine rebuilds it.
 """
@@ -144,10 +146,12 @@ class Table:
         raise AssertionError("a segment has no empty position")
 
     def delete(self, position: int) -> None:
-        """Remove the entry at *position*: backward-shift the entries after it."""
+        """Remove the entry at *position*: backward-shift the entries after it; then merge
+        its segment with its buddy if the two are nearly empty (``merge``)."""
         q = self.q
         segment, i = divmod(position - self.q0, SEGMENT_STRIDE)
         base = position - i
+        fp = q[position] >> FINGERPRINT_SHIFT
         while True:
             j = (i + 1) & SEGMENT_MASK
             entry = q[base + j]
@@ -156,7 +160,39 @@ class Table:
                 break
             q[base + i] = entry
             i = j
-        self.slots.add_used(segment, -1)
+        if self.slots.add_used(segment, -1) < SPLIT_AT // 4 and self.segment_count > 1:
+            self.merge(segment, fp)
+
+    def merge(self, segment: int, fp: int) -> None:
+        """Fold *segment* (the one *fp* maps to) and its buddy, the segment of the same
+        local depth whose run differs in the last bit of it, into one while their entries
+        together number under ``SPLIT_AT // 4``, and give the emptied slot back to the
+        pool; then try again one level up.  Without it a store kept its peak of segments
+        for good: room the file had to hold values, and a walk's time over empty segments.
+        A merged segment holds under a quarter of what splits one, so a key added and
+        removed at the edge never makes the two alternate.  O(entries moved)."""
+        slots, q, directory = self.slots, self.q, self.dir
+        while True:
+            depth = slots.info(segment)[1]
+            if not depth:
+                return
+            bit = 1 << (depth - 1)
+            buddy = directory[(fp ^ bit) & self.dmask]
+            if buddy == segment or slots.info(buddy)[1] != depth:
+                return  # the buddy's run is split finer: nothing to fold into one
+            used, buddy_used = slots.used(segment), slots.used(buddy)
+            if used + buddy_used >= SPLIT_AT // 4:
+                return
+            keep, gone = (segment, buddy) if used >= buddy_used else (buddy, segment)
+            keep_base, gone_base = self.base(keep), self.base(gone)
+            for entry in filter(None, q[gone_base:gone_base + SEGMENT_ENTRIES].tolist()):
+                self.place(keep_base, entry)
+            slots.set_depth_used(keep, depth - 1, used + buddy_used)
+            for index in range(fp & (bit - 1), 1 << self.depth, bit):  # both runs, every copy
+                directory[index] = keep
+            slots.give_slot(gone)
+            self.segment_count -= 1
+            segment = keep
 
     def split(self, segment: int, fp: int) -> None:
         """Share the entries of *segment* (the one *fp* maps to) with a new segment by the

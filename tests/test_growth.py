@@ -280,9 +280,13 @@ def test_batch_that_does_not_fit_does_not_grow_the_file(path: str) -> None:
     """Version 2 checked the fit first: a refused batch left the file as it was."""
     g = Geometry(GROWTH_MAX_SIZE)
     with mmapkv.Store(path, max_size=GROWTH_MAX_SIZE) as store:
-        with pytest.raises(StoreFullError):
+        with pytest.raises(StoreFullError) as info:
             store.batch_create({f"b{i}": WHOLE for i in range(g.max_slots)})
         assert os.path.getsize(path) == g.initial_size
+        # not "full at its ceiling", as it said: the file is far below it
+        assert str(info.value).startswith(f"{path} has no room for {g.max_slots:,} more keys even at "
+                                          f"its {GROWTH_MAX_SIZE:,}-byte ceiling (0 keys in 8 of the "
+                                          f"{g.max_slots:,} slots it may have;")
 
 
 # --------------------------------------------------------------------- stranded sub-slots
@@ -338,6 +342,44 @@ def test_free_sub_slots_of_the_same_class_are_used_at_the_ceiling(path: str) -> 
         assert len(store) == len(kept) + free
         assert store.read(f"again{free - 1}") == SMALL
         assert store.verify() == []
+
+
+def test_deleting_keys_gives_their_table_segments_back(tmp_path: Any) -> None:
+    """The table's segments merge as keys go: a store filled with small values and emptied
+    held its peak of segments for good, so it took fewer 10 KB values than a new store of
+    its ceiling (688 against 814 at 8 MiB), and a walk read every empty segment."""
+    ten_kb = {"p": "x" * 10_000}
+    with mmapkv.Store(str(tmp_path / "new"), max_size=GROWTH_MAX_SIZE) as new:
+        fresh = len(fill_until_full(new, ten_kb))
+    with mmapkv.Store(str(tmp_path / "s"), max_size=GROWTH_MAX_SIZE) as store:
+        engine = store._engine
+        assert engine is not None
+        keys = fill_until_full(store, SMALL, prefix="small")
+        assert engine.table.segment_count > 8
+        for key in keys:
+            store.delete(key)
+        assert engine.table.segment_count == 1 and store.verify() == []
+        assert len(fill_until_full(store, ten_kb, prefix="big")) == fresh
+        assert store.verify() == []
+
+
+def test_segments_merge_below_a_quarter_of_a_split(path: str) -> None:
+    """Two buddy segments merge when their entries together fall under SPLIT_AT // 4 (256),
+    not before: far from where one splits (1,024), so one key added and removed at the edge
+    never splits and merges in turn."""
+    with mmapkv.Store(path) as store:
+        engine = store._engine
+        assert engine is not None
+        store.batch_create({f"k{i}": {} for i in range(1100)})
+        assert engine.table.segment_count == 2
+        for i in range(1100 - 256):
+            store.delete(f"k{i}")
+        assert engine.table.segment_count == 2
+        store.delete(f"k{1100 - 256}")
+        assert engine.table.segment_count == 1 and engine.table.depth == 1  # the directory stays
+        assert len(store) == 255 and all(store.read(f"k{i}") == {} for i in range(845, 1100))
+        store.create("back", {})
+        assert engine.table.segment_count == 1 and store.verify() == []
 
 
 # --------------------------------------------------------------------- reopening

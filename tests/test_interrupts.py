@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 
 import mmapkv
+from mmapkv import table as table_module
 from mmapkv import transfer
 from mmapkv.format import Geometry
 
@@ -75,6 +76,8 @@ class Scenario:
     #: if set, *call* is first interrupted (KeyboardInterrupt) at this fraction of its
     #: bytecodes, and what is tried at every bytecode is the repair the next use runs
     repair_at: float | None = None
+    #: ``table.SPLIT_AT`` while it runs, if not the format's: a few keys make many segments
+    split_at: int | None = None
 
 
 def _fill(store: mmapkv.Store, n: int, *, ttl: int | None = None, prefix: str = "k") -> None:
@@ -106,6 +109,10 @@ SCENARIOS: dict[str, Scenario] = {
     "delete-frees-a-whole-slot": Scenario(
         lambda s, c: (_fill(s, 3), s.create("big", {"pad": "y" * 12_000}, ttl=500)),
         lambda s, c: s.delete("big")),
+    # a delete that leaves two buddy segments nearly empty folds them into one, and at
+    # some seeds that one with its buddy in turn (at SPLIT_AT 8 they merge under 2 entries)
+    "delete-merges-segments": Scenario(lambda s, c: (_fill(s, 30), [s.delete(f"k{i}") for i in range(2, 30)]),
+                                       lambda s, c: s.delete("k1"), split_at=8),
     "delete-expired": Scenario(lambda s, c: (_fill(s, 2), _fill(s, 2, ttl=50, prefix="t")),
                                lambda s, c: s.delete("t0")),
     "batch-create-grows": Scenario(
@@ -263,8 +270,11 @@ def try_every_step(tmp: str, scenario: Scenario, prepared: Prepared,
 
 @pytest.mark.parametrize("exc", EXCEPTIONS, ids=lambda e: e.__name__)
 @pytest.mark.parametrize("name", list(SCENARIOS))
-def test_interrupt_at_every_bytecode(name: str, exc: type[BaseException], tmp_path: Any) -> None:
+def test_interrupt_at_every_bytecode(name: str, exc: type[BaseException], tmp_path: Any,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     scenario = SCENARIOS[name]
+    if scenario.split_at is not None:
+        monkeypatch.setattr(table_module, "SPLIT_AT", scenario.split_at)
     prepared = prepare(str(tmp_path), scenario)
     assert prepared.before != prepared.after or name in INVISIBLE
     every = 1 if exc is KeyboardInterrupt else EVERY
@@ -274,3 +284,16 @@ def test_interrupt_at_every_bytecode(name: str, exc: type[BaseException], tmp_pa
                                 "points": counts["points"], "scenarios": 1,
                                 "after_state": counts["after_state"],
                                 "before_state": counts["before_state"]})
+
+
+def test_the_merge_scenario_merges(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What "delete-merges-segments" is for: its call gives a segment back."""
+    scenario = SCENARIOS["delete-merges-segments"]
+    monkeypatch.setattr(table_module, "SPLIT_AT", scenario.split_at)
+    clock = FakeClock(T0)
+    with mmapkv.Store(str(tmp_path / "s"), max_size=scenario.max_size, clock=clock) as store:
+        assert store._engine is not None
+        scenario.setup(store, clock)
+        before = store._engine.table.segment_count
+        scenario.call(store, clock)
+        assert store._engine.table.segment_count < before
