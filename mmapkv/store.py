@@ -1049,12 +1049,19 @@ class Store(MutableMapping[str, dict[str, Any]]):
         classes = sorted({CLASS_SIZES[class_for(size)] for size in record_sizes})
         free_elsewhere = sum(free for size, (_, _, free) in engine.class_usage().items()
                              if size not in classes)
+        if engine.slot_count < g.max_slots:  # refused before growing: too many even there
+            where = (f"{self._path} has no room for {len(record_sizes):,} more keys even at its "
+                     f"{g.max_size:,}-byte ceiling ({engine.live_count:,} keys in "
+                     f"{engine.slot_count:,} of the {g.max_slots:,} slots it may have; it was not "
+                     "grown for a write that cannot fit)")
+        else:
+            where = (f"{self._path} is full: {engine.live_count:,} keys in {engine.slot_count:,} "
+                     f"slots at its {g.max_size:,}-byte ceiling, and no free slot or "
+                     f"{'/'.join(map(str, classes))}-byte sub-slot for {len(record_sizes):,} more, "
+                     "nor a slot to split a full table segment into")
         raise StoreFullError(
-            f"{self._path} is full: {engine.live_count:,} keys in {engine.slot_count:,} slots at "
-            f"its {g.max_size:,}-byte ceiling, and no free slot or {'/'.join(map(str, classes))}-byte "
-            f"sub-slot for {len(record_sizes):,} more, nor a slot to split a full table segment into"
-            + (f" ({free_elsewhere:,} sub-slots of other sizes are free: `mmapkv compact` "
-               "repacks them)" if free_elsewhere else "") + "; delete keys to make room")
+            where + (f" ({free_elsewhere:,} sub-slots of other sizes are free: `mmapkv compact` "
+                     "repacks them)" if free_elsewhere else "") + "; delete keys to make room")
 
 
 # Loops over many entries run in functions of their own, never inside a `with` or `try`
