@@ -85,10 +85,10 @@ from .format import (
     Geometry,
     class_for,
 )
-from .locking import lock_file, unlock_file
+from .locking import Descriptor, lock_file, unlock_file
 from .slots import PER_SLOT, Slots
 from .table import HOME_OF_ENTRY, SEGMENT_MASK, SEGMENT_STRIDE, Table
-from .tempfiles import remove_abandoned, temporary_path
+from .tempfiles import remove_abandoned, temporary_path, unlink_if_there
 
 __all__ = ["Engine", "DamagedEntry", "CLEAN_FAILURES", "create_file", "reserve", "append_key"]
 
@@ -164,9 +164,15 @@ def create_file(path: str, max_size: int, *, in_place: bool = False, seed: int |
     """
     geometry = Geometry(max_size)
     tmp = path if in_place else temporary_path(path, "create")
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
     made = False
     try:
+        held = Descriptor(os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600))
+    except BaseException as exc:
+        if not isinstance(exc, OSError):  # an interrupt just after the open made it: ours
+            unlink_if_there(tmp)
+        raise
+    try:
+        fd = held.fd
         try:  # a fresh name: nobody else can hold it, so this fails only on a broken system
             portalocker.lock(fd, portalocker.LOCK_EX | portalocker.LOCK_NB)
         except (portalocker.LockException, OSError) as exc:
@@ -197,21 +203,27 @@ def create_file(path: str, max_size: int, *, in_place: bool = False, seed: int |
             except FileNotFoundError:
                 pass  # a cleaner took our temporary file for abandoned: the caller retries
     finally:
-        os.close(fd)
-        if not in_place or not made:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+        # The name first, then the descriptor: closed first, an interrupt between the two
+        # left the temporary name as a second link to the new store.  Should one skip the
+        # close, the Descriptor closes it (and lets the lock go) when it is dropped.  The
+        # unlink is inline: a call into a function of ours is a place Ctrl-C lands.
+        try:
+            if not in_place or not made:
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+        finally:
+            held.close()
     if not in_place:  # (a temporary file's name need not survive: its rename is synced)
         try:
-            dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+            directory = Descriptor(os.open(os.path.dirname(path) or ".", os.O_RDONLY))
         except PermissionError:  # a directory we may write but not read: as SQLite, go without
             return made
         try:
-            os.fsync(dir_fd)  # the new name itself survives power loss
+            os.fsync(directory.fd)  # the new name itself survives power loss
         finally:
-            os.close(dir_fd)
+            directory.close()
     return made
 
 
@@ -295,8 +307,8 @@ class Engine:
         self._fd = -1
         self._mapped = False
         self._dirty = False
-        self._fd = self._open_and_lock(max_size, lock_timeout, create)
         try:
+            self._open_and_lock(max_size, lock_timeout, create)  # sets _fd
             self._load_or_raise(max_size)
         except BaseException:
             self._release()
@@ -304,15 +316,19 @@ class Engine:
 
     # ----------------------------------------------------------------- opening
 
-    def _open_and_lock(self, max_size: int | None, lock_timeout: float, create: bool) -> int:
+    def _open_and_lock(self, max_size: int | None, lock_timeout: float, create: bool) -> None:
         try:
-            return self._open_and_lock_path(max_size, lock_timeout, create)
+            self._open_and_lock_path(max_size, lock_timeout, create)
         except MmapKVError:
             raise
         except OSError as exc:  # DiskFullError too: creating it needs room
             raise system_error(exc, f"cannot open the store {self.path}") from None
 
-    def _open_and_lock_path(self, max_size: int | None, lock_timeout: float, create: bool) -> int:
+    def _open_and_lock_path(self, max_size: int | None, lock_timeout: float, create: bool) -> None:
+        """Open and lock the file at the path (creating it if allowed) into ``_fd``.  The
+        descriptor is ``_fd`` from its open on, so whatever exception follows, ``_release``
+        or ``__del__`` closes it: returned up the stack instead, an interrupt just after
+        the lock kept it open, and the store locked, for the rest of the process."""
         path = self.path
         if os.path.isdir(path):
             raise InvalidArgumentError(f"{path} is a directory; give the path of a store file")
@@ -335,19 +351,16 @@ class Engine:
                     os.makedirs(parent, mode=0o700, exist_ok=True)
                 create_file(path, MAX_FILE_SIZE if max_size is None else max_size)
             try:
-                fd = os.open(path, flags)
+                self._fd = fd = os.open(path, flags)
             except FileNotFoundError:
                 if create and not self.readonly:
                     continue  # removed between create and open: make it again
                 raise StoreAccessError(errno.ENOENT, f"no store at {path}") from None
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise InvalidArgumentError(f"{path} is not a regular file")
-                if lock_file(fd, path, shared=self.readonly, timeout=lock_timeout):
-                    return fd
-            except BaseException:
-                os.close(fd)
-                raise
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise InvalidArgumentError(f"{path} is not a regular file")
+            if lock_file(fd, path, shared=self.readonly, timeout=lock_timeout):
+                return
+            self._fd = -1  # replaced under us: never locked, try the path again
             os.close(fd)
         raise StoreLockedError(f"{path} keeps being replaced while opening it; try again")
 

@@ -26,7 +26,7 @@ import portalocker
 
 from .format import MAGIC
 
-__all__ = ["temporary_path", "remove_abandoned", "KINDS"]
+__all__ = ["temporary_path", "remove_abandoned", "unlink_if_there", "KINDS"]
 
 KINDS = ("create", "compact")
 _HEX = re.compile(r"[0-9a-f]{16}")
@@ -45,6 +45,14 @@ def temporary_path(path: str, kind: str) -> str:
     path = os.path.realpath(path)
     return os.path.join(os.path.dirname(path) or ".",
                         f"{_prefix(path)}{kind}-{uuid.uuid4().hex[:16]}.tmp")
+
+
+def unlink_if_there(path: str) -> None:
+    """Remove the name *path* (a temporary file's), if anything still has it."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _is_ours(name: str, prefix: str) -> bool:

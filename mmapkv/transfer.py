@@ -63,7 +63,7 @@ from .legacy import V2Entry, read_v2
 from .slots import PER_SLOT
 from .locking import lock_file, names_file
 from .store import Store
-from .tempfiles import remove_abandoned, temporary_path
+from .tempfiles import remove_abandoned, temporary_path, unlink_if_there
 
 __all__ = [
     "Entry", "DumpResult", "RestoreResult", "InvalidDumpError",
@@ -524,7 +524,7 @@ def _temporary_store(tmp: str, max_size: int, *, durable: bool = False,
     try:
         return Engine(tmp, durable=durable, create=False)
     except BaseException:
-        _unlink_if_there(tmp)
+        unlink_if_there(tmp)
         raise
 
 
@@ -566,15 +566,8 @@ def _abandon(new: Engine, tmp: str) -> bool:
     if renamed:
         return False
     new._release()
-    _unlink_if_there(tmp)
+    unlink_if_there(tmp)
     return True
-
-
-def _unlink_if_there(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _raise_access_error(exc: BaseException, doing: str) -> None:

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
+
 import mmapkv
 from fault_child import child_env
 from mmapkv import transfer
@@ -111,3 +113,56 @@ def test_temporary_files_of_a_linked_store_are_beside_its_target(tmp_path: Any) 
     assert os.path.basename(left).startswith(".s.mmapkv.compact-")
     create_file(left, SMALL, in_place=True)
     assert remove_abandoned(link) == [left] and _siblings(target) == []
+
+
+class _InterruptAfter:
+    """``os`` for the engine module, but *name* raises ``KeyboardInterrupt`` right after
+    its first call on the new store's temporary file returns: where CPython raises a
+    real Ctrl-C's exception, once the system call is done."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.temporary_fds: list[int] = []
+        self.fired = False
+
+    def __getattr__(self, attribute: str) -> Any:
+        real = getattr(os, attribute)
+        if attribute not in (self.name, "open"):
+            return real
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = real(*args, **kwargs)
+            temporary = ".create-" in str(args[0]) or (attribute == "close" and args[0] in self.temporary_fds)
+            if attribute == "open" and ".create-" in str(args[0]):
+                self.temporary_fds.append(result)
+            if attribute == self.name and temporary and not self.fired:
+                self.fired = True
+                raise KeyboardInterrupt
+            return result
+        return call
+
+
+@pytest.mark.parametrize("call", ["open", "link", "unlink", "close"])
+def test_ctrl_c_after_a_system_call_of_a_create_leaves_no_temporary_name(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, call: str) -> None:
+    """A new store is built under a temporary name, then linked to its path.  Ctrl-C just
+    after the temporary file's open left it behind; just after its descriptor's close
+    (which came before the name's removal) it left the name as a second link to the new
+    store, which nothing removes while the store is open.  Either way the next Store
+    opens the path."""
+    from mmapkv import engine as engine_module
+    from mmapkv import locking as locking_module  # Descriptor closes the descriptor
+    path = os.path.join(tmp_path, "s.mmapkv")
+    fake_os = _InterruptAfter(call)
+    monkeypatch.setattr(engine_module, "os", fake_os)
+    monkeypatch.setattr(locking_module, "os", fake_os)
+    with pytest.raises(KeyboardInterrupt):
+        mmapkv.Store(path, max_size=SMALL)
+    monkeypatch.undo()
+    assert fake_os.fired
+    if call == "open":  # the interrupt took the descriptor before anyone held it
+        os.close(fake_os.temporary_fds[0])
+    assert _siblings(path) == []
+    with mmapkv.Store(path, max_size=SMALL) as store:
+        store.create("k", {"v": 1})
+        assert store.verify() == []
