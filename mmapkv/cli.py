@@ -318,7 +318,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
                                           name=name, progress=bar)
             except BaseException:
                 if not existed:  # we made it and it holds nothing: leave no empty store behind
-                    os.unlink(store.path)  # while still locked, so nobody opens it meanwhile
+                    store._discard()
                 raise
     finally:
         if args.file != "-":  # stdin is not ours to close
@@ -416,7 +416,7 @@ def cmd_copy(args: argparse.Namespace) -> int:
                 result = copy.run(progress=bar)
         except BaseException as exc:
             if created and not copy.copied and isinstance(dest, Store):
-                os.unlink(dest.path)  # we made it and it holds nothing: leave no empty store
+                dest._discard()  # we made it and it holds nothing: leave no empty store
             if not isinstance(exc, InputError):  # a refusal says itself that nothing was copied
                 print(f"{PROG}: copy incomplete: copied {copy.copied:,} of {copy.listed:,} keys"
                       + (f" (skipped {copy.expired:,} expired)" if copy.expired else "")

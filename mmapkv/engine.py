@@ -304,6 +304,9 @@ class Engine:
         self.generation = 0
         #: set by compact just before it renames its new file over this one
         self.successor: Engine | None = None
+        #: set by ``Store._discard`` before it deletes the file: a close then says nothing
+        #: of a deletion it made itself
+        self.discarded = False
         self._fd = -1
         self._mapped = False
         self._dirty = False
@@ -609,7 +612,7 @@ class Engine:
         if self._mapped and not self.readonly and release_lock and self._dirty and not self.changes:
             try:
                 self.mark_clean()
-                deleted = self._deleted()
+                deleted = None if self.discarded else self._deleted()
             except OSError as exc:  # EIO from msync: the lock and descriptor go all the same
                 self._release(release_lock)
                 raise system_error(exc, f"cannot sync {self.path} while closing it (the next "

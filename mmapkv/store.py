@@ -300,6 +300,17 @@ class Store(MutableMapping[str, dict[str, Any]]):
             if engine is not None:
                 engine.close()
 
+    def _discard(self) -> None:
+        """Delete the file and close: for a store a command made and could not fill.  The
+        name goes while the lock is still held, so nobody opens the file meanwhile, and
+        the close does not report the deletion as another program's (an interrupt after
+        the unlink leaves that close to the caller's ``with``, which must not either)."""
+        with self._lock:
+            if self._engine is not None:
+                self._engine.discarded = True
+                os.unlink(self._path)
+        self.close()
+
     def flush(self) -> None:
         """Force every change so far to disk (msync): it now survives power loss."""
         with self._lock:

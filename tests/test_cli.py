@@ -16,7 +16,7 @@ import pytest
 
 import mmapkv
 from conftest import held_by_another_process
-from mmapkv import cli, transfer
+from mmapkv import cli, migrate, transfer
 
 Run = Any  # the ``run`` fixture: (*args) -> (code, stdout, stderr)
 
@@ -637,3 +637,35 @@ def test_output_in_an_encoding_without_the_characters(tmp_path: Any) -> None:
     done = subprocess.run([sys.executable, "-m", "mmapkv", "keys", "--path", path], capture_output=True,
                           env={**env, "PYTHONIOENCODING": "ascii:replace"}, timeout=60)
     assert done.stdout == b"caf?:?\n"  # an error handler the user chose is theirs
+
+
+@pytest.mark.parametrize("command", ["restore", "copy"])
+def test_ctrl_c_in_a_restore_or_copy_into_a_new_store(run: Run, tmp_path: Any, path: str, capsys: Any,
+                                                     monkeypatch: Any, command: str) -> None:
+    """Ctrl-C in ``restore DUMP --path NEW`` (here just after its commit) or in a ``copy``
+    to a new store: the store the command made goes, and the exit is 130.  The close
+    after its removal took that for another program's deletion: exit 4 and "was deleted
+    while this Store had it open (by another program?)"."""
+    source = str(tmp_path / "source.mmapkv")
+    with mmapkv.Store(source) as store:
+        store.create("k", {"v": 1})
+    dump_file = str(tmp_path / "dump.jsonl")
+    assert run("dump", dump_file, "--path", source)[0] == 0
+    if command == "restore":
+        real_restore = transfer.restore
+
+        def restore_then_interrupted(*args: Any, **kwargs: Any) -> Any:
+            real_restore(*args, **kwargs)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(transfer, "restore", restore_then_interrupted)
+        code, _, err = run("restore", dump_file, "--path", path)
+    else:
+        def interrupted(self: Any, **kwargs: Any) -> Any:
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(migrate.Copy, "run", interrupted)
+        code = cli.main(["copy", source, path])  # not run(): a copy cut short adds a line
+        err = capsys.readouterr().err
+    assert code == 130 and "deleted" not in err, err
+    assert not os.path.exists(path)
