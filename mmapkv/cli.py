@@ -72,6 +72,7 @@ from .errors import (
     KeyNotFoundError,
     MmapKVError,
 )
+from .codec import check_ttl
 from .format import VERSION as FORMAT_VERSION
 from .legacy import is_v2
 from .stats import ProgressBar, describe_error
@@ -178,17 +179,28 @@ def _value_argument(args: argparse.Namespace) -> Any:
         raise InputError(f"the value is not valid JSON: {exc}") from None
 
 
+def _seconds(text: str | None, *, required: bool = False) -> int | None:
+    """A TTL argument: ASCII digits (not argparse's ``int``, which takes ``٣`` and makes
+    ``1.5`` a usage error, exit 2, where ``0`` was exit 3), checked before any store is
+    opened, so a bad one never leaves a new store behind."""
+    if text is None:
+        return None
+    if not text.removeprefix("-").isdigit() or not text.isascii():
+        raise InvalidTTLError(f"a TTL is a whole number of seconds, not {text!r}")
+    return check_ttl(int(text), required=required)
+
+
 def cmd_create(args: argparse.Namespace) -> int:
-    value = _value_argument(args)
+    value, ttl = _value_argument(args), _seconds(args.ttl)
     with _open(args.path, create=True) as store:
-        store.create(args.key, value, ttl=args.ttl)
+        store.create(args.key, value, ttl=ttl)
     return EXIT_OK
 
 
 def cmd_set(args: argparse.Namespace) -> int:
-    value = _value_argument(args)
+    value, ttl = _value_argument(args), _seconds(args.ttl)
     with _open(args.path, create=True) as store:
-        store.set(args.key, value, ttl=args.ttl)
+        store.set(args.key, value, ttl=ttl)
     return EXIT_OK
 
 
@@ -200,8 +212,9 @@ def cmd_ttl(args: argparse.Namespace) -> int:
 
 
 def cmd_expire(args: argparse.Namespace) -> int:
+    seconds = _seconds(args.seconds, required=True)
     with _open(args.path) as store:
-        store.expire(args.key, args.seconds)
+        store.expire(args.key, seconds)
     return EXIT_OK
 
 
@@ -471,16 +484,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("create", cmd_create, "store the JSON object JSON under a new KEY")
     p.add_argument("key", metavar="KEY")
     p.add_argument("json", metavar="JSON", help='a JSON object, or "-" to read it from stdin')
-    p.add_argument("--ttl", type=int, metavar="N", help="expire the key N seconds from now")
+    p.add_argument("--ttl", metavar="N", help="expire the key N seconds from now")
     p = command("set", cmd_set, "store the JSON object JSON under KEY, replacing its value and TTL")
     p.add_argument("key", metavar="KEY")
     p.add_argument("json", metavar="JSON", help='a JSON object, or "-" to read it from stdin')
-    p.add_argument("--ttl", type=int, metavar="N", help="expire the key N seconds from now")
+    p.add_argument("--ttl", metavar="N", help="expire the key N seconds from now")
     p = command("ttl", cmd_ttl, 'print the seconds until KEY expires, or "none"')
     p.add_argument("key", metavar="KEY")
     p = command("expire", cmd_expire, "make KEY expire N seconds from now")
     p.add_argument("key", metavar="KEY")
-    p.add_argument("seconds", type=int, metavar="N")
+    p.add_argument("seconds", metavar="N")
     p = command("persist", cmd_persist, "remove the TTL of KEY")
     p.add_argument("key", metavar="KEY")
     p = command("delete", cmd_delete, "remove KEY")

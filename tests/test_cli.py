@@ -116,6 +116,17 @@ def test_create_refuses_stdin_in_utf16_or_utf32(run: Run, path: str, monkeypatch
     assert not os.path.exists(path)
 
 
+@pytest.mark.parametrize("args", [["create", "k", "{}", "--ttl"], ["set", "k", "{}", "--ttl"], ["expire", "k"]])
+@pytest.mark.parametrize("ttl", ["1.5", "1e3", "0x10", "x", "\u0663", "+5", "0", "-1"])
+def test_a_bad_ttl_exits_3_and_makes_no_store(run: Run, path: str, args: list[str], ttl: str) -> None:
+    """Every TTL that is not 1 to MAX_TTL in ASCII digits is exit 3, as cli.md says of an
+    invalid TTL: "1.5" was argparse's usage error (exit 2) where "0" was 3, an Arabic-Indic
+    digit was taken for 3, and a bad TTL for a new store left the store behind."""
+    code, out, err = run(*args, ttl, "--path", path)
+    assert (code, out) == (3, "") and ("whole number of seconds" in err or "ttl must be 1" in err), err
+    assert not os.path.exists(path)
+
+
 @pytest.mark.parametrize("args, message", [
     (["create", "k", "{not json"], "not valid JSON"),
     (["create", "k", "[1, 2]"], "must be a dict"),
@@ -540,8 +551,7 @@ def test_fifo_is_refused_at_once(tmp_path: Any, command: list[str]) -> None:
 
 # ------------------------------------------------------------------ usage (exit 2) and the rest
 
-@pytest.mark.parametrize("args", [[], ["nope"], ["get"], ["create", "k"], ["create", "k", "{}", "--ttl", "x"],
-                                  ["verify", "extra"], ["keys", "--bogus"]])
+@pytest.mark.parametrize("args", [[], ["nope"], ["get"], ["create", "k"], ["verify", "extra"], ["keys", "--bogus"]])
 def test_usage_errors_exit_2(run: Run, args: list[str]) -> None:
     assert run(*args)[0] == 2
 
