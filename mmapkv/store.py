@@ -477,7 +477,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """The number of unexpired keys.
 
         O(1), unless a TTL has passed since the last count: then expired entries are
-        reclaimed first, O(slots).  It counts what the file records as live: an entry
+        reclaimed first, O(slots + records).  It counts what the file records as live: an entry
         damaged on disk is counted until an operation finds it and drops it (``read``,
         ``in``, ``keys``) or recovery does; the checksums are not read for a count.
         """
