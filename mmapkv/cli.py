@@ -179,26 +179,30 @@ def _value_argument(args: argparse.Namespace) -> Any:
         raise InputError(f"the value is not valid JSON: {exc}") from None
 
 
-def _seconds(text: str | None, *, required: bool = False) -> int | None:
+def _seconds(text: str) -> int:
     """A TTL argument: ASCII digits (not argparse's ``int``, which takes ``٣`` and makes
     ``1.5`` a usage error, exit 2, where ``0`` was exit 3), checked before any store is
     opened, so a bad one never leaves a new store behind."""
-    if text is None:
-        return None
     if not text.removeprefix("-").isdigit() or not text.isascii():
         raise InvalidTTLError(f"a TTL is a whole number of seconds, not {text!r}")
-    return check_ttl(int(text), required=required)
+    seconds = int(text)
+    check_ttl(seconds)  # 1 to MAX_TTL, or InvalidTTLError
+    return seconds
+
+
+def _ttl_option(args: argparse.Namespace) -> int | None:
+    return None if args.ttl is None else _seconds(args.ttl)
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    value, ttl = _value_argument(args), _seconds(args.ttl)
+    value, ttl = _value_argument(args), _ttl_option(args)
     with _open(args.path, create=True) as store:
         store.create(args.key, value, ttl=ttl)
     return EXIT_OK
 
 
 def cmd_set(args: argparse.Namespace) -> int:
-    value, ttl = _value_argument(args), _seconds(args.ttl)
+    value, ttl = _value_argument(args), _ttl_option(args)
     with _open(args.path, create=True) as store:
         store.set(args.key, value, ttl=ttl)
     return EXIT_OK
@@ -212,7 +216,7 @@ def cmd_ttl(args: argparse.Namespace) -> int:
 
 
 def cmd_expire(args: argparse.Namespace) -> int:
-    seconds = _seconds(args.seconds, required=True)
+    seconds = _seconds(args.seconds)
     with _open(args.path) as store:
         store.expire(args.key, seconds)
     return EXIT_OK
