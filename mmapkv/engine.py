@@ -34,6 +34,7 @@ import struct
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from itertools import compress
 
 import portalocker
 from xxhash import xxh3_64_intdigest
@@ -66,6 +67,7 @@ from .format import (
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
     PAGE_SIZE,
+    RECORD_FIELDS,
     RECORD_HEADER,
     SB_BATCH_COMMIT,
     SB_CHECKSUM,
@@ -112,6 +114,11 @@ _LIVE_FIRST = _LIVE[0]  # a sub-slot whose first byte is not this holds no LIVE 
 _FREED = bytes(_HEAD.size)
 _U64 = RECORD_HEADER.__class__("<Q")
 _unpack_record = RECORD_HEADER.unpack_from
+#: per class, the ``expires_at`` of every sub-slot of a slot, in one unpack: what a sweep
+#: reads (a record's own header, its key, only for the sub-slots that have an expiry)
+_EXPIRES_AT = struct.calcsize(RECORD_HEADER.format[:1 + RECORD_FIELDS.index("expires_at")])
+_SLOT_EXPIRIES = tuple(struct.Struct("<" + f"{_EXPIRES_AT}xd{size - _EXPIRES_AT - 8}x" * per)
+                       for size, per in zip(CLASS_SIZES, PER_SLOT))
 _SEARCH_LIMIT = 3        # open attempts when the path is replaced under us (by compact)
 _SEQ_RESERVE = 1 << 16   # sequence numbers reserved on disk at a time (one superblock write)
 
@@ -1264,14 +1271,29 @@ class Engine:
         return position >= 0 and self.record_offset(position) == off
 
     def sweep(self, now: float) -> int:
-        """Free every record expired at *now*; recompute ``next_expiry``.  O(records)."""
+        """Free every record expired at *now*; recompute ``next_expiry``.  O(slots +
+        records), but Python touches only the records that have an expiry: each slot's
+        expiry fields are read in one unpack and the sub-slots with one picked out in C
+        (all of a slot's, free ones included: the bitmap and the state decide).  Walking
+        every record's header in Python took 105 ms over 200,000 records."""
         expired, next_expiry = [], math.inf
-        for off, _, expires, key in self.iter_records():
-            if expires:
-                if expires <= now:
-                    expired.append(key)
-                elif expires < next_expiry:
-                    next_expiry = expires
+        mm, info, first = self._mm, self.slots.info, self._slots_offset
+        for slot, cls in self.record_slots():
+            base = first + slot * SLOT_SIZE
+            dated = list(compress(range(PER_SLOT[cls]), _SLOT_EXPIRIES[cls].unpack_from(mm, base)))
+            if not dated:
+                continue
+            taken = int.from_bytes(info(slot)[5], "little")
+            for index in dated:
+                if taken >> index & 1:
+                    off = base + index * CLASS_SIZES[cls]
+                    state, _, _, _, expires, _, klen, _ = _unpack_record(mm, off)
+                    if state != STATE_LIVE:
+                        continue
+                    if expires <= now:
+                        expired.append(bytes(mm[off + KEY_OFFSET:off + KEY_OFFSET + klen]))
+                    elif expires < next_expiry:
+                        next_expiry = expires
         for key in expired:  # removing changes the slot info the scan reads: scan first
             position = self.find(key, self.fingerprint(key))
             if position >= 0:
