@@ -25,6 +25,7 @@ Interrupts: an exception can land between any two bytecodes of a change (Ctrl-C'
 from __future__ import annotations
 
 import errno
+import io
 import math
 import mmap
 import os
@@ -87,7 +88,7 @@ from .format import (
     Geometry,
     class_for,
 )
-from .locking import Descriptor, lock_file, unlock_file
+from .locking import lock_file, unlock_file
 from .slots import PER_SLOT, Slots
 from .table import HOME_OF_ENTRY, SEGMENT_MASK, SEGMENT_STRIDE, Table
 from .tempfiles import remove_abandoned, temporary_path, unlink_if_there
@@ -173,13 +174,13 @@ def create_file(path: str, max_size: int, *, in_place: bool = False, seed: int |
     tmp = path if in_place else temporary_path(path, "create")
     made = False
     try:
-        held = Descriptor(os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600))
+        held = _owned(os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600))
     except BaseException as exc:
         if not isinstance(exc, OSError):  # an interrupt just after the open made it: ours
             unlink_if_there(tmp)
         raise
     try:
-        fd = held.fd
+        fd = held.fileno()
         try:  # a fresh name: nobody else can hold it, so this fails only on a broken system
             portalocker.lock(fd, portalocker.LOCK_EX | portalocker.LOCK_NB)
         except (portalocker.LockException, OSError) as exc:
@@ -212,7 +213,7 @@ def create_file(path: str, max_size: int, *, in_place: bool = False, seed: int |
     finally:
         # The name first, then the descriptor: closed first, an interrupt between the two
         # left the temporary name as a second link to the new store.  Should one skip the
-        # close, the Descriptor closes it (and lets the lock go) when it is dropped.  The
+        # close, the FileIO closes it (and lets the lock go) when it is dropped.  The
         # unlink is inline: a call into a function of ours is a place Ctrl-C lands.
         try:
             if not in_place or not made:
@@ -224,14 +225,24 @@ def create_file(path: str, max_size: int, *, in_place: bool = False, seed: int |
             held.close()
     if not in_place:  # (a temporary file's name need not survive: its rename is synced)
         try:
-            directory = Descriptor(os.open(os.path.dirname(path) or ".", os.O_RDONLY))
+            dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
         except PermissionError:  # a directory we may write but not read: as SQLite, go without
             return made
         try:
-            os.fsync(directory.fd)  # the new name itself survives power loss
+            os.fsync(dir_fd)  # the new name itself survives power loss
         finally:
-            directory.close()
+            os.close(dir_fd)
     return made
+
+
+def _owned(fd: int, *, readonly: bool = False) -> io.FileIO:
+    """*fd* owned by a ``FileIO``, whose ``close`` closes it and marks it closed in one C
+    call, and whose finaliser closes it if nothing did.  Closed by number instead, an
+    interrupt landing just after ``os.close`` returned (where CPython raises a signal's
+    exception) left the number for a finaliser to close again, by then another file's:
+    a second Store's, whose next growth reserved blocks in an unrelated file (a review);
+    forgotten before the close, an interrupt between the two kept the lock for good."""
+    return io.FileIO(fd, "r" if readonly else "r+", closefd=True)
 
 
 def _reversed(value: int, bits: int) -> int:
@@ -315,6 +326,7 @@ class Engine:
         #: of a deletion it made itself
         self.discarded = False
         self._fd = -1
+        self._file: io.FileIO | None = None  #: owns _fd (``_owned``)
         self._mapped = False
         self._dirty = False
         try:
@@ -361,17 +373,18 @@ class Engine:
                     os.makedirs(parent, mode=0o700, exist_ok=True)
                 create_file(path, MAX_FILE_SIZE if max_size is None else max_size)
             try:
-                self._fd = fd = os.open(path, flags)
+                self._file = _owned(os.open(path, flags), readonly=self.readonly)
             except FileNotFoundError:
                 if create and not self.readonly:
                     continue  # removed between create and open: make it again
                 raise StoreAccessError(errno.ENOENT, f"no store at {path}") from None
+            self._fd = fd = self._file.fileno()
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise InvalidArgumentError(f"{path} is not a regular file")
             if lock_file(fd, path, shared=self.readonly, timeout=lock_timeout):
                 return
-            self._fd = -1  # replaced under us: never locked, try the path again
-            os.close(fd)
+            self._file.close()  # replaced under us: never locked, try the path again
+            self._file, self._fd = None, -1
         raise StoreLockedError(f"{path} keeps being replaced while opening it; try again")
 
     def _load_or_raise(self, max_size: int | None) -> None:
@@ -657,21 +670,14 @@ class Engine:
         if successor is not None:
             successor._release(release_lock)
         self._unmap()
-        if self._fd >= 0:
-            if release_lock:
-                unlock_file(self._fd)
-            os.close(self._fd)
-            self._fd = -1
-
-    def __del__(self) -> None:
-        # The last word on the file descriptor (and so the lock) when a close was itself
-        # interrupted: without it the lock would outlive the Store in this process.
-        if self._fd >= 0:
-            try:
-                os.close(self._fd)
-            except OSError:  # pragma: no cover
-                pass
-            self._fd = -1
+        file = self._file
+        if file is not None:
+            if release_lock and not file.closed:
+                unlock_file(file.fileno())  # _fd may not be set yet: an interrupted open
+            # Interrupted anywhere here, the FileIO stays ours: closed, or closed by its
+            # finaliser when the engine goes (the last word on the lock), never twice.
+            file.close()
+            self._file, self._fd = None, -1
 
     def flush(self) -> None:
         """msync the whole map: what was written survives power loss from here on (unless

@@ -20,7 +20,7 @@ import portalocker
 
 from .errors import StoreLockedError, system_error
 
-__all__ = ["lock_file", "unlock_file", "names_file", "recursion_count", "Descriptor"]
+__all__ = ["lock_file", "unlock_file", "names_file", "recursion_count"]
 
 _COUNT = re.compile(r" count=(\d+) ")
 
@@ -97,27 +97,3 @@ def recursion_count(lock: Any) -> Callable[[], int]:
 
     return from_repr
 
-
-class Descriptor:
-    """An open file descriptor that closes itself when dropped.  An interrupt that skips
-    the code meant to close it (Ctrl-C lands between any two bytecodes) leaves the
-    descriptor, and so any lock it holds, to the garbage collector rather than to the
-    end of the process."""
-
-    __slots__ = ("fd",)
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def close(self) -> None:
-        # Forget it first: an interrupt after the close must not leave a number that
-        # __del__ would close again, by then perhaps another file's.
-        fd, self.fd = getattr(self, "fd", -1), -1
-        if fd >= 0:
-            os.close(fd)
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except OSError:  # pragma: no cover - nothing to tell at collection
-            pass

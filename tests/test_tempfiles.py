@@ -7,6 +7,7 @@ the next compact removes it, but only a file that is ours and abandoned.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -151,11 +152,20 @@ def test_ctrl_c_after_a_system_call_of_a_create_leaves_no_temporary_name(
     store, which nothing removes while the store is open.  Either way the next Store
     opens the path."""
     from mmapkv import engine as engine_module
-    from mmapkv import locking as locking_module  # Descriptor closes the descriptor
     path = os.path.join(tmp_path, "s.mmapkv")
     fake_os = _InterruptAfter(call)
     monkeypatch.setattr(engine_module, "os", fake_os)
-    monkeypatch.setattr(locking_module, "os", fake_os)
+    if call == "close":  # the engine closes it through the FileIO that owns it
+
+        class InterruptedAfterClose(io.FileIO):
+            def close(self) -> None:
+                fd = self.fileno() if not self.closed else -1
+                super().close()
+                if fd in fake_os.temporary_fds and not fake_os.fired:
+                    fake_os.fired = True
+                    raise KeyboardInterrupt
+
+        monkeypatch.setattr(engine_module, "_owned", lambda fd, readonly=False: InterruptedAfterClose(fd, "r+"))
     with pytest.raises(KeyboardInterrupt):
         mmapkv.Store(path, max_size=SMALL)
     monkeypatch.undo()
