@@ -1195,8 +1195,7 @@ class Engine:
         depth = self.slots.info(segment)[1]
         # The run the slot info claims must be the directory's: a damaged depth byte would
         # list a run twice or skip one (read and keys() never use it).
-        if depth > table.depth or (depth < table.depth and directory[index ^ 1 << depth] != segment) \
-                or (depth and directory[index ^ 1 << (depth - 1)] == segment):
+        if not table.depth_agrees(segment, index, depth):
             raise DamagedEntry(f"{self.path}: the depth of the table segment in slot {segment} "
                                "disagrees with the directory", -1)
         span = 1 << (bits - depth)

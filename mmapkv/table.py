@@ -76,6 +76,14 @@ class Table:
     def segment_of(self, fp: int) -> int:
         return self.dir[fp & self.dmask]  # type: ignore[no-any-return,unused-ignore]
 
+    def depth_agrees(self, segment: int, index: int, depth: int) -> bool:
+        """Whether *depth*, the local depth slot info gives *segment* (no checksum covers
+        it), is the directory's, around the directory entry *index* that names it: the
+        entries past that depth name it too, its sibling run does not."""
+        directory = self.dir
+        return not (depth > self.depth or (depth < self.depth and directory[index ^ 1 << depth] != segment)
+                    or (depth and directory[index ^ 1 << (depth - 1)] == segment))
+
     def segments(self) -> list[int]:
         """Every segment's slot, once each, in directory order."""
         return list(dict.fromkeys(self.dir[:1 << self.depth].tolist()))
@@ -177,9 +185,12 @@ class Table:
             if not depth:
                 return
             bit = 1 << (depth - 1)
-            buddy = directory[(fp ^ bit) & self.dmask]
+            index = fp & self.dmask
+            buddy = directory[index ^ bit]
             if buddy == segment or slots.info(buddy)[1] != depth:
                 return  # the buddy's run is split finer: nothing to fold into one
+            if not (self.depth_agrees(segment, index, depth) and self.depth_agrees(buddy, index ^ bit, depth)):
+                return  # a damaged depth byte: a merge by it would leave a segment unnamed
             used, buddy_used = slots.used(segment), slots.used(buddy)
             if used + buddy_used >= SPLIT_AT // 4:
                 return

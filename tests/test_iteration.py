@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -272,3 +273,46 @@ def test_a_damaged_segment_depth_is_repaired_not_walked(tmp_path: Any, wrong_by:
         met = Counter(iter(store))
         assert len(met) == 6000 and max(met.values()) == 1
         assert store.verify() == []
+
+
+def test_deletes_never_merge_by_a_damaged_segment_depth(tmp_path: Any, many_segments: None) -> None:
+    """A segment whose depth byte reads one level too shallow looks like its neighbour's
+    buddy: deletes that thinned both merged them by it, pointing the directory entries of
+    the segment's real sibling at the merged one, so keys never deleted read as missing
+    (and could be created again) in a store that looked clean (a review).  A merge checks
+    both depths against the directory first, as a walk does."""
+    path = os.path.join(tmp_path, "s.mmapkv")
+    keys = [f"k{i}" for i in range(300)]
+    with mmapkv.Store(path) as store:
+        for key in keys:
+            store.create(key, {"k": key})
+        engine = store._engine
+        assert engine is not None
+        table = engine.table
+        segment_of = {key: table.segment_of(engine.fingerprint(key.encode())) for key in keys}
+        fp_of = {key: engine.fingerprint(key.encode()) for key in keys}
+        depth_of = {segment: engine.slots.info(segment)[1] for segment in table.segments()}
+        directory, dmask = table.dir[:1 << table.depth].tolist(), table.dmask
+        info_offset = engine.geometry.info_offset
+    tried = 0
+    for segment, depth in depth_of.items():
+        mine = [key for key in keys if segment_of[key] == segment]
+        wrong = depth - 1  # one level too shallow: a neighbour of that depth looks like its buddy
+        if wrong < 1 or not mine:
+            continue
+        buddy = directory[(fp_of[mine[0]] ^ 1 << (wrong - 1)) & dmask]
+        if buddy == segment or depth_of[buddy] != wrong:
+            continue
+        tried += 1
+        damaged = os.path.join(tmp_path, f"damaged{segment}.mmapkv")
+        shutil.copyfile(path, damaged)
+        with open(damaged, "r+b") as f:
+            f.seek(info_offset + 24 * segment + 1)
+            f.write(bytes([wrong]))
+        gone = set([key for key in keys if segment_of[key] == buddy] + mine[1:])  # 1 left: they merge
+        with mmapkv.Store(damaged) as store:
+            for key in sorted(gone):
+                store.delete(key)
+            assert [key for key in keys if key not in gone and store.get(key) is None] == []
+        os.unlink(damaged)
+    assert tried
