@@ -32,7 +32,8 @@ in unix seconds):
 ``classes``              one object per sub-slot size that holds a slot: ``size``,
                          ``per_slot``, ``slots``, ``used`` and ``free`` sub-slots, ``fill``
                          (used / (used + free))
-``table_depth``          the directory's global depth: it has 2**depth entries
+``table_depth``          the directory's global depth: it has 2**depth entries (after a
+                         crash, at least that: it is written at a clean close)
 ``table_segments``       segments (2,048 positions each)
 ``table_capacity``       positions in the table
 ``table_entries``        occupied positions
@@ -209,11 +210,13 @@ def _report(engine: Engine, now: float, progress: Progress | None) -> dict[str, 
     # crash the superblock's depth is the last clean close's (it is written at close), and
     # a directory read that deep misses every segment split off since: walk the slots that
     # say they are segments then, and take the directory's depth as the deepest of theirs
-    # (a split that doubles the directory gives both halves its new depth).
+    # (a split that doubles the directory gives both halves its new depth), or the last
+    # clean close's if deeper (merges since made every segment shallower than the
+    # directory, which keeps its depth): a lower bound, exact unless both happened.
     if engine.was_clean:
         segments, depth = engine.table.segments(), engine.table.depth
     else:
-        segments, depth = segment_slots, deepest
+        segments, depth = segment_slots, max(deepest, engine.table.depth)
     probes: list[int] = []
     q = engine._q
     for segment in segments:

@@ -453,3 +453,31 @@ def test_every_flipped_bit_of_a_header_is_reported_or_refused(store_path: str, c
                     capsys.readouterr()
                 f.seek(at)
                 f.write(bytes([byte]))
+
+
+def test_crashed_store_whose_segments_merged_since_the_last_clean_close(store_path: str) -> None:
+    """Merges make every segment shallower than the directory, which keeps its depth, so
+    after a crash the deepest segment no longer says the directory's depth: the report
+    said 1 where the directory had 2**7 entries (a review).  The last clean close's depth
+    is a floor, since a directory never halves."""
+    code = f"""if True:
+        import os, mmapkv
+        from mmapkv import table
+        table.SPLIT_AT = 8
+        store = mmapkv.Store({store_path!r}, max_size={SMALL_MAX_SIZE})
+        store.batch_create({{f"k{{i}}": {{"i": i}} for i in range(200)}})
+        store.close()  # a clean close at the deep table's depth
+        store = mmapkv.Store({store_path!r})
+        for i in range(198):
+            store.delete(f"k{{i}}")
+        engine = store._engine
+        print(engine.table.depth, engine.table.segment_count, flush=True)
+        os._exit(0)
+    """
+    shown = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    depth, segments = map(int, shown.stdout.split())
+    assert depth >= 4 and segments < 4
+    r = stats.collect(store_path)
+    assert r["clean_close"] is False
+    assert (r["table_depth"], r["table_segments"]) == (depth, segments)
+    assert r["table_entries"] == r["live_keys"] == 2
