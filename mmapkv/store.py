@@ -324,8 +324,8 @@ class Store(MutableMapping[str, dict[str, Any]]):
 
     def __del__(self) -> None:
         # A finaliser must never block: if the lock is held (by a thread that is about
-        # to drop its own reference, or left held), leave the file to the engine's own
-        # finaliser, which closes the descriptor: the next open then recovers.
+        # to drop its own reference, or left held), leave the file to the FileIO that owns
+        # the engine's descriptor, whose finaliser closes it: the next open then recovers.
         try:
             if self._engine is not None and os.getpid() == self._pid and \
                     self._lock.acquire(blocking=False):
