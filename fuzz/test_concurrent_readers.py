@@ -43,7 +43,7 @@ from mmapkv import transfer
 from mmapkv.format import Geometry
 
 PROFILE = settings.get_profile(PROFILE_NAME)
-KEYS = ["a", "b", "c", "ключ", "🔑" * 8, "k" * 32]
+KEYS = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "ключ", "🔑" * 8, "k" * 32]
 PADS = [0, 40, 200, 900, 3000, 7000, 8100]  # 2-byte characters of padding: every size class
 READERS = 3
 
@@ -119,10 +119,10 @@ class Writer:
 
 @settings(PROFILE, max_examples=min(PROFILE.max_examples, 30))
 @given(program=st.lists(op, min_size=5, max_size=60), seed=st.integers(0, 2 ** 16),
-       split_at=st.sampled_from([table_module.SPLIT_AT, 4]))
+       split_at=st.sampled_from([table_module.SPLIT_AT, 4, 8]))
 def test_readers_never_see_torn_stale_or_missing_values(program: list[Any], seed: int, split_at: int) -> None:
-    """*split_at* 4: the six keys split the table's segments and merge them again (under
-    SPLIT_AT // 4 = 1 entry: when a pair is empty) while the readers look."""
+    """*split_at* 4 or 8: the twelve keys split the table's segments and merge them again
+    while the readers look (under SPLIT_AT // 4 entries: 1, when a pair is empty, or 2)."""
     real_split_at, table_module.SPLIT_AT = table_module.SPLIT_AT, split_at
     try:
         _readers_against(program, seed)
