@@ -453,3 +453,47 @@ def test_an_interrupted_close_never_closes_another_files_descriptor(tmp_path: An
     closed_at(None)
     steps = closed_at(None)
     assert sum(closed_at(step) for step in range(1, steps + 1)) == steps
+
+
+def test_an_interrupted_first_module_level_call_leaves_the_default_store_usable(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mmapkv.create`` on a default store that does not exist yet (it makes the data
+    directory, the file, and the module's store) interrupted at every point: the next
+    module-level call opens the store (never "in use", never the module's lock left
+    held), and the key is there whole or not at all."""
+    homes = iter(range(10**6))
+
+    def fresh_home() -> None:
+        monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / f"home{next(homes)}"))
+        monkeypatch.setattr(mmapkv, "_default_store", None)
+
+    def first_call() -> None:
+        mmapkv.create("k", {"v": 1}, ttl=60)
+
+    def close_default() -> None:
+        if mmapkv._default_store is not None:
+            mmapkv._default_store.close()
+
+    for _ in range(2):  # counted the second time: the first warms imports up
+        fresh_home()
+        steps = count_steps(first_call)
+        close_default()
+    for step in range(1, steps + 1):
+        fresh_home()
+        injected, out = interrupt_at(first_call, step, KeyboardInterrupt)
+        where = f"KeyboardInterrupt at point {step} of {steps} ({GRAIN} grain) in {_stopped_in(out) if out else '-'}"
+        assert injected, f"{where}: not reached"
+        assert isinstance(out, (KeyboardInterrupt, mmapkv.MmapKVError)), f"{where}: {out!r}"
+        del out
+        gc.collect()  # a Store made but not kept yet goes now, closing its file
+        assert not mmapkv._default_lock._is_owned(), where  # type: ignore[attr-defined]
+        try:
+            value = mmapkv.read("k")
+        except mmapkv.KeyNotFoundError:
+            value = None
+        except mmapkv.StoreLockedError:
+            pytest.fail(f"{where}: the default store stays locked")
+        assert value in (None, {"v": 1}), where
+        mmapkv.create("after", {"ok": True})
+        assert mmapkv.read("after") == {"ok": True}
+        close_default()
