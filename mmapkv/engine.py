@@ -348,9 +348,10 @@ class Engine:
 
     def _open_and_lock_path(self, max_size: int | None, lock_timeout: float, create: bool) -> None:
         """Open and lock the file at the path (creating it if allowed) into ``_fd``.  The
-        descriptor is ``_fd`` from its open on, so whatever exception follows, ``_release``
-        or ``__del__`` closes it: returned up the stack instead, an interrupt just after
-        the lock kept it open, and the store locked, for the rest of the process."""
+        descriptor is ``_file``'s from its open on, so whatever exception follows,
+        ``_release`` or the ``FileIO``'s finaliser closes it: returned up the stack instead,
+        an interrupt just after the lock kept it open, and the store locked, for the rest
+        of the process."""
         path = self.path
         if os.path.isdir(path):
             raise InvalidArgumentError(f"{path} is a directory; give the path of a store file")

@@ -96,4 +96,3 @@ def recursion_count(lock: Any) -> Callable[[], int]:
         return int(found[1]) if found else 0
 
     return from_repr
-
