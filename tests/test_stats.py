@@ -468,15 +468,16 @@ def test_crashed_store_whose_segments_merged_since_the_last_clean_close(store_pa
         store.batch_create({{f"k{{i}}": {{"i": i}} for i in range(200)}})
         store.close()  # a clean close at the deep table's depth
         store = mmapkv.Store({store_path!r})
+        peak = store._engine.table.segment_count
         for i in range(198):
             store.delete(f"k{{i}}")
         engine = store._engine
-        print(engine.table.depth, engine.table.segment_count, flush=True)
+        print(engine.table.depth, engine.table.segment_count, peak, flush=True)
         os._exit(0)
     """
     shown = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    depth, segments = map(int, shown.stdout.split())
-    assert depth >= 4 and segments < 4
+    depth, segments, peak = map(int, shown.stdout.split())
+    assert depth >= 4 and segments < peak  # merged (how far depends on the hash seed)
     r = stats.collect(store_path)
     assert r["clean_close"] is False
     assert (r["table_depth"], r["table_segments"]) == (depth, segments)
