@@ -677,8 +677,11 @@ class Engine:
                 unlock_file(file.fileno())  # _fd may not be set yet: an interrupted open
             # Interrupted anywhere here, the FileIO stays ours: closed, or closed by its
             # finaliser when the engine goes (the last word on the lock), never twice.
+            # The number goes first: kept past the close (an interrupt between the two),
+            # it may name another file by the time anything reads it (Store._repair).
+            self._fd = -1
             file.close()
-            self._file, self._fd = None, -1
+            self._file = None
 
     def flush(self) -> None:
         """msync the whole map: what was written survives power loss from here on (unless

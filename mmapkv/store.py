@@ -249,7 +249,10 @@ class Store(MutableMapping[str, dict[str, Any]]):
         each leaves things for the next call to finish: the Store is switched to another
         engine by one assignment, and only once that engine is ready."""
         successor = engine.successor
-        if successor is not None and successor._fd >= 0 and names_file(self._path, successor._fd):
+        # A successor half-released (an interrupt in its _release) is never taken: its
+        # map goes first and its number before its close, so either flag tells
+        if (successor is not None and successor._mapped and successor._fd >= 0
+                and names_file(self._path, successor._fd)):
             # A compact renamed its finished file over ours and was interrupted before it
             # switched the Store over: that file is the store now.
             successor.path = self._path
