@@ -25,6 +25,7 @@ Interrupts: an exception can land between any two bytecodes of a change (Ctrl-C'
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import math
 import mmap
@@ -174,7 +175,7 @@ def create_file(path: str, max_size: int, *, in_place: bool = False, seed: int |
     tmp = path if in_place else temporary_path(path, "create")
     made = False
     try:
-        held = _owned(os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600))
+        held = _opened(tmp, new=True)
     except BaseException as exc:
         if not isinstance(exc, OSError):  # an interrupt just after the open made it: ours
             unlink_if_there(tmp)
@@ -235,14 +236,21 @@ def create_file(path: str, max_size: int, *, in_place: bool = False, seed: int |
     return made
 
 
-def _owned(fd: int, *, readonly: bool = False) -> io.FileIO:
-    """*fd* owned by a ``FileIO``, whose ``close`` closes it and marks it closed in one C
-    call, and whose finaliser closes it if nothing did.  Closed by number instead, an
-    interrupt landing just after ``os.close`` returned (where CPython raises a signal's
-    exception) left the number for a finaliser to close again, by then another file's:
-    a second Store's, whose next growth reserved blocks in an unrelated file (a review);
-    forgotten before the close, an interrupt between the two kept the lock for good."""
-    return io.FileIO(fd, "r" if readonly else "r+", closefd=True)
+def _opened(path: str, *, readonly: bool = False, new: bool = False) -> io.FileIO:
+    """*path* opened by a ``FileIO``, which owns the descriptor from the system call on:
+    its ``close`` closes it and marks it closed in one C call, and its finaliser closes it
+    if nothing did.  ``new=True`` creates the file (it must not exist) readable by its
+    owner only.
+
+    Opened with ``os.open`` and handed over, an interrupt between the two leaked an
+    unlocked descriptor; closed by number, an interrupt just after ``os.close`` returned
+    (where CPython raises a signal's exception) left the number for a finaliser to close
+    again, by then another file's (a second Store's, whose next growth reserved blocks in
+    an unrelated file).  The opener is C calling C (``partial`` of ``os.open``): no
+    bytecode, so no place for Ctrl-C, between the open and the ``FileIO`` holding it."""
+    if new:
+        return io.FileIO(path, "x+", opener=functools.partial(os.open, mode=0o600))
+    return io.FileIO(path, "r" if readonly else "r+")
 
 
 def _reversed(value: int, bits: int) -> int:
@@ -326,7 +334,7 @@ class Engine:
         #: of a deletion it made itself
         self.discarded = False
         self._fd = -1
-        self._file: io.FileIO | None = None  #: owns _fd (``_owned``)
+        self._file: io.FileIO | None = None  #: owns _fd (``_opened``)
         self._mapped = False
         self._dirty = False
         try:
@@ -366,7 +374,6 @@ class Engine:
                                                "(a loop of links)") from None
             raise InvalidArgumentError(f"{path} is a symbolic link to {os.readlink(path)}, "
                                        "which does not exist")
-        flags = (os.O_RDONLY if self.readonly else os.O_RDWR) | getattr(os, "O_CLOEXEC", 0)
         for _ in range(_SEARCH_LIMIT):
             if create and not self.readonly and not os.path.exists(path):
                 parent = os.path.dirname(path)
@@ -374,18 +381,21 @@ class Engine:
                     os.makedirs(parent, mode=0o700, exist_ok=True)
                 create_file(path, MAX_FILE_SIZE if max_size is None else max_size)
             try:
-                self._file = _owned(os.open(path, flags), readonly=self.readonly)
+                self._file = _opened(path, readonly=self.readonly)
             except FileNotFoundError:
                 if create and not self.readonly:
                     continue  # removed between create and open: make it again
                 raise StoreAccessError(errno.ENOENT, f"no store at {path}") from None
+            except IsADirectoryError:  # made one since the check above
+                raise InvalidArgumentError(f"{path} is a directory; give the path of a store file") from None
             self._fd = fd = self._file.fileno()
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise InvalidArgumentError(f"{path} is not a regular file")
             if lock_file(fd, path, shared=self.readonly, timeout=lock_timeout):
                 return
-            self._file.close()  # replaced under us: never locked, try the path again
-            self._file, self._fd = None, -1
+            self._fd = -1  # replaced under us: never locked, try the path again
+            self._file.close()
+            self._file = None
         raise StoreLockedError(f"{path} keeps being replaced while opening it; try again")
 
     def _load_or_raise(self, max_size: int | None) -> None:

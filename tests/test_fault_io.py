@@ -140,10 +140,10 @@ def test_no_room_to_create_a_store_is_disk_full(tmp_path: Any, monkeypatch: pyte
     StoreAccessError, which `except DiskFullError` missed)."""
     real_open = eng.os.open
 
-    def full_disk_open(path: str, flags: int, *args: Any) -> int:
+    def full_disk_open(path: str, flags: int, *args: Any, **kwargs: Any) -> int:
         if flags & os.O_CREAT:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_open(path, flags, *args)
+        return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(eng.os, "open", full_disk_open)
     path = str(tmp_path / "s")
@@ -162,10 +162,10 @@ def test_a_directory_that_cannot_be_read_still_gets_its_store(tmp_path: Any,
     where = str(tmp_path / "w")
     os.mkdir(where)
 
-    def unreadable_directory(path: str, flags: int, *args: Any) -> int:
+    def unreadable_directory(path: str, flags: int, *args: Any, **kwargs: Any) -> int:
         if path == where:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
-        return real_open(path, flags, *args)
+        return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(eng.os, "open", unreadable_directory)
     path = os.path.join(where, "s")

@@ -49,3 +49,21 @@ def test_read_only_open_of_a_missing_store_is_a_store_access_error(tmp_path: Any
     with pytest.raises(mmapkv.StoreAccessError, match="no store"):
         Engine(path, readonly=True, create=False)
     assert not os.path.exists(path)
+
+
+@pytest.mark.parametrize("readonly", [False, True], ids=["read-write", "read-only"])
+def test_a_path_that_becomes_a_directory_after_the_checks_is_an_invalid_argument(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, readonly: bool) -> None:
+    """The checks before the open say "a file" (another program made a directory there
+    since): the open itself refuses it, as an InvalidArgumentError like the checks', not
+    a StoreAccessError with a bare EISDIR, and nothing is left open."""
+    from mmapkv.engine import Engine
+    path = str(tmp_path / "s.mmapkv")
+    os.mkdir(path)
+    real_isdir, real_isfile = os.path.isdir, os.path.isfile
+    monkeypatch.setattr(os.path, "isdir", lambda p: False if p == path else real_isdir(p))
+    monkeypatch.setattr(os.path, "isfile", lambda p: True if p == path else real_isfile(p))
+    before = sorted(os.listdir("/proc/self/fd"))
+    with pytest.raises(mmapkv.InvalidArgumentError, match="is a directory"):
+        Engine(path, readonly=readonly, create=False)
+    assert sorted(os.listdir("/proc/self/fd")) == before

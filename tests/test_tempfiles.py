@@ -7,6 +7,7 @@ the next compact removes it, but only a file that is ours and abandoned.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -165,7 +166,8 @@ def test_ctrl_c_after_a_system_call_of_a_create_leaves_no_temporary_name(
                     fake_os.fired = True
                     raise KeyboardInterrupt
 
-        monkeypatch.setattr(engine_module, "_owned", lambda fd, readonly=False: InterruptedAfterClose(fd, "r+"))
+        monkeypatch.setattr(engine_module, "_opened", lambda path, readonly=False, new=False: InterruptedAfterClose(
+            path, "x+", opener=functools.partial(fake_os.open, mode=0o600)))
     with pytest.raises(KeyboardInterrupt):
         mmapkv.Store(path, max_size=SMALL)
     monkeypatch.undo()
