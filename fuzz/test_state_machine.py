@@ -134,15 +134,27 @@ class StoreMachine(RuleBasedStateMachine):
         to the ceiling would add."""
         engine = self.store._engine  # type: ignore[union-attr]
         assert engine is not None
+        free_sub = self._free_sub_slots()
+        needed: collections.Counter[int] = collections.Counter(class_for(n) for n in record_sizes)
+        slots = sum(-(-max(0, count - free_sub[cls]) // PER_SLOT[cls]) for cls, count in needed.items())
+        room = engine.slots.free_slots() + self.geometry.max_slots - engine.slot_count
+        return slots <= room
+
+    def _gatherable(self) -> list[int]:
+        """Classes whose free sub-slots add up to a whole slot: a write refused at the
+        ceiling must have moved their records together first (``Engine.gather``)."""
+        return [cls for cls, free in self._free_sub_slots().items() if free >= PER_SLOT[cls] > 1]
+
+    def _free_sub_slots(self) -> collections.Counter[int]:
+        """Free sub-slots per class, read from the slot info."""
+        engine = self.store._engine  # type: ignore[union-attr]
+        assert engine is not None
         free_sub: collections.Counter[int] = collections.Counter()
         for slot in range(engine.slots.high_water):
             kind, _, used, _, _, _ = engine.slots.info(slot)
             if 1 <= kind <= len(PER_SLOT):
                 free_sub[kind - 1] += PER_SLOT[kind - 1] - used
-        needed: collections.Counter[int] = collections.Counter(class_for(n) for n in record_sizes)
-        slots = sum(-(-max(0, count - free_sub[cls]) // PER_SLOT[cls]) for cls, count in needed.items())
-        room = engine.slots.free_slots() + self.geometry.max_slots - engine.slot_count
-        return slots <= room
+        return free_sub
 
     def _write(self, expected: type[Exception] | None, sizes: list[int], call: Callable[[], Any]) -> bool:
         """Run a create or batch whose keys are free; True if it wrote.  It may fail with
@@ -162,6 +174,8 @@ class StoreMachine(RuleBasedStateMachine):
             assert at_ceiling or "even at its" in str(exc), f"StoreFullError below the ceiling: {exc}"
             self._sweep()  # the store reclaimed expired entries before giving up
             assert not self._fits(sizes), f"StoreFullError with room in the file: {exc}"
+            gatherable = self._gatherable() if at_ceiling else []
+            assert not gatherable, f"classes {gatherable} could give a slot back: {exc}"
             self.counts["raised StoreFullError"] += 1
             return False
         self.counts["operations"] += 1

@@ -42,6 +42,13 @@ _pack_u16 = _U16.pack
 _unpack_info = SLOT_INFO.unpack_from
 
 
+def _damaged(slot: int) -> CorruptStoreError:
+    """The slot info disagrees with itself (damage): never write past the slot.  Not a
+    clean refusal: the store repairs (rebuilds this info) before its next use."""
+    return CorruptStoreError(f"the slot info of slot {slot} is damaged; the store rebuilds "
+                             "it from the records at its next use: try again")
+
+
 class Slots:
     """Slot info, the pool and the partial lists of one open store."""
 
@@ -135,21 +142,44 @@ class Slots:
                 self.heads[cls] = slot + 1
         index = (~bits & (bits + 1)).bit_length() - 1   # the lowest clear bit
         if index >= PER_SLOT[cls] or (kind != cls + 1):
-            # The slot info disagrees with itself (damage): never write past the slot.
-            # Not a clean refusal: the store repairs (rebuilds this info) before its next use.
-            raise CorruptStoreError(f"the slot info of slot {slot} is damaged; the store rebuilds "
-                                    "it from the records at its next use: try again")
+            raise _damaged(slot)
         used += 1
         if head and used < PER_SLOT[cls]:  # the common case: it stays partial; as give_record
             self.mm[info + 2:info + 4] = _pack_u16(used)  # type: ignore[index]
             self.mm[info + _BITMAP + (index >> 3)] |= 1 << (index & 7)  # type: ignore[index]
             return self.slots_offset + slot * SLOT_SIZE + index * CLASS_SIZES[cls]
+        return self._taken(cls, slot, used, prev, nxt, bits, index)
+
+    def take_record_in(self, cls: int, slot: int) -> int:
+        """The file offset of a free sub-slot of *slot*, a slot on class *cls*'s partial
+        list (``Engine.gather`` chooses where a record goes)."""
+        kind, _, used, prev, nxt, bitmap = self.info(slot)
+        bits = int.from_bytes(bitmap, "little")
+        index = (~bits & (bits + 1)).bit_length() - 1
+        if index >= PER_SLOT[cls] or kind != cls + 1:
+            raise _damaged(slot)
+        return self._taken(cls, slot, used + 1, prev, nxt, bits, index)
+
+    def _taken(self, cls: int, slot: int, used: int, prev: int, nxt: int, bits: int, index: int) -> int:
+        """``take_record``'s end where the slot's whole entry is written: sub-slot *index*
+        of *slot* is taken, which now has *used* taken; its offset."""
         bits |= 1 << index
         if used == PER_SLOT[cls] and PER_SLOT[cls] > 1:  # full now: off the partial list
             self._unlink(cls, slot, prev, nxt)
             prev = nxt = 0
-        self.set_info(slot, kind, 0, used, prev, nxt, bits)
+        self.set_info(slot, cls + 1, 0, used, prev, nxt, bits)
         return self.slots_offset + slot * SLOT_SIZE + index * CLASS_SIZES[cls]
+
+    def partial_slots(self, cls: int) -> list[tuple[int, int]]:
+        """(sub-slots taken, slot) of every slot on class *cls*'s partial list, in list
+        order.  O(its length); a list that loops (damaged links) stops after every slot."""
+        found: list[tuple[int, int]] = []
+        head = self.heads[cls]
+        while head and len(found) < self.slot_count:
+            _, _, used, _, nxt, _ = self.info(head - 1)
+            found.append((used, head - 1))
+            head = nxt
+        return found
 
     def give_record(self, offset: int) -> None:
         """Give back the sub-slot at *offset*; a slot left empty returns to the pool."""

@@ -1035,6 +1035,14 @@ class Store(MutableMapping[str, dict[str, Any]]):
             return True
         return False
 
+    def _gather(self, engine: Engine, record_sizes: list[int], fps: list[int]) -> bool:
+        """At the ceiling: free the slots these records lack by moving the records of a
+        class together (``Engine.gather``); True if there is room now.  Entries keep their
+        table positions, so positions found before stay good."""
+        with engine.change():
+            freed = engine.gather(record_sizes, fps)
+        return bool(freed) and engine.room_for(record_sizes, fps)  # (no growth at the ceiling)
+
     def _prepare(self, key: str, value: Mapping[str, Any], ttl: int | None) -> tuple[bytes, int, bytes, int, int | None]:
         """Check a write's arguments before anything is touched: (key bytes, fingerprint,
         encoded value, codec flags, ttl)."""
@@ -1060,22 +1068,24 @@ class Store(MutableMapping[str, dict[str, Any]]):
         if engine.room_for(record_sizes, fps):
             return swept
         g = engine.geometry
+        if engine.slot_count >= g.max_slots and self._gather(engine, record_sizes, fps):
+            return swept
+        if engine.slot_count < g.max_slots:  # refused before growing: too many even there
+            raise StoreFullError(
+                f"{self._path} has no room for {len(record_sizes):,} more keys even at its "
+                f"{g.max_size:,}-byte ceiling ({engine.live_count:,} keys in "
+                f"{engine.slot_count:,} of the {g.max_slots:,} slots it may have; it was not "
+                "grown for a write that cannot fit); delete keys to make room")
         classes = sorted({CLASS_SIZES[class_for(size)] for size in record_sizes})
         free_elsewhere = sum(free for size, (_, _, free) in engine.class_usage().items()
                              if size not in classes)
-        if engine.slot_count < g.max_slots:  # refused before growing: too many even there
-            where = (f"{self._path} has no room for {len(record_sizes):,} more keys even at its "
-                     f"{g.max_size:,}-byte ceiling ({engine.live_count:,} keys in "
-                     f"{engine.slot_count:,} of the {g.max_slots:,} slots it may have; it was not "
-                     "grown for a write that cannot fit)")
-        else:
-            where = (f"{self._path} is full: {engine.live_count:,} keys in {engine.slot_count:,} "
-                     f"slots at its {g.max_size:,}-byte ceiling, and no free slot or "
-                     f"{'/'.join(map(str, classes))}-byte sub-slot for {len(record_sizes):,} more, "
-                     "nor a slot to split a full table segment into")
         raise StoreFullError(
-            where + (f" ({free_elsewhere:,} sub-slots of other sizes are free: `mmapkv compact` "
-                     "repacks them)" if free_elsewhere else "") + "; delete keys to make room")
+            f"{self._path} is full: {engine.live_count:,} keys in {engine.slot_count:,} "
+            f"slots at its {g.max_size:,}-byte ceiling, and no free slot or "
+            f"{'/'.join(map(str, classes))}-byte sub-slot for {len(record_sizes):,} more, "
+            "nor a slot to split a full table segment into"
+            + (f" ({free_elsewhere:,} sub-slots of other sizes are free, too few in any size "
+               "to give a slot back)" if free_elsewhere else "") + "; delete keys to make room")
 
 
 # Loops over many entries run in functions of their own, never inside a `with` or `try`

@@ -86,7 +86,7 @@ class Scenario:
     #: ``table.SPLIT_AT`` while it runs, if not the format's: a few keys make many segments
     split_at: int | None = None
     #: what *call* must run for the scenario to be what its name says, of "grow", "sweep",
-    #: "split" and "merge" (``test_each_scenario_runs_what_it_is_named_for``)
+    #: "gather", "split" and "merge" (``test_each_scenario_runs_what_it_is_named_for``)
     runs: frozenset[str] = frozenset()
     #: the rename that commits a compact fails (``EIO``), so every point tried is a second
     #: fault on top of a first: the abandoning of the new file, interrupted
@@ -151,6 +151,12 @@ SCENARIOS: dict[str, Scenario] = {
     "set-at-ceiling-sweeps": Scenario(
         lambda s, c: (_fill(s, 1), _fill_whole(s, 30), _fill_whole(s, 1, ttl=50, prefix="t")),
         lambda s, c: s.set("w5", dict(WHOLE, new=1), ttl=70), runs=frozenset({"sweep"})),
+    # at the ceiling, no slot free: two slots of small records, 3 and 123 of 128 taken,
+    # give one back (the 3 moved into the other) for the whole-slot record
+    "create-gathers-at-ceiling": Scenario(
+        lambda s, c: (_fill(s, 256), [s.delete(f"k{i}") for i in [*range(125), *range(128, 133)]],
+                      _fill_whole(s, 30)),
+        lambda s, c: s.create("new", dict(WHOLE, v=4)), runs=frozenset({"gather"})),
     # at SPLIT_AT 8, the ninth key of a one-segment table splits it
     "create-splits-a-segment": Scenario(lambda s, c: _fill(s, 8), lambda s, c: s.create("new", {"v": 1}),
                                         split_at=8, runs=frozenset({"split"})),
@@ -370,7 +376,7 @@ def test_each_scenario_runs_what_it_is_named_for(name: str, tmp_path: Any,
         def run(self: Any, *args: Any) -> Any:
             segments = getattr(self, "segment_count", 0)
             result = real(self, *args)
-            if what != "grow" or result:  # grow() says False at the ceiling
+            if what not in ("grow", "gather") or result:  # grow() says False at the ceiling
                 if what != "merge" or self.segment_count < segments:
                     ran.add(what)
             return result
@@ -380,8 +386,8 @@ def test_each_scenario_runs_what_it_is_named_for(name: str, tmp_path: Any,
     with mmapkv.Store(str(tmp_path / "s"), max_size=scenario.max_size, clock=clock) as store:
         scenario.setup(store, clock)
         clock.advance(100)
-        for owner, what in ((Engine, "grow"), (Engine, "sweep"), (table_module.Table, "split"),
-                            (table_module.Table, "merge")):
+        for owner, what in ((Engine, "grow"), (Engine, "sweep"), (Engine, "gather"),
+                            (table_module.Table, "split"), (table_module.Table, "merge")):
             monkeypatch.setattr(owner, what, spy(what, getattr(owner, what)))
         _run_call(scenario, store, clock)()
     assert scenario.runs <= ran, f"{name} runs {sorted(ran) or 'none of them'}"
