@@ -172,10 +172,13 @@ class Slots:
 
     def partial_slots(self, cls: int) -> list[tuple[int, int]]:
         """(sub-slots taken, slot) of every slot on class *cls*'s partial list, in list
-        order.  O(its length); a list that loops (damaged links) stops after every slot."""
+        order, each once: a list that loops (damaged links: slot info has no checksum)
+        stops where it comes back.  O(its length)."""
         found: list[tuple[int, int]] = []
+        seen: set[int] = set()
         head = self.heads[cls]
-        while head and len(found) < self.slot_count:
+        while head and head not in seen and head <= self.slot_count:
+            seen.add(head)
             _, _, used, _, nxt, _ = self.info(head - 1)
             found.append((used, head - 1))
             head = nxt

@@ -589,7 +589,8 @@ class Store(MutableMapping[str, dict[str, Any]]):
         :raises InvalidKeyError, InvalidValueError, ValueTooLargeError, InvalidTTLError:
             a bad argument; nothing is written.
         :raises StoreFullError: the file is at its ceiling and neither a sub-slot of the
-            record's class nor a whole slot is free (``mmapkv compact`` repacks the others).
+            record's class nor a whole slot is free, even after moving the records of
+            another class together to give slots back (docs/design.md).
         :raises DiskFullError: the file had to grow and the disk refused.
         """
         kb, fp, data, flags, ttl = self._prepare(key, value, ttl)
