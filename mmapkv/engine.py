@@ -123,6 +123,7 @@ _SLOT_EXPIRIES = tuple(struct.Struct("<" + f"{_EXPIRES_AT}xd{size - _EXPIRES_AT 
                        for size, per in zip(CLASS_SIZES, PER_SLOT))
 _SEARCH_LIMIT = 3        # open attempts when the path is replaced under us (by compact)
 _SEQ_RESERVE = 1 << 16   # sequence numbers reserved on disk at a time (one superblock write)
+_GATHER_AHEAD = 256      # records a gathering pass may move beyond what its write needs
 
 #: Errors a change raises only after putting everything back as it was: they leave the
 #: engine usable.  Any other exception inside a change makes the next use repair first.
@@ -1135,7 +1136,7 @@ class Engine:
             freed += more
 
     def _gather_slots(self, wanted: int) -> int:
-        """``gather``'s pass: free up to *wanted* slots, class by class."""
+        """``gather``'s pass: free *wanted* slots or more, class by class."""
         freed = 0
         for cls in range(CLASS_COUNT):
             if freed >= wanted:
@@ -1145,13 +1146,16 @@ class Engine:
         return freed
 
     def _gather_class(self, cls: int, wanted: int) -> int:
-        """``gather`` for one class: empty its emptiest slots into its fullest."""
+        """``gather`` for one class: empty its emptiest slots into its fullest, *wanted*
+        of them, then on while it has moved fewer than ``_GATHER_AHEAD`` records: the
+        walk of the partial list is the pass's cost (1.7 ms over 2,758 slots, a review),
+        so one pass frees slots for the writes after this one too."""
         per, slots = PER_SLOT[cls], self.slots
         partial = sorted(slots.partial_slots(cls))  # emptiest first
         free = sum(per - used for used, _ in partial)
         room = {slot: per - used for used, slot in partial}
-        freed, first, last = 0, 0, len(partial) - 1
-        while freed < wanted and free >= per and first < last:
+        freed, moved, first, last = 0, 0, 0, len(partial) - 1
+        while (freed < wanted or moved < _GATHER_AHEAD) and free >= per and first < last:
             source = partial[first][1]
             first += 1
             moves = self._movable(source, cls)
@@ -1164,6 +1168,7 @@ class Engine:
                 target = partial[last][1]
                 self._move(position, off, slots.take_record_in(cls, target))
                 room[target] -= 1
+            moved += len(moves)
             free -= per  # its free sub-slots, and those its records took
             del room[source]
             freed += 1

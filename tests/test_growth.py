@@ -311,15 +311,27 @@ def test_a_write_at_the_ceiling_gathers_a_class_to_free_slots(path: str) -> None
     95 % emptied took 10 values of 4 KB, not 1,915).  The file never grows; every kept key
     reads back, in process and after a reopen; when the creates are refused at last, the
     class sits in as few slots as its records need, as compact would leave it, and the
-    message no longer sends anyone to compact."""
+    message no longer sends anyone to compact.  A pass walks the class's whole partial
+    list, so it frees slots for later writes too: fewer passes than slots freed."""
     max_size = ceiling_of(17)  # two table segments, the rest 160-byte records
     assert class_size("big", THREE_KB) == 4096 and class_size("f00000", SMALL) == 160
+    passes: list[int] = []
+    real_gather = engine_module.Engine.gather
+
+    def counted(self: Any, *args: Any) -> int:
+        freed: int = real_gather(self, *args)
+        passes.append(freed)
+        return freed
+
     with mmapkv.Store(path, max_size=max_size) as store:
         kept, _, size = half_emptied(store)
         slots_before = store._engine.class_usage()[160][0]  # type: ignore[union-attr]
-        bigs = fill_until_full(store, THREE_KB, prefix="big")
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(engine_module.Engine, "gather", counted)
+            bigs = fill_until_full(store, THREE_KB, prefix="big")
         usage = store._engine.class_usage()  # type: ignore[union-attr]
         assert usage[160][0] == -(-len(kept) // PER_SLOT[0]) < slots_before
+        assert 0 < len([freed for freed in passes if freed]) < sum(passes) == slots_before - usage[160][0]
         assert len(bigs) == usage[4096][1] > 0
         with pytest.raises(StoreFullError) as info:
             store.create("one-more", THREE_KB)
