@@ -25,7 +25,6 @@ Interrupts: an exception can land between any two bytecodes of a change (Ctrl-C'
 from __future__ import annotations
 
 import errno
-import functools
 import io
 import math
 import mmap
@@ -89,7 +88,7 @@ from .format import (
     Geometry,
     class_for,
 )
-from .locking import lock_file, unlock_file
+from .locking import lock_file, opened, unlock_file
 from .slots import PER_SLOT, Slots
 from .table import HOME_OF_ENTRY, SEGMENT_MASK, SEGMENT_STRIDE, Table
 from .tempfiles import remove_abandoned, temporary_path, unlink_if_there
@@ -176,7 +175,7 @@ def create_file(path: str, max_size: int, *, in_place: bool = False, seed: int |
     tmp = path if in_place else temporary_path(path, "create")
     made = False
     try:
-        held = _opened(tmp, new=True)
+        held = opened(tmp, new=True)
     except BaseException as exc:
         if not isinstance(exc, OSError):  # an interrupt just after the open made it: ours
             unlink_if_there(tmp)
@@ -235,23 +234,6 @@ def create_file(path: str, max_size: int, *, in_place: bool = False, seed: int |
         finally:
             os.close(dir_fd)
     return made
-
-
-def _opened(path: str, *, readonly: bool = False, new: bool = False) -> io.FileIO:
-    """*path* opened by a ``FileIO``, which owns the descriptor from the system call on:
-    its ``close`` closes it and marks it closed in one C call, and its finaliser closes it
-    if nothing did.  ``new=True`` creates the file (it must not exist) readable by its
-    owner only.
-
-    Opened with ``os.open`` and handed over, an interrupt between the two leaked an
-    unlocked descriptor; closed by number, an interrupt just after ``os.close`` returned
-    (where CPython raises a signal's exception) left the number for a finaliser to close
-    again, by then another file's (a second Store's, whose next growth reserved blocks in
-    an unrelated file).  The opener is C calling C (``partial`` of ``os.open``): no
-    bytecode, so no place for Ctrl-C, between the open and the ``FileIO`` holding it."""
-    if new:
-        return io.FileIO(path, "x+", opener=functools.partial(os.open, mode=0o600))
-    return io.FileIO(path, "r" if readonly else "r+")
 
 
 def _reversed(value: int, bits: int) -> int:
@@ -335,7 +317,7 @@ class Engine:
         #: of a deletion it made itself
         self.discarded = False
         self._fd = -1
-        self._file: io.FileIO | None = None  #: owns _fd (``_opened``)
+        self._file: io.FileIO | None = None  #: owns _fd (``opened``)
         self._mapped = False
         self._dirty = False
         try:
@@ -382,7 +364,7 @@ class Engine:
                     os.makedirs(parent, mode=0o700, exist_ok=True)
                 create_file(path, MAX_FILE_SIZE if max_size is None else max_size)
             try:
-                self._file = _opened(path, readonly=self.readonly)
+                self._file = opened(path, readonly=self.readonly)
             except FileNotFoundError:
                 if create and not self.readonly:
                     continue  # removed between create and open: make it again

@@ -10,6 +10,8 @@ the file just before ``compact`` replaced it must not keep a lock on the unlinke
 from __future__ import annotations
 
 import errno
+import functools
+import io
 import os
 import re
 import time
@@ -20,7 +22,7 @@ import portalocker
 
 from .errors import StoreLockedError, system_error
 
-__all__ = ["lock_file", "unlock_file", "names_file", "recursion_count"]
+__all__ = ["opened", "lock_file", "unlock_file", "names_file", "recursion_count"]
 
 _COUNT = re.compile(r" count=(\d+) ")
 
@@ -29,6 +31,23 @@ _POLL_SECONDS = 0.05
 # What flock says when another open file holds the lock; any other errno (ENOLCK on a
 # network file system, EBADF, EINTR) is a failure to lock, not a rival.
 _HELD_ELSEWHERE = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES})
+
+
+def opened(path: str, *, readonly: bool = False, new: bool = False) -> io.FileIO:
+    """*path* opened by a ``FileIO``, which owns the descriptor from the system call on:
+    its ``close`` closes it and marks it closed in one C call, and its finaliser closes it
+    if nothing did.  ``new=True`` creates the file (it must not exist) readable by its
+    owner only.
+
+    Opened with ``os.open`` and handed over, an interrupt between the two leaked an
+    unlocked descriptor; closed by number, an interrupt just after ``os.close`` returned
+    (where CPython raises a signal's exception) left the number for a finaliser to close
+    again, by then another file's (a second Store's, whose next growth reserved blocks in
+    an unrelated file).  The opener is C calling C (``partial`` of ``os.open``): no
+    bytecode, so no place for Ctrl-C, between the open and the ``FileIO`` holding it."""
+    if new:
+        return io.FileIO(path, "x+", opener=functools.partial(os.open, mode=0o600))
+    return io.FileIO(path, "r" if readonly else "r+")
 
 
 def lock_file(fd: int, path: str, *, shared: bool = False, timeout: float = 0.0) -> bool:

@@ -25,6 +25,7 @@ import uuid
 import portalocker
 
 from .format import MAGIC
+from .locking import opened
 
 __all__ = ["temporary_path", "remove_abandoned", "unlink_if_there", "KINDS"]
 
@@ -76,11 +77,16 @@ def remove_abandoned(path: str) -> list[str]:
     for name in [n for n in listing if _is_ours(n, prefix)]:
         candidate = os.path.join(directory, name)
         try:
-            fd = os.open(candidate, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-                         | getattr(os, "O_NOFOLLOW", 0))
+            # A regular file, not a link, first: a FIFO would block the open.  Then a
+            # FileIO owns the descriptor from the open on (locking.opened): held by number,
+            # an interrupt before its close kept it, and with it the lock taken below.
+            if not stat.S_ISREG(os.lstat(candidate).st_mode):
+                continue
+            file = opened(candidate, readonly=True)
         except OSError:
             continue
         try:
+            fd = file.fileno()
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 continue
             head = os.pread(fd, len(MAGIC), 0)
@@ -96,5 +102,5 @@ def remove_abandoned(path: str) -> list[str]:
         except OSError:
             continue
         finally:
-            os.close(fd)
+            file.close()
     return removed

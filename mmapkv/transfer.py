@@ -61,7 +61,7 @@ from .format import (
 )
 from .legacy import V2Entry, read_v2
 from .slots import PER_SLOT
-from .locking import lock_file, names_file
+from .locking import lock_file, names_file, opened
 from .store import Store
 from .tempfiles import remove_abandoned, temporary_path, unlink_if_there
 
@@ -218,16 +218,16 @@ def dump_v2(path: str, out: IO[str], *, now: float | None = None) -> DumpResult:
     """``dump`` for a store of format version 2, read in place and not changed: the way
     out for one ``convert_v2`` cannot fit under the ceiling.  Entries that fail their
     checksum are left out and counted in ``corrupt``."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    file = opened(path, readonly=True)  # owns the descriptor and the lock on it (locking.opened)
     try:
-        if not lock_file(fd, path, shared=True):
+        if not lock_file(file.fileno(), path, shared=True):
             raise StoreLockedError(f"{path} was replaced while reading it; try again")
         _, entries, damaged = read_v2(path)
         written, expired = _write_lines(
             (Entry(0, e.key, e.data, e.flags, e.expires_at, e.seq) for e in entries), out,
             time.time() if now is None else now, None, path)
     finally:
-        os.close(fd)
+        file.close()
     return DumpResult(written, expired, damaged)
 
 
@@ -648,7 +648,8 @@ def convert_v2(path: str, *, now: float | None = None,
     """
     now = time.time() if now is None else now
     real = os.path.realpath(path)  # through a symbolic link, its target, as compact
-    fd = os.open(real, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    file = opened(real, readonly=True)  # owns the descriptor and the lock on it (locking.opened)
+    fd = file.fileno()
     try:
         if not lock_file(fd, real):
             raise StoreLockedError(f"{path} was replaced while converting it; try again")
@@ -683,7 +684,7 @@ def convert_v2(path: str, *, now: float | None = None,
         new.close()
         _sync_directory(real)
     finally:
-        os.close(fd)
+        file.close()
     return old_size, new_size, len(entries), damaged
 
 

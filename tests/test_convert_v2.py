@@ -344,3 +344,33 @@ def test_the_command_a_version_1_refusal_names_does_not_send_the_user_back(v2_pa
     assert "`mmapkv compact" not in str(info.value)  # it would only refuse again
     code, _, err = convert(v2_path, capsys)
     assert code != 0 and "mmapkv compact" not in err
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+@pytest.mark.parametrize("call", ["dump_v2", "convert_v2"])
+def test_an_interrupt_where_a_v2_file_is_let_go_leaves_no_descriptor_and_no_lock(
+        v2_path: str, call: str) -> None:
+    """``dump_v2`` and ``convert_v2`` held the version-2 file by its number and closed it in
+    a ``finally``: an interrupt there kept the descriptor, and its lock, for the rest of the
+    process, so a later convert in it was "in use by another process" (a review).  Each is
+    interrupted at its last points; then no descriptor is left and the conversion runs."""
+    from interrupts import interrupt_the_last
+    original = Path(v2_path).read_bytes()
+
+    def fresh() -> None:
+        for name in os.listdir(os.path.dirname(v2_path)):
+            os.unlink(os.path.join(os.path.dirname(v2_path), name))
+        Path(v2_path).write_bytes(original)
+
+    def run() -> None:
+        if call == "dump_v2":
+            transfer.dump_v2(v2_path, io.StringIO())
+        else:
+            transfer.convert_v2(v2_path)
+
+    def check(where: str) -> None:
+        if struct.unpack_from("<I", Path(v2_path).read_bytes(), 8)[0] == 2:
+            transfer.convert_v2(v2_path)  # StoreLockedError if a lock was left
+        mmapkv.Store(v2_path).close()  # (converted by the interrupted call, or just now)
+
+    assert interrupt_the_last(run, fresh, 24, check) == 24

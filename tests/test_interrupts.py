@@ -28,7 +28,6 @@ import io
 import json
 import os
 import shutil
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +43,7 @@ from mmapkv.format import Geometry
 from conftest import FakeClock
 from fault_child import write_report
 import interrupts
-from interrupts import GRAIN, count_steps, interrupt_at
+from interrupts import GRAIN, count_steps, interrupt_at, open_descriptors
 
 T0 = 1_700_000_000.0
 SMALL = Geometry.smallest_max_size() * 4    # 8 slots at first, 33 at the ceiling
@@ -404,20 +403,6 @@ def _stopped_in(out: BaseException) -> str:
     return name
 
 
-def _open_descriptors() -> int:
-    """Descriptors of this process open on anything but a directory.  A directory's, held
-    for the ``fsync`` that makes a new name durable, leaks if an interrupt lands just as
-    ``os.open`` returns it: ``FileIO`` refuses directories, and no other object of the
-    standard library takes over a number in C; no lock rides on it (docs/reliability.md)."""
-    count = 0
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            count += not stat.S_ISDIR(os.stat(f"/proc/self/fd/{name}").st_mode)
-        except FileNotFoundError:  # listdir's own, closed by now
-            pass
-    return count
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
 @pytest.mark.parametrize("state", ["clean", "unclean", "new", "read-only"])
 def test_an_interrupted_open_leaves_the_store_to_the_next(state: str, tmp_path: Any) -> None:
@@ -461,7 +446,7 @@ def test_an_interrupted_open_leaves_the_store_to_the_next(state: str, tmp_path: 
         steps = count_steps(open_it)
         opened.pop().close()
     gc.collect()
-    descriptors = _open_descriptors()
+    descriptors = open_descriptors()
     for step in range(1, steps + 1):
         fresh()
         injected, out = interrupt_at(open_it, step, KeyboardInterrupt)
@@ -478,9 +463,9 @@ def test_an_interrupted_open_leaves_the_store_to_the_next(state: str, tmp_path: 
         with again:
             assert snapshot(again) == expected, where
             assert again.verify() == [], where
-        if _open_descriptors() != descriptors:
+        if open_descriptors() != descriptors:
             gc.collect()  # what only a dropped FileIO's finaliser closes (in a cycle)
-            assert _open_descriptors() == descriptors, f"{where}: a descriptor was left open"
+            assert open_descriptors() == descriptors, f"{where}: a descriptor was left open"
 
 
 def test_an_interrupted_close_never_closes_another_files_descriptor(tmp_path: Any) -> None:

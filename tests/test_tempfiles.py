@@ -11,6 +11,7 @@ import functools
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -153,9 +154,11 @@ def test_ctrl_c_after_a_system_call_of_a_create_leaves_no_temporary_name(
     store, which nothing removes while the store is open.  Either way the next Store
     opens the path."""
     from mmapkv import engine as engine_module
+    from mmapkv import locking as locking_module
     path = os.path.join(tmp_path, "s.mmapkv")
     fake_os = _InterruptAfter(call)
     monkeypatch.setattr(engine_module, "os", fake_os)
+    monkeypatch.setattr(locking_module, "os", fake_os)  # where the temporary file is opened
     if call == "close":  # the engine closes it through the FileIO that owns it
 
         class InterruptedAfterClose(io.FileIO):
@@ -166,7 +169,7 @@ def test_ctrl_c_after_a_system_call_of_a_create_leaves_no_temporary_name(
                     fake_os.fired = True
                     raise KeyboardInterrupt
 
-        monkeypatch.setattr(engine_module, "_opened", lambda path, readonly=False, new=False: InterruptedAfterClose(
+        monkeypatch.setattr(engine_module, "opened", lambda path, readonly=False, new=False: InterruptedAfterClose(
             path, "x+", opener=functools.partial(fake_os.open, mode=0o600)))
     with pytest.raises(KeyboardInterrupt):
         mmapkv.Store(path, max_size=SMALL)
@@ -178,3 +181,22 @@ def test_ctrl_c_after_a_system_call_of_a_create_leaves_no_temporary_name(
     with mmapkv.Store(path, max_size=SMALL) as store:
         store.create("k", {"v": 1})
         assert store.verify() == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+def test_an_interrupt_where_an_abandoned_file_is_let_go_leaves_no_descriptor(tmp_path: Any) -> None:
+    """``remove_abandoned`` held each candidate by its number, locked, and closed it in a
+    ``finally``: an interrupt there kept the descriptor and the lock on the unlinked file
+    (a review).  Interrupted at its last points, it leaves no descriptor open."""
+    from interrupts import interrupt_the_last
+    from mmapkv.tempfiles import remove_abandoned, temporary_path
+    path = os.path.join(tmp_path, "s.mmapkv")
+    mmapkv.Store(path, max_size=SMALL).close()
+    leftover = temporary_path(path, "compact")
+
+    def fresh() -> None:
+        for name in _siblings(path):
+            os.unlink(os.path.join(tmp_path, name))
+        shutil.copyfile(path, leftover)  # what a killed compact leaves
+
+    assert interrupt_the_last(lambda: remove_abandoned(path), fresh, 16) == 16
