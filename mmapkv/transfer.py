@@ -504,7 +504,7 @@ def compact(store: Store, *, skip_corrupt: bool = False,
         # The old inode is unlinked: unmap and unlock it without syncing pages nobody reads.
         old.successor = None
         old._release()
-        _sync_directory(path)
+        _sync_directory(path, f"{store.path} was compacted")
         if progress is not None:
             progress(total, total)
         return old_size, new.file_size, len(records)
@@ -609,10 +609,23 @@ def _insert_all(new: Engine, entries: Iterable[tuple[Entry | str | None, int]], 
         new.insert(got.key, new.fingerprint(got.key), got.data, got.flags, got.expires_at)
 
 
-def _sync_directory(path: str) -> None:
-    dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+def _sync_directory(path: str, done: str) -> None:
+    """Sync the directory of *path*, so that a rename into it survives power loss.  In a
+    directory we may write but not read, go without, as ``create_file`` (and SQLite)
+    does; any other failure is mmapkv's error, saying that *done* ("PATH was compacted")
+    happened all the same."""
     try:
-        os.fsync(dir_fd)  # a rename survives power loss
+        dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    except PermissionError:
+        return
+    except OSError as exc:
+        raise system_error(exc, f"{done}, but its directory could not be opened to sync the "
+                                "new name (a power loss may undo it)") from None
+    try:
+        os.fsync(dir_fd)
+    except OSError as exc:
+        raise system_error(exc, f"{done}, but its directory could not be synced "
+                                "(a power loss may undo it)") from None
     finally:
         os.close(dir_fd)
 
@@ -682,7 +695,7 @@ def convert_v2(path: str, *, now: float | None = None,
             raise
         new_size = new.file_size
         new.close()
-        _sync_directory(real)
+        _sync_directory(real, f"{path} was converted")
     finally:
         file.close()
     return old_size, new_size, len(entries), damaged

@@ -889,3 +889,47 @@ def test_a_restore_that_meets_lost_slot_info_leaves_the_store_to_repair(tmp_path
         transfer.restore(store, io.BytesIO(lines))
         assert store.verify() == [] and len(store) == 80
         assert all(store.read(key) == value for key, value in values.items())
+
+
+class _OsWhoseDirectorySync:
+    """``os`` for the transfer module, but opening or syncing a directory fails."""
+
+    def __init__(self, fails: str, error: OSError) -> None:
+        self.fails, self.error = fails, error
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def open(self, path: str, flags: int, *args: Any) -> int:
+        if self.fails == "open" and os.path.isdir(path):
+            raise self.error
+        return os.open(path, flags, *args)
+
+    def fsync(self, fd: int) -> None:
+        if self.fails == "fsync" and stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise self.error
+        os.fsync(fd)
+
+
+@pytest.mark.parametrize("fails", ["open", "fsync"])
+def test_a_directory_that_cannot_be_synced_after_a_compact(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, fails: str) -> None:
+    """After its rename, a compact syncs the directory: EIO there was Python's bare
+    ``OSError`` from a compact that had happened, and a directory one may write but not
+    read (mode 0o300) made every compact raise ``PermissionError`` (a review).  Now the
+    first is ``StoreAccessError`` saying the store was compacted, the second goes without
+    the sync (as a new store's name does, and SQLite), and the store is the compacted one."""
+    path = str(tmp_path / "s.mmapkv")
+    with mmapkv.Store(path) as store:
+        for i in range(20):
+            store.create(f"k{i}", {"i": i})
+        monkeypatch.setattr(transfer, "os", _OsWhoseDirectorySync(fails, OSError(5, "injected EIO")))
+        with pytest.raises(mmapkv.StoreAccessError, match="was compacted, but its directory could not be") as info:
+            transfer.compact(store)
+        assert info.value.errno == 5
+        if fails == "open":  # a directory that cannot be read cannot be opened at all
+            monkeypatch.setattr(transfer, "os", _OsWhoseDirectorySync(fails, PermissionError(13, "denied")))
+            transfer.compact(store)
+        monkeypatch.undo()
+        assert dict(store.items()) == {f"k{i}": {"i": i} for i in range(20)}
+        assert store.verify() == []
