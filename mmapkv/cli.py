@@ -302,12 +302,13 @@ def cmd_dump(args: argparse.Namespace) -> int:
     # FILE is never seen half written, and a failed dump leaves it as it was.
     directory, base = os.path.split(target)
     tmp = os.path.join(directory, f".{base[:32]}.dump-{uuid.uuid4().hex[:16]}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:  # opened by the file object itself: no bytecode between the open and its owner
+        out = open(tmp, "x", encoding="utf-8", newline="\n")
     except OSError as exc:
         raise cannot_write(exc) from None
     try:
-        with open(fd, "w", encoding="utf-8", newline="\n") as out:
+        with out:
+            fd = out.fileno()
             if old is not None:
                 os.fchmod(fd, stat.S_IMODE(old.st_mode))  # the replacement keeps FILE's mode
             _dump(args, out)

@@ -1057,7 +1057,8 @@ class Store(MutableMapping[str, dict[str, Any]]):
                    recount: Callable[[], tuple[list[int], list[int]]] | None = None) -> bool:
         """Ensure room for new records of these sizes (and their table entries): in the
         slots the file has, else after reclaiming expired entries (room already paid for),
-        else by growing the file, else raise ``StoreFullError``.  True if it swept expired
+        else by growing the file, else, at the ceiling, by gathering a class's records
+        (``_gather``), else raise ``StoreFullError``.  True if it swept expired
         entries (table positions found before are then stale).  After a sweep, *recount*
         (if given) says the sizes and fingerprints again: the sweep reads the clock anew,
         and may have removed a key counted as stored, whose entry is then a new one."""
