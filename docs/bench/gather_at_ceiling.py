@@ -11,7 +11,7 @@ one, and is deleted at the end.
 Measured (stop 31, this 2-core machine, alternating runs): before writes gathered, 10 of
 the 4 KB values fit an 8 MiB store; gathering one slot per pass, 15,050 fit 64 MiB in
 4.1 s (84 s at 256 MiB); with a pass moving up to 256 records ahead, 0.44 s (3.1 s), the
-slowest create 14 to 25 ms.
+slowest create 14 to 25 ms; at 1 GiB, 241,045 fit in 23.7 s, the slowest 70 ms.
 """
 
 from __future__ import annotations
