@@ -88,7 +88,7 @@ from .format import (
     Geometry,
     class_for,
 )
-from .locking import lock_file, opened, unlock_file
+from .locking import lock_file, opened, sync_directory, unlock_file
 from .slots import PER_SLOT, Slots
 from .table import HOME_OF_ENTRY, SEGMENT_MASK, SEGMENT_STRIDE, Table
 from .tempfiles import remove_abandoned, temporary_path, unlink_if_there
@@ -225,15 +225,12 @@ def create_file(path: str, max_size: int, *, in_place: bool = False, seed: int |
         finally:
             held.close()
     if not in_place:  # (a temporary file's name need not survive: its rename is synced)
-        try:
-            dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-        except PermissionError:  # a directory we may write but not read: as SQLite, go without
-            return made
-        try:
-            os.fsync(dir_fd)  # the new name itself survives power loss
-        finally:
-            os.close(dir_fd)
+        sync_directory(path)  # the new name itself survives power loss
     return made
+
+
+def _a_directory(path: str) -> InvalidArgumentError:
+    return InvalidArgumentError(f"{path} is a directory; give the path of a store file")
 
 
 def _reversed(value: int, bits: int) -> int:
@@ -345,7 +342,7 @@ class Engine:
         of the process."""
         path = self.path
         if os.path.isdir(path):
-            raise InvalidArgumentError(f"{path} is a directory; give the path of a store file")
+            raise _a_directory(path)
         if os.path.exists(path) and not os.path.isfile(path):  # open() of a FIFO would block
             raise InvalidArgumentError(f"{path} is not a regular file")
         if os.path.islink(path) and not os.path.exists(path):
@@ -370,7 +367,7 @@ class Engine:
                     continue  # removed between create and open: make it again
                 raise StoreAccessError(errno.ENOENT, f"no store at {path}") from None
             except IsADirectoryError:  # made one since the check above
-                raise InvalidArgumentError(f"{path} is a directory; give the path of a store file") from None
+                raise _a_directory(path) from None
             self._fd = fd = self._file.fileno()
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise InvalidArgumentError(f"{path} is not a regular file")
@@ -1185,7 +1182,7 @@ class Engine:
             self._refuse_a_live_record(to)
         self._write_at(to, key, bytes(mm[off + KEY_OFFSET + klen:off + KEY_OFFSET + klen + vlen]),
                        flags, expires)
-        self._q[position] = self._entry(self.fingerprint(key), to)
+        self._q[position] = self._entry(self._q[position] >> FINGERPRINT_SHIFT, to)  # its fingerprint
         self._free_record(off)
 
     def remove_key(self, key: bytes, fp: int) -> float:

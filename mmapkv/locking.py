@@ -5,6 +5,8 @@ and how deep a thread holds a ``Store``'s thread lock.
 in the *same* process is refused too, and the kernel drops the lock when a holder dies.
 After locking we check that the path still names the inode we locked: a rival that opened
 the file just before ``compact`` replaced it must not keep a lock on the unlinked old file.
+Also how a store's files are opened (``opened``) and a new name in their directory made
+durable (``sync_directory``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import portalocker
 
 from .errors import StoreLockedError, system_error
 
-__all__ = ["opened", "lock_file", "unlock_file", "names_file", "recursion_count"]
+__all__ = ["opened", "sync_directory", "lock_file", "unlock_file", "names_file", "recursion_count"]
 
 _COUNT = re.compile(r" count=(\d+) ")
 
@@ -48,6 +50,20 @@ def opened(path: str, *, readonly: bool = False, new: bool = False) -> io.FileIO
     if new:
         return io.FileIO(path, "x+", opener=functools.partial(os.open, mode=0o600))
     return io.FileIO(path, "r" if readonly else "r+")
+
+
+def sync_directory(path: str) -> None:
+    """fsync the directory holding *path*, so that a name just linked or renamed there
+    survives power loss.  In a directory we may write but not read, go without, as
+    SQLite does; any other ``OSError`` is the caller's to word."""
+    try:
+        dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    except PermissionError:
+        return
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def lock_file(fd: int, path: str, *, shared: bool = False, timeout: float = 0.0) -> bool:

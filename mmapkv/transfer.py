@@ -61,7 +61,7 @@ from .format import (
 )
 from .legacy import V2Entry, read_v2
 from .slots import PER_SLOT
-from .locking import lock_file, names_file, opened
+from .locking import lock_file, names_file, opened, sync_directory
 from .store import Store
 from .tempfiles import remove_abandoned, temporary_path, unlink_if_there
 
@@ -610,24 +610,13 @@ def _insert_all(new: Engine, entries: Iterable[tuple[Entry | str | None, int]], 
 
 
 def _sync_directory(path: str, done: str) -> None:
-    """Sync the directory of *path*, so that a rename into it survives power loss.  In a
-    directory we may write but not read, go without, as ``create_file`` (and SQLite)
-    does; any other failure is mmapkv's error, saying that *done* ("PATH was compacted")
-    happened all the same."""
+    """``locking.sync_directory`` after a rename, its failure mmapkv's error saying that
+    *done* ("PATH was compacted") happened all the same."""
     try:
-        dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    except PermissionError:
-        return
-    except OSError as exc:
-        raise system_error(exc, f"{done}, but its directory could not be opened to sync the "
-                                "new name (a power loss may undo it)") from None
-    try:
-        os.fsync(dir_fd)
+        sync_directory(path)
     except OSError as exc:
         raise system_error(exc, f"{done}, but its directory could not be synced "
                                 "(a power loss may undo it)") from None
-    finally:
-        os.close(dir_fd)
 
 
 def _ceiling_for(max_size: int, sizes: list[int]) -> int:

@@ -15,7 +15,7 @@ import portalocker
 import pytest
 
 import mmapkv
-from mmapkv import codec, transfer
+from mmapkv import codec, locking, transfer
 from mmapkv.errors import (
     CorruptStoreError,
     DiskFullError,
@@ -892,7 +892,8 @@ def test_a_restore_that_meets_lost_slot_info_leaves_the_store_to_repair(tmp_path
 
 
 class _OsWhoseDirectorySync:
-    """``os`` for the transfer module, but opening or syncing a directory fails."""
+    """``os`` for the locking module (``sync_directory``), but opening or syncing a
+    directory fails."""
 
     def __init__(self, fails: str, error: OSError) -> None:
         self.fails, self.error = fails, error
@@ -900,10 +901,10 @@ class _OsWhoseDirectorySync:
     def __getattr__(self, name: str) -> Any:
         return getattr(os, name)
 
-    def open(self, path: str, flags: int, *args: Any) -> int:
+    def open(self, path: str, flags: int, *args: Any, **kwargs: Any) -> int:
         if self.fails == "open" and os.path.isdir(path):
             raise self.error
-        return os.open(path, flags, *args)
+        return os.open(path, flags, *args, **kwargs)
 
     def fsync(self, fd: int) -> None:
         if self.fails == "fsync" and stat.S_ISDIR(os.fstat(fd).st_mode):
@@ -923,12 +924,12 @@ def test_a_directory_that_cannot_be_synced_after_a_compact(
     with mmapkv.Store(path) as store:
         for i in range(20):
             store.create(f"k{i}", {"i": i})
-        monkeypatch.setattr(transfer, "os", _OsWhoseDirectorySync(fails, OSError(5, "injected EIO")))
+        monkeypatch.setattr(locking, "os", _OsWhoseDirectorySync(fails, OSError(5, "injected EIO")))
         with pytest.raises(mmapkv.StoreAccessError, match="was compacted, but its directory could not be") as info:
             transfer.compact(store)
         assert info.value.errno == 5
         if fails == "open":  # a directory that cannot be read cannot be opened at all
-            monkeypatch.setattr(transfer, "os", _OsWhoseDirectorySync(fails, PermissionError(13, "denied")))
+            monkeypatch.setattr(locking, "os", _OsWhoseDirectorySync(fails, PermissionError(13, "denied")))
             transfer.compact(store)
         monkeypatch.undo()
         assert dict(store.items()) == {f"k{i}": {"i": i} for i in range(20)}
