@@ -195,6 +195,10 @@ SCENARIOS: dict[str, Scenario] = {
         # probes were long put it past the bracket: 522 steps, the bracket closed by 0.93)
     "len-sweeps-expired": Scenario(lambda s, c: (_fill(s, 2), _fill(s, 3, ttl=50, prefix="t")),
                                    lambda s, c: len(s), runs=frozenset({"sweep"})),
+    # the second sweep reads only the slots whose bound passed, the one before built them
+    "len-sweeps-again": Scenario(lambda s, c: (_fill(s, 2), _fill(s, 3, ttl=50, prefix="t"),
+                                               _fill(s, 3, ttl=150, prefix="u")),
+                                 lambda s, c: (len(s), c.advance(100), len(s)), runs=frozenset({"sweep"})),
     "stats-sweeps-expired": Scenario(lambda s, c: (_fill(s, 2), _fill(s, 3, ttl=50, prefix="t")),
                                      lambda s, c: s.stats(), runs=frozenset({"sweep"})),
     # the dict interface's own removals and inserts

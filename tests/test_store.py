@@ -34,6 +34,7 @@ from mmapkv import (
     ValueTooLargeError,
 )
 from mmapkv.codec import MAX_DEPTH, MAX_TIME
+from mmapkv.engine import Engine
 from mmapkv.format import Geometry
 
 from conftest import expired_error, where
@@ -841,6 +842,58 @@ def test_ttl_survives_reopen(make_file_store: MakeFileStore, clock: FakeClock) -
     assert store.keys() == ["never"] and len(store) == 1
     assert store.read("never") == {"v": 3}
     assert store.verify() == []
+
+
+@pytest.mark.parametrize("value", [{}, {"v": "x" * 3000}], ids=["small", "3KB"])
+def test_len_reclaims_keys_written_after_a_sweep(make_file_store: MakeFileStore, clock: FakeClock,
+                                                 value: dict[str, Any]) -> None:
+    """After its first sweep a store visits only the slots whose bound on their records'
+    expiries has passed: a key written later, expiring before its slot's others, must
+    lower that bound; so must keys in the slots the file gains by growing afterwards."""
+    store = make_file_store()
+    store.create("late", value, ttl=100)
+    store.create("first", value, ttl=1)
+    clock.advance(1)
+    assert len(store) == 1  # a sweep: it reads the slots and notes their expiries
+    store.create("early", value, ttl=5)  # beside "late", expiring before it
+    clock.advance(5)
+    assert len(store) == 1 and store.stats().keys_with_ttl == 1
+    size = store.stats().file_size
+    fill = 0
+    while store.stats().file_size == size:  # into slots that did not exist at the sweep
+        store.create(f"fill{fill}", value, ttl=5)
+        fill += 1
+    store.create("kept", value)
+    assert len(store) == fill + 2
+    clock.advance(5)
+    assert len(store) == 2 and sorted(store) == ["kept", "late"]
+    assert store.stats().keys_with_ttl == 1 and store.verify() == []
+
+
+def test_a_sweep_reads_only_the_slots_whose_expiries_passed(store_path: str, clock: FakeClock,
+                                                            monkeypatch: Any) -> None:
+    """Keys that expire in the order they were written (a cache with one TTL) cost each
+    sweep after the first only the slots they are in, not the whole file."""
+    per_slot, slots = 128, 20  # the smallest class: 128 records of 128 bytes a slot
+    with mmapkv.Store(store_path, clock=clock) as store:
+        for i in range(slots * per_slot):
+            store.create(f"k{i}", {}, ttl=10 + i // per_slot)
+        visited: list[int] = []
+        sweep_slot = Engine._sweep_slot
+
+        def counted(engine: Engine, slot: int, *args: Any) -> float:
+            visited.append(slot)
+            return sweep_slot(engine, slot, *args)
+
+        monkeypatch.setattr(Engine, "_sweep_slot", counted)
+        clock.advance(10)
+        assert len(store) == (slots - 1) * per_slot
+        assert len(visited) >= slots  # the first reads every record slot
+        visited.clear()
+        clock.advance(1)
+        assert len(store) == (slots - 2) * per_slot
+        assert 1 <= len(visited) <= 2, visited
+        assert store.verify() == []
 
 
 def test_batch_ttls(make_store: MakeStore, clock: FakeClock) -> None:
