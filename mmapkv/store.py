@@ -777,7 +777,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
         with self._lock:
             engine = self._use()
-            old_expiry, now = self._live_expiry(engine, key, kb, fp)
+            _, _, old_expiry, now = self._live_record(engine, key, kb, fp)  # checked: it may be kept
             expires = old_expiry if ttl is _KEEP else (now + ttl if ttl is not None else 0.0)
             self._put(engine, kb, fp, data, flags, expires)
 
@@ -793,7 +793,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         expires = self._expiry_unlocked(kb, fp)
         if expires is None:
             with self._lock:
-                expires, now = self._live_expiry(self._use(), key, kb, fp)
+                _, _, expires, now = self._live_record(self._use(), key, kb, fp)
         elif expires < 0:
             raise self._not_found(key)
         else:
@@ -848,14 +848,6 @@ class Store(MutableMapping[str, dict[str, Any]]):
             raise self._not_found(key)
         data, flags, expires = found
         return data, flags, expires, self._now_unexpired(key, expires)
-
-    def _live_expiry(self, engine: Engine, key: str, kb: bytes, fp: int) -> tuple[float, float]:
-        """(expiry, now) of a stored, unexpired *key*; raise if it is missing or expired."""
-        index = engine.find(kb, fp)
-        if index < 0:
-            raise self._not_found(key)
-        expires = engine.expires_at(index)
-        return expires, self._now_unexpired(key, expires)
 
     def _not_found(self, key: str) -> KeyNotFoundError:
         return KeyNotFoundError(f"key {key!r} is not in {self._path}")

@@ -40,6 +40,7 @@ from mmapkv.format import (
     MAGIC,
     MAX_KEY_BYTES,
     PAGE_SIZE,
+    RECORD_FIELDS,
     RECORD_HEADER,
     SEGMENT_ENTRIES,
     SLOT_INFO,
@@ -360,6 +361,33 @@ def test_a_read_that_meets_a_damaged_value_drops_it_for_every_later_call(tmp_pat
         assert len(store) == 4 and "k1" not in store
         assert sorted(store.keys()) == ["k0", "k2", "k3", "k4"] and store.verify() == []
         assert all(store.read(f"k{i}") == {"v": f"value number {i}"} for i in (0, 2, 3, 4))
+
+
+@pytest.mark.parametrize("call", ["ttl", "replace", "expire", "persist"])
+def test_a_damaged_expiry_is_never_read_or_kept(tmp_path: Any, call: str) -> None:
+    """A bit flipped in a record's expiry fails its checksum for every call that reads
+    the expiry: ``ttl()`` read it unchecked (a TTL of 100 s came back as two years), and
+    ``replace()``, which keeps it, wrote it into the new record under a good checksum."""
+    path, now = os.path.join(tmp_path, "s.mmapkv"), 1_700_000_000.0
+    with mmapkv.Store(path, max_size=MAX_SIZE, clock=lambda: now) as store:
+        for i in range(3):
+            store.create(f"k{i}", {"v": i}, ttl=100)
+        engine = store._engine
+        assert engine is not None
+        expiry_at = engine.record_offset(engine.find(b"k1", engine.fingerprint(b"k1"))) \
+            + struct.calcsize(RECORD_HEADER.format[:1 + RECORD_FIELDS.index("expires_at")])
+    with open(path, "r+b") as f:
+        f.seek(expiry_at + 4)  # a bit of the float's exponent: about two years later
+        byte = f.read(1)
+        f.seek(expiry_at + 4)
+        f.write(bytes([byte[0] ^ 0x02]))
+    with mmapkv.Store(path, clock=lambda: now) as store:
+        run = {"ttl": lambda: store.ttl("k1"), "replace": lambda: store.replace("k1", {"v": 9}),
+               "expire": lambda: store.expire("k1", 5), "persist": lambda: store.persist("k1")}[call]
+        with pytest.raises(mmapkv.CorruptStoreError, match="k1"):
+            run()
+        assert "k1" not in store and len(store) == 2 and store.verify() == []
+        assert [store.ttl(f"k{i}") for i in (0, 2)] == [100, 100]
 
 
 def small_store(tmp_path: Any, value: dict[str, Any]) -> tuple[str, int]:
