@@ -108,7 +108,7 @@ def _check(obj: Any, depth: int) -> bool:
     for k, v in dict.items(obj) if is_object else enumerate(
             list.__iter__(obj) if isinstance(obj, list) else tuple.__iter__(obj)):
         if is_object and type(k) is not str and not isinstance(k, str):
-            raise _Bad(f"has the key {k!r} of type {type(k).__name__}; JSON object keys must be str", None)
+            raise _Bad(f"has the key {shown(k)} of type {type(k).__name__}; JSON object keys must be str", None)
         t = type(v)
         if t is str or t is bool or v is None:
             continue
@@ -183,7 +183,7 @@ def encode(value: Any) -> tuple[bytes, int]:
 
 def _where(path: list[Any]) -> str:
     """``['a'][0]['b']`` for the path a ``_Bad`` collected (innermost first), shortened."""
-    keys = [f"[{k!r}]" for k in reversed(path)]
+    keys = [f"[{shown(k)}]" for k in reversed(path)]  # a str subclass's repr may say anything
     return "".join(keys if len(keys) <= 6 else keys[:3] + ["..."] + keys[-2:])
 
 

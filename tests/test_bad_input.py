@@ -75,6 +75,16 @@ class HidingItems2(list):  # type: ignore[type-arg]
         return iter([])
 
 
+class ReprRaises:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class StrReprRaises(str):
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
 BAD_KEYS: list[tuple[str, Any, str]] = [
     ("str-subclass-saying-3-of-100", ShortSaying("x" * 100), "got 100"),
     ("empty", "", "1 to 32"),
@@ -114,6 +124,14 @@ BAD_VALUES: list[tuple[str, Any, type[Exception], str]] = [
     ("bool-key", {True: 1}, mmapkv.InvalidValueError, "key"),
     ("float-key", {1.5: 1}, mmapkv.InvalidValueError, "key"),
     ("tuple-key", {(1, 2): 1}, mmapkv.InvalidValueError, "key"),
+    # a message shows a key, never fails to: an int past repr's 4,300 digits, a repr that
+    # raises, one a million characters long (the message stays short)
+    ("huge-int-key", {10 ** 5000: 1}, mmapkv.InvalidValueError, "an int of 16,610 bits"),
+    ("nested-huge-int-key", {"a": [{10 ** 5000: 1}]}, mmapkv.InvalidValueError, "['a'][0] has the key an int"),
+    ("key-whose-repr-raises", {ReprRaises(): 1}, mmapkv.InvalidValueError, "key a ReprRaises"),
+    ("key-with-a-long-repr", {("x" * 10 ** 6,): 1}, mmapkv.InvalidValueError, "key ('xxx"),
+    ("str-subclass-path-whose-repr-raises", {StrReprRaises("a"): {"b": math.nan}}, mmapkv.InvalidValueError,
+     "[a StrReprRaises]['b'] holds nan"),
     ("too-deep", _deep(300), mmapkv.InvalidValueError, "deeper"),
     ("circular-dict", _circular_dict(), mmapkv.InvalidValueError, "deeper"),
     ("circular-list", _circular_list(), mmapkv.InvalidValueError, "deeper"),
@@ -230,6 +248,7 @@ def check_error(exc: BaseException, expected: type[Exception], text: str) -> Non
         COUNTS["errors other than the documented ones"] += 1
     assert type(exc) is expected, f"{type(exc).__name__}: {exc}"
     assert isinstance(exc, mmapkv.MmapKVError)
+    assert len(str(exc)) < 500, f"a message of {len(str(exc)):,} characters"
     if issubclass(expected, (mmapkv.InvalidKeyError, mmapkv.InvalidValueError, mmapkv.InvalidTTLError,
                              mmapkv.InvalidArgumentError)):
         assert isinstance(exc, ValueError) and isinstance(exc, TypeError)
