@@ -325,6 +325,8 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
             client.close()
 
     def __enter__(self) -> RedisStore:
+        if self._client is None:  # as a closed file refuses `with`
+            raise StoreClosedError(f"the RedisStore of {self._where} is closed")
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -320,6 +320,8 @@ class Store(MutableMapping[str, dict[str, Any]]):
             self._use().flush()
 
     def __enter__(self) -> Store:
+        if self._engine is None:  # as a closed file refuses `with`
+            raise self._closed()
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -374,8 +374,13 @@ def test_second_open_is_locked(file_store: mmapkv.Store) -> None:
     assert snapshot(store) == before
 
 
+def _enter(store: Any) -> None:
+    with store:
+        pass
+
+
 @pytest.mark.parametrize("method", ["create", "read", "get", "delete", "batch_create", "in", "len",
-                                    "keys", "iter", "stats", "flush", "verify"])
+                                    "keys", "iter", "stats", "flush", "verify", "with"])
 def test_closed_store(store: Any, method: str) -> None:
     """Every method of a closed store raises StoreClosedError naming the path (the server);
     close() stays idempotent and the file (the namespace) is unchanged."""
@@ -389,7 +394,7 @@ def test_closed_store(store: Any, method: str) -> None:
         "get": lambda s: s.get("present"), "delete": lambda s: s.delete("present"),
         "batch_create": lambda s: s.batch_create({"new": {}}), "in": lambda s: "present" in s,
         "len": len, "keys": lambda s: s.keys(), "iter": lambda s: list(s), "stats": lambda s: s.stats(),
-        "flush": lambda s: s.flush(), "verify": lambda s: s.verify()}
+        "flush": lambda s: s.flush(), "verify": lambda s: s.verify(), "with": _enter}
     with pytest.raises(Exception) as info:
         calls[method](store)
     check_error(info.value, mmapkv.StoreClosedError, store.path if isinstance(store, mmapkv.Store) else store.url)
