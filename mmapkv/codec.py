@@ -288,6 +288,15 @@ def key_bytes(key: Any) -> bytes:
         raise InvalidKeyError(f"key {str.__repr__(key)} is not valid Unicode (a lone surrogate?)") from None
 
 
+def keys_to_look_up(keys: Any) -> Iterable[Any]:
+    """*keys* if it can be a collection of keys (``items_with_expiry``): any iterable but
+    one str (or bytes), whose characters would be looked up one by one."""
+    if isinstance(keys, (str, bytes, bytearray)) or not isinstance(keys, Iterable):
+        raise InvalidArgumentError(f"keys must be an iterable of str keys (or None for every key), "
+                                   f"not {type(keys).__name__}")
+    return keys
+
+
 def check_ttl(ttl: Any, *, required: bool = False) -> int | None:
     """Return *ttl* as an ``int`` (``None``: no TTL), or raise ``InvalidTTLError``.
 

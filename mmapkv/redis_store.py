@@ -492,7 +492,12 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
         seconds by the server's clock (``PEXPIRETIME``), ``None`` for a key without a TTL.
         Missing and expired keys are skipped.  What ``mmapkv copy`` reads; a batch of keys
         per ``MULTI``/``EXEC``, so each value comes with its own expiry.
+
+        :raises InvalidArgumentError: *keys* is not an iterable of keys (one str is not).
         """
+        return self._items_with_expiry(None if keys is None else codec.keys_to_look_up(keys))
+
+    def _items_with_expiry(self, keys: Iterable[str] | None) -> Iterator[tuple[str, dict[str, Any], float | None]]:
         for batch in self._batches(keys):
             with self._server() as r:
                 pipe = r.pipeline(transaction=True)

@@ -916,8 +916,13 @@ class Store(MutableMapping[str, dict[str, Any]]):
         ...     store.create("a", {"n": 1}, ttl=60)
         ...     list(store.items_with_expiry())
         [('a', {'n': 1}, 1060.0)]
+
+        :raises InvalidArgumentError: *keys* is not an iterable of keys (one str is not).
         """
-        for key in self if keys is None else keys:
+        return self._items_with_expiry(self if keys is None else codec.keys_to_look_up(keys))
+
+    def _items_with_expiry(self, keys: Iterable[str]) -> Iterator[tuple[str, dict[str, Any], float | None]]:
+        for key in keys:
             kb = _key_bytes(key)
             fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
             with self._lock:

@@ -190,6 +190,10 @@ def rows() -> list[Any]:
                         ("object", object())]:
         table.append(pytest.param(lambda s, i=items: s.batch_create(i), mmapkv.InvalidArgumentError,
                                   "items", id=f"batch-items-{name}"))
+    for name, keys in [("int", 5), ("str", "ab"), ("bytes", b"ab"), ("object", object())]:
+        # refused by the call itself, not at the first next() of what it returns
+        table.append(pytest.param(lambda s, k=keys: s.items_with_expiry(k), mmapkv.InvalidArgumentError,
+                                  "keys must be an iterable", id=f"items-with-expiry-keys-{name}"))
     for name, items in [("list-item", [["new", {}]]), ("1-tuple", [("new",)]),
                         ("4-tuple", [("new", {}, None, 1)]), ("str-item", [("fine", {}), "new"]),
                         ("dict-item", [{"new": {}}]), ("None-item", [None]),
