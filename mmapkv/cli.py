@@ -55,6 +55,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import stat
 import sys
 import time
@@ -98,7 +99,6 @@ EXIT_INTERRUPTED = stats.EXIT_INTERRUPTED
 EXIT_BROKEN_PIPE = stats.EXIT_BROKEN_PIPE
 
 DEMO_TTL = 60
-REDIS_URL_PREFIXES = ("redis://", "rediss://", "unix://")
 CONFLICTS_SHOWN = 10   # keys a refused copy names before "and N more"
 
 
@@ -392,8 +392,13 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: a scheme and a colon-slash: a URL, so never a file path, whatever the scheme (RedisStore
+#: refuses one it does not serve: "REDIS://", "valkey://" and "redis:/host" made directories)
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:/")
+
+
 def _is_url(spec: str) -> bool:
-    return spec.startswith(REDIS_URL_PREFIXES)
+    return _URL.match(spec) is not None
 
 
 def _open_either(spec: str, namespace: str, *, create: bool) -> Store | RedisStore:

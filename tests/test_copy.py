@@ -224,6 +224,23 @@ def test_copy_usage_errors(capsys: Any, tmp_path: Any, monkeypatch: Any, args: l
     assert not os.path.exists(tmp_path / "out.mmapkv")
 
 
+@pytest.mark.parametrize("url", ["REDIS://127.0.0.1:1/0", "valkey://127.0.0.1:1/0", "redis:/127.0.0.1:1/0",
+                                 "http://example.com"])
+@pytest.mark.parametrize("end", ["src", "dest"])
+def test_copy_refuses_a_url_it_cannot_serve(capsys: Any, tmp_path: Any, monkeypatch: Any, url: str,
+                                            end: str) -> None:
+    """A URL of another scheme (or mistyped) is a usage error, never a file path: it made
+    directories named after it and a store inside, and exited 0."""
+    monkeypatch.chdir(tmp_path)
+    with mmapkv.Store(str(tmp_path / "s.mmapkv")) as store:
+        store.create("k", {"v": 1})
+    before = sorted(os.listdir(tmp_path))
+    args = [url, "s.mmapkv"] if end == "src" else ["s.mmapkv", url]
+    code, out, err = run(capsys, "copy", *args)
+    assert (code, out) == (3, "") and "URL" in err and url in err
+    assert sorted(os.listdir(tmp_path)) == before
+
+
 def test_copy_from_an_unreachable_server(capsys: Any, tmp_path: Any) -> None:
     """A server that is not there: exit 4 naming it, and no store file made."""
     dest = tmp_path / "out.mmapkv"
