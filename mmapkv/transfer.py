@@ -278,6 +278,19 @@ def loads(text: str | bytes) -> Any:
                          f"{codec.MAX_DEPTH} levels)") from None
 
 
+def _not_an_entry(obj: Any) -> str:
+    """What keeps a dump line's JSON from being an entry: an object with "key" and
+    "value", and "expires_at" or not, nothing else."""
+    if not isinstance(obj, dict):
+        return f'it reads as a Python {type(obj).__name__}, not an object with "key" and "value"'
+    missing = [f'"{field}"' for field in ("key", "value") if field not in obj]
+    if missing:
+        return f"it has no {' and no '.join(missing)}"
+    extra = sorted(obj.keys() - _FIELDS)
+    return (f"it has {', '.join(map(codec.shown, extra[:3]))}{' and more' if len(extra) > 3 else ''}"
+            ' besides "key", "value" and "expires_at"')
+
+
 def _parse(source: IO[bytes], name: str, progress: Progress | None, done: int,
            total: int) -> Iterator[tuple[int, str, bytes, bytes, int, float]]:
     """(line number, key, key bytes, value bytes, codec flags, expires_at) per entry line."""
@@ -293,8 +306,7 @@ def _parse(source: IO[bytes], name: str, progress: Progress | None, done: int,
         except ValueError as exc:
             raise InvalidDumpError(f"{where} is not JSON: {exc}") from None
         if not isinstance(obj, dict) or not {"key", "value"} <= obj.keys() or obj.keys() - _FIELDS:
-            raise InvalidDumpError(f"{where} is not an entry: expected an object with "
-                                   '"key", "value" and "expires_at"')
+            raise InvalidDumpError(f"{where} is not an entry: {_not_an_entry(obj)}")
         key, expires = obj["key"], obj.get("expires_at")
         try:
             kb = codec.key_bytes(key)

@@ -214,9 +214,11 @@ def test_restore_replaces_an_expired_key(tmp_path: Any, clock: Any) -> None:
 
 @pytest.mark.parametrize("line, error, match", [
     (b"not json", transfer.InvalidDumpError, "line 2 is not JSON"),
-    (b"[1, 2]", transfer.InvalidDumpError, "line 2 is not an entry"),
-    (b'{"key": "x"}', transfer.InvalidDumpError, "line 2 is not an entry"),
-    (b'{"key": "x", "value": {}, "extra": 1}', transfer.InvalidDumpError, "line 2 is not an entry"),
+    (b"[1, 2]", transfer.InvalidDumpError, "line 2 is not an entry: it reads as a Python list"),
+    (b'{"key": "x"}', transfer.InvalidDumpError, 'line 2 is not an entry: it has no "value"'),
+    (b'{}', transfer.InvalidDumpError, 'line 2 is not an entry: it has no "key" and no "value"'),
+    (b'{"key": "x", "value": {}, "extra": 1}', transfer.InvalidDumpError,
+     'line 2 is not an entry: it has \'extra\' besides "key", "value" and "expires_at"'),
     (b'{"key": "", "value": {}}', InvalidKeyError, "line 2: key must be 1 to 32"),
     (b'{"key": 5, "value": {}}', InvalidKeyError, "line 2: key must be a str"),
     (b'{"key": "x", "value": [1]}', InvalidValueError, "line 2: value must be a dict"),
