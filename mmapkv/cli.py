@@ -76,7 +76,7 @@ from .errors import (
 from .codec import check_ttl
 from .format import VERSION as FORMAT_VERSION
 from .legacy import is_v2
-from .stats import ProgressBar, describe_error
+from .stats import ProgressBar, describe_error, path_argument
 from .stats import plural as _plural
 from .store import Store, default_path
 
@@ -480,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
                "invalid input), 4 store unavailable")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--path", default=default_path(),
+    common.add_argument("--path", default=default_path(), type=path_argument,
                         help="the store file (default: %(default)s)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -532,8 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
         "; each is a store file or a redis://, rediss:// or unix:// URL. Keys DEST holds "
         "already stop the copy before anything is written, unless --replace."))
     p.set_defaults(func=cmd_copy)
-    p.add_argument("src", metavar="SRC", help="a store file, or a Redis URL")
-    p.add_argument("dest", metavar="DEST", help="a store file (made if missing), or a Redis URL")
+    p.add_argument("src", metavar="SRC", type=path_argument, help="a store file, or a Redis URL")
+    p.add_argument("dest", metavar="DEST", type=path_argument,
+                   help="a store file (made if missing), or a Redis URL")
     p.add_argument("--replace", action="store_true", help="overwrite keys DEST holds already")
     for side in ("src", "dest"):
         p.add_argument(f"--{side}-namespace", default="mmapkv", metavar="NS",

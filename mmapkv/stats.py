@@ -410,6 +410,14 @@ def _json_escape(exc: UnicodeError) -> tuple[str, int]:
 codecs.register_error("mmapkv.jsonescape", _json_escape)
 
 
+def path_argument(text: str) -> str:
+    """A command line's store path (argparse ``type=``): an empty one is a usage error,
+    not the working directory (which ``os.path.abspath`` makes of it)."""
+    if not text:
+        raise argparse.ArgumentTypeError("the path is empty")
+    return text
+
+
 def run_tool(prog: str, body: Callable[[], int]) -> int:
     """Run a command line's *body* and return its exit code, made safe for a shell.
 
@@ -454,7 +462,7 @@ def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Report on an mmapkv store without changing a byte of it.")
-    parser.add_argument("path", nargs="?", default=None, metavar="PATH",
+    parser.add_argument("path", nargs="?", default=None, metavar="PATH", type=path_argument,
                         help=f"the store file (default: {default_path()})")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object (fields in the module docstring)")

@@ -482,3 +482,10 @@ def test_crashed_store_whose_segments_merged_since_the_last_clean_close(store_pa
     assert r["clean_close"] is False
     assert (r["table_depth"], r["table_segments"]) == (depth, segments)
     assert r["table_entries"] == r["live_keys"] == 2
+
+
+def test_an_empty_path_is_a_usage_error(tmp_path: Any, monkeypatch: Any, capsys: Any) -> None:
+    """``python -m mmapkv.stats ''`` is a usage error, not a report on the working directory."""
+    monkeypatch.chdir(tmp_path)
+    assert stats.main([""]) == 2
+    assert "the path is empty" in capsys.readouterr().err
