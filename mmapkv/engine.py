@@ -1553,18 +1553,29 @@ class Engine:
         (slot info has no checksum; recovery frees every slot that is not a record class,
         and reads one of another class at the wrong boundaries: every record in it would
         go).  Where the old table points at an intact LIVE record, that record's size says
-        its slot's class.  O(table entries)."""
+        its slot's class: every record is in the smallest class it fits, and a slot holds
+        one class.  A kind byte damaged into a table segment's, or into a class whose size
+        happens to divide the record's place, is caught too (no entry points into a
+        segment).  A slot keeps its kind if any such record agrees with it (one left LIVE
+        from the slot's former class by a lost write must not decide).  O(table entries),
+        and a record read for each slot they point into, all of them for a damaged one."""
+        agreed: set[int] = set()  # slots an intact record of their kind's class confirmed
+        found: dict[int, int] = {}  # slot: the class of its first intact record, disagreeing
         for off in self._old_table_offsets(kinds):
             slot_of, within = divmod(off - self._slots_offset, SLOT_SIZE)
-            kind = kinds[slot_of]
-            if kind == KIND_SEGMENT or 1 <= kind <= CLASS_COUNT and not within % CLASS_SIZES[kind - 1]:
-                continue  # agrees with its slot's kind, as every entry but a damaged one does
-            if not self.is_intact(off):
+            if slot_of in agreed or not self.is_intact(off):
                 continue
             state, _, _, _, _, vlen, klen, _ = _unpack_record(self._mm, off)
             cls = class_for(KEY_OFFSET + klen + vlen)
-            if state == STATE_LIVE and not within % CLASS_SIZES[cls]:
-                kinds[slot_of] = cls + 1  # a slot holds one class: its records' own
+            if state != STATE_LIVE or within % CLASS_SIZES[cls]:
+                continue
+            if kinds[slot_of] == cls + 1:
+                agreed.add(slot_of)
+            else:
+                found.setdefault(slot_of, cls)
+        for slot_of, cls in found.items():
+            if slot_of not in agreed:
+                kinds[slot_of] = cls + 1
 
     def _indexed_floor(self, kinds: bytearray, floor: int) -> int:
         """The lowest seq of the intact LIVE records the old table points at; *floor* if it

@@ -37,6 +37,7 @@ from mmapkv.format import (
     CLASS_SIZES,
     KEY_OFFSET,
     KIND_SEGMENT,
+    SB_FLAGS,
     MAGIC,
     MAX_KEY_BYTES,
     PAGE_SIZE,
@@ -436,6 +437,23 @@ def test_a_bitmap_bit_past_the_sub_slots_is_caught(tmp_path: Any) -> None:
         f.seek(at + 8 + 15)
         f.write(b"\x80")
     assert_reads_exact_or_refused(path, value)
+
+
+@pytest.mark.parametrize("kind", [KIND_SEGMENT, 1, 11], ids=["a segment's", "class 0's", "class 10's"])
+def test_a_repair_gives_a_damaged_kind_byte_its_records_class(tmp_path: Any, kind: int) -> None:
+    """A whole-slot record's kind byte damaged into a table segment's, or into a class
+    whose size divides its place (0: every class's), before a crash: recovery took the
+    byte's word for it, freed the slot or read it at the other class's boundaries, and
+    the record was gone though the table still pointed at it."""
+    value = make_value("k", 1, 16000)
+    path, slot = small_store(tmp_path, value)
+    with open(path, "r+b") as f:
+        f.seek(GEOMETRY.info_offset + SLOT_INFO.size * slot)
+        f.write(bytes([kind]))
+        f.seek(SB_FLAGS)  # and not cleanly closed: the next open recovers
+        f.write(bytes(4))
+    with mmapkv.Store(path) as store:
+        assert store.keys() == ["k"] and store.read("k") == value and store.verify() == []
 
 
 def test_a_stray_bitmap_bit_never_lets_a_create_overwrite_another_record(tmp_path: Any) -> None:

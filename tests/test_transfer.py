@@ -25,7 +25,7 @@ from mmapkv.errors import (
     KeyExistsError,
     StoreFullError,
 )
-from mmapkv.format import CLASS_SIZES, KEY_OFFSET, MAX_VALUE_BYTES, Geometry, class_for
+from mmapkv.format import CLASS_SIZES, KEY_OFFSET, KIND_SEGMENT, MAX_VALUE_BYTES, Geometry, class_for
 from mmapkv.slots import PER_SLOT
 
 SMALL_MAX_SIZE = Geometry.smallest_max_size() * 4
@@ -453,13 +453,14 @@ def test_compact_keeps_the_hash_seed_and_every_entry(tmp_path: Any, clock: Any) 
         assert entries(store) == want
 
 
-LOST_RECORD_DAMAGES = ["bitmap bit", "kind 0", "kind 200", "another kind"]
+LOST_RECORD_DAMAGES = ["bitmap bit", "kind 0", "kind 200", "another kind", "a segment's kind"]
 
 
 def _slot_info_loses_k7(tmp_path: Any, damage: str) -> tuple[str, dict[str, Any]]:
     """A store of 40 small keys whose slot info then loses the record of "k7": its bitmap
-    bit cleared, or its slot's kind byte made free (0), meaningless (200) or another
-    class's.  Slot info has no checksum; the table still leads to every record."""
+    bit cleared, or its slot's kind byte made free (0), meaningless (200), another
+    class's or a table segment's (which a repair trusted).  Slot info has no checksum;
+    the table still leads to every record."""
     path = str(tmp_path / "s")
     values = {f"k{i}": {"i": i} for i in range(40)}
     with mmapkv.Store(path) as store:
@@ -480,7 +481,8 @@ def _slot_info_loses_k7(tmp_path: Any, damage: str) -> tuple[str, dict[str, Any]
             f.write(bytes([byte & ~(1 << bit % 8)]))
         else:
             f.seek(at)
-            f.write(bytes([{"kind 0": 0, "kind 200": 200, "another kind": cls + 3}[damage]]))
+            f.write(bytes([{"kind 0": 0, "kind 200": 200, "another kind": cls + 3,
+                            "a segment's kind": KIND_SEGMENT}[damage]]))
     assert in_slot > 1  # a kind byte loses more than one
     return path, values
 
