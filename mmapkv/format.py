@@ -33,13 +33,13 @@ Superblock (first 176 bytes of page 0; the rest of the page is zero)::
     40  u64 seq_limit      every sequence number used so far is below this
     48  u64 batch_commit   sequence number of the last committed batch
     56  u64 floor_seq      records with a lower sequence number are gone (clear())
-    64  u32 high_water     slots [0, high_water) have been used since the last clear
+    64  u32 high_water     every slot in use is below it
     68  u32 pool_head      1 + first slot of the free-slot pool, 0 if it is empty
     72  u32 pool_count     slots on the pool
     76  u32 live_count     LIVE records, expired ones not yet reclaimed included
     80  u32 ttl_count      LIVE records that carry an expiry
     84  u32 global_depth   the directory uses 2**global_depth entries
-    88  f64 next_expiry    no LIVE record expires before this (inf if none)
+    88  f64 next_expiry    no LIVE record expires before this (a bound; inf if none)
     96  u64 next_seq       sequence number for the next write
    104  13 x u32 class_heads  1 + first slot of each class's partial list, 0 if none
    156  u32 segments       table segments
