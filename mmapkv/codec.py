@@ -254,15 +254,20 @@ def decode_text(data: bytes | str) -> dict[str, Any]:
 # ------------------------------------------------------------------ keys and TTLs
 
 
-def shown(value: Any) -> str:
-    """*value* as an error message shows it: its repr, cut to 40 characters; for an int
-    too long for ``repr`` (over 4,300 digits raise ``ValueError``), its size in bits."""
+def shown(value: Any, limit: int = 40) -> str:
+    """*value* as an error message shows it: its repr, cut to *limit* characters; for an
+    int too long for ``repr`` (over 4,300 digits raise ``ValueError``), its size in bits."""
     if isinstance(value, int) and value.bit_length() > 4096:
         return f"an int of {value.bit_length():,} bits"
     try:
-        return f"{value!r:.40}"
-    except Exception:  # a repr of the caller's that raises
+        return repr(value)[:limit]
+    except Exception:  # a repr of the caller's that raises, or of a container of such an int
         return f"a {type(value).__name__}"
+
+
+def about_key(exc: InvalidValueError | InvalidTTLError, key: str) -> InvalidValueError | InvalidTTLError:
+    """*exc* again, its message naming the key of a batch's item it is about."""
+    return type(exc)(f"key {str.__repr__(key)}: {exc}")
 
 
 def key_bytes(key: Any) -> bytes:
@@ -403,14 +408,17 @@ def batch_items(items: Any, ttl: Any) -> list[tuple[str, bytes, bytes, int, int 
             item = (item["key"], item["value"], item["ttl"]) if "ttl" in item else (item["key"], item["value"])
         if not isinstance(item, tuple) or len(item) not in (2, 3):
             raise InvalidArgumentError(f"batch item {number} must be a (key, value) or (key, value, "
-                                       f"ttl) tuple or a {{'key', 'value', 'ttl'}} dict, got {item!r:.80}")
+                                       f"ttl) tuple or a {{'key', 'value', 'ttl'}} dict, got {shown(item, 80)}")
         key, value = item[0], item[1]
-        item_ttl = check_ttl(item[2]) if len(item) == 3 else default_ttl
         kb = key_bytes(key)
         if kb in seen:
             raise KeyExistsError(f"key {key!r} appears twice in the batch")
         seen.add(kb)
-        data, flags = encode(value)
+        try:
+            item_ttl = check_ttl(item[2]) if len(item) == 3 else default_ttl
+            data, flags = encode(value)
+        except (InvalidValueError, InvalidTTLError) as exc:
+            raise about_key(exc, key) from None
         checked.append((key, kb, data, flags, item_ttl))
     return checked
 
@@ -438,13 +446,16 @@ def update_pairs(other: Any, kwargs: Mapping[str, Any]) -> list[tuple[str, bytes
                 k, v = item
             except (TypeError, ValueError):
                 raise InvalidArgumentError(f"update item {number} must be a (key, value) pair, "
-                                           f"got {item!r:.80}") from None
+                                           f"got {shown(item, 80)}") from None
             pairs.append((k, v))
     pairs.extend(kwargs.items())
     last: dict[bytes, tuple[str, bytes, bytes, int]] = {}
     for key, value in pairs:
         kb = key_bytes(key)
-        data, flags = encode(value)
+        try:
+            data, flags = encode(value)
+        except InvalidValueError as exc:
+            raise about_key(exc, key) from None
         last[kb] = (key, kb, data, flags)
     return list(last.values())
 
@@ -471,14 +482,17 @@ def expiring_entries(entries: Iterable[Any], clock: Callable[[], float]
     for number, entry in enumerate(entries):
         if not isinstance(entry, tuple) or len(entry) != 3:
             raise InvalidArgumentError(f"entry {number} must be a (key, value, expires_at) tuple, "
-                                       f"got {entry!r:.80}")
+                                       f"got {shown(entry, 80)}")
         key, value, expires_at = entry
         kb = key_bytes(key)
         if kb in seen:
             raise KeyExistsError(f"key {key!r} appears twice in the entries")
         seen.add(kb)
-        data, flags = encode(value)
-        checked.append((key, kb, data, flags, check_expiry(expires_at)))
+        try:
+            data, flags = encode(value)
+            checked.append((key, kb, data, flags, check_expiry(expires_at)))
+        except (InvalidValueError, InvalidTTLError) as exc:
+            raise about_key(exc, key) from None
     if not checked:
         return checked
     # Only check_expiry's absolute bound, not MAX_TTL from this clock: an expiry another

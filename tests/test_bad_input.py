@@ -378,6 +378,31 @@ def test_second_open_is_locked(file_store: mmapkv.Store) -> None:
     assert snapshot(store) == before
 
 
+@pytest.mark.parametrize("call, expected, text", [
+    (lambda s: s.batch_create([("fine", {})] + [(f"k{i}", {"x": i}) for i in range(50)] + [("bad", {"x": math.nan})]),
+     mmapkv.InvalidValueError, "key 'bad': value['x'] holds nan"),
+    (lambda s: s.batch_create({"fine": {}, "big": {"p": "x" * 20_000}}), mmapkv.ValueTooLargeError,
+     "key 'big': value is 20,008 bytes"),
+    (lambda s: s.batch_create([("fine", {}, 5), ("bad", {}, 0)]), mmapkv.InvalidTTLError, "key 'bad': ttl"),
+    (lambda s: s.batch_create({"fine": {}, "bad": {}}, ttl=-1), mmapkv.InvalidTTLError, "ttl must"),
+    (lambda s: s.update({"fine": {}, "bad": {"x": {1, 2}}}), mmapkv.InvalidValueError, "key 'bad': value['x']"),
+    (lambda s: s.restore_entries([("fine", {}, None), ("bad", {"x": math.inf}, None)]), mmapkv.InvalidValueError,
+     "key 'bad': value['x'] holds inf"),
+    (lambda s: s.restore_entries([("fine", {}, None), ("bad", {}, "soon")]), mmapkv.InvalidTTLError, "key 'bad': "),
+    (lambda s: s.batch_create([("fine", {}), (1, 10 ** 5000, 2, 3)]), mmapkv.InvalidArgumentError,
+     "got a tuple"),
+], ids=["batch-value", "batch-too-large", "batch-item-ttl", "batch-default-ttl", "update-value",
+        "restore-value", "restore-expiry", "batch-item-unprintable"])
+def test_a_batch_says_which_key_is_bad(store: Any, call: Call, expected: type[Exception], text: str) -> None:
+    """In a batch of many items, the error names the key whose value or TTL is bad (a
+    default TTL is no one key's), and the batch writes nothing."""
+    before = snapshot(store)
+    with pytest.raises(Exception) as info:
+        call(store)
+    check_error(info.value, expected, text)
+    assert snapshot(store) == before
+
+
 def _enter(store: Any) -> None:
     with store:
         pass
