@@ -175,6 +175,8 @@ def _value_argument(args: argparse.Namespace) -> Any:
     text = _stdin().read() if args.json == "-" else args.json
     try:
         return transfer.loads(text)
+    except InvalidValueError:
+        raise  # JSON, but what no store holds: its own message
     except ValueError as exc:
         raise InputError(f"the value is not valid JSON: {exc}") from None
 

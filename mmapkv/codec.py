@@ -59,6 +59,11 @@ MAX_TIME = 10_000_000_000  # unix seconds (the year 2286): the latest time a clo
 
 _INT64_MIN = -(1 << 63)
 _UINT64_MAX = (1 << 64) - 1
+#: The most digits a stored int may have: what Python reads by default
+#: (``sys.int_info.default_max_str_digits``), so that every process can read what any
+#: stored, whatever limit the writing one had set.
+MAX_INT_DIGITS = 4_300
+_FEW_DIGITS_BITS = 14_283  # an int of at most this many bits has at most 4,300 digits
 _PLAIN_LEAVES = frozenset((str, int, bool, type(None)))   # exact types only: no subclasses
 _PLAIN_CONTAINERS = frozenset((dict, list, tuple))
 _isfinite = math.isfinite
@@ -82,12 +87,28 @@ def _bad_scalar(v: Any, where: Any) -> _Bad:
                 "float, bool and None are JSON", where)
 
 
+def _check_big_int(v: int) -> None:
+    """Refuse an int of more than ``MAX_INT_DIGITS`` digits (its digits are counted only
+    past the bits that cannot make so many)."""
+    if int.bit_length(v) > _FEW_DIGITS_BITS:
+        try:
+            digits = len(int.__repr__(abs(int(v))))
+        except ValueError:  # past this process's own limit
+            digits = MAX_INT_DIGITS + 1
+        if digits > MAX_INT_DIGITS:
+            raise _Bad(f"holds an int of more than {MAX_INT_DIGITS:,} digits; mmapkv keeps ints of up "
+                       "to what any Python reads by default (sys.int_info.default_max_str_digits)", None)
+
+
 def _check_scalar(v: Any, where: Any) -> bool:
     """Check a non-container of a type other than exactly str/bool/None/int/float."""
     if isinstance(v, (str, bool)):
         return False
     if isinstance(v, int):  # a subclass's number itself, not what its < says
-        return not (_INT64_MIN <= int.__index__(v) <= _UINT64_MAX)
+        if _INT64_MIN <= int.__index__(v) <= _UINT64_MAX:
+            return False
+        _check_big_int(v)
+        return True
     if isinstance(v, float) and _isfinite(v):
         return False
     raise _bad_scalar(v, where)
@@ -115,6 +136,7 @@ def _check(obj: Any, depth: int) -> bool:
         try:
             if t is int:
                 if v < _INT64_MIN or v > _UINT64_MAX:
+                    _check_big_int(v)
                     big = True
             elif t is float:
                 if not _isfinite(v):

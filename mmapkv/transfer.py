@@ -276,6 +276,11 @@ def loads(text: str | bytes) -> Any:
     except RecursionError:
         raise ValueError("it nests too deeply to parse (a value may nest at most "
                          f"{codec.MAX_DEPTH} levels)") from None
+    except ValueError as exc:
+        if "integer string conversion" not in str(exc):  # CPython's words for int_max_str_digits
+            raise
+        raise InvalidValueError(f"value holds an int of more than {codec.MAX_INT_DIGITS:,} digits; mmapkv "
+                                "keeps ints of up to what any Python reads by default") from None
 
 
 def _not_an_entry(obj: Any) -> str:
@@ -303,6 +308,8 @@ def _parse(source: IO[bytes], name: str, progress: Progress | None, done: int,
         where = f"{name} line {number}"
         try:
             obj = loads(line)
+        except InvalidValueError as exc:  # JSON, but what no store holds
+            raise InvalidValueError(f"{where}: {exc}") from None
         except ValueError as exc:
             raise InvalidDumpError(f"{where} is not JSON: {exc}") from None
         if not isinstance(obj, dict) or not {"key", "value"} <= obj.keys() or obj.keys() - _FIELDS:

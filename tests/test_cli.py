@@ -136,6 +136,8 @@ def test_a_bad_ttl_exits_3_and_makes_no_store(run: Run, path: str, args: list[st
     (["create", "k" * 33, "{}"], "key must be 1 to 32"),
     (["create", "k", "{}", "--ttl", "0"], "ttl must be 1"),
     (["create", "k", json.dumps({"k": "x" * 16_384})], "limit is 16,384"),
+    # valid JSON, not "not valid JSON", and no advice to call sys.set_int_max_str_digits
+    (["create", "k", '{"n": 1' + "0" * 5_000 + "}"], "value holds an int of more than 4,300 digits"),
     (["create", "exists", "{}"], "already exists"),
     (["get", "missing"], "is not in"),
     (["delete", "missing"], "is not in"),

@@ -619,17 +619,37 @@ def test_tuples_become_lists(make_store: MakeStore) -> None:
 
 @pytest.mark.parametrize(
     "number",
-    [0, -1, 2**63 - 1, -(2**63), 2**64 - 1, 2**64, -(2**63) - 1, 2**70, -(2**70), 10**100],
+    [0, -1, 2**63 - 1, -(2**63), 2**64 - 1, 2**64, -(2**63) - 1, 2**70, -(2**70), 10**100,
+     10**4300 - 1, -(10**4300 - 1), 2**14_283],
 )
 def test_integers_roundtrip_exactly(make_store: MakeStore, number: int) -> None:
-    """Integers of any size come back as the same int (not a float), also after reopen."""
+    """Integers of up to 4,300 digits come back as the same int (not a float), also after
+    reopen."""
     store = make_store()
-    store.create("n", {"n": number, "nested": [number, {"m": number}]})
+    store.create("n", {"n": number, "nested": [number, {"m": number}] if abs(number) < 10**100 else []})
     store = reopen(store, make_store)
     got = store.read("n")
-    assert got == {"n": number, "nested": [number, {"m": number}]}
+    assert got == {"n": number, "nested": [number, {"m": number}] if abs(number) < 10**100 else []}
     assert type(got["n"]) is int and got["n"] == number
     assert store.verify() == []
+
+
+@pytest.mark.parametrize("limit", [None, 20_000], ids=["default-limit", "limit-raised"])
+def test_an_int_past_4300_digits_is_refused_whatever_the_process_allows(make_store: MakeStore,
+                                                                       limit: int | None) -> None:
+    """Python reads at most 4,300 digits by default: a value stored by a process that
+    raised its limit could not be read by any other (CorruptStoreError, "not JSON")."""
+    store = make_store()
+    old_limit = sys.get_int_max_str_digits()
+    if limit is not None:
+        sys.set_int_max_str_digits(limit)
+    try:
+        for number in (10**4300, -(10**4300), 2**14_290, 10**5000):
+            with pytest.raises(InvalidValueError, match="more than 4,300 digits"):
+                store.create("n", {"a": [number]})
+    finally:
+        sys.set_int_max_str_digits(old_limit)
+    assert "n" not in store and len(store) == 0
 
 
 def test_scalar_types_roundtrip(make_store: MakeStore) -> None:
