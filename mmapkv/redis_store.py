@@ -89,6 +89,26 @@ return redis.call("PERSIST", KEYS[1])
 """
 
 
+#: The reads a server at its maxmemory still answers: a script flagged no-writes runs there,
+#: where a MULTI refuses every command queued in it, GET included.  ``_FIRST_STORED``: the
+#: 1-based position of the first of KEYS stored, or 0.  ``_READ_WITH_EXPIRY``: each key's
+#: value (nil if missing) and PEXPIRETIME, read at one instant.
+_FIRST_STORED = """#!lua flags=no-writes
+for i, key in ipairs(KEYS) do
+  if redis.call("EXISTS", key) == 1 then return i end
+end
+return 0
+"""
+_READ_WITH_EXPIRY = """#!lua flags=no-writes
+local answers = {}
+for _, key in ipairs(KEYS) do
+  answers[#answers + 1] = redis.call("GET", key)
+  answers[#answers + 1] = redis.call("PEXPIRETIME", key)
+end
+return answers
+"""
+
+
 class RedisClient(Protocol):
     """A ``redis.Redis`` client, as far as a type checker needs to know (the constructor
     checks its class at run time; redis-py is not imported for the annotation)."""
@@ -278,13 +298,24 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
             raise StoreClosedError(f"the RedisStore of {self._where} is closed")
         try:
             yield client
-        except self._errors.RedisError as exc:
-            if self._client is None:  # closed by another thread while we waited
-                raise StoreClosedError(f"the RedisStore of {self._where} is closed") from exc
-            raise self._translate(exc) from exc
-        except UnicodeDecodeError as exc:  # a decode_responses=True client met binary data
-            raise CorruptStoreError(f"{self._where}: the server sent bytes that are not UTF-8, which "
-                                    f"a client with decode_responses=True cannot read: {exc}") from exc
+        except Exception as exc:
+            if self._client is None:  # closed by another thread meanwhile: redis-py, its
+                # connections pulled away, raises what it meets (ValueError, AttributeError)
+                raise StoreClosedError(f"the RedisStore of {self._where} was closed during the call, "
+                                       "which may or may not have taken effect") from exc
+            if isinstance(exc, self._errors.RedisError):
+                raise self._translate(exc) from exc
+            if isinstance(exc, UnicodeDecodeError):  # a decode_responses=True client met binary data
+                raise CorruptStoreError(f"{self._where}: the server sent bytes that are not UTF-8, which "
+                                        f"a client with decode_responses=True cannot read: {exc}") from exc
+            raise
+
+    def _first_stored(self, names: list[bytes]) -> int:
+        """The 1-based position of the first of *names* stored, or 0: what a refused write
+        asks before it says so, since a server at its maxmemory refuses a ``SET NX`` before
+        looking whether the key exists, and ``Store`` says ``KeyExistsError`` first."""
+        with self._server() as r:
+            return int(self._eval(r, _FIRST_STORED, names, []))
 
     def _translate(self, exc: Exception) -> MmapKVError:
         errors, text = self._errors, " ".join(str(exc).split())
@@ -491,7 +522,8 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
         """(key, value, absolute expiry) for every key, or for *keys*: the expiry in unix
         seconds by the server's clock (``PEXPIRETIME``), ``None`` for a key without a TTL.
         Missing and expired keys are skipped.  What ``mmapkv copy`` reads; a batch of keys
-        per ``MULTI``/``EXEC``, so each value comes with its own expiry.
+        per script run, so each value comes with its own expiry (a script, not a
+        ``MULTI``, which a server at its maxmemory refuses even for reads).
 
         :raises InvalidArgumentError: *keys* is not an iterable of keys (one str is not).
         """
@@ -500,11 +532,7 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
     def _items_with_expiry(self, keys: Iterable[str] | None) -> Iterator[tuple[str, dict[str, Any], float | None]]:
         for batch in self._batches(keys):
             with self._server() as r:
-                pipe = r.pipeline(transaction=True)
-                for _, name in batch:
-                    pipe.get(name)
-                    pipe.pexpiretime(name)
-                answers = pipe.execute()
+                answers = self._eval(r, _READ_WITH_EXPIRY, [name for _, name in batch], [])
             for (key, _), raw, expiry in zip(batch, answers[::2], answers[1::2]):
                 if raw is not None:
                     yield key, self._decode(raw, key), (expiry / 1000 if expiry > 0 else None)
@@ -598,8 +626,13 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
         name = self._name(key)
         data, _ = codec.encode(value)
         ttl = codec.check_ttl(ttl)
-        with self._server() as r:
-            done = r.set(name, data, nx=True, ex=ttl)
+        try:
+            with self._server() as r:
+                done = r.set(name, data, nx=True, ex=ttl)
+        except StoreFullError:
+            if not self._first_stored([name]):
+                raise
+            done = False
         if not done:
             raise KeyExistsError(f"key {key!r} already exists in {self._where}")
 
@@ -634,7 +667,7 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
             args: list[Any] = ["check"]
             for _, _, data, _, item_ttl in checked:
                 args += [data, "", ""] if item_ttl is None else [data, "EX", item_ttl]
-            found = self._eval(r, _WRITE_BATCH, [self._prefix + kb for _, kb, _, _, _ in checked], args)
+        found = self._write_batch([self._prefix + kb for _, kb, _, _, _ in checked], args)
         if found:
             raise KeyExistsError(f"key {checked[int(found) - 1][0]!r} already exists in {self._where}")
 
@@ -659,10 +692,23 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
             args: list[Any] = ["overwrite" if replace else "check"]
             for _, _, data, _, expires in checked:
                 args += [data, "", ""] if not expires else [data, "PXAT", round(expires * 1000)]
-            found = self._eval(r, _WRITE_BATCH, [self._prefix + kb for _, kb, _, _, _ in checked], args)
+        found = self._write_batch([self._prefix + kb for _, kb, _, _, _ in checked], args)
         if found:
             raise KeyExistsError(f"key {checked[int(found) - 1][0]!r} already exists in {self._where}")
         return len(checked)
+
+    def _write_batch(self, names: list[bytes], args: list[Any]) -> int:
+        """Run ``_WRITE_BATCH``; the 1-based position of a stored key that refused it (with
+        "check"), or 0 once written.  Refused for room, a batch a stored key would refuse
+        anyway says ``KeyExistsError``, as ``Store`` does."""
+        try:
+            with self._server() as r:
+                return int(self._eval(r, _WRITE_BATCH, names, args))
+        except StoreFullError:
+            found = self._first_stored(names) if args[0] == "check" else 0
+            if not found:
+                raise
+            return found
 
     def set(self, key: str, value: Mapping[str, Any], ttl: int | None = None) -> None:
         """Store *value* under *key* whether or not it is there; *ttl* replaces the key's
@@ -685,11 +731,16 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
         data, _ = codec.encode(value)
         if ttl is not _KEEP and ttl is not None:
             ttl = codec.check_ttl(ttl)
-        with self._server() as r:
-            if ttl is _KEEP:
-                done = r.set(name, data, xx=True, keepttl=True)
-            else:
-                done = r.set(name, data, xx=True, ex=ttl)
+        try:
+            with self._server() as r:
+                if ttl is _KEEP:
+                    done = r.set(name, data, xx=True, keepttl=True)
+                else:
+                    done = r.set(name, data, xx=True, ex=ttl)
+        except StoreFullError:  # refused before it looked: a missing key is the first answer
+            if self._first_stored([name]):
+                raise
+            done = False
         if not done:
             raise self._missing(key)
 
@@ -765,8 +816,14 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
             if raw is None:
                 raise
             return self._decode(raw, key)
-        with self._server() as r:
-            old = r.set(name, data, nx=True, get=True)
+        try:
+            with self._server() as r:
+                old = r.set(name, data, nx=True, get=True)
+        except StoreFullError:  # refused before it looked: a stored key's value still reads
+            with self._server() as r:
+                old = r.get(name)
+            if old is None:
+                raise
         return self._decode(data if old is None else old, key)
 
     def update(self, other: Any = (), /, **kwargs: dict[str, Any]) -> None:

@@ -449,9 +449,65 @@ def test_out_of_memory_is_store_full_and_writes_nothing(own_server: LocalRedis) 
     assert store.read("k0") == {"pad": "x" * 10_000}
     store.expire("t", 50)  # TTL changes allocate nothing, so they go on, as Redis's own do
     assert store.persist("t") is True and store.ttl("t") is None
+    # A refused write says what Store says first: the server refuses SET NX before it
+    # looks whether the key exists (StoreFullError for an existing key, a missing one)
+    with pytest.raises(mmapkv.KeyExistsError, match="'k1'"):
+        store.create("k1", {})
+    with pytest.raises(mmapkv.KeyExistsError, match="'k2'"):
+        store.batch_create({"new": {}, "k2": {}})
+    with pytest.raises(mmapkv.KeyExistsError, match="'k3'"):
+        store.restore_entries([("new", {}, None), ("k3", {}, None)])
+    with pytest.raises(mmapkv.KeyNotFoundError, match="'missing'"):
+        store.replace("missing", {})
+    assert store.setdefault("k4", {"other": 1}) == {"pad": "x" * 10_000}
+    with pytest.raises(mmapkv.StoreFullError):
+        store.setdefault("missing", {"pad": "z" * 10_000})
+    # and the reads of a copy go on (a MULTI is refused whole, GET included)
+    assert [(k, v) for k, v, _ in store.items_with_expiry(["k5", "missing", "t"])] == [
+        ("k5", {"pad": "x" * 10_000}), ("t", {})]
+    assert sum(1 for _ in store.items_with_expiry()) == len(store)
     store.delete("k0")
     client.close()
     store.close()
+
+
+def test_a_close_from_another_thread_is_store_closed_for_the_calls_it_cuts(
+        redis_server: LocalRedis, redis_namespace: str) -> None:
+    """close() pulls the connections from under calls other threads have running: redis-py
+    then raised what it met (ValueError "I/O operation on closed file", AttributeError),
+    Python's own errors, where the docs promise StoreClosedError after close."""
+    foreign: list[str] = []
+    for _ in range(20):
+        store = mmapkv.RedisStore(redis_server.url, namespace=redis_namespace)
+        store.set("big", {"v": "x" * 16_000})
+        busy = [threading.Event() for _ in range(3)]
+
+        def reader(busy: threading.Event) -> None:
+            calls = 0
+            while True:
+                try:
+                    store.get("big")
+                    store.keys()
+                    calls += 1
+                    if calls == 20:  # in its stride: the close lands inside a call
+                        busy.set()
+                except mmapkv.StoreClosedError:
+                    return
+                except Exception as exc:  # noqa: BLE001  (what is under test)
+                    foreign.append(f"{type(exc).__module__}.{type(exc).__name__}: {exc}")
+
+        threads = [threading.Thread(target=reader, args=(event,)) for event in busy]
+        for thread in threads:
+            thread.start()
+        for event in busy:
+            assert event.wait(30)
+        store.close()
+        for thread in threads:
+            thread.join(30)
+            assert not thread.is_alive()
+    with mmapkv.RedisStore(redis_server.url, namespace=redis_namespace) as store:
+        store.clear()
+    assert foreign == [], foreign[:5]
 
 
 # ------------------------------------------------------------------ many clients
