@@ -434,7 +434,7 @@ def batch_items(items: Any, ttl: Any) -> list[tuple[str, bytes, bytes, int, int 
         key, value = item[0], item[1]
         kb = key_bytes(key)
         if kb in seen:
-            raise KeyExistsError(f"key {key!r} appears twice in the batch")
+            raise KeyExistsError(f"key {str.__repr__(key)} appears twice in the batch")
         seen.add(kb)
         try:
             item_ttl = check_ttl(item[2]) if len(item) == 3 else default_ttl
@@ -508,7 +508,7 @@ def expiring_entries(entries: Iterable[Any], clock: Callable[[], float]
         key, value, expires_at = entry
         kb = key_bytes(key)
         if kb in seen:
-            raise KeyExistsError(f"key {key!r} appears twice in the entries")
+            raise KeyExistsError(f"key {str.__repr__(key)} appears twice in the entries")
         seen.add(kb)
         try:
             data, flags = encode(value)

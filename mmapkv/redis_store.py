@@ -215,7 +215,7 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
                  socket_timeout: float = DEFAULT_TIMEOUT) -> None:
         self._client: Any = None
         if not isinstance(namespace, str) or not namespace or ":" in namespace or "\0" in namespace:
-            raise InvalidArgumentError(f"namespace must be a non-empty str without ':' or NUL, got {namespace!r}")
+            raise InvalidArgumentError(f"namespace must be a non-empty str without ':' or NUL, got {codec.shown(namespace)}")
         try:
             prefix = namespace.encode("utf-8") + b":"
         except UnicodeEncodeError:
@@ -385,11 +385,11 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
         try:
             return codec.decode_text(raw)
         except ValueError as exc:
-            raise CorruptStoreError(f"{self._where}: the value of key {key!r} is not a JSON object "
+            raise CorruptStoreError(f"{self._where}: the value of key {str.__repr__(key)} is not a JSON object "
                                     f"(not written by mmapkv?): {exc}") from None
 
     def _missing(self, key: str) -> KeyNotFoundError:
-        return KeyNotFoundError(f"key {key!r} is not in {self._where}")
+        return KeyNotFoundError(f"key {str.__repr__(key)} is not in {self._where}")
 
     def _key_of(self, name: bytes) -> str | None:
         """The mmapkv key of a Redis key of the namespace; None for one mmapkv could not
@@ -600,16 +600,16 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
                 elif kind == "none":
                     continue  # deleted or expired meanwhile
                 elif kind != "string":
-                    problems.append(f"key {key!r} holds a Redis {kind}, not a string")
+                    problems.append(f"key {str.__repr__(key)} holds a Redis {kind}, not a string")
                 elif isinstance(raw, Exception) or raw is None:
                     continue
                 elif len(raw) > MAX_VALUE_BYTES:
-                    problems.append(f"key {key!r} holds {len(raw):,} bytes; the limit is {MAX_VALUE_BYTES:,}")
+                    problems.append(f"key {str.__repr__(key)} holds {len(raw):,} bytes; the limit is {MAX_VALUE_BYTES:,}")
                 else:
                     try:
                         codec.decode_text(raw)
                     except ValueError as exc:
-                        problems.append(f"key {key!r} does not hold a JSON object: {exc}")
+                        problems.append(f"key {str.__repr__(key)} does not hold a JSON object: {exc}")
         return problems
 
     # ----------------------------------------------------------------- writes
@@ -634,7 +634,7 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
                 raise
             done = False
         if not done:
-            raise KeyExistsError(f"key {key!r} already exists in {self._where}")
+            raise KeyExistsError(f"key {str.__repr__(key)} already exists in {self._where}")
 
     def delete(self, key: str) -> None:
         """Remove *key* (``DEL``).
@@ -669,7 +669,7 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
                 args += [data, "", ""] if item_ttl is None else [data, "EX", item_ttl]
         found = self._write_batch([self._prefix + kb for _, kb, _, _, _ in checked], args)
         if found:
-            raise KeyExistsError(f"key {checked[int(found) - 1][0]!r} already exists in {self._where}")
+            raise KeyExistsError(f"key {str.__repr__(checked[int(found) - 1][0])} already exists in {self._where}")
 
     def restore_entries(self, entries: Iterable[tuple[str, Mapping[str, Any], float | None]], *,
                         replace: bool = False) -> int:
@@ -694,7 +694,7 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
                 args += [data, "", ""] if not expires else [data, "PXAT", round(expires * 1000)]
         found = self._write_batch([self._prefix + kb for _, kb, _, _, _ in checked], args)
         if found:
-            raise KeyExistsError(f"key {checked[int(found) - 1][0]!r} already exists in {self._where}")
+            raise KeyExistsError(f"key {str.__repr__(checked[int(found) - 1][0])} already exists in {self._where}")
         return len(checked)
 
     def _write_batch(self, names: list[bytes], args: list[Any]) -> int:

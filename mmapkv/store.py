@@ -161,9 +161,12 @@ class Store(MutableMapping[str, dict[str, Any]]):
             path = default_path()
         if not isinstance(path, (str, os.PathLike)):
             raise InvalidArgumentError(f"path must be a str or os.PathLike, not {type(path).__name__}")
-        path = os.fspath(path)
+        try:
+            path = os.fspath(path)
+        except TypeError as exc:  # a __fspath__ that returns neither str nor bytes
+            raise InvalidArgumentError(f"path: {exc}") from None
         if not isinstance(path, str) or not path or "\0" in path:
-            raise InvalidArgumentError(f"path must be a non-empty str without NUL, got {path!r}")
+            raise InvalidArgumentError(f"path must be a non-empty str without NUL, got {codec.shown(path)}")
         if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):  # abspath drops it
             raise InvalidArgumentError(f"{path} ends with {path[-1]!r}, so it names a directory; "
                                        "give the path of a store file")
@@ -288,7 +291,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         if found is not None:
             return found
         raise CorruptStoreError(
-            f"{self._path}: the entry of key {key!r} fails its checksum (offset {damaged.offset}) "
+            f"{self._path}: the entry of key {str.__repr__(key)} fails its checksum (offset {damaged.offset}) "
             "and was dropped: its value is lost; `mmapkv verify` checks the rest of the file")
 
     def close(self) -> None:
@@ -437,7 +440,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         try:
             return _loads(data) if not flags else _decode(data, flags)
         except ValueError as exc:
-            raise CorruptStoreError(f"{self._path}: the value of {key!r} is not JSON: {exc}") from None
+            raise CorruptStoreError(f"{self._path}: the value of {str.__repr__(key)} is not JSON: {exc}") from None
 
     def _raise_missing(self, key: str) -> NoReturn:
         """Raise what a ``read`` of *key* that found nothing raises: ``KeyExpiredError``
@@ -603,7 +606,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
             if index >= 0:
                 old_expiry = engine.expires_at(index)
                 if not old_expiry or now < old_expiry:
-                    raise KeyExistsError(f"key {key!r} already exists in {self._path}")
+                    raise KeyExistsError(f"key {str.__repr__(key)} already exists in {self._path}")
             expires = now + ttl if ttl is not None else 0.0
             # the common create: one engine call, in its own bracket (an expired entry
             # of the key is replaced, as by set)
@@ -734,7 +737,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
                 old_expiry = engine.expires_at(index)
                 if not old_expiry or now < old_expiry:
                     if not overwrite:
-                        raise KeyExistsError(f"key {key!r} already exists in {self._path}")
+                        raise KeyExistsError(f"key {str.__repr__(key)} already exists in {self._path}")
                     stored.add(kb)
                 else:
                     expired.append((kb, fp))
@@ -852,7 +855,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         return data, flags, expires, self._now_unexpired(key, expires)
 
     def _not_found(self, key: str) -> KeyNotFoundError:
-        return KeyNotFoundError(f"key {key!r} is not in {self._path}")
+        return KeyNotFoundError(f"key {str.__repr__(key)} is not in {self._path}")
 
     def _now_unexpired(self, key: str, expires: float) -> float:
         """The clock's time, unless *key*'s expiry (0.0: none) has passed by it."""
@@ -863,7 +866,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
 
     @staticmethod
     def _expired(key: str, expires: float) -> KeyExpiredError:
-        return KeyExpiredError(f"key {key!r} expired at {expires:.0f} (unix time)")
+        return KeyExpiredError(f"key {str.__repr__(key)} expired at {expires:.0f} (unix time)")
 
     def _put(self, engine: Engine, kb: bytes, fp: int, data: bytes, flags: int, expires: float) -> None:
         """Write a record for *kb* and index it, replacing the key's entry (live or

@@ -85,6 +85,16 @@ class StrReprRaises(str):
         raise RuntimeError("no repr")
 
 
+class FspathOf:
+    """A path-like object whose ``__fspath__`` returns *what*."""
+
+    def __init__(self, what: Any) -> None:
+        self.what = what
+
+    def __fspath__(self) -> Any:
+        return self.what
+
+
 BAD_KEYS: list[tuple[str, Any, str]] = [
     ("str-subclass-saying-3-of-100", ShortSaying("x" * 100), "got 100"),
     ("empty", "", "1 to 32"),
@@ -179,6 +189,13 @@ def rows() -> list[Any]:
         table.append(pytest.param(lambda s, t=ttl: s.batch_create([("fine", {}), ("new", {}, t)]),
                                   mmapkv.InvalidTTLError, "ttl", id=f"batch-item-ttl-{name}"))
     table += [
+        # a str subclass's own repr is never what a message shows: the text's is
+        pytest.param(lambda s: s.create(StrReprRaises("present"), {}), mmapkv.KeyExistsError, "'present'",
+                     id="create-existing-str-subclass-whose-repr-raises"),
+        pytest.param(lambda s: s.read(StrReprRaises("absent")), mmapkv.KeyNotFoundError, "'absent'",
+                     id="read-missing-str-subclass-whose-repr-raises"),
+        pytest.param(lambda s: s.batch_create([("q", {}), (StrReprRaises("q"), {})]), mmapkv.KeyExistsError,
+                     "'q' appears twice", id="batch-twice-str-subclass-whose-repr-raises"),
         pytest.param(lambda s: s.create("present", {"v": 2}), mmapkv.KeyExistsError, "'present'",
                      id="create-existing"),
         pytest.param(lambda s: s.read("absent"), mmapkv.KeyNotFoundError, "'absent'", id="read-missing"),
@@ -315,6 +332,9 @@ CONSTRUCTOR_ROWS: list[Any] = [
     pytest.param(lambda tmp: {"path": os.fsencode(os.path.join(tmp, "b"))}, mmapkv.InvalidArgumentError,
                  "path", id="path-bytes"),
     pytest.param(lambda tmp: {"path": ""}, mmapkv.InvalidArgumentError, "path", id="path-empty"),
+    pytest.param(lambda tmp: {"path": FspathOf(5)}, mmapkv.InvalidArgumentError, "path", id="path-fspath-int"),
+    pytest.param(lambda tmp: {"path": FspathOf(StrReprRaises(""))}, mmapkv.InvalidArgumentError, "path",
+                 id="path-fspath-empty-str-whose-repr-raises"),
     pytest.param(lambda tmp: {"path": os.path.join(tmp, "a\0b")}, mmapkv.InvalidArgumentError, "NUL",
                  id="path-nul"),
     pytest.param(lambda tmp: {"path": _directory(tmp)}, mmapkv.InvalidArgumentError, "directory",
