@@ -365,7 +365,11 @@ class Engine:
             if create and not self.readonly and not os.path.exists(path):
                 parent = os.path.dirname(path)
                 if parent:
-                    os.makedirs(parent, mode=0o700, exist_ok=True)
+                    try:
+                        os.makedirs(parent, mode=0o700, exist_ok=True)
+                    except (FileExistsError, NotADirectoryError):  # EEXIST said "File exists"
+                        raise StoreAccessError(errno.ENOTDIR, f"cannot make the directory {parent} for the "
+                                               "store: a file that is not a directory is in its way") from None
                 create_file(path, MAX_FILE_SIZE if max_size is None else max_size)
             try:
                 self._file = opened(path, readonly=self.readonly)

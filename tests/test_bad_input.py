@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import datetime
 import decimal
+import errno
 import gc
 import math
 import os
@@ -500,7 +501,8 @@ def test_path_below_a_regular_file(tmp_path: Any, below: str) -> None:
     with pytest.raises(Exception) as info:
         mmapkv.Store(os.path.join(blocker, below))
     check_error(info.value, mmapkv.StoreAccessError, blocker)
-    assert isinstance(info.value, OSError) and info.value.errno is not None
+    assert "is not a directory" in str(info.value)  # not "File exists"
+    assert isinstance(info.value, OSError) and info.value.errno == errno.ENOTDIR
     with open(blocker) as f:
         assert f.read() == "x"
 
