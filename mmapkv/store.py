@@ -32,6 +32,7 @@ from .errors import (
     ReentrantCallError,
     StoreClosedError,
     StoreFullError,
+    StoreLockedError,
     system_error,
 )
 from .format import (
@@ -192,8 +193,14 @@ class Store(MutableMapping[str, dict[str, Any]]):
         # handler...) can be refused (_use) rather than wait for itself forever.
         self._lock = threading.RLock()
         self._lock_depth = recursion_count(self._lock)
-        self._engine = Engine(self._path, max_size=max_size, durable=durable,
-                              lock_timeout=float(lock_timeout))
+        try:
+            self._engine = Engine(self._path, max_size=max_size, durable=durable,
+                                  lock_timeout=float(lock_timeout))
+        except StoreLockedError as exc:
+            if self._path != os.path.abspath(default_path()):
+                raise
+            raise StoreLockedError(f"{exc} (mmapkv.create, read and delete keep the default store open "
+                                   "until the process exits: use them, or this Store, not both)") from None
         # Keys hash with the file's own seed; compact keeps it, so it never changes.
         self._seed = self._engine.seed
         self._pid = os.getpid()

@@ -915,3 +915,18 @@ def test_a_partial_list_that_loops_is_gathered_once_per_slot(path: str) -> None:
         assert all(store.read(key) == value for key, value in {**kept, **bigs}.items())
         findings = store.verify()
         assert findings and all("partial list" in finding for finding in findings), findings
+
+
+def test_a_store_on_the_default_path_says_the_module_functions_hold_it(data_home: str, tmp_path: Any) -> None:
+    """After mmapkv.create, Store() on the default path is locked by the store those
+    functions keep open: the refusal says so (it said only "another process or Store");
+    a store on any other path is refused without the note."""
+    mmapkv.create("mod", {"v": 1})
+    with pytest.raises(mmapkv.StoreLockedError, match="mmapkv.create, read and delete keep the default store open"):
+        mmapkv.Store()
+    other = os.path.join(tmp_path, "other.mmapkv")
+    with mmapkv.Store(other):
+        with pytest.raises(mmapkv.StoreLockedError) as info:
+            mmapkv.Store(other)
+    assert "default store" not in str(info.value)
+    assert mmapkv.read("mod") == {"v": 1}
