@@ -877,6 +877,12 @@ class Engine:
         want, must = self.table.needs(fps)
         return data, max(want, must), must  # want is an estimate; it never falls below must
 
+    def slots_wanted(self, record_sizes: list[int], fps: list[int]) -> tuple[int, int]:
+        """The whole slots these records take, and the splits their entries must have:
+        what a refusal says is missing."""
+        data, _, must = self._slots_wanted(record_sizes, fps)
+        return data, must
+
     def slots_short(self, record_sizes: list[int], fps: list[int]) -> int:
         """How many more free slots these records and their entries must have."""
         data, _, must = self._slots_wanted(record_sizes, fps)

@@ -1090,13 +1090,17 @@ class Store(MutableMapping[str, dict[str, Any]]):
         classes = sorted({CLASS_SIZES[class_for(size)] for size in record_sizes})
         free_elsewhere = sum(free for size, (_, _, free) in engine.class_usage().items()
                              if size not in classes)
+        records, splits = engine.slots_wanted(record_sizes, fps)
+        lacking = [f"no free slot or {'/'.join(map(str, classes))}-byte sub-slot for "
+                   f"{len(record_sizes):,} more"] if records or not splits else []
+        if splits:  # the keys' table segment is full (1,792 entries) and cannot split
+            lacking.append(f"no slot to split a full table segment into for {len(fps):,} new "
+                           f"key{'s' if len(fps) != 1 else ''}")
         raise StoreFullError(
             f"{self._path} is full: {engine.live_count:,} keys in {engine.slot_count:,} "
-            f"slots at its {g.max_size:,}-byte ceiling, and no free slot or "
-            f"{'/'.join(map(str, classes))}-byte sub-slot for {len(record_sizes):,} more, "
-            "nor a slot to split a full table segment into"
+            f"slots at its {g.max_size:,}-byte ceiling, and {', nor '.join(lacking)}"
             + (f" ({free_elsewhere:,} sub-slots of other sizes are free, too few in any size "
-               "to give a slot back)" if free_elsewhere else "") + "; delete keys to make room")
+               "to give a slot back)" if free_elsewhere and records else "") + "; delete keys to make room")
 
 
 # Loops over many entries run in functions of their own, never inside a `with` or `try`

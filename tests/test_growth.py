@@ -236,6 +236,7 @@ def test_store_full_at_ceiling(path: str) -> None:
             message = str(info.value)
             assert path in message and f"{GROWTH_MAX_SIZE:,}" in message
             assert "delete keys" in message and "other sizes" not in message
+            assert "sub-slot for 1 more" in message and "table segment" not in message
         assert "overflow" not in store
         assert len(store) == g.max_slots - 1
         assert all(store.read(f"k{i}") == WHOLE for i in range(g.max_slots - 1))
@@ -930,3 +931,23 @@ def test_a_store_on_the_default_path_says_the_module_functions_hold_it(data_home
             mmapkv.Store(other)
     assert "default store" not in str(info.value)
     assert mmapkv.read("mod") == {"v": 1}
+
+
+def test_a_refusal_for_a_table_split_says_so_and_only_so(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the ceiling with room for the record (free sub-slots of its size) but no slot to
+    split its full table segment into, the refusal names the split alone: it always said
+    no sub-slot was free as well.  (Small segments, so that some sixty keys fill one.)"""
+    _small_limits(monkeypatch, 1)
+    with mmapkv.Store(str(tmp_path / "t.mmapkv"), max_size=ceiling_of(8)) as store:
+        created = 0
+        with pytest.raises(StoreFullError) as info:
+            while created < 10_000:
+                store.create(f"k{created}", {"i": created})
+                created += 1
+        engine = store._engine
+        assert engine is not None and engine.slots.free_slots() == 0
+        assert engine.class_usage()[CLASS_SIZES[0]][2] > 0  # free sub-slots of the record's size
+        assert len(store) == created and store.verify() == []
+    message = str(info.value)
+    assert "no slot to split a full table segment into for 1 new key;" in message
+    assert "sub-slot" not in message
