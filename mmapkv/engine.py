@@ -369,7 +369,8 @@ class Engine:
                         os.makedirs(parent, mode=0o700, exist_ok=True)
                     except (FileExistsError, NotADirectoryError):  # EEXIST said "File exists"
                         raise StoreAccessError(errno.ENOTDIR, f"cannot make the directory {parent} for the "
-                                               "store: a file that is not a directory is in its way") from None
+                                               f"store {path}: a file that is not a directory is in "
+                                               "its way") from None
                 create_file(path, MAX_FILE_SIZE if max_size is None else max_size)
             try:
                 self._file = opened(path, readonly=self.readonly)
