@@ -37,7 +37,6 @@ from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from itertools import compress, repeat
-from operator import and_
 
 import portalocker
 from xxhash import xxh3_64_intdigest
@@ -1409,6 +1408,7 @@ class Engine:
         record slot, O(slots + records); later ones only the slots whose ``_slot_expiry``
         has passed, so keys that expire in the order they were written cost a sweep only
         their own slots (len() every second over a million TTL keys: 230 ms each before)."""
+        now = float(now)  # a clock may say whole seconds: int.__ge__(float) is NotImplemented
         bounds = self._slot_expiry
         expired: list[bytes] = []
         if bounds is None:
@@ -1439,8 +1439,11 @@ class Engine:
         took 105 ms over 200,000 records."""
         mm, base = self._mm, self._slots_offset + slot * SLOT_SIZE
         expiries = _SLOT_EXPIRIES[cls].unpack_from(mm, base)
-        bound = min(filter(now.__lt__, expiries), default=math.inf)
-        due = list(compress(range(PER_SLOT[cls]), map(and_, map(bool, expiries), map(now.__ge__, expiries))))
+        if not any(expiries):  # no record of the slot has a TTL: the common slot, skipped in C
+            return math.inf
+        dated = list(compress(expiries, expiries))  # the set ones, and below their sub-slots
+        bound = min(filter(now.__lt__, dated), default=math.inf)
+        due = list(compress(compress(range(PER_SLOT[cls]), expiries), map(now.__ge__, dated)))
         if due:
             taken, size = int.from_bytes(self.slots.info(slot)[5], "little"), CLASS_SIZES[cls]
             for index in due:

@@ -566,6 +566,23 @@ def test_a_clock_at_the_epoch_is_a_time(tmp_path: Any, zero: float) -> None:
         assert store.verify() == []
 
 
+def test_a_clock_of_whole_seconds_sweeps(tmp_path: Any) -> None:
+    """A clock that returns an int (whole seconds) is a clock: a sweep compared its
+    reading with the records' float expiries through float's methods, and int's answered
+    NotImplemented, so len() raised TypeError once a TTL had passed (and every call after
+    it repaired the store first).  A review found it."""
+    now = [1_700_000_000]
+    with mmapkv.Store(os.path.join(tmp_path, "i.mmapkv"), clock=lambda: now[0]) as store:
+        for i in range(3):
+            store.create(f"k{i}", {"v": i}, ttl=5 + i)
+        store.create("kept", {})
+        now[0] += 5
+        assert len(store) == 3  # the first sweep: every record slot
+        now[0] += 1
+        assert len(store) == 2 and store.stats().live_keys == 2  # a later one: the due slots
+        assert sorted(store) == ["k2", "kept"] and store.verify() == []
+
+
 def test_a_clock_that_says_no_time_while_a_full_store_sweeps(tmp_path: Any) -> None:
     """A create into a full store reads the clock inside its change (to sweep expired keys
     first): a refused reading there fails the create, and the store is as it was."""
