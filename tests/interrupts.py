@@ -164,9 +164,15 @@ def interrupt_the_last(call: Callable[[], Any], fresh: Callable[[], None], point
     traceback dropped and the garbage collected, assert that no descriptor was left open
     and run *check(where)*.  Returns the number of points tried."""
     fresh()
-    steps = count_steps(call)
-    fresh()
-    steps = count_steps(call)  # the second run: the first warms imports up
+    count_steps(call)  # the first run warms imports up
+    # The shortest of three runs: in one CI run of the whole suite a conversion counted
+    # 4,219 lines and a later run of it ended before line 4,213 (not seen in ten runs of
+    # the test alone; the cause not found), and every point tried must be reached
+    counts = []
+    for _ in range(3):
+        fresh()
+        counts.append(count_steps(call))
+    steps = min(counts)
     gc.collect()  # what earlier code left for the collector closes now, not mid-count
     baseline = open_descriptors()
     tried = 0
