@@ -661,15 +661,10 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
         :raises InvalidArgumentError: an item is not a 2- or 3-tuple or an entry dict.
         """
         checked = codec.batch_items(items, ttl)
-        with self._server() as r:
-            if not checked:
-                return
-            args: list[Any] = ["check"]
-            for _, _, data, _, item_ttl in checked:
-                args += [data, "", ""] if item_ttl is None else [data, "EX", item_ttl]
-        found = self._write_batch([self._prefix + kb for _, kb, _, _, _ in checked], args)
-        if found:
-            raise KeyExistsError(f"key {str.__repr__(checked[int(found) - 1][0])} already exists in {self._where}")
+        args: list[Any] = ["check"]
+        for _, _, data, _, item_ttl in checked:
+            args += [data, "", ""] if item_ttl is None else [data, "EX", item_ttl]
+        self._write_batch(checked, args)
 
     def restore_entries(self, entries: Iterable[tuple[str, Mapping[str, Any], float | None]], *,
                         replace: bool = False) -> int:
@@ -686,29 +681,29 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
         """
         codec.check_flag(replace, "replace")
         checked = codec.expiring_entries(entries, self._now)
-        with self._server() as r:
-            if not checked:
-                return 0
-            args: list[Any] = ["overwrite" if replace else "check"]
-            for _, _, data, _, expires in checked:
-                args += [data, "", ""] if not expires else [data, "PXAT", round(expires * 1000)]
-        found = self._write_batch([self._prefix + kb for _, kb, _, _, _ in checked], args)
-        if found:
-            raise KeyExistsError(f"key {str.__repr__(checked[int(found) - 1][0])} already exists in {self._where}")
+        args: list[Any] = ["overwrite" if replace else "check"]
+        for _, _, data, _, expires in checked:
+            args += [data, "", ""] if not expires else [data, "PXAT", round(expires * 1000)]
+        self._write_batch(checked, args)
         return len(checked)
 
-    def _write_batch(self, names: list[bytes], args: list[Any]) -> int:
-        """Run ``_WRITE_BATCH``; the 1-based position of a stored key that refused it (with
-        "check"), or 0 once written.  Refused for room, a batch a stored key would refuse
-        anyway says ``KeyExistsError``, as ``Store`` does."""
+    def _write_batch(self, checked: list[tuple[str, bytes, bytes, int, Any]], args: list[Any]) -> None:
+        """Run ``_WRITE_BATCH`` for checked (key, key bytes, ...) items: with "check", a
+        stored key refuses the whole batch (``KeyExistsError``), also when the server,
+        at its maxmemory, refused it for room first, as ``Store`` says it.  An empty batch
+        sends nothing (a closed store still refuses it)."""
+        names = [self._prefix + kb for _, kb, _, _, _ in checked]
         try:
             with self._server() as r:
-                return int(self._eval(r, _WRITE_BATCH, names, args))
+                if not checked:
+                    return
+                found = int(self._eval(r, _WRITE_BATCH, names, args))
         except StoreFullError:
             found = self._first_stored(names) if args[0] == "check" else 0
             if not found:
                 raise
-            return found
+        if found:
+            raise KeyExistsError(f"key {str.__repr__(checked[found - 1][0])} already exists in {self._where}")
 
     def set(self, key: str, value: Mapping[str, Any], ttl: int | None = None) -> None:
         """Store *value* under *key* whether or not it is there; *ttl* replaces the key's
