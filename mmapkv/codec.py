@@ -50,7 +50,8 @@ from .format import CODEC_STDLIB, MAX_VALUE_BYTES
 
 __all__ = ["MAX_DEPTH", "MAX_KEY_LENGTH", "MAX_TTL", "MAX_TIME", "shown", "key_bytes", "check_ttl", "check_expiry",
            "checked_clock", "check_flag",
-           "batch_items", "update_pairs", "expiring_entries", "encode", "decode", "decode_text"]
+           "batch_items", "update_pairs", "expiring_entries", "encode", "decode", "decode_text",
+           "MAX_INT_DIGITS", "INT_DIGITS_RULE", "about_key", "keys_to_look_up"]
 
 MAX_DEPTH = 255  # orjson's own limit, so both codecs accept the same values
 MAX_KEY_LENGTH = 32
@@ -63,6 +64,8 @@ _UINT64_MAX = (1 << 64) - 1
 #: (``sys.int_info.default_max_str_digits``), so that every process can read what any
 #: stored, whatever limit the writing one had set.
 MAX_INT_DIGITS = 4_300
+#: what a refusal of a longer one says after the digits (here and in ``transfer.loads``)
+INT_DIGITS_RULE = "mmapkv keeps ints of up to what any Python reads by default (sys.int_info.default_max_str_digits)"
 _FEW_DIGITS_BITS = 14_283  # an int of at most this many bits has at most 4,300 digits
 _PLAIN_LEAVES = frozenset((str, int, bool, type(None)))   # exact types only: no subclasses
 _PLAIN_CONTAINERS = frozenset((dict, list, tuple))
@@ -96,8 +99,7 @@ def _check_big_int(v: int) -> None:
         except ValueError:  # past this process's own limit
             digits = MAX_INT_DIGITS + 1
         if digits > MAX_INT_DIGITS:
-            raise _Bad(f"holds an int of more than {MAX_INT_DIGITS:,} digits; mmapkv keeps ints of up "
-                       "to what any Python reads by default (sys.int_info.default_max_str_digits)", None)
+            raise _Bad(f"holds an int of more than {MAX_INT_DIGITS:,} digits; {INT_DIGITS_RULE}", None)
 
 
 def _check_scalar(v: Any, where: Any) -> bool:

@@ -885,8 +885,7 @@ class Engine:
 
     def slots_short(self, record_sizes: list[int], fps: list[int]) -> int:
         """How many more free slots these records and their entries must have."""
-        data, _, must = self._slots_wanted(record_sizes, fps)
-        return max(0, data + must - self.slots.free_slots())
+        return max(0, sum(self.slots_wanted(record_sizes, fps)) - self.slots.free_slots())
 
     def grow(self) -> bool:
         """Double the slots (up to the ceiling).  False if the file is at its ceiling.

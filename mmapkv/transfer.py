@@ -279,8 +279,8 @@ def loads(text: str | bytes) -> Any:
     except ValueError as exc:
         if "integer string conversion" not in str(exc):  # CPython's words for int_max_str_digits
             raise
-        raise InvalidValueError(f"value holds an int of more than {codec.MAX_INT_DIGITS:,} digits; mmapkv "
-                                "keeps ints of up to what any Python reads by default") from None
+        raise InvalidValueError(f"value holds an int of more than {codec.MAX_INT_DIGITS:,} digits; "
+                                f"{codec.INT_DIGITS_RULE}") from None
 
 
 def _not_an_entry(obj: Any) -> str:
