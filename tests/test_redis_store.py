@@ -471,6 +471,26 @@ def test_out_of_memory_is_store_full_and_writes_nothing(own_server: LocalRedis) 
     store.close()
 
 
+def test_a_call_from_inside_a_call_runs(redis_store: mmapkv.RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """scaling.md: a signal handler's call while its thread is inside a call runs (redis-py's
+    pool gives it a connection of its own), where ``Store`` refuses it with
+    ``ReentrantCallError``.  The call is made from inside the client's own ``get``, where
+    a handler would land."""
+    store = redis_store
+    store.set("outer", {"v": 1})
+    client, inner = store._client, []
+    real_get = client.get
+
+    def get(name: bytes) -> Any:
+        inner.append(store.set("inner", {"v": 2}))
+        return real_get(name)
+
+    monkeypatch.setattr(client, "get", get)
+    assert store.read("outer") == {"v": 1} and inner == [None]
+    monkeypatch.undo()
+    assert store.read("inner") == {"v": 2}
+
+
 def test_a_close_from_another_thread_is_store_closed_for_the_calls_it_cuts(
         redis_server: LocalRedis, redis_namespace: str) -> None:
     """close() pulls the connections from under calls other threads have running: redis-py
