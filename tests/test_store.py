@@ -894,7 +894,7 @@ def test_a_sweep_reads_only_the_slots_whose_expiries_passed(store_path: str, clo
                                                             monkeypatch: Any) -> None:
     """Keys that expire in the order they were written (a cache with one TTL) cost each
     sweep after the first only the slots they are in, not the whole file."""
-    per_slot, slots = 128, 20  # the smallest class: 128 records of 128 bytes a slot
+    per_slot, slots = 128, 20  # the smallest class: 128 records of 160 bytes a slot
     with mmapkv.Store(store_path, clock=clock) as store:
         for i in range(slots * per_slot):
             store.create(f"k{i}", {}, ttl=10 + i // per_slot)
