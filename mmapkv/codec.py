@@ -50,7 +50,7 @@ from .format import CODEC_STDLIB, MAX_VALUE_BYTES
 
 __all__ = ["MAX_DEPTH", "MAX_KEY_LENGTH", "MAX_TTL", "MAX_TIME", "shown", "key_bytes", "check_ttl", "check_expiry",
            "checked_clock", "check_flag",
-           "batch_items", "update_pairs", "expiring_entries", "encode", "decode", "decode_text",
+           "batch_items", "update_pairs", "expiring_entries", "encode", "encode_to_keep", "decode", "decode_text",
            "MAX_INT_DIGITS", "INT_DIGITS_RULE", "about_key", "keys_to_look_up"]
 
 MAX_DEPTH = 255  # orjson's own limit, so both codecs accept the same values
@@ -203,6 +203,15 @@ def encode(value: Any) -> tuple[bytes, int]:
                 raise _too_large(len(data))
             return data, 0
     return _encode_checked(value)
+
+
+def encode_to_keep(value: Any) -> tuple[bytes, int]:
+    """:func:`encode`, for a value held past the call (a batch's, until it commits): a copy
+    of the text.  orjson's ``bytes`` keep its whole write buffer, 4 KiB however short the
+    text (4,097 bytes traced for ``{"a": 1}`` with orjson 3.13), so a batch of 100,000
+    small values held 400 MiB."""
+    data, flags = encode(value)
+    return bytes(memoryview(data)), flags
 
 
 def _where(path: list[Any]) -> str:
@@ -440,7 +449,7 @@ def batch_items(items: Any, ttl: Any) -> list[tuple[str, bytes, bytes, int, int 
         seen.add(kb)
         try:
             item_ttl = check_ttl(item[2]) if len(item) == 3 else default_ttl
-            data, flags = encode(value)
+            data, flags = encode_to_keep(value)
         except (InvalidValueError, InvalidTTLError) as exc:
             raise about_key(exc, key) from None
         checked.append((key, kb, data, flags, item_ttl))
@@ -477,7 +486,7 @@ def update_pairs(other: Any, kwargs: Mapping[str, Any]) -> list[tuple[str, bytes
     for key, value in pairs:
         kb = key_bytes(key)
         try:
-            data, flags = encode(value)
+            data, flags = encode_to_keep(value)
         except InvalidValueError as exc:
             raise about_key(exc, key) from None
         last[kb] = (key, kb, data, flags)
@@ -513,7 +522,7 @@ def expiring_entries(entries: Iterable[Any], clock: Callable[[], float]
             raise KeyExistsError(f"key {str.__repr__(key)} appears twice in the entries")
         seen.add(kb)
         try:
-            data, flags = encode(value)
+            data, flags = encode_to_keep(value)
             checked.append((key, kb, data, flags, check_expiry(expires_at)))
         except (InvalidValueError, InvalidTTLError) as exc:
             raise about_key(exc, key) from None
