@@ -942,6 +942,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
                 except KeyNotFoundError:
                     continue  # deleted or expired since the scan listed it
                 value = _decode(data, flags)  # under the lock: data is a view of the map
+                del data  # not kept while suspended: a growth would map the file anew, not resize
             yield key, value, expires or None
 
     @overload

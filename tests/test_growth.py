@@ -163,6 +163,23 @@ def test_growth_while_a_view_is_held_maps_anew(path: str) -> None:
         assert all(store.read(f"k{i}") == WHOLE for i in range(21)) and store.verify() == []
 
 
+def test_a_paused_walk_with_expiries_holds_no_view_of_the_map(path: str) -> None:
+    """``items_with_expiry`` suspended at a yield keeps no view of the map (it kept the
+    last record's), so a growth meanwhile still resizes the map in place rather than
+    mapping the file a second time until the walk moves on."""
+    with mmapkv.Store(path, max_size=GROWTH_MAX_SIZE) as store:
+        engine = store._engine
+        assert engine is not None
+        store.create("k0", WHOLE)
+        walk = store.items_with_expiry(["k0", "k1"])
+        assert next(walk) == ("k0", WHOLE, None)
+        mm, start = engine._mm, os.path.getsize(path)
+        fill(store, 20, start=1, value=WHOLE)
+        assert os.path.getsize(path) > start
+        assert engine._mm is mm
+        assert next(walk) == ("k1", WHOLE, None)
+
+
 @pytest.mark.parametrize("map_writes", [True, False])
 def test_growth_reserves_the_new_part_only_when_the_rest_is_allocated(
         path: str, monkeypatch: pytest.MonkeyPatch, map_writes: bool) -> None:
