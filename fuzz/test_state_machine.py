@@ -183,7 +183,8 @@ class StoreMachine(RuleBasedStateMachine):
         assert after >= before and self.geometry.is_valid_size(after), (before, after)
         self.counts["growths"] += after > before
         # A write that found no room reclaims every expired entry before it grows: all
-        # of them or none, and only when the file could not take the write as it was.
+        # of them or none (here: a sweep's step, Engine.sweep_step, frees 2,048, more than
+        # these files hold), and only when the file could not take the write as it was.
         engine = self.store._engine  # type: ignore[union-attr]
         assert engine is not None
         expired = [k for k in self.model if self._expired(k)]

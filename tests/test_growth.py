@@ -880,9 +880,9 @@ def test_a_sweep_during_a_batch_recounts_the_keys_it_removed(tmp_path: Any,
     assert engine.slots.free_slots() == 0
     real_reclaim = mmapkv.Store._reclaim_expired
 
-    def later(self: mmapkv.Store, engine: Any) -> bool:
+    def later(self: mmapkv.Store, engine: Any, *args: Any) -> bool:
         now[0] = 1001.5  # time passes between the batch's clock and the sweep's
-        return real_reclaim(self, engine)
+        return real_reclaim(self, engine, *args)
 
     monkeypatch.setattr(mmapkv.Store, "_reclaim_expired", later)
     fresh = in_x()

@@ -85,8 +85,11 @@ class Scenario:
     #: ``table.SPLIT_AT`` while it runs, if not the format's: a few keys make many segments
     split_at: int | None = None
     #: what *call* must run for the scenario to be what its name says, of "grow", "sweep",
-    #: "gather", "split" and "merge" (``test_each_scenario_runs_what_it_is_named_for``)
+    #: "steps" (a sweep that stopped short), "gather", "split" and "merge"
+    #: (``test_each_scenario_runs_what_it_is_named_for``)
     runs: frozenset[str] = frozenset()
+    #: ``Engine.sweep_step`` while it runs, if not 2,048: a sweep of a few records in steps
+    sweep_step: int | None = None
     #: the rename that commits a compact fails (``EIO``), so every point tried is a second
     #: fault on top of a first: the abandoning of the new file, interrupted
     rename_fails: bool = False
@@ -147,6 +150,10 @@ SCENARIOS: dict[str, Scenario] = {
     "create-sweeps-at-ceiling": Scenario(
         lambda s, c: (_fill(s, 1), _fill_whole(s, 29), _fill_whole(s, 2, ttl=50, prefix="t")),
         lambda s, c: s.create("new", dict(WHOLE, v=3)), runs=frozenset({"sweep"})),
+    # the same in steps of one record: it stops at the first, which gives the room
+    "create-sweeps-a-step-at-ceiling": Scenario(
+        lambda s, c: (_fill(s, 1), _fill_whole(s, 27), _fill_whole(s, 4, ttl=50, prefix="t")),
+        lambda s, c: s.create("new", dict(WHOLE, v=3)), sweep_step=1, runs=frozenset({"sweep", "steps"})),
     "set-at-ceiling-sweeps": Scenario(
         lambda s, c: (_fill(s, 1), _fill_whole(s, 30), _fill_whole(s, 1, ttl=50, prefix="t")),
         lambda s, c: s.set("w5", dict(WHOLE, new=1), ttl=70), runs=frozenset({"sweep"})),
@@ -199,6 +206,9 @@ SCENARIOS: dict[str, Scenario] = {
     "len-sweeps-again": Scenario(lambda s, c: (_fill(s, 2), _fill(s, 3, ttl=50, prefix="t"),
                                                _fill(s, 3, ttl=150, prefix="u")),
                                  lambda s, c: (len(s), c.advance(100), len(s)), runs=frozenset({"sweep"})),
+    # a step of the sweep a record (each its own slot), the lock let go between steps
+    "len-sweeps-in-steps": Scenario(lambda s, c: (_fill(s, 2), _fill_whole(s, 4, ttl=50, prefix="t")),
+                                    lambda s, c: len(s), sweep_step=1, runs=frozenset({"sweep", "steps"})),
     "stats-sweeps-expired": Scenario(lambda s, c: (_fill(s, 2), _fill(s, 3, ttl=50, prefix="t")),
                                      lambda s, c: s.stats(), runs=frozenset({"sweep"})),
     # the dict interface's own removals and inserts
@@ -230,8 +240,8 @@ SCENARIOS: dict[str, Scenario] = {
 
 
 #: calls whose effect no reader can see: they reclaim expired entries, or rewrite the file
-INVISIBLE = ("delete-expired", "len-sweeps-expired", "stats-sweeps-expired", "close", "compact",
-             "compact-whose-rename-fails", "compact-grows-the-new-file")
+INVISIBLE = ("delete-expired", "len-sweeps-expired", "len-sweeps-in-steps", "stats-sweeps-expired", "close",
+             "compact", "compact-whose-rename-fails", "compact-grows-the-new-file")
 
 
 @dataclass
@@ -350,6 +360,8 @@ def test_interrupt_at_every_bytecode(name: str, exc: type[BaseException], tmp_pa
     scenario = SCENARIOS[name]
     if scenario.split_at is not None:
         monkeypatch.setattr(table_module, "SPLIT_AT", scenario.split_at)
+    if scenario.sweep_step is not None:
+        monkeypatch.setattr(Engine, "sweep_step", scenario.sweep_step)
     if scenario.rename_fails:
         monkeypatch.setattr(transfer, "os", _OsWhoseRenameFails())
     prepared = prepare(str(tmp_path), scenario)
@@ -373,6 +385,8 @@ def test_each_scenario_runs_what_it_is_named_for(name: str, tmp_path: Any,
     scenario = SCENARIOS[name]
     if scenario.split_at is not None:
         monkeypatch.setattr(table_module, "SPLIT_AT", scenario.split_at)
+    if scenario.sweep_step is not None:
+        monkeypatch.setattr(Engine, "sweep_step", scenario.sweep_step)
     ran: set[str] = set()
 
     def spy(what: str, real: Callable[..., Any]) -> Callable[..., Any]:
@@ -382,6 +396,8 @@ def test_each_scenario_runs_what_it_is_named_for(name: str, tmp_path: Any,
             if what not in ("grow", "gather") or result:  # grow() says False at the ceiling
                 if what != "merge" or self.segment_count < segments:
                     ran.add(what)
+            if what == "sweep" and result is False:  # a step that stopped short
+                ran.add("steps")
             return result
         return run
 

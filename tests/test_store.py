@@ -916,6 +916,59 @@ def test_a_sweep_reads_only_the_slots_whose_expiries_passed(store_path: str, clo
         assert store.verify() == []
 
 
+def test_len_sweeps_in_steps_letting_the_lock_go_between(store_path: str, clock: FakeClock,
+                                                        monkeypatch: Any) -> None:
+    """Keys that expired together are reclaimed a step at a time (``Engine.sweep_step``
+    records), each step a hold of the lock of its own: a million of them kept every other
+    thread waiting 13 s for one len()."""
+    monkeypatch.setattr(Engine, "sweep_step", 100)
+    steps: list[tuple[int, bool]] = []
+    real_sweep = Engine.sweep
+    with mmapkv.Store(store_path, clock=clock) as store:
+
+        def step(engine: Engine, now: float, limit: int | None = None) -> bool:
+            done = real_sweep(engine, now, limit)
+            steps.append((store._lock_depth(), done))
+            return done
+
+        monkeypatch.setattr(Engine, "sweep", step)
+        store.batch_create({f"t{i}": {} for i in range(1000)}, ttl=10)  # 8 slots of 128
+        store.create("kept", {}, ttl=1000)
+        clock.advance(10)
+        assert len(store) == 1
+        # a step a slot, and the last finds none left and recomputes next_expiry
+        assert [done for _, done in steps] == [False] * 8 + [True], steps
+        assert {depth for depth, _ in steps} == {1}  # no hold around them all
+        assert store.stats().keys_with_ttl == 1 and store.verify() == []
+
+
+def test_a_write_sweeps_only_until_it_has_room(store_path: str, clock: FakeClock, monkeypatch: Any) -> None:
+    """A write at the ceiling reclaims expired keys a step at a time and stops as soon as
+    its record fits (it swept all of them, in one call, however many: 1.9 s for 63,000 in
+    a 16 MiB store); len() reclaims the rest."""
+    monkeypatch.setattr(Engine, "sweep_step", 1)
+    store = mmapkv.Store(store_path, max_size=Geometry.smallest_max_size(), clock=clock)
+    whole = {"pad": "y" * 12_000}  # a record of a whole slot
+    created = 0
+    try:
+        while True:
+            store.create(f"w{created}", whole, ttl=10)
+            created += 1
+    except mmapkv.StoreFullError:
+        pass
+    assert created >= 3
+    clock.advance(10)
+    store.create("new", whole)
+    engine = store._engine
+    assert engine is not None
+    left = [f"w{i}" for i in range(created) if engine.find(f"w{i}".encode(), engine.fingerprint(f"w{i}".encode())) >= 0]
+    assert len(left) == created - 1  # one step, one slot: room for the one record
+    assert store.stats().live_keys == 1 and store.stats().keys_with_ttl == 0
+    assert all(engine.find(k.encode(), engine.fingerprint(k.encode())) < 0 for k in left)
+    assert store.read("new") == whole and store.verify() == []
+    store.close()
+
+
 def test_batch_ttls(make_store: MakeStore, clock: FakeClock) -> None:
     """batch ttl= applies to 2-tuples and mappings; a 3-tuple's own ttl wins (None = never)."""
     store = make_store()
