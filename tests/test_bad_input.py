@@ -794,3 +794,37 @@ def test_ttl_is_never_a_second_more_than_was_set(tmp_path: Any) -> None:
             entries = list(store.items_with_expiry())
             store.delete("k")
             assert store.restore_entries(entries) == 1 and store.ttl("k") == ttl
+
+
+class StrReprLies(str):
+    def __repr__(self) -> str:
+        return "'someone else'"
+
+
+class MyInt(int):
+    pass
+
+
+@pytest.mark.parametrize("key_type", [StrReprRaises, StrReprLies])
+def test_a_batchs_error_shows_a_str_subclass_key_by_its_text(tmp_path: Any, key_type: type) -> None:
+    """``about_key`` names a batch item's key by ``str.__repr__``: a str subclass's own
+    ``__repr__`` neither replaces the error (one that raises) nor names another key."""
+    with mmapkv.Store(str(tmp_path / "c.mmapkv")) as store:
+        with pytest.raises(mmapkv.InvalidValueError, match=r"^key 'bad': value\['x'\] holds nan"):
+            store.batch_create([("fine", {}), (key_type("bad"), {"x": math.nan})])
+        with pytest.raises(mmapkv.InvalidTTLError, match=r"^key 'bad': "):
+            store.batch_create([("fine", {}, 5), (key_type("bad"), {}, 0)])
+        assert len(store) == 0
+
+
+def test_an_int_subclass_past_4300_digits_is_refused(tmp_path: Any) -> None:
+    """The 4,300-digit rule holds for an int subclass too (``_check_scalar``): its number
+    is what is written, and no Python with the default limit could read it back."""
+    with mmapkv.Store(str(tmp_path / "c.mmapkv")) as store:
+        for number in (10 ** 4300, -(10 ** 4300)):
+            with pytest.raises(mmapkv.InvalidValueError, match="more than 4,300 digits"):
+                store.create("n", {"a": [MyInt(number)]})
+            with pytest.raises(mmapkv.InvalidValueError, match="more than 4,300 digits"):
+                store.create("n", {"a": MyInt(number)})
+        store.create("n", {"a": MyInt(10 ** 4300 - 1)})
+        assert store.read("n") == {"a": 10 ** 4300 - 1}

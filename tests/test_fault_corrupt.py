@@ -535,3 +535,46 @@ def test_checker_detects_wrong_data(tmp_path: Any) -> None:
     assert {(i["how"], tuple(i["keys"])) for i in invented} == {
         (how, ("stranger",)) for how in ("keys", "iter", "items")}
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_a_leftover_record_of_a_former_class_never_decides_a_slots_kind(tmp_path: Any) -> None:
+    """``_find_lost_record_slots``: a slot keeps its kind if any intact LIVE record the old
+    table points at agrees with it, even when a record of another class (left LIVE from
+    the slot's former class by a lost write, and still indexed) comes first in the table.
+    Here slot S holds "a" (160-byte class, sub-slot 1) and, forged in place, a LIVE
+    320-byte-class record at 320 that the table points at.  Taking the leftover's word
+    would read S at 320-byte boundaries and free "a"."""
+    path = str(tmp_path / "r.mmapkv")
+    value = {"v": "a"}
+    data = b'{"v":"' + b"z" * 230 + b'"}'
+    for attempt in range(200):  # a leftover key that comes before "a" in the table
+        if os.path.exists(path):
+            os.unlink(path)
+        with mmapkv.Store(path) as store:
+            engine = store._engine
+            assert engine is not None
+            store.create("a0", value)
+            store.create("a", value)
+            store.delete("a0")
+            a_off = engine.record_offset(engine.find(b"a", engine.fingerprint(b"a")))
+            slot, within = divmod(a_off - engine._slots_offset, SLOT_SIZE)
+            assert within == CLASS_SIZES[0] and engine.slots.kind(slot) == 1
+            key = f"left{attempt}".encode()
+            assert CLASS_SIZES[class_for(KEY_OFFSET + len(key) + len(data))] == 320
+            off = engine._slots_offset + slot * SLOT_SIZE + 320
+            fp = engine.fingerprint(key)
+            with engine.change():
+                engine._write_at(off, key, data, 0, 0.0)  # past Store: what a lost free leaves
+                engine.table.insert(fp, engine._entry(fp, off))
+            kinds = bytearray(engine._mm[engine.geometry.info_offset:
+                                         engine.geometry.info_offset + 24 * engine.slot_count:24])
+            order = [o for o in engine._old_table_offsets(kinds) if o in (a_off, off)]
+        if order == [off, a_off]:
+            break
+    else:
+        raise AssertionError("no key came before 'a' in the table")
+    with open(path, "r+b") as f:  # a crash: the next open recovers
+        f.seek(SB_FLAGS)
+        f.write(bytes(4))
+    with mmapkv.Store(path) as store:
+        assert store.read("a") == value

@@ -5,6 +5,7 @@ functions."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
@@ -21,7 +22,7 @@ from conftest import FakeClock
 from mmapkv import InvalidArgumentError, StoreFullError, codec, transfer
 from mmapkv import engine as engine_module
 from mmapkv import table as table_module
-from mmapkv.format import CLASS_SIZES, FINGERPRINT_SHIFT, KEY_OFFSET, MAX_FILE_SIZE, Geometry, class_for
+from mmapkv.format import CLASS_SIZES, FINGERPRINT_SHIFT, KEY_OFFSET, MAX_FILE_SIZE, SLOT_SIZE, Geometry, class_for
 from mmapkv.slots import PER_SLOT
 
 SMALLEST = Geometry.smallest_max_size()
@@ -37,6 +38,7 @@ def ceiling_of(slots: int) -> int:
 GROWTH_MAX_SIZE = 4 << 20  # 8 initial slots, four doublings, then clamped at 204 slots
 WHOLE = {"pad": "x" * 12_000}   # a record over 10,240 bytes: one whole slot per key
 SMALL = {"pad": "x" * 90}       # a 160-byte record: 128 keys per slot
+MEDIUM = {"pad": "x" * 180}     # a 256-byte record: 80 keys per slot
 THREE_KB = {"pad": "y" * 3_000}  # a 4,096-byte record: 5 keys per slot
 
 
@@ -968,3 +970,360 @@ def test_a_refusal_for_a_table_split_says_so_and_only_so(tmp_path: Any, monkeypa
     message = str(info.value)
     assert "no slot to split a full table segment into for 1 new key;" in message
     assert "sub-slot" not in message
+
+
+# Gathering and merging, from a mutation review: each test below failed with the rule its
+# docstring states broken (a hand-made mutant of that line), where the tests above passed.
+
+
+def test_a_gather_of_the_writes_own_class_asks_again(tmp_path: Any) -> None:
+    """At the ceiling, a batch of 160-byte records one more than that class's free
+    sub-slots: gathering the 160-byte class first gives slots back but spends exactly the
+    free sub-slots the batch counted on, so the shortfall stays; ``gather`` must ask it
+    again and go on to the 256-byte class, whose gathering does free room.  A single pass
+    refused the batch with StoreFullError though a class had half its slots empty."""
+    with mmapkv.Store(str(tmp_path / "g.mmapkv"), max_size=ceiling_of(17)) as store:
+        engine = store._engine
+        assert engine is not None
+        small: list[str] = []
+        medium: list[str] = []
+        try:
+            while True:
+                key = f"s{len(small):05d}"
+                store.create(key, SMALL)
+                small.append(key)
+                key = f"m{len(medium):05d}"
+                store.create(key, MEDIUM)
+                medium.append(key)
+        except StoreFullError:
+            pass
+        for key in small[::2] + medium[::2]:
+            store.delete(key)
+        assert engine.slots.free_slots() == 0
+        free_small = engine.class_usage()[160][2]
+        batch = {f"n{i:05d}": SMALL for i in range(free_small + 1)}
+        store.batch_create(batch)
+        kept = {key: SMALL for key in small[1::2]} | {key: MEDIUM for key in medium[1::2]} | batch
+        assert len(store) == len(kept)
+        assert all(store.read(key) == value for key, value in kept.items())
+        assert store.verify() == []
+
+
+def _slot_of(store: mmapkv.Store, key: str) -> int:
+    engine = store._engine
+    assert engine is not None
+    kb = key.encode()
+    return engine.slot_of(engine.record_offset(engine.find(kb, engine.fingerprint(kb))))
+
+
+def test_exactly_a_slots_worth_of_free_sub_slots_gives_a_slot_back(tmp_path: Any) -> None:
+    """``gather``'s rule: a class can give one slot back whenever its partial slots have a
+    whole slot's worth of free sub-slots between them.  Two 160-byte slots half full (64
+    free sub-slots each, 128 together, no other room): a 4 KB create at the ceiling moves
+    one slot's records into the other and takes the freed slot.  (With ``free > per`` in
+    place of ``free >= per`` it was refused.)"""
+    with mmapkv.Store(str(tmp_path / "g.mmapkv"), max_size=ceiling_of(17)) as store:
+        engine = store._engine
+        assert engine is not None
+        keys: list[str] = []
+        try:
+            while True:
+                key = f"s{len(keys):05d}"
+                store.create(key, SMALL)
+                keys.append(key)
+        except StoreFullError:
+            pass
+        by_slot: dict[int, list[str]] = {}
+        for key in keys:
+            by_slot.setdefault(_slot_of(store, key), []).append(key)
+        full = [slot for slot, members in sorted(by_slot.items()) if len(members) == 128]
+        assert len(full) >= 2 and all(len(by_slot[slot]) == 128 for slot in full[:2])
+        gone = by_slot[full[0]][:64] + by_slot[full[1]][:64]
+        for key in gone:
+            store.delete(key)
+        assert engine.slots.free_slots() == 0 and engine.class_usage()[160][2] == 128
+        store.create("big", {"pad": "y" * 3_000})  # a 4,096-byte record: a slot of its own class
+        kept = [key for key in keys if key not in set(gone)]
+        assert store.read("big") == {"pad": "y" * 3_000}
+        assert all(store.read(key) == SMALL for key in kept) and len(store) == len(kept) + 1
+        assert store.verify() == []
+
+
+def _half_emptied(store: mmapkv.Store) -> list[str]:
+    """160-byte records to the ceiling, every other one deleted: the keys kept."""
+    keys: list[str] = []
+    try:
+        while True:
+            key = f"s{len(keys):05d}"
+            store.create(key, SMALL)
+            keys.append(key)
+    except StoreFullError:
+        pass
+    for key in keys[::2]:
+        store.delete(key)
+    return keys[1::2]
+
+
+def _first_source(store: mmapkv.Store, kept: list[str]) -> str:
+    """A kept key in the slot a gathering pass empties first (emptiest, then lowest)."""
+    engine = store._engine
+    assert engine is not None
+    first = sorted(engine.slots.partial_slots(0))[0][1]
+    return next(key for key in kept if _slot_of(store, key) == first)
+
+
+def test_a_gather_never_moves_a_record_that_fails_its_checksum(tmp_path: Any) -> None:
+    """A slot holding a record that fails its checksum is left where it is: moving it
+    (a fresh checksum over the damaged bytes) would make the damage read back as a value."""
+    with mmapkv.Store(str(tmp_path / "g.mmapkv"), max_size=ceiling_of(17)) as store:
+        engine = store._engine
+        assert engine is not None
+        kept = _half_emptied(store)
+        victim = _first_source(store, kept)
+        kb = victim.encode()
+        off = engine.record_offset(engine.find(kb, engine.fingerprint(kb)))
+        at = bytes(engine._mm[off:off + 160]).index(b"xxxx") + 1
+        engine._mm[off + at] = ord("y")   # a flipped byte in the value: still JSON
+        assert not engine.is_intact(off)
+        store.create("big", {"pad": "y" * 3_000})  # gathers the 160-byte class
+        with pytest.raises(mmapkv.CorruptStoreError):
+            store.read(victim)
+
+
+def test_a_gather_never_moves_a_live_record_the_table_does_not_point_at(tmp_path: Any) -> None:
+    """A LIVE record of a key whose entry points at another record (an older copy: a lost
+    free, or a forged file) is not the key's value: a gather that moved it pointed the
+    key's entry at the copy, and the key read back its old value."""
+    with mmapkv.Store(str(tmp_path / "g.mmapkv"), max_size=ceiling_of(17)) as store:
+        engine = store._engine
+        assert engine is not None
+        kept = _half_emptied(store)
+        first = sorted(engine.slots.partial_slots(0))[0][1]
+        for key in [key for key in kept if _slot_of(store, key) == first][:10]:
+            store.delete(key)  # *first* the emptiest: the first source
+        # an older copy of a key that lives in the fullest slot, written into *first*
+        last = sorted(engine.slots.partial_slots(0))[-1][1]  # the fullest: a target, never a source
+        other = next(key for key in kept if _slot_of(store, key) == last)
+        kb = other.encode()
+        with engine.change():
+            head, engine.slots.heads[0] = engine.slots.heads[0], first + 1
+            stale = engine.write_record(kb, b'{"pad":"stale"}', 0, 0.0)
+            engine.slots.heads[0] = head  # the list as it was (*first* stays partial)
+        assert engine.slot_of(stale) == first
+        assert sorted(engine.slots.partial_slots(0))[0][1] == first
+        store.create("big", {"pad": "y" * 3_000})  # gathers the 160-byte class
+        assert store.read(other) == SMALL
+
+
+def test_a_damaged_slots_free_sub_slots_are_not_counted_as_room(tmp_path: Any) -> None:
+    """A slot with a damaged record is neither a source nor a target, so its free
+    sub-slots are no room: three 160-byte slots, the damaged one 120 free, the others 1
+    and 28 (29 of 128 together).  A 4 KB create at the ceiling is refused cleanly, every
+    record where it was.  (Counting the damaged slot's room, a pass emptied a slot into
+    sub-slots it did not have and met a slot it had left: KeyError, and a repair.)"""
+    with mmapkv.Store(str(tmp_path / "g.mmapkv"), max_size=ceiling_of(17)) as store:
+        engine = store._engine
+        assert engine is not None
+        keys: list[str] = []
+        try:
+            while True:
+                key = f"s{len(keys):05d}"
+                store.create(key, SMALL)
+                keys.append(key)
+        except StoreFullError:
+            pass
+        assert engine.class_usage()[160][2] == 0
+        by_slot: dict[int, list[str]] = {}
+        for key in keys:
+            by_slot.setdefault(_slot_of(store, key), []).append(key)
+        a, b, c = sorted(by_slot)[:3]
+        gone = by_slot[a][:120] + by_slot[b][:1] + by_slot[c][:28]
+        for key in gone:
+            store.delete(key)
+        damaged = by_slot[a][120]
+        kb = damaged.encode()
+        off = engine.record_offset(engine.find(kb, engine.fingerprint(kb)))
+        at = bytes(engine._mm[off:off + 160]).index(b"xxxx") + 1
+        engine._mm[off + at] = ord("y")
+        assert engine.slots.free_slots() == 0 and engine.class_usage()[160][2] == 149
+        with pytest.raises(StoreFullError):
+            store.create("big", {"pad": "y" * 3_000})
+        kept = [key for key in keys if key not in set(gone) and key != damaged]
+        assert all(store.read(key) == SMALL for key in kept)
+
+
+def test_a_gather_never_overwrites_a_live_record_whose_bit_was_lost(tmp_path: Any) -> None:
+    """Slot info has no checksum: a target slot's bitmap bit of a live record lost, the
+    sub-slot looks free.  A gather's move into it must refuse (``_refuse_a_live_record``,
+    then a repair), not write another key's record over the live one."""
+    with mmapkv.Store(str(tmp_path / "g.mmapkv"), max_size=ceiling_of(17)) as store:
+        engine = store._engine
+        assert engine is not None
+        kept = _half_emptied(store)
+        target = sorted(engine.slots.partial_slots(0))[-1][1]  # the fullest: the first target
+        base = engine._slots_offset + target * SLOT_SIZE
+        victim = min((key for key in kept if _slot_of(store, key) == target),
+                     key=lambda key: engine.record_offset(engine.find(key.encode(), engine.fingerprint(key.encode()))))
+        kb = victim.encode()
+        index = (engine.record_offset(engine.find(kb, engine.fingerprint(kb))) - base) // CLASS_SIZES[0]
+        kind, depth, used, prev, nxt, bitmap = engine.slots.info(target)
+        bits = int.from_bytes(bitmap, "little")
+        assert bits >> index & 1
+        # bit *index* lost, and the free sub-slots below it (FREED) marked taken, so that
+        # the lowest clear bit, where a move goes first, is the live record's
+        engine.slots.set_info(target, kind, depth, used, prev, nxt, (bits | ((1 << index) - 1)) & ~(1 << index))
+        try:
+            store.create("big", {"pad": "y" * 3_000})  # gathers the 160-byte class into *target*
+        except mmapkv.MmapKVError:
+            pass  # noticing the damage is fine
+        assert store.read(victim) == SMALL
+
+
+def test_a_move_whose_write_fails_leaves_its_key_where_it_was(tmp_path: Any, monkeypatch: Any) -> None:
+    """``_move`` writes the copy first, then points the entry at it, then frees the
+    original.  Where records go in with pwrite (blocks not reserved), a failed write is a
+    clean failure (``StoreAccessError``: no repair follows), so nothing may have changed
+    before it: an entry pointed at the copy first was left on a sub-slot given back, and
+    the key was gone until the file was next recovered."""
+    with mmapkv.Store(str(tmp_path / "g.mmapkv"), max_size=ceiling_of(17)) as store:
+        engine = store._engine
+        assert engine is not None
+        kept = _half_emptied(store)
+        engine._map_writes = False  # as on a file whose blocks could not be reserved
+
+        def failing(fd: int, data: bytes, offset: int) -> int:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        with monkeypatch.context() as patch:
+            patch.setattr(engine_module.os, "pwrite", failing)
+            with pytest.raises(mmapkv.StoreAccessError):
+                store.create("big", {"pad": "y" * 3_000})  # its gather's first move fails
+        assert engine.changes == 0  # a clean failure
+        assert all(store.read(key) == SMALL for key in kept)
+        assert "big" not in store and store.verify() == []
+
+
+def test_a_gather_frees_the_slot_a_table_split_must_have(tmp_path: Any, monkeypatch: Any) -> None:
+    """``slots_short`` counts the splits the new entries must have as well as the slots
+    their records take: at the ceiling, a key whose record fits a free sub-slot but whose
+    table segment is full (SEGMENT_FULL) needs one slot to split into, and gathering the
+    10 KB class (3 free sub-slots, 2 a slot) gives it one.  Counting the records alone,
+    nothing was gathered and the create was refused ("no slot to split")."""
+    monkeypatch.setattr(table_module, "SPLIT_AT", 8)
+    monkeypatch.setattr(table_module, "SEGMENT_FULL", 14)
+    ten_kb = {"pad": "x" * 9_000}  # a 10,240-byte record: 2 per slot
+    with mmapkv.Store(str(tmp_path / "g.mmapkv"), max_size=ceiling_of(40)) as store:
+        engine = store._engine
+        assert engine is not None
+        tens = [f"t{i}" for i in range(6)]
+        for key in tens:
+            store.create(key, ten_kb)
+        small: list[str] = []
+        try:
+            while True:
+                store.create(f"s{len(small)}", SMALL)
+                small.append(f"s{len(small)}")
+        except StoreFullError:
+            pass
+        table = engine.table
+
+        def segment(key: str) -> int:
+            return int(table.dir[engine.fingerprint(key.encode()) & table.dmask])
+
+        target = max(table.segments(), key=engine.slots.used)
+        for key in [key for key in small if segment(key) != target][:40]:
+            store.delete(key)  # room for 40 more 160-byte records, too few to give a slot back
+        by_slot: dict[int, list[str]] = {}
+        for key in tens:
+            by_slot.setdefault(_slot_of(store, key), []).append(key)
+        assert sorted(map(len, by_slot.values())) == [2, 2, 2]
+        for members in by_slot.values():
+            store.delete(members[0])  # 3 free 10 KB sub-slots: one slot's worth and one more
+        names = (f"y{i}" for i in range(100_000))
+        while engine.slots.used(target) < 14:  # the target segment full, without a split
+            store.create(next(name for name in names if segment(name) == target), SMALL)
+        assert engine.slots.free_slots() == 0 and engine.class_usage()[10240][2] == 3
+        name = next(name for name in names if segment(name) == target)
+        assert table.needs([engine.fingerprint(name.encode())])[1] == 1
+        store.create(name, ten_kb)
+        assert store.read(name) == ten_kb and store.verify() == []
+
+
+def test_a_refusal_for_a_split_alone_says_nothing_of_sub_slots(tmp_path: Any, monkeypatch: Any) -> None:
+    """At the ceiling, a 160-byte key whose record fits a free sub-slot of its size but
+    whose table segment is full and cannot split is refused for the split alone: the
+    note on free sub-slots of other sizes (here one 10 KB sub-slot) explains a lack of
+    sub-slots, and there is none, so the message must not carry it."""
+    monkeypatch.setattr(table_module, "SPLIT_AT", 8)
+    monkeypatch.setattr(table_module, "SEGMENT_FULL", 14)
+    ten_kb = {"pad": "x" * 9_000}
+    with mmapkv.Store(str(tmp_path / "g.mmapkv"), max_size=ceiling_of(40)) as store:
+        engine = store._engine
+        assert engine is not None
+        store.create("t0", ten_kb)
+        store.create("t1", ten_kb)
+        small: list[str] = []
+        try:
+            while True:
+                store.create(f"s{len(small)}", SMALL)
+                small.append(f"s{len(small)}")
+        except StoreFullError:
+            pass
+        table = engine.table
+
+        def segment(key: str) -> int:
+            return int(table.dir[engine.fingerprint(key.encode()) & table.dmask])
+
+        target = max(table.segments(), key=engine.slots.used)
+        for key in [key for key in small if segment(key) != target][:40]:
+            store.delete(key)
+        store.delete("t0" if segment("t0") != target else "t1")  # one 10 KB sub-slot free
+        names = (f"y{i}" for i in range(100_000))
+        while engine.slots.used(target) < 14:
+            store.create(next(name for name in names if segment(name) == target), SMALL)
+        usage = engine.class_usage()
+        assert engine.slots.free_slots() == 0 and usage[10240][2] == 1 and usage[160][2] > 0
+        with pytest.raises(StoreFullError) as info:
+            store.create(next(name for name in names if segment(name) == target), SMALL)
+    message = str(info.value)
+    assert "no slot to split a full table segment into for 1 new key;" in message
+    assert "sub-slot" not in message
+
+
+def test_merging_goes_on_up_the_levels(tmp_path: Any, monkeypatch: Any) -> None:
+    """``merge`` folds a segment into its buddy, then tries again one level up: a store
+    emptied down to one key after its table split several levels deep is one segment
+    again (a merge of one level per delete left it at its peak)."""
+    monkeypatch.setattr(table_module, "SPLIT_AT", 8)  # merges under 2 entries
+    with mmapkv.Store(str(tmp_path / "m.mmapkv")) as store:
+        engine = store._engine
+        assert engine is not None
+        keys = [f"k{i}" for i in range(60)]
+        for key in keys:
+            store.create(key, {})
+        assert engine.table.segment_count >= 6 and engine.table.depth >= 3
+        for key in keys[1:]:
+            store.delete(key)
+        assert engine.table.segment_count == 1
+        assert store.read("k0") == {} and store.verify() == []
+
+
+def test_a_delete_merges_whichever_side_of_the_split_its_key_is_on(tmp_path: Any) -> None:
+    """Two buddy segments at 256 entries: the delete that takes them to 255 merges them,
+    whether its key is in the segment whose fingerprints have the split bit clear or in
+    the one that has it set (the buddy is the directory entry differing in that bit)."""
+    for side in (0, 1):
+        with mmapkv.Store(str(tmp_path / f"m{side}.mmapkv")) as store:
+            engine = store._engine
+            assert engine is not None
+            store.batch_create({f"k{i}": {} for i in range(1100)})
+            assert engine.table.segment_count == 2 and engine.table.depth == 1
+            keys = sorted(store.keys())
+            last = next(key for key in keys if engine.fingerprint(key.encode()) & 1 == side)
+            others = [key for key in keys if key != last]
+            for key in others[:1100 - 256]:
+                store.delete(key)
+            assert len(store) == 256 and engine.table.segment_count == 2
+            store.delete(last)
+            assert engine.table.segment_count == 1, side
+            assert store.verify() == []

@@ -625,3 +625,65 @@ def test_a_forked_child_may_use_its_parents_store(redis_store: mmapkv.RedisStore
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert redis_store.read("child") == {"pid": pid} and redis_store.read("parent") == {"v": 1}
+
+
+def test_a_replacing_restore_at_maxmemory_is_store_full_not_key_exists(own_server: LocalRedis) -> None:
+    """At its maxmemory the server refuses the batch script before it looks at a key;
+    ``_write_batch`` asks which key is stored only for a batch that refuses stored keys
+    ("check").  A restore with replace=True over a stored key is refused for room
+    (StoreFullError), never KeyExistsError: the key being there is no error for it."""
+    import redis
+
+    store = mmapkv.RedisStore(own_server.url, namespace="oom")
+    client = redis.Redis.from_url(own_server.url)
+    try:
+        used = int(client.info("memory")["used_memory"])
+        client.config_set("maxmemory", used + 2_000_000)
+        client.config_set("maxmemory-policy", "noeviction")
+        written = 0
+        with pytest.raises(mmapkv.StoreFullError):
+            while written < 10_000:
+                store.create(f"k{written}", {"pad": "x" * 10_000})
+                written += 1
+        with pytest.raises(mmapkv.KeyExistsError, match="'k1'"):  # without replace: as Store says
+            store.restore_entries([("new", {}, None), ("k1", {}, None)])
+        with pytest.raises(mmapkv.StoreFullError):
+            store.restore_entries([("new", {"pad": "z" * 10_000}, None), ("k1", {}, None)], replace=True)
+        assert "new" not in store and store.read("k1") == {"pad": "x" * 10_000}
+    finally:
+        client.close()
+        store.close()
+
+
+def test_a_decoding_client_reading_a_binary_value_is_corrupt_store(own_server: LocalRedis) -> None:
+    """Through a ``decode_responses=True`` client, a value under the namespace that is not
+    UTF-8 makes redis-py raise UnicodeDecodeError; ``_server`` turns it into
+    CorruptStoreError (an MmapKVError naming the cause), for every call that reads it."""
+    import redis
+
+    raw = redis.Redis.from_url(own_server.url)
+    client = redis.Redis.from_url(own_server.url, decode_responses=True)
+    store = mmapkv.RedisStore(client, namespace="bin")
+    try:
+        raw.set(b"bin:k", b'{"v":"\xff"}')
+        for call in (lambda: store.read("k"), lambda: store.get("k"), lambda: list(store.items_with_expiry(["k"]))):
+            with pytest.raises(mmapkv.CorruptStoreError, match="not UTF-8"):
+                call()
+    finally:
+        store.close()
+        client.close()
+        raw.close()
+
+
+def test_items_with_expiry_keeps_the_milliseconds(own_server: LocalRedis) -> None:
+    """``_READ_WITH_EXPIRY`` reads PEXPIRETIME (unix milliseconds): the expiry comes back
+    to the millisecond, as ``restore_entries`` wrote it with PXAT, not cut to the second
+    (a copy from Redis to Redis would move every expiry earlier by up to a second)."""
+    store = mmapkv.RedisStore(own_server.url, namespace="ms")
+    try:
+        at = round(time.time() + 1000.0) + 0.25
+        assert store.restore_entries([("k", {"v": 1}, at)]) == 1
+        assert list(store.items_with_expiry(["k"])) == [("k", {"v": 1}, at)]
+        assert [entry[2] for entry in store.items_with_expiry()] == [at]
+    finally:
+        store.close()

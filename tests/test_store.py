@@ -35,7 +35,8 @@ from mmapkv import (
 )
 from mmapkv.codec import MAX_DEPTH, MAX_TIME
 from mmapkv.engine import Engine
-from mmapkv.format import Geometry
+from mmapkv import table as table_module
+from mmapkv.format import CLASS_SIZES, KIND_SEGMENT, SLOT_SIZE, Geometry
 
 from conftest import expired_error, where
 
@@ -913,6 +914,141 @@ def test_a_sweep_reads_only_the_slots_whose_expiries_passed(store_path: str, clo
         clock.advance(1)
         assert len(store) == (slots - 2) * per_slot
         assert 1 <= len(visited) <= 2, visited
+        assert store.verify() == []
+
+
+def _slot_of(store: mmapkv.Store, key: str) -> int:
+    """The slot *key*'s record is in."""
+    engine = store._engine
+    assert engine is not None
+    kb = key.encode()
+    return engine.slot_of(engine.record_offset(engine.find(kb, engine.fingerprint(kb))))
+
+
+def test_a_stale_live_header_in_a_free_sub_slot_never_deletes_a_key(store_path: str, clock: FakeClock) -> None:
+    """A sweep reads every sub-slot's expiry field, free ones too, and lets the bitmap
+    decide (``_sweep_slot``).  A slot that held one whole-slot record and is reused by the
+    160-byte class has, in its free sub-slots, whatever that record's value held: here
+    bytes that look like a LIVE record of the key ``victim``, expired long ago.  The sweep
+    must not take them for a record (without the bitmap check it deleted ``victim``, a key
+    with no TTL)."""
+    victim = "v" * 32  # 32 bytes: its key-length byte is ' ', printable, so JSON leaves it as is
+    at = CLASS_SIZES[0] * 100  # sub-slot 100 of the 160-byte class
+    # record: 36-byte header, key "carrier" (7 bytes), then '{"p":"' + text
+    text_start = 36 + len("carrier") + len('{"p":"')
+    fake = ("LIVE" + "AAAA" + "A" * 8 + "A" * 8 + "AAAAAAA@"  # state, reserved, checksum, seq, expires ~34.5
+            + "AA" + " " + "A" + victim)                       # value_len, key_len 32, flags, key
+    carrier = {"p": "a" * (at - text_start) + fake}
+    with mmapkv.Store(store_path, clock=clock) as store:
+        store.create("carrier", carrier)
+        slot = _slot_of(store, "carrier")
+        engine = store._engine
+        assert engine is not None and engine.slots.kind(slot) == len(CLASS_SIZES)  # a whole slot
+        base = engine._slots_offset + slot * SLOT_SIZE
+        assert bytes(engine._mm[base + at:base + at + 4]) == b"LIVE"
+        store.delete("carrier")          # the slot goes back to the pool, its bytes stay
+        store.create("e", {}, ttl=1)     # the 160-byte class takes that slot
+        store.create(victim, {"v": 1})   # no TTL
+        assert _slot_of(store, "e") == slot == _slot_of(store, victim)
+        clock.now += 2
+        assert len(store) == 1           # the first sweep: every record slot, "e" expired
+        assert store.read(victim) == {"v": 1}
+        assert store.verify() == []
+
+
+def test_a_slot_reused_by_a_table_segment_is_not_swept_as_records(store_path: str, clock: FakeClock, monkeypatch: Any) -> None:
+    """A slot whose bound was noted by a sweep, then freed and taken by a table segment,
+    is visited by the next sweep: its kind (a segment's, 255) must send it to ``inf``, not
+    to ``_sweep_slot`` as a class of records (IndexError, and the store repaired)."""
+    monkeypatch.setattr(table_module, "SPLIT_AT", 8)  # segments split after a few keys
+    with mmapkv.Store(store_path, clock=clock) as store:
+        engine = store._engine
+        assert engine is not None
+        store.create("small", {}, ttl=1000)                # a partial slot of the 160-byte class
+        store.create("big", {"p": "x" * 16_000}, ttl=100)  # a whole slot
+        store.create("e", {}, ttl=1)
+        slot = _slot_of(store, "big")
+        clock.now += 1
+        assert len(store) == 2                       # the first sweep notes big's bound
+        store.delete("big")                          # its slot back to the pool
+        segments = engine.table.segment_count
+        i = 0
+        while engine.table.segment_count == segments:  # a split takes a slot: the pool's first
+            store.create(f"k{i}", {})
+            i += 1
+        assert engine.slots.kind(slot) == KIND_SEGMENT
+        clock.now += 200
+        assert len(store) == i + 1                    # a sweep visits the slot, whose bound passed
+        assert store.verify() == []
+
+
+def test_a_second_len_at_the_same_instant_reads_no_slot(store_path: str, clock: FakeClock, monkeypatch: Any) -> None:
+    """A slot's new bound is its earliest expiry still to come: one that expires at the
+    sweep's instant is gone after it, so a second len() at the same instant sweeps nothing
+    (a bound that kept it made every call at that instant read the slot again)."""
+    with mmapkv.Store(store_path, clock=clock) as store:
+        store.create("a", {}, ttl=1)
+        store.create("b", {}, ttl=5)
+        clock.now += 1
+        assert len(store) == 1
+        visited: list[int] = []
+        real = Engine._sweep_slot
+
+        def counted(engine: Engine, slot: int, *args: Any) -> float:
+            visited.append(slot)
+            return real(engine, slot, *args)
+
+        monkeypatch.setattr(Engine, "_sweep_slot", counted)
+        assert len(store) == 1 and visited == []
+
+
+def test_a_freed_slot_is_read_by_one_sweep_only(store_path: str, clock: FakeClock, monkeypatch: Any) -> None:
+    """A slot whose records were all deleted after a sweep noted its bound is visited by
+    the next sweep once its bound passes; it has no records, so its bound becomes ``inf``
+    and the sweeps after it never read it again (a bound left as it was kept
+    ``next_expiry`` in the past: every len() swept, and read the slot, again)."""
+    with mmapkv.Store(store_path, clock=clock) as store:
+        store.create("late", {}, ttl=1000)
+        store.create("e", {}, ttl=1)
+        store.create("big", {"p": "x" * 16_000}, ttl=10)  # a whole slot of its own
+        slot = _slot_of(store, "big")
+        clock.now += 1
+        assert len(store) == 2                # the first sweep notes big's slot's bound
+        store.delete("big")                   # the slot is free now; its bound stays
+        visited: list[int] = []
+        real = Engine._sweep_slot
+
+        def counted(engine: Engine, slot: int, *args: Any) -> float:
+            visited.append(slot)
+            return real(engine, slot, *args)
+
+        monkeypatch.setattr(Engine, "_sweep_slot", counted)
+        clock.now += 20
+        assert len(store) == 1 and store.stats().keys_with_ttl == 1
+        assert slot not in visited            # free: no records to read
+        engine = store._engine
+        assert engine is not None and engine.next_expiry > clock.now
+        clock.now += 1
+        assert len(store) == 1 and visited == []
+
+
+def test_a_ttl_record_written_with_pwrite_is_counted_and_swept(store_path: str, clock: FakeClock) -> None:
+    """Where the file's blocks could not be reserved, records go in with pwrite
+    (``_write_at``'s second path); it counts a TTL record as the map path does
+    (``_count_expiry``: ttl_count, next_expiry, the slot's bound), so the key is swept
+    once it expires and stats() counts it meanwhile."""
+    with mmapkv.Store(store_path, clock=clock) as store:
+        store.create("kept", {})
+        store.create("e", {}, ttl=1)
+        clock.now += 1
+        assert len(store) == 1                   # the bounds are built
+        engine = store._engine
+        assert engine is not None
+        engine._map_writes = False               # as on a file whose blocks could not be reserved
+        store.create("t", {}, ttl=5)
+        assert store.stats().keys_with_ttl == 1
+        clock.now += 5
+        assert len(store) == 1 and sorted(store) == ["kept"]
         assert store.verify() == []
 
 
