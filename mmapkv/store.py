@@ -996,6 +996,9 @@ class Store(MutableMapping[str, dict[str, Any]]):
         iteration walks it), so emptying a store with ``popitem`` reads each table
         segment about once, not once per key; it says "empty" only after a whole lap.
         """
+        # Expired entries go first (a sweep, in steps, as len() runs it): a lap over them
+        # found nothing to pop and left them all for the next call to read again.
+        self._reclaimed(lambda engine: None)
         cursor, pending = self._popping
         start, laps = cursor, 0
         while True:
@@ -1152,9 +1155,11 @@ def _readable_keys(engine: Engine, now: float) -> tuple[list[str], int]:
     damaged = visited = 0
     for off, _, expires, key in engine.iter_records():
         visited += 1
+        if expires and now >= expires:
+            continue  # not listed, damaged or not: its checksum is not read
         if not (engine.is_indexed(off, key) and engine.is_intact(off)):
             damaged += 1
-        elif not expires or now < expires:
+        else:
             damaged += append_key(keys, key)
     for off in engine.unlisted_records(visited):  # the table still leads to what slot info lost
         if not engine.is_intact(off):  # (past the end of the file too)

@@ -214,6 +214,8 @@ SCENARIOS: dict[str, Scenario] = {
     # the dict interface's own removals and inserts
     "pop": Scenario(lambda s, c: (_fill(s, 2), s.create("w", WHOLE, ttl=500)), lambda s, c: s.pop("w")),
     "popitem": Scenario(lambda s, c: _fill(s, 3), lambda s, c: s.popitem()),
+    "popitem-sweeps-expired": Scenario(lambda s, c: (_fill(s, 3), _fill(s, 2, ttl=50, prefix="t")),
+                                       lambda s, c: s.popitem(), runs=frozenset({"sweep"})),
     "setdefault-over-expired": Scenario(lambda s, c: (_fill(s, 2), s.create("x", {"old": 1}, ttl=50)),
                                         lambda s, c: s.setdefault("x", {"d": 1})),
     # issue 11: every overwrite is old-or-new, never neither and never both

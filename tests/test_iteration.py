@@ -157,6 +157,41 @@ def test_popitem_reads_one_step(store: mmapkv.Store, scans: list[int]) -> None:
     assert len(scans) == 1, f"popitem walked {len(scans)} segments of {segments(store)}"
 
 
+def test_popitem_over_expired_keys_reclaims_them(store: mmapkv.Store, clock: FakeClock,
+                                                scans: list[int]) -> None:
+    """popitem() on a store whose keys all expired reclaims them (a sweep, as len() runs)
+    before it walks: a lap over them found nothing, left them in place, and every later
+    call read them all again (180 to 414 ms a call over 100,000 keys)."""
+    store.batch_create({f"k{i}": {"i": i} for i in range(500)}, ttl=10)
+    clock.advance(10)
+    for _ in range(2):
+        with pytest.raises(mmapkv.KeyNotFoundError, match="empty"):
+            store.popitem()
+    engine = store._engine
+    assert engine is not None and engine.live_count == 0 and engine.ttl_count == 0
+    assert len(scans) <= 2 * segments(store), (len(scans), segments(store))
+    assert store.verify() == []
+
+
+def test_a_walk_reads_no_checksum_of_an_expired_entry(store: mmapkv.Store, clock: FakeClock,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """keys() and iteration skip an expired entry on its header's expiry, before reading
+    its checksum: only the live keys' records are checked."""
+    store.batch_create({f"k{i}": {"i": i} for i in range(300)}, ttl=10)
+    store.batch_create({f"live{i}": {"i": i} for i in range(3)})
+    clock.advance(10)
+    checked: list[int] = []
+    is_intact = engine_module.Engine.is_intact
+
+    def counted(engine: engine_module.Engine, off: int) -> bool:
+        checked.append(off)
+        return is_intact(engine, off)
+
+    monkeypatch.setattr(engine_module.Engine, "is_intact", counted)
+    assert sorted(store.keys()) == ["live0", "live1", "live2"] and len(checked) == 3
+    assert sorted(store) == ["live0", "live1", "live2"] and len(checked) == 6
+
+
 def test_a_damaged_entry_met_by_the_walk(tmp_path: Any, many_segments: None) -> None:
     path = os.path.join(tmp_path, "s.mmapkv")
     with mmapkv.Store(path) as store:
