@@ -1003,7 +1003,10 @@ class Store(MutableMapping[str, dict[str, Any]]):
         start, laps = cursor, 0
         while True:
             while pending:
-                key = pending.pop()
+                try:
+                    key = pending.pop()
+                except IndexError:  # the list is shared: another thread's popitem emptied it
+                    break
                 value = self.pop(key, _GONE)
                 if value is not _GONE:  # another thread may have taken it meanwhile
                     self._popping = (cursor, pending)

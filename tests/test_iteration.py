@@ -8,9 +8,11 @@ be met, and nothing else is.  Memory stays at one step's keys: ``popitem`` reads
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
 import shutil
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -190,6 +192,37 @@ def test_a_walk_reads_no_checksum_of_an_expired_entry(store: mmapkv.Store, clock
     monkeypatch.setattr(engine_module.Engine, "is_intact", counted)
     assert sorted(store.keys()) == ["live0", "live1", "live2"] and len(checked) == 3
     assert sorted(store) == ["live0", "live1", "live2"] and len(checked) == 6
+
+
+def test_popitem_whose_pending_keys_another_thread_took(store: mmapkv.Store) -> None:
+    """popitem() keeps the keys of its last step in a list all threads share, checked and
+    popped outside the lock: another thread emptying it between the two (as a line tracer
+    lets one, a debugger's) made popitem raise a bare IndexError.  Forced here: the list
+    is emptied just before the pop, and popitem walks on and pops a key."""
+    store.batch_create({f"k{i}": {"i": i} for i in range(3)})
+    store.popitem()  # the step's other keys are left pending
+    code = mmapkv.Store.popitem.__code__
+    pop_line = next(number for number, line in enumerate(inspect.getsourcelines(code)[0], code.co_firstlineno)
+                    if "key = pending.pop()" in line)
+    taken = []
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code is not code:
+            return None
+
+        def on_line(frame: Any, event: str, arg: Any) -> Any:
+            if event == "line" and frame.f_lineno == pop_line and not taken:
+                taken.extend(store._popping[1])
+                store._popping[1].clear()  # what the other thread's pops leave
+            return on_line
+        return on_line
+
+    sys.settrace(tracer)
+    try:
+        key, value = store.popitem()
+    finally:
+        sys.settrace(None)
+    assert taken and value == {"i": int(key[1:])} and len(store) == 1
 
 
 def test_a_damaged_entry_met_by_the_walk(tmp_path: Any, many_segments: None) -> None:
