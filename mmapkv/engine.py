@@ -124,6 +124,10 @@ _SLOT_EXPIRIES = tuple(struct.Struct("<" + f"{_EXPIRES_AT}xd{size - _EXPIRES_AT 
 _SEARCH_LIMIT = 3        # open attempts when the path is replaced under us (by compact)
 _SEQ_RESERVE = 1 << 16   # sequence numbers reserved on disk at a time (one superblock write)
 _GATHER_AHEAD = 256      # records a gathering pass may move beyond what its write needs
+#: Partial slots of a class a gathering pass reads first; the whole list only if those
+#: cannot give what the write lacks.  Reading a list of 35,000 slots in Python took up to
+#: 105 ms a pass, and a create that gathered at a 1 GiB ceiling up to 851 ms.
+_GATHER_WALK = 2048
 
 #: Errors a change raises only after putting everything back as it was: they leave the
 #: engine usable.  Any other exception inside a change makes the next use repair first.
@@ -1163,9 +1167,18 @@ class Engine:
         """``gather`` for one class: empty its emptiest slots into its fullest, *wanted*
         of them, then on while it has moved fewer than ``_GATHER_AHEAD`` records: the
         walk of the partial list is the pass's cost (1.7 ms over 2,758 slots, a review),
-        so one pass frees slots for the writes after this one too."""
+        so one pass frees slots for the writes after this one too.  It reads the first
+        ``_GATHER_WALK`` slots of the list, and the whole list only if those fall short."""
+        partial = self.slots.partial_slots(cls, _GATHER_WALK)
+        freed = self._gather_among(cls, wanted, partial)
+        if freed < wanted and len(partial) == _GATHER_WALK:
+            freed += self._gather_among(cls, wanted - freed, self.slots.partial_slots(cls))
+        return freed
+
+    def _gather_among(self, cls: int, wanted: int, partial: list[tuple[int, int]]) -> int:
+        """``_gather_class``'s pass over these partial slots of class *cls*."""
         per, slots = PER_SLOT[cls], self.slots
-        partial = sorted(slots.partial_slots(cls))  # emptiest first
+        partial.sort()  # emptiest first
         free = sum(per - used for used, _ in partial)
         room = {slot: per - used for used, slot in partial}
         freed, moved, first, last = 0, 0, 0, len(partial) - 1

@@ -170,14 +170,14 @@ class Slots:
         self.set_info(slot, cls + 1, 0, used, prev, nxt, bits)
         return self.slots_offset + slot * SLOT_SIZE + index * CLASS_SIZES[cls]
 
-    def partial_slots(self, cls: int) -> list[tuple[int, int]]:
-        """(sub-slots taken, slot) of every slot on class *cls*'s partial list, in list
-        order, each once: a list that loops (damaged links: slot info has no checksum)
-        stops where it comes back.  O(its length)."""
+    def partial_slots(self, cls: int, limit: int | None = None) -> list[tuple[int, int]]:
+        """(sub-slots taken, slot) of every slot on class *cls*'s partial list (or of its
+        first *limit*), in list order, each once: a list that loops (damaged links: slot
+        info has no checksum) stops where it comes back.  O(its length)."""
         found: list[tuple[int, int]] = []
         seen: set[int] = set()
         head = self.heads[cls]
-        while head and head not in seen and head <= self.slot_count:
+        while head and head not in seen and head <= self.slot_count and len(found) != limit:
             seen.add(head)
             _, _, used, _, nxt, _ = self.info(head - 1)
             found.append((used, head - 1))

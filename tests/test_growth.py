@@ -23,7 +23,7 @@ from mmapkv import InvalidArgumentError, StoreFullError, codec, transfer
 from mmapkv import engine as engine_module
 from mmapkv import table as table_module
 from mmapkv.format import CLASS_SIZES, FINGERPRINT_SHIFT, KEY_OFFSET, MAX_FILE_SIZE, SLOT_SIZE, Geometry, class_for
-from mmapkv.slots import PER_SLOT
+from mmapkv.slots import PER_SLOT, Slots
 
 SMALLEST = Geometry.smallest_max_size()
 
@@ -1327,3 +1327,27 @@ def test_a_delete_merges_whichever_side_of_the_split_its_key_is_on(tmp_path: Any
             store.delete(last)
             assert engine.table.segment_count == 1, side
             assert store.verify() == []
+
+
+@pytest.mark.parametrize("walk, whole_list", [(4, False), (1, True)])
+def test_a_gather_reads_the_first_slots_of_a_long_partial_list(tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+                                                               walk: int, whole_list: bool) -> None:
+    """A gathering pass reads the first ``_GATHER_WALK`` slots of a class's partial list,
+    and the whole list only when those cannot give a slot back (one slot alone cannot):
+    reading a list of 35,000 slots took up to 105 ms a pass at a 1 GiB ceiling."""
+    monkeypatch.setattr(engine_module, "_GATHER_WALK", walk)
+    walks: list[int | None] = []
+    partial_slots = Slots.partial_slots
+
+    def counted(slots: Slots, cls: int, limit: int | None = None) -> list[tuple[int, int]]:
+        if cls == 0:
+            walks.append(limit)
+        return partial_slots(slots, cls, limit)
+
+    with mmapkv.Store(str(tmp_path / "g.mmapkv"), max_size=ceiling_of(17)) as store:
+        kept = _half_emptied(store)  # a dozen slots of the 160-byte class, 64 free in each
+        monkeypatch.setattr(Slots, "partial_slots", counted)
+        store.create("big", {"pad": "y" * 3_000})  # a slot of its own class: gathers the 160s
+        assert walks[0] == walk and (None in walks) == whole_list, walks
+        assert store.read("big") == {"pad": "y" * 3_000}
+        assert all(store.read(key) == SMALL for key in kept) and store.verify() == []
