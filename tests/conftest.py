@@ -127,6 +127,14 @@ def make_store(request: Any, store_path: str, clock: FakeClock) -> Iterator[Call
         cleaner.clear()
 
 
+def slot_of(store: mmapkv.Store, key: str) -> int:
+    """The slot *key*'s record is in (the key must be stored)."""
+    engine = store._engine
+    assert engine is not None
+    kb = key.encode()
+    return engine.slot_of(engine.record_offset(engine.find(kb, engine.fingerprint(kb))))
+
+
 def where(store: Any) -> str:
     """What a store's messages name it by: its file, or its server."""
     return store.path if isinstance(store, mmapkv.Store) else str(store.url)

@@ -12,13 +12,13 @@ import random
 import stat
 import threading
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 import mmapkv
-from conftest import FakeClock
+from conftest import FakeClock, slot_of
 from mmapkv import InvalidArgumentError, StoreFullError, codec, transfer
 from mmapkv import engine as engine_module
 from mmapkv import table as table_module
@@ -1009,11 +1009,12 @@ def test_a_gather_of_the_writes_own_class_asks_again(tmp_path: Any) -> None:
         assert store.verify() == []
 
 
-def _slot_of(store: mmapkv.Store, key: str) -> int:
-    engine = store._engine
-    assert engine is not None
-    kb = key.encode()
-    return engine.slot_of(engine.record_offset(engine.find(kb, engine.fingerprint(kb))))
+def _by_slot(store: mmapkv.Store, keys: list[str]) -> dict[int, list[str]]:
+    """*keys* by the slot their records are in."""
+    by_slot: dict[int, list[str]] = {}
+    for key in keys:
+        by_slot.setdefault(slot_of(store, key), []).append(key)
+    return by_slot
 
 
 def test_exactly_a_slots_worth_of_free_sub_slots_gives_a_slot_back(tmp_path: Any) -> None:
@@ -1025,17 +1026,8 @@ def test_exactly_a_slots_worth_of_free_sub_slots_gives_a_slot_back(tmp_path: Any
     with mmapkv.Store(str(tmp_path / "g.mmapkv"), max_size=ceiling_of(17)) as store:
         engine = store._engine
         assert engine is not None
-        keys: list[str] = []
-        try:
-            while True:
-                key = f"s{len(keys):05d}"
-                store.create(key, SMALL)
-                keys.append(key)
-        except StoreFullError:
-            pass
-        by_slot: dict[int, list[str]] = {}
-        for key in keys:
-            by_slot.setdefault(_slot_of(store, key), []).append(key)
+        keys = fill_until_full(store, SMALL, prefix="s")
+        by_slot = _by_slot(store, keys)
         full = [slot for slot, members in sorted(by_slot.items()) if len(members) == 128]
         assert len(full) >= 2 and all(len(by_slot[slot]) == 128 for slot in full[:2])
         gone = by_slot[full[0]][:64] + by_slot[full[1]][:64]
@@ -1051,14 +1043,7 @@ def test_exactly_a_slots_worth_of_free_sub_slots_gives_a_slot_back(tmp_path: Any
 
 def _half_emptied(store: mmapkv.Store) -> list[str]:
     """160-byte records to the ceiling, every other one deleted: the keys kept."""
-    keys: list[str] = []
-    try:
-        while True:
-            key = f"s{len(keys):05d}"
-            store.create(key, SMALL)
-            keys.append(key)
-    except StoreFullError:
-        pass
+    keys = fill_until_full(store, SMALL, prefix="s")
     for key in keys[::2]:
         store.delete(key)
     return keys[1::2]
@@ -1069,7 +1054,7 @@ def _first_source(store: mmapkv.Store, kept: list[str]) -> str:
     engine = store._engine
     assert engine is not None
     first = sorted(engine.slots.partial_slots(0))[0][1]
-    return next(key for key in kept if _slot_of(store, key) == first)
+    return next(key for key in kept if slot_of(store, key) == first)
 
 
 def test_a_gather_never_moves_a_record_that_fails_its_checksum(tmp_path: Any) -> None:
@@ -1099,11 +1084,11 @@ def test_a_gather_never_moves_a_live_record_the_table_does_not_point_at(tmp_path
         assert engine is not None
         kept = _half_emptied(store)
         first = sorted(engine.slots.partial_slots(0))[0][1]
-        for key in [key for key in kept if _slot_of(store, key) == first][:10]:
+        for key in [key for key in kept if slot_of(store, key) == first][:10]:
             store.delete(key)  # *first* the emptiest: the first source
         # an older copy of a key that lives in the fullest slot, written into *first*
         last = sorted(engine.slots.partial_slots(0))[-1][1]  # the fullest: a target, never a source
-        other = next(key for key in kept if _slot_of(store, key) == last)
+        other = next(key for key in kept if slot_of(store, key) == last)
         kb = other.encode()
         with engine.change():
             head, engine.slots.heads[0] = engine.slots.heads[0], first + 1
@@ -1124,18 +1109,9 @@ def test_a_damaged_slots_free_sub_slots_are_not_counted_as_room(tmp_path: Any) -
     with mmapkv.Store(str(tmp_path / "g.mmapkv"), max_size=ceiling_of(17)) as store:
         engine = store._engine
         assert engine is not None
-        keys: list[str] = []
-        try:
-            while True:
-                key = f"s{len(keys):05d}"
-                store.create(key, SMALL)
-                keys.append(key)
-        except StoreFullError:
-            pass
+        keys = fill_until_full(store, SMALL, prefix="s")
         assert engine.class_usage()[160][2] == 0
-        by_slot: dict[int, list[str]] = {}
-        for key in keys:
-            by_slot.setdefault(_slot_of(store, key), []).append(key)
+        by_slot = _by_slot(store, keys)
         a, b, c = sorted(by_slot)[:3]
         gone = by_slot[a][:120] + by_slot[b][:1] + by_slot[c][:28]
         for key in gone:
@@ -1162,7 +1138,7 @@ def test_a_gather_never_overwrites_a_live_record_whose_bit_was_lost(tmp_path: An
         kept = _half_emptied(store)
         target = sorted(engine.slots.partial_slots(0))[-1][1]  # the fullest: the first target
         base = engine._slots_offset + target * SLOT_SIZE
-        victim = min((key for key in kept if _slot_of(store, key) == target),
+        victim = min((key for key in kept if slot_of(store, key) == target),
                      key=lambda key: engine.record_offset(engine.find(key.encode(), engine.fingerprint(key.encode()))))
         kb = victim.encode()
         index = (engine.record_offset(engine.find(kb, engine.fingerprint(kb))) - base) // CLASS_SIZES[0]
@@ -1203,6 +1179,33 @@ def test_a_move_whose_write_fails_leaves_its_key_where_it_was(tmp_path: Any, mon
         assert "big" not in store and store.verify() == []
 
 
+TEN_KB = {"pad": "x" * 9_000}  # a 10,240-byte record: 2 per slot
+
+
+def _crowded_at_the_ceiling(store: mmapkv.Store, tens: list[str]) -> tuple[Callable[[str], int], int]:
+    """*tens* of 10 KB, then 160-byte records until the store is full, and 40 of those
+    deleted outside the fullest table segment (room for 40 more, too few to give a slot
+    back): the segment of a key, and that fullest segment."""
+    engine = store._engine
+    assert engine is not None
+    for key in tens:
+        store.create(key, TEN_KB)
+    small = fill_until_full(store, SMALL, prefix="s")
+    table = engine.table
+
+    def segment(key: str) -> int:
+        return int(table.dir[engine.fingerprint(key.encode()) & table.dmask])
+
+    target = max(table.segments(), key=engine.slots.used)
+    for key in [key for key in small if segment(key) != target][:40]:
+        store.delete(key)
+    return segment, target
+
+
+def _new_keys_of(segment: Callable[[str], int], target: int) -> Iterator[str]:
+    return (name for name in (f"y{i}" for i in range(100_000)) if segment(name) == target)
+
+
 def test_a_gather_frees_the_slot_a_table_split_must_have(tmp_path: Any, monkeypatch: Any) -> None:
     """``slots_short`` counts the splits the new entries must have as well as the slots
     their records take: at the ceiling, a key whose record fits a free sub-slot but whose
@@ -1211,42 +1214,23 @@ def test_a_gather_frees_the_slot_a_table_split_must_have(tmp_path: Any, monkeypa
     nothing was gathered and the create was refused ("no slot to split")."""
     monkeypatch.setattr(table_module, "SPLIT_AT", 8)
     monkeypatch.setattr(table_module, "SEGMENT_FULL", 14)
-    ten_kb = {"pad": "x" * 9_000}  # a 10,240-byte record: 2 per slot
     with mmapkv.Store(str(tmp_path / "g.mmapkv"), max_size=ceiling_of(40)) as store:
         engine = store._engine
         assert engine is not None
         tens = [f"t{i}" for i in range(6)]
-        for key in tens:
-            store.create(key, ten_kb)
-        small: list[str] = []
-        try:
-            while True:
-                store.create(f"s{len(small)}", SMALL)
-                small.append(f"s{len(small)}")
-        except StoreFullError:
-            pass
-        table = engine.table
-
-        def segment(key: str) -> int:
-            return int(table.dir[engine.fingerprint(key.encode()) & table.dmask])
-
-        target = max(table.segments(), key=engine.slots.used)
-        for key in [key for key in small if segment(key) != target][:40]:
-            store.delete(key)  # room for 40 more 160-byte records, too few to give a slot back
-        by_slot: dict[int, list[str]] = {}
-        for key in tens:
-            by_slot.setdefault(_slot_of(store, key), []).append(key)
+        segment, target = _crowded_at_the_ceiling(store, tens)
+        by_slot = _by_slot(store, tens)
         assert sorted(map(len, by_slot.values())) == [2, 2, 2]
         for members in by_slot.values():
             store.delete(members[0])  # 3 free 10 KB sub-slots: one slot's worth and one more
-        names = (f"y{i}" for i in range(100_000))
+        names = _new_keys_of(segment, target)
         while engine.slots.used(target) < 14:  # the target segment full, without a split
-            store.create(next(name for name in names if segment(name) == target), SMALL)
+            store.create(next(names), SMALL)
         assert engine.slots.free_slots() == 0 and engine.class_usage()[10240][2] == 3
-        name = next(name for name in names if segment(name) == target)
-        assert table.needs([engine.fingerprint(name.encode())])[1] == 1
-        store.create(name, ten_kb)
-        assert store.read(name) == ten_kb and store.verify() == []
+        name = next(names)
+        assert engine.table.needs([engine.fingerprint(name.encode())])[1] == 1
+        store.create(name, TEN_KB)
+        assert store.read(name) == TEN_KB and store.verify() == []
 
 
 def test_a_refusal_for_a_split_alone_says_nothing_of_sub_slots(tmp_path: Any, monkeypatch: Any) -> None:
@@ -1256,35 +1240,18 @@ def test_a_refusal_for_a_split_alone_says_nothing_of_sub_slots(tmp_path: Any, mo
     sub-slots, and there is none, so the message must not carry it."""
     monkeypatch.setattr(table_module, "SPLIT_AT", 8)
     monkeypatch.setattr(table_module, "SEGMENT_FULL", 14)
-    ten_kb = {"pad": "x" * 9_000}
     with mmapkv.Store(str(tmp_path / "g.mmapkv"), max_size=ceiling_of(40)) as store:
         engine = store._engine
         assert engine is not None
-        store.create("t0", ten_kb)
-        store.create("t1", ten_kb)
-        small: list[str] = []
-        try:
-            while True:
-                store.create(f"s{len(small)}", SMALL)
-                small.append(f"s{len(small)}")
-        except StoreFullError:
-            pass
-        table = engine.table
-
-        def segment(key: str) -> int:
-            return int(table.dir[engine.fingerprint(key.encode()) & table.dmask])
-
-        target = max(table.segments(), key=engine.slots.used)
-        for key in [key for key in small if segment(key) != target][:40]:
-            store.delete(key)
+        segment, target = _crowded_at_the_ceiling(store, ["t0", "t1"])
         store.delete("t0" if segment("t0") != target else "t1")  # one 10 KB sub-slot free
-        names = (f"y{i}" for i in range(100_000))
+        names = _new_keys_of(segment, target)
         while engine.slots.used(target) < 14:
-            store.create(next(name for name in names if segment(name) == target), SMALL)
+            store.create(next(names), SMALL)
         usage = engine.class_usage()
         assert engine.slots.free_slots() == 0 and usage[10240][2] == 1 and usage[160][2] > 0
         with pytest.raises(StoreFullError) as info:
-            store.create(next(name for name in names if segment(name) == target), SMALL)
+            store.create(next(names), SMALL)
     message = str(info.value)
     assert "no slot to split a full table segment into for 1 new key;" in message
     assert "sub-slot" not in message

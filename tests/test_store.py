@@ -38,7 +38,7 @@ from mmapkv.engine import Engine
 from mmapkv import table as table_module
 from mmapkv.format import CLASS_SIZES, KIND_SEGMENT, SLOT_SIZE, Geometry
 
-from conftest import expired_error, where
+from conftest import expired_error, slot_of, where
 
 MakeStore = Callable[..., Any]  # a Store or a RedisStore
 MakeFileStore = Callable[..., mmapkv.Store]
@@ -891,6 +891,19 @@ def test_len_reclaims_keys_written_after_a_sweep(make_file_store: MakeFileStore,
     assert store.stats().keys_with_ttl == 1 and store.verify() == []
 
 
+def _sweep_slots_read(monkeypatch: Any) -> list[int]:
+    """The slots sweeps read from now on (``Engine._sweep_slot``'s calls), in order."""
+    visited: list[int] = []
+    sweep_slot = Engine._sweep_slot
+
+    def counted(engine: Engine, slot: int, *args: Any) -> float:
+        visited.append(slot)
+        return sweep_slot(engine, slot, *args)
+
+    monkeypatch.setattr(Engine, "_sweep_slot", counted)
+    return visited
+
+
 def test_a_sweep_reads_only_the_slots_whose_expiries_passed(store_path: str, clock: FakeClock,
                                                             monkeypatch: Any) -> None:
     """Keys that expire in the order they were written (a cache with one TTL) cost each
@@ -899,14 +912,7 @@ def test_a_sweep_reads_only_the_slots_whose_expiries_passed(store_path: str, clo
     with mmapkv.Store(store_path, clock=clock) as store:
         for i in range(slots * per_slot):
             store.create(f"k{i}", {}, ttl=10 + i // per_slot)
-        visited: list[int] = []
-        sweep_slot = Engine._sweep_slot
-
-        def counted(engine: Engine, slot: int, *args: Any) -> float:
-            visited.append(slot)
-            return sweep_slot(engine, slot, *args)
-
-        monkeypatch.setattr(Engine, "_sweep_slot", counted)
+        visited = _sweep_slots_read(monkeypatch)
         clock.advance(10)
         assert len(store) == (slots - 1) * per_slot
         assert len(visited) >= slots  # the first reads every record slot
@@ -915,14 +921,6 @@ def test_a_sweep_reads_only_the_slots_whose_expiries_passed(store_path: str, clo
         assert len(store) == (slots - 2) * per_slot
         assert 1 <= len(visited) <= 2, visited
         assert store.verify() == []
-
-
-def _slot_of(store: mmapkv.Store, key: str) -> int:
-    """The slot *key*'s record is in."""
-    engine = store._engine
-    assert engine is not None
-    kb = key.encode()
-    return engine.slot_of(engine.record_offset(engine.find(kb, engine.fingerprint(kb))))
 
 
 def test_a_stale_live_header_in_a_free_sub_slot_never_deletes_a_key(store_path: str, clock: FakeClock) -> None:
@@ -941,7 +939,7 @@ def test_a_stale_live_header_in_a_free_sub_slot_never_deletes_a_key(store_path: 
     carrier = {"p": "a" * (at - text_start) + fake}
     with mmapkv.Store(store_path, clock=clock) as store:
         store.create("carrier", carrier)
-        slot = _slot_of(store, "carrier")
+        slot = slot_of(store, "carrier")
         engine = store._engine
         assert engine is not None and engine.slots.kind(slot) == len(CLASS_SIZES)  # a whole slot
         base = engine._slots_offset + slot * SLOT_SIZE
@@ -949,7 +947,7 @@ def test_a_stale_live_header_in_a_free_sub_slot_never_deletes_a_key(store_path: 
         store.delete("carrier")          # the slot goes back to the pool, its bytes stay
         store.create("e", {}, ttl=1)     # the 160-byte class takes that slot
         store.create(victim, {"v": 1})   # no TTL
-        assert _slot_of(store, "e") == slot == _slot_of(store, victim)
+        assert slot_of(store, "e") == slot == slot_of(store, victim)
         clock.now += 2
         assert len(store) == 1           # the first sweep: every record slot, "e" expired
         assert store.read(victim) == {"v": 1}
@@ -967,7 +965,7 @@ def test_a_slot_reused_by_a_table_segment_is_not_swept_as_records(store_path: st
         store.create("small", {}, ttl=1000)                # a partial slot of the 160-byte class
         store.create("big", {"p": "x" * 16_000}, ttl=100)  # a whole slot
         store.create("e", {}, ttl=1)
-        slot = _slot_of(store, "big")
+        slot = slot_of(store, "big")
         clock.now += 1
         assert len(store) == 2                       # the first sweep notes big's bound
         store.delete("big")                          # its slot back to the pool
@@ -991,14 +989,7 @@ def test_a_second_len_at_the_same_instant_reads_no_slot(store_path: str, clock: 
         store.create("b", {}, ttl=5)
         clock.now += 1
         assert len(store) == 1
-        visited: list[int] = []
-        real = Engine._sweep_slot
-
-        def counted(engine: Engine, slot: int, *args: Any) -> float:
-            visited.append(slot)
-            return real(engine, slot, *args)
-
-        monkeypatch.setattr(Engine, "_sweep_slot", counted)
+        visited = _sweep_slots_read(monkeypatch)
         assert len(store) == 1 and visited == []
 
 
@@ -1011,18 +1002,11 @@ def test_a_freed_slot_is_read_by_one_sweep_only(store_path: str, clock: FakeCloc
         store.create("late", {}, ttl=1000)
         store.create("e", {}, ttl=1)
         store.create("big", {"p": "x" * 16_000}, ttl=10)  # a whole slot of its own
-        slot = _slot_of(store, "big")
+        slot = slot_of(store, "big")
         clock.now += 1
         assert len(store) == 2                # the first sweep notes big's slot's bound
         store.delete("big")                   # the slot is free now; its bound stays
-        visited: list[int] = []
-        real = Engine._sweep_slot
-
-        def counted(engine: Engine, slot: int, *args: Any) -> float:
-            visited.append(slot)
-            return real(engine, slot, *args)
-
-        monkeypatch.setattr(Engine, "_sweep_slot", counted)
+        visited = _sweep_slots_read(monkeypatch)
         clock.now += 20
         assert len(store) == 1 and store.stats().keys_with_ttl == 1
         assert slot not in visited            # free: no records to read
@@ -1185,7 +1169,8 @@ def test_items_with_expiry_give_absolute_expiries(make_store: MakeStore, clock: 
         assert (got["a"][1], got["c"][1]) == (now + 100, now + 50)
     else:  # the server's clock: set a few ms after `now`, and aged 10 s by the test
         assert got["a"][1] is not None and got["c"][1] is not None
-        assert abs(got["a"][1] - (now + 90)) < 2 and abs(got["a"][1] - got["c"][1] - 50) < 0.01
+        # (c was set two round trips after a: 10 ms apart and more on a loaded machine)
+        assert abs(got["a"][1] - (now + 90)) < 2 and abs(got["a"][1] - got["c"][1] - 50) < 1
     assert [k for k, _, _ in store.items_with_expiry(["c", "nope", "gone", "b"])] == ["c", "b"]
     with pytest.raises(InvalidKeyError):
         list(store.items_with_expiry(["ok", ""]))
