@@ -1447,7 +1447,7 @@ class Engine:
         start, stop = self._sweep_from, None
         expired: list[bytes] = []
         kind_of, high_water = self.slots.kind, self.slots.high_water
-        # (over a copy of the bounds: the loop lowers the ones it reads)
+        # (over a copy of the bounds: the loop rewrites the ones it reads)
         for slot in compress(range(start, len(bounds)), map(now.__ge__, bounds[start:])):
             kind = kind_of(slot) if slot < high_water else KIND_FREE
             # A slot freed, or reused by a table segment since, has no records now
