@@ -13,7 +13,8 @@ documented ones:
   truly has no room: no free whole slot, and for some class of the write not enough free
   sub-slots (read from the file's own slot info, after reclaiming expired entries);
 * the file only grows, by doubling its slots, and only to a size growth can produce;
-* ``len()`` and ``stats()`` reclaim expired entries; read/get/in/keys never change anything;
+* ``len()``, ``stats()`` and ``popitem()`` reclaim expired entries; read/get/in/keys never
+  change anything;
 * every bad argument raises its exact exception class and writes nothing.
 
 After every step: ``store.verify() == []`` (the table's and the allocator's invariants),
@@ -546,6 +547,7 @@ class StoreMachine(RuleBasedStateMachine):
             got = self._run(None, lambda: store.pop(key, None))
             assert got == (self.model.pop(key)[0] if live else None)
         elif op == "popitem":
+            self._sweep()  # it reclaims the expired entries first, as len() does
             if not self._live():
                 self._run(mmapkv.KeyNotFoundError, store.popitem)
             else:
