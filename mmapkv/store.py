@@ -1070,9 +1070,12 @@ class Store(MutableMapping[str, dict[str, Any]]):
         swept = False
         while engine.next_expiry <= now:
             with engine.change():
-                done = engine.sweep(now, engine.sweep_step)
+                engine.sweep(now, engine.sweep_step)
             swept = True
-            if done or room():
+            # Not on "done": a pass that began where the last step stopped ends at the last
+            # slot with expired records behind it (next_expiry still passed); the loop goes
+            # round from the first slot then, and a whole pass leaves none (the lock is held)
+            if room():
                 break
         return swept
 

@@ -1089,6 +1089,32 @@ def test_a_write_sweeps_only_until_it_has_room(store_path: str, clock: FakeClock
     store.close()
 
 
+def test_a_write_sweeps_behind_where_the_last_step_stopped(store_path: str, clock: FakeClock,
+                                                          monkeypatch: Any) -> None:
+    """A write's sweep that resumes where an earlier step stopped, and reaches the last
+    slot with keys expired behind it (they expired since that part was read), goes round
+    from the first slot: it stopped there, and a create the file had room for was refused
+    with StoreFullError (a review of the stepped sweep)."""
+    monkeypatch.setattr(Engine, "sweep_step", 1)
+    whole = {"v": "x" * 15_000}  # a record of a whole slot
+    with mmapkv.Store(store_path, max_size=Geometry.smallest_max_size(), clock=clock) as store:
+        store.set("A", whole, ttl=20)  # the first slot, expiring last
+        store.set("B", whole, ttl=10)
+        store.set("C", whole, ttl=10)
+        filled = 0
+        with pytest.raises(StoreFullError):
+            while True:
+                store.set(f"fill{filled}", whole)
+                filled += 1
+        clock.advance(15)  # B and C expired: each of two writes sweeps one step, past them
+        store.set("N1", whole)
+        store.set("N2", whole)
+        clock.advance(10)  # A too, behind where the steps stopped
+        store.set("N3", whole)
+        assert store.read("N3") == whole and "A" not in store
+        assert len(store) == filled + 3 and store.verify() == []
+
+
 def test_batch_ttls(make_store: MakeStore, clock: FakeClock) -> None:
     """batch ttl= applies to 2-tuples and mappings; a 3-tuple's own ttl wins (None = never)."""
     store = make_store()
