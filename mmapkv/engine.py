@@ -248,7 +248,7 @@ def _segment_keys(engine: Engine, segment: int, now: float, after: int) -> tuple
     the order is at *after* or later, and the number of damaged entries met.  An entry is
     damaged when its record is not LIVE, fails its checksum, or holds a key whose
     fingerprint is not the entry's (a damaged key byte): what ``read`` could not read.  An
-    entry expired at *now* is skipped unread, damaged or not."""
+    expired entry is checked too: a damaged expiry must not hide a damaged record."""
     table, mm, seed = engine.table, engine._mm, engine.seed
     bits, slots_offset = table.max_depth, engine._slots_offset
     base = table.base(segment)
@@ -266,14 +266,11 @@ def _segment_keys(engine: Engine, segment: int, now: float, after: int) -> tuple
         except struct.error:  # past the end of the map
             damaged += 1
             continue
-        if expires and now >= expires:
-            continue  # not listed, damaged or not: no checksum to read (a lap over a
-            # million expired keys, each popitem's, took seconds)
         key = bytes(mm[off + KEY_OFFSET:off + KEY_OFFSET + klen])
         if state != STATE_LIVE or xxh3_64_intdigest(key, seed) >> FINGERPRINT_SHIFT != fp \
                 or not engine.is_intact(off):
             damaged += 1
-        else:
+        elif not expires or now < expires:
             damaged += append_key(keys, key)
     return keys, damaged
 

@@ -1162,11 +1162,9 @@ def _readable_keys(engine: Engine, now: float) -> tuple[list[str], int]:
     damaged = visited = 0
     for off, _, expires, key in engine.iter_records():
         visited += 1
-        if expires and now >= expires:
-            continue  # not listed, damaged or not: its checksum is not read
         if not (engine.is_indexed(off, key) and engine.is_intact(off)):
             damaged += 1
-        else:
+        elif not expires or now < expires:
             damaged += append_key(keys, key)
     for off in engine.unlisted_records(visited):  # the table still leads to what slot info lost
         if not engine.is_intact(off):  # (past the end of the file too)
