@@ -1108,15 +1108,20 @@ class Store(MutableMapping[str, dict[str, Any]]):
         if engine.room_for(record_sizes, fps, grow=False):
             return False
 
+        roomy = False
+
         def room() -> bool:  # after a step of the sweep: enough reclaimed to need no growth?
-            nonlocal record_sizes, fps
+            nonlocal record_sizes, fps, roomy
             if not engine.room_for(record_sizes, fps, grow=False):
                 return False  # (the counts from before the step ask no more than the true ones)
             if recount is not None:  # O(batch): only when the answer may be yes
                 record_sizes, fps = recount()
-            return engine.room_for(record_sizes, fps, grow=False)
+            roomy = engine.room_for(record_sizes, fps, grow=False)
+            return roomy
 
         swept = self._reclaim_expired(engine, room)
+        if roomy:  # counted and found room after the last step: nothing to count again
+            return swept
         if swept and recount is not None:
             record_sizes, fps = recount()
         if engine.room_for(record_sizes, fps):
