@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 import pytest
@@ -1060,6 +1061,34 @@ def test_len_sweeps_in_steps_letting_the_lock_go_between(store_path: str, clock:
         assert [done for _, done in steps] == [False] * 8 + [True], steps
         assert {depth for depth, _ in steps} == {1}  # no hold around them all
         assert store.stats().keys_with_ttl == 1 and store.verify() == []
+
+
+def test_len_ends_while_another_thread_writes_keys_already_expired(store_path: str, clock: FakeClock,
+                                                                   monkeypatch: Any) -> None:
+    """len() reads the clock once and sweeps a step at a time, letting go of the lock
+    between steps.  A thread whose clock is behind can write, between those steps, records
+    already expired by len()'s time: after two whole passes len() sweeps the rest in one
+    hold and returns, rather than chase them for good."""
+    monkeypatch.setattr(Engine, "sweep_step", 100)
+    with mmapkv.Store(store_path, clock=clock) as store:
+        store.batch_create({f"t{i}": {} for i in range(1000)}, ttl=10)
+        store.create("kept", {})
+        clock.advance(10)
+        between_steps = 0
+
+        def other_thread_writes(_: float) -> None:
+            nonlocal between_steps
+            between_steps += 1
+            assert between_steps < 100, "len() is still sweeping what is written behind it"
+            now = clock.now
+            clock.now = now - 20  # the writer's clock, behind len()'s
+            store.create(f"late{between_steps}", {}, ttl=1)
+            clock.now = now
+
+        monkeypatch.setattr(mmapkv.store, "time", SimpleNamespace(sleep=other_thread_writes))
+        assert len(store) == 1
+        assert between_steps >= 2  # it did let go between steps, and others wrote meanwhile
+        assert store.verify() == []
 
 
 def test_a_write_sweeps_only_until_it_has_room(store_path: str, clock: FakeClock, monkeypatch: Any) -> None:
