@@ -1643,9 +1643,8 @@ class Engine:
         """``recover``'s pass over the record slots: keep the good records, index them in a
         new table, free the rest.  Returns each slot's bitmap of kept records, the live and
         TTL counts, the next expiry and the highest sequence number kept."""
-        mm, view, table = self._mm, self._view, self.table
-        table.segment_count = 0
-        table.new()
+        mm, view, seed, slots_offset = self._mm, self._view, self.seed, self._slots_offset
+        entries = array("Q")  # each kept record's table entry, indexed after the pass
         bits: dict[int, int] = {}
         live = ttl = 0
         next_expiry = math.inf
@@ -1653,7 +1652,7 @@ class Engine:
         for slot in record_slots:
             cls = kinds[slot] - 1
             size = CLASS_SIZES[cls]
-            base = self._slots_offset + slot * SLOT_SIZE
+            base = slots_offset + slot * SLOT_SIZE
             kept = 0
             for index in range(PER_SLOT[cls]):
                 off = base + index * size
@@ -1675,34 +1674,77 @@ class Engine:
                     continue
                 if state == STATE_PENDING:
                     mm[off:off + 4] = _LIVE
-                fp = self.fingerprint(key)
-                position = self.find(key, fp)
-                if position >= 0:  # the same key twice: keep the newer write
-                    other = self.record_offset(position)
-                    other_seq, other_expires = RECORD_HEADER.unpack_from(mm, other)[3:5]
-                    if other_seq > seq:
-                        mm[off:off + 16] = _FREED
-                        continue
-                    mm[other:other + 16] = _FREED
-                    other_slot, within = divmod(other - self._slots_offset, SLOT_SIZE)
-                    other_bit = 1 << (within // CLASS_SIZES[kinds[other_slot] - 1])
-                    if other_slot == slot:
-                        kept &= ~other_bit
-                    else:
-                        bits[other_slot] &= ~other_bit
-                    live -= 1
-                    ttl -= bool(other_expires)
-                    self._q[position] = self._entry(fp, off)
-                else:
-                    table.insert(fp, self._entry(fp, off))
+                # _entry(fingerprint(key), off), inline: this loop is recovery's time
+                entries.append(xxh3_64_intdigest(key, seed) >> FINGERPRINT_SHIFT << FINGERPRINT_SHIFT |
+                               ((off - slots_offset) // UNIT + 1))
                 kept |= 1 << index
                 live += 1
                 if expires:
                     ttl += 1
                     next_expiry = min(next_expiry, expires)
-                top_seq = max(top_seq, seq)
+                if seq > top_seq:
+                    top_seq = seq
             bits[slot] = kept
-        return bits, live, ttl, next_expiry, top_seq
+        dropped, dropped_ttl = self._index(entries, bits, kinds)
+        return bits, live - dropped, ttl - dropped_ttl, next_expiry, top_seq
+
+    def _index(self, entries: array[int], bits: dict[int, int], kinds: bytearray) -> tuple[int, int]:
+        """Build recovery's table of *entries*, dropping the older copy of any key kept
+        twice (a crash inside an overwrite leaves both LIVE), from *bits* too; returns how
+        many were dropped and how many of those had a TTL.  Built whole (``Table.build``)
+        when the free slots hold every segment that wants one, the common case; else (a
+        store at its ceiling) by inserts in slot order, splitting only where it must, so
+        that the records fit the slots as the old table held them."""
+        table = self.table
+        groups = table.partition(entries, len(entries))
+        del entries
+        dropped = dropped_ttl = 0
+        for n, (prefix, depth, group) in enumerate(groups):
+            if len({entry >> FINGERPRINT_SHIFT for entry in group}) < len(group):
+                group, gone, gone_ttl = self._newest_copies(group, bits, kinds)
+                groups[n] = prefix, depth, group
+                dropped += gone
+                dropped_ttl += gone_ttl
+        if table.build(groups):
+            return dropped, dropped_ttl
+        table.segment_count = 0
+        table.new()
+        for entry in sorted((e for _, _, group in groups for e in group), key=UNIT_MASK.__and__):
+            table.insert(entry >> FINGERPRINT_SHIFT, entry)
+        return dropped, dropped_ttl
+
+    def _newest_copies(self, group: array[int], bits: dict[int, int],
+                       kinds: bytearray) -> tuple[array[int], int, int]:
+        """*group* less the entries of keys another entry of it holds a newer write of
+        (higher sequence number), each of those records freed and cleared from *bits*;
+        with the count freed and how many of them had a TTL."""
+        mm = self._mm
+        newest: dict[bytes, tuple[int, int]] = {}  # key: (seq, entry), keys whose fp repeats
+        repeated = {fp for fp, n in Counter(e >> FINGERPRINT_SHIFT for e in group).items() if n > 1}
+        kept = array("Q")
+        gone = gone_ttl = 0
+        for entry in group:
+            if entry >> FINGERPRINT_SHIFT not in repeated:
+                kept.append(entry)
+                continue
+            off = self._slots_offset + ((entry & UNIT_MASK) - 1) * UNIT
+            _, _, _, seq, _, _, klen, _ = _unpack_record(mm, off)
+            key = bytes(mm[off + KEY_OFFSET:off + KEY_OFFSET + klen])
+            other = newest.get(key)
+            if other is None:
+                newest[key] = seq, entry
+                continue
+            loser = entry if other[0] > seq else other[1]
+            if loser == other[1]:
+                newest[key] = seq, entry
+            loser_off = self._slots_offset + ((loser & UNIT_MASK) - 1) * UNIT
+            gone_ttl += bool(RECORD_HEADER.unpack_from(mm, loser_off)[4])
+            gone += 1
+            mm[loser_off:loser_off + 16] = _FREED
+            slot, within = divmod(loser_off - self._slots_offset, SLOT_SIZE)
+            bits[slot] &= ~(1 << (within // CLASS_SIZES[kinds[slot] - 1]))
+        kept.extend(entry for _, entry in newest.values())
+        return kept, gone, gone_ttl
 
     # ----------------------------------------------------------------- invariants
 

@@ -27,7 +27,7 @@ from mmapkv import table as tbl
 from mmapkv import transfer
 from mmapkv.cli import EXIT_INTERRUPTED
 from mmapkv.cli import main as cli_main
-from mmapkv.format import Geometry
+from mmapkv.format import STATE_LIVE, Geometry
 
 from conftest import FakeClock
 from fault_child import write_report
@@ -139,6 +139,42 @@ def test_ctrl_c_inside_batch_create_leaves_all_or_nothing(tmp_path: Any, where: 
         assert contents(again) == seen_now and again.verify() == []
 
 
+def test_recovery_keeps_the_newer_copy_of_every_key_a_batch_replaced(tmp_path: Any,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash inside ``update``'s commit, after its commit word and before the replaced
+    records are freed, leaves every key it replaces stored twice, the copies in several
+    table segments, the newer below the older where deletes left room.  Recovery keeps
+    each key's newer copy and counts only those (verify() checks the counters: a dropped
+    copy's TTL)."""
+    path = os.path.join(tmp_path, "s.mmapkv")
+    clock = FakeClock()
+    store = mmapkv.Store(path, clock=clock)
+    for i in range(3000):  # 3,000 keys: the table has several segments
+        store.create(f"k{i}", {"v": 0}, ttl=1000 if i % 2 else None)
+    for i in range(0, 3000, 3):
+        store.delete(f"k{i}")  # room below the later keys' records
+    replaced = {f"k{i}": {"v": 1} for i in range(1, 3000, 3)}
+    engine = store._engine
+    assert engine is not None
+    olds = [engine.record_offset(engine.find(key.encode(), engine.fingerprint(key.encode()))) for key in replaced]
+    after_calls(monkeypatch, eng.Engine, "_free_record", 1)  # the first old record freed, no more
+    with pytest.raises(Boom):
+        store.update(replaced)
+    still_live = sum(engine._mm[off:off + 4] == STATE_LIVE.to_bytes(4, "little") for off in olds)
+    assert still_live == len(replaced) - 1
+    image = crash(store, path + ".crash")
+    with mmapkv.Store(image, clock=clock) as again:
+        assert again.verify() == []
+        kept = {f"k{i}": ({"v": 1} if i % 3 == 1 else {"v": 0}, None if i % 3 == 1 or i % 2 == 0 else 1000)
+                for i in range(3000) if i % 3}
+        assert {key: (again[key], again.ttl(key)) for key in again} == kept
+        assert again.stats().keys_with_ttl == sum(ttl is not None for _, ttl in kept.values())
+        found = again._engine
+        assert found is not None
+        news = [found.record_offset(found.find(key.encode(), found.fingerprint(key.encode()))) for key in replaced]
+        assert {new < old for new, old in zip(news, olds)} == {True, False}  # newer below and above
+
+
 def test_ctrl_c_inside_create_never_comes_back(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 10, item 3: an interrupted create, then a create and a delete of the same key,
     a clean close, a reopen, a write and a crash: the key stays deleted."""
@@ -148,13 +184,13 @@ def test_ctrl_c_inside_create_never_comes_back(tmp_path: Any, monkeypatch: pytes
     after_calls(monkeypatch, slots_module.Slots, "take_record", 1)  # a sub-slot taken, not written
     with pytest.raises(Boom):
         store.create("k", {"v": "old"})
-    real_insert = tbl.Table.insert
+    real_add_to = tbl.Table.add_to
 
-    def interrupted_insert(self: Any, fp: int, entry: int) -> int:
-        monkeypatch.setattr(tbl.Table, "insert", real_insert)
+    def interrupted_add_to(self: Any, segment: int, entry: int) -> int:
+        monkeypatch.setattr(tbl.Table, "add_to", real_add_to)
         raise Boom  # the record is written LIVE, not yet indexed
 
-    monkeypatch.setattr(tbl.Table, "insert", interrupted_insert)
+    monkeypatch.setattr(tbl.Table, "add_to", interrupted_add_to)
     with pytest.raises(Boom):
         store.create("k", {"v": "old"})
     try:

@@ -5,6 +5,7 @@ functions."""
 
 from __future__ import annotations
 
+import array
 import errno
 import hashlib
 import os
@@ -16,6 +17,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mmapkv
 from conftest import FakeClock, slot_of
@@ -849,6 +852,103 @@ def test_recovery_of_a_full_store_splits_only_where_it_must_first(tmp_path: Any,
     store.close()
     with mmapkv.Store(path) as again:
         assert {key: again.read(key) for key in made} == made
+
+
+def _table_shape(engine: engine_module.Engine) -> list[tuple[int, int]]:
+    """(local depth, entries) of the segment each directory entry names, in order."""
+    table = engine.table
+    return [(engine.slots.info(segment)[1], engine.slots.used(segment))
+            for segment in table.dir[:1 << table.depth].tolist()]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.integers(0, 2047), st.integers(2020, 2047), st.integers(0, 20)),
+                max_size=table_module.SEGMENT_FULL - 1))
+def test_a_segment_laid_out_at_once_is_the_one_inserts_make(homes: list[int]) -> None:
+    """``Table._lay_out`` writes a segment's entries in one pass, in order of home.  Each
+    position then holds an entry of the same home as inserting them one at a time in
+    Robin Hood order leaves there (which positions a cluster covers, and the order of
+    homes in it, do not depend on the order of inserts), clusters wrapping past the end
+    included; and every entry is there once."""
+    def segment(fill: Callable[[table_module.Table, list[int]], None]) -> list[int]:
+        table = table_module.Table(None, 0, 17)  # type: ignore[arg-type]  # no slot info needed
+        q = memoryview(bytearray(8 * table_module.SEGMENT_ENTRIES)).cast("Q")
+        table.attach(q, memoryview(bytearray(2)).cast("H"))
+        fill(table, entries)
+        return q.tolist()
+
+    entries = [((home << table_module.HOME_SHIFT | n) << FINGERPRINT_SHIFT) | (n + 1) for n, home in enumerate(homes)]
+    inserted = segment(lambda table, group: [table.place(0, entry) for entry in group] and None)
+    laid_out = segment(lambda table, group: table._lay_out(0, array.array("Q", group)))
+    home_of = table_module.HOME_OF_ENTRY
+    assert [e >> home_of & 2047 if e else -1 for e in laid_out] == [e >> home_of & 2047 if e else -1 for e in inserted]
+    assert sorted(filter(None, laid_out)) == sorted(entries)
+
+
+def _keys_by_low_bits(engine: engine_module.Engine, bits: int, wanted: dict[int, int]) -> list[str]:
+    """Keys whose fingerprints' low *bits* are each of *wanted*'s, as many as it says."""
+    keys: list[str] = []
+    left = dict(wanted)
+    for n in range(10**6):
+        low = engine.fingerprint(f"k{n}".encode()) & ((1 << bits) - 1)
+        if left.get(low):
+            left[low] -= 1
+            keys.append(f"k{n}")
+            if not any(left.values()):
+                return keys
+    raise AssertionError("no such keys")
+
+
+@pytest.mark.parametrize("split_at, layout", [
+    (8, "600 keys"),                  # a table of depth 7: buckets split further and merged back
+    (table_module.SPLIT_AT, "20,000 keys"),
+    (8, "two halves of 8"),           # a half of exactly SPLIT_AT by the bucket counts splits
+    (8, "two eighths of 8"),          # a bucket of exactly SPLIT_AT entries splits
+])
+def test_recovery_builds_the_table_inserts_and_splits_would(tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+                                                             split_at: int, layout: str) -> None:
+    """Recovery builds its table whole (``Table.partition`` and ``build``) where slots
+    are free: the same segments, depths and counts as inserting every entry and then
+    splitting the crowded segments, which it did before (and still does at the ceiling),
+    moving each entry again at every level it split."""
+    monkeypatch.setattr(table_module, "SPLIT_AT", split_at)
+    path = str(tmp_path / "r.mmapkv")
+    store = mmapkv.Store(path)
+    engine = store._engine
+    assert engine is not None
+    if layout.endswith(" keys"):
+        names = [f"k{n}" for n in range(int(layout.split()[0].replace(",", "")))]
+    elif layout == "two halves of 8":
+        names = _keys_by_low_bits(engine, 1, {0: 8, 1: 8})
+    else:
+        names = _keys_by_low_bits(engine, 3, {0: 8, 4: 8})
+    keys = len(names)
+    store.batch_create({key: {"n": n} for n, key in enumerate(names)})
+    built: list[list[tuple[int, int]]] = []
+    real_build, answers = table_module.Table.build, []
+
+    def build(table: table_module.Table, groups: Any, whole: bool) -> bool:
+        answers.append(real_build(table, groups) if whole else False)
+        return answers[-1]
+
+    real_split, splits = table_module.Table.split, [0, 0]
+
+    def split(table: table_module.Table, segment: int, fp: int) -> None:
+        splits[whole] += 1
+        real_split(table, segment, fp)
+
+    monkeypatch.setattr(table_module.Table, "split", split)
+    for whole in (True, False):
+        monkeypatch.setattr(table_module.Table, "build", lambda table, groups: build(table, groups, whole))
+        engine.changes += 1  # an interrupted change: the next call repairs, as an open after a crash
+        assert len(store) == keys and store.verify() == []
+        built.append(_table_shape(engine))
+    assert answers == [True, False]  # built whole, then by inserts
+    assert splits[True] == 0 and splits[False] >= 3  # partition left split_crowded nothing to do
+    assert built[0] == built[1] and len(built[0]) >= 4
+    assert all(used < split_at for _, used in built[0])
+    assert store.read(names[7]) == {"n": 7}
+    store.close()
 
 
 def test_a_sweep_during_a_batch_recounts_the_keys_it_removed(tmp_path: Any,
