@@ -271,28 +271,29 @@ class Table:
             buckets[(entry >> FINGERPRINT_SHIFT) & mask].append(entry)
         sizes = [len(bucket) for bucket in buckets]
         groups: list[tuple[int, int, array[int]]] = []
-
-        def split_by_counts(prefix: int, depth: int) -> None:  # above the buckets' depth
-            if depth == bits:
-                split_by_entries(prefix, depth, buckets[prefix])
-            elif sum(sizes[prefix::1 << depth]) >= SPLIT_AT:
-                split_by_counts(prefix, depth + 1)
-                split_by_counts(prefix | 1 << depth, depth + 1)
-            else:  # would not have split: its buckets are one segment
-                merged = array("Q")
-                for bucket in buckets[prefix::1 << depth]:
-                    merged.extend(bucket)
-                groups.append((prefix, depth, merged))
-
-        def split_by_entries(prefix: int, depth: int, group: array[int]) -> None:
+        # A stack, not nested recursive functions: those are a reference cycle that kept
+        # this table, its map and so the file's lock alive after an interrupted open
+        todo: list[tuple[int, int, array[int] | None]] = [(0, 0, None)]  # None: above the buckets
+        while todo:
+            prefix, depth, group = todo.pop()
+            if group is None:
+                if depth == bits:
+                    group = buckets[prefix]
+                elif sum(sizes[prefix::1 << depth]) >= SPLIT_AT:
+                    todo += [(prefix | 1 << depth, depth + 1, None), (prefix, depth + 1, None)]
+                    continue
+                else:  # would not have split: its buckets are one segment
+                    group = array("Q")
+                    for bucket in buckets[prefix::1 << depth]:
+                        group.extend(bucket)
+                    groups.append((prefix, depth, group))
+                    continue
             if len(group) < SPLIT_AT or depth >= self.max_depth:
                 groups.append((prefix, depth, group))
-                return
+                continue
             bit = 1 << depth << FINGERPRINT_SHIFT
-            split_by_entries(prefix, depth + 1, array("Q", [e for e in group if not e & bit]))
-            split_by_entries(prefix | 1 << depth, depth + 1, array("Q", [e for e in group if e & bit]))
-
-        split_by_counts(0, 0)
+            todo += [(prefix | 1 << depth, depth + 1, array("Q", [e for e in group if e & bit])),
+                     (prefix, depth + 1, array("Q", [e for e in group if not e & bit]))]
         return groups
 
     def build(self, groups: list[tuple[int, int, array[int]]]) -> bool:
