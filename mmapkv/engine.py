@@ -35,7 +35,7 @@ import struct
 import sys
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import compress, repeat
 
 import portalocker
@@ -859,7 +859,7 @@ class Engine:
 
     # ----------------------------------------------------------------- room
 
-    def room_for(self, record_sizes: list[int], fps: list[int], *, grow: bool = True) -> bool:
+    def room_for(self, record_sizes: Sequence[int], fps: Sequence[int], *, grow: bool = True) -> bool:
         """Make room for new records of these sizes and table entries for these
         fingerprints: grow the file if that helps (and *grow*).  False if there is no
         room (the caller may reclaim expired records and ask again)."""
@@ -882,14 +882,14 @@ class Engine:
                 break  # the slots table splits would like: they can wait for a fuller disk
         return slots.free_slots() >= data + must
 
-    def _slots_wanted(self, record_sizes: list[int], fps: list[int]) -> tuple[int, int, int]:
+    def _slots_wanted(self, record_sizes: Sequence[int], fps: Sequence[int]) -> tuple[int, int, int]:
         """Whole slots these records take, and the splits their entries want and must
         have (see ``room_for``)."""
         data = self.slots.slots_needed(Counter(class_for(size) for size in record_sizes))
         want, must = self.table.needs(fps)
         return data, max(want, must), must  # want is an estimate; it never falls below must
 
-    def slots_wanted(self, record_sizes: list[int], fps: list[int]) -> tuple[int, int]:
+    def slots_wanted(self, record_sizes: Sequence[int], fps: Sequence[int]) -> tuple[int, int]:
         """The whole slots these records take, and the splits their entries must have:
         what a refusal says is missing."""
         data, _, must = self._slots_wanted(record_sizes, fps)

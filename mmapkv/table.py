@@ -23,7 +23,8 @@ The table is derived from the records: after a crash the engine rebuilds it, who
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 
 from .format import (
     FINGERPRINT_SHIFT,
@@ -340,25 +341,28 @@ class Table:
         segment: int = self.dir[fp & self.dmask]
         return segment if self.slots.used(segment) < SPLIT_AT else -1
 
-    def needs(self, fps: list[int]) -> tuple[int, int]:
+    def needs(self, fps: Sequence[int]) -> tuple[int, int]:
         """Slots that adding entries for *fps* would want for splits, and the slots it
         must have: the splits without which some segment would pass ``SEGMENT_FULL``,
         counted on the fingerprints themselves (``_forced_splits``).  Counting each
         split as 512 entries of room asked a fresh table for N/512 slots where N/700 do,
         so a full store's keys did not fit a new file of its own ceiling (``compact``)."""
-        adds: dict[int, list[int]] = {}
-        for fp in fps:
-            adds.setdefault(self.dir[fp & self.dmask], []).append(fp)
+        # Counted per segment, the fingerprints kept only for a segment that passes
+        # SEGMENT_FULL, in arrays: a compact's million keys all go to one segment of an
+        # empty table, and lists of them were most of its memory (63 bytes a key)
+        directory, dmask = self.dir, self.dmask
+        adds = Counter(directory[fp & dmask] for fp in fps)
         want = must = 0
         half = SPLIT_AT // 2
         for segment, new in adds.items():
-            total = self.slots.used(segment) + len(new)
+            total = self.slots.used(segment) + new
             if total > SPLIT_AT:
                 want += -(-total // half) - 1
             if total > SEGMENT_FULL:
                 base = self.base(segment)
-                held = [e >> FINGERPRINT_SHIFT for e in self.q[base:base + SEGMENT_ENTRIES].tolist() if e]
-                must += _forced_splits(held + new, self.slots.info(segment)[1], self.max_depth)
+                group = array("Q", [e >> FINGERPRINT_SHIFT for e in self.q[base:base + SEGMENT_ENTRIES].tolist() if e])
+                group.extend(fp for fp in fps if directory[fp & dmask] == segment)
+                must += _forced_splits(group, self.slots.info(segment)[1], self.max_depth)
         return want, must
 
 
@@ -368,7 +372,7 @@ def _home_first(entry: int) -> int:
     return ((entry >> HOME_OF_ENTRY) & SEGMENT_MASK) << 64 | entry
 
 
-def _forced_splits(fps: list[int], depth: int, max_depth: int) -> int:
+def _forced_splits(fps: array[int], depth: int, max_depth: int) -> int:
     """How many splits a segment of local *depth* holding entries of these fingerprints
     must have so that none passes ``SEGMENT_FULL``, splitting only where it must (a split
     shares a segment's entries by the fingerprint bit after its depth); a count no file
@@ -382,11 +386,11 @@ def _forced_splits(fps: list[int], depth: int, max_depth: int) -> int:
         halves = []
         for group in crowded:
             splits += 1
-            ones = [fp for fp in group if fp & bit]
+            ones = array("Q", (fp for fp in group if fp & bit))
             if len(ones) > SEGMENT_FULL:
                 halves.append(ones)
             if len(group) - len(ones) > SEGMENT_FULL:
-                halves.append([fp for fp in group if not fp & bit])
+                halves.append(array("Q", (fp for fp in group if not fp & bit)))
         crowded = halves
         depth += 1
     return splits

@@ -938,3 +938,29 @@ def test_a_directory_that_cannot_be_synced_after_a_compact(
         monkeypatch.undo()
         assert dict(store.items()) == {f"k{i}": {"i": i} for i in range(20)}
         assert store.verify() == []
+
+
+@pytest.mark.parametrize("first_copy", ["before the others", "after the others"])
+def test_compact_keeps_the_newer_of_two_copies_the_table_does_not_both_name(tmp_path: Any, first_copy: str) -> None:
+    """``compact`` keeps a key's record by the table, which names one per key; a second
+    LIVE copy the table does not name (only damage leaves one) sends the choice to a dict
+    of every key, which keeps the newer copy: the named one where the other is older, the
+    other where it is newer, whichever the walk met first."""
+    path = str(tmp_path / "s.mmapkv")
+    with mmapkv.Store(path) as store:
+        for i in range(100):
+            store.create(f"k{i}", {"n": i})  # sequence numbers 1 to 100, in order
+        if first_copy == "before the others":
+            store.delete("k0")  # a free sub-slot there: the walk meets a copy before any key
+        engine = store._engine
+        assert engine is not None
+        # the first copy the walk meets is the one that wins
+        newer = engine.write_record(b"k7", b'{"n":-7}', 0, 0.0, seq=engine.next_seq + 1_000)
+        older = engine.write_record(b"k5", b'{"n":-5}', 0, 0.0, seq=1)  # older than k5's
+        engine.write_record(b"k9", b'{"n":-9}', 0, 0.0, seq=1)
+        named = engine.record_offset(engine.find(b"k7", engine.fingerprint(b"k7")))
+        assert (newer < named) == (first_copy == "before the others") and newer < older
+        transfer.compact(store)
+        start = 1 if first_copy == "before the others" else 0
+        assert {key: store[key] for key in store} == {f"k{i}": {"n": -7 if i == 7 else i} for i in range(start, 100)}
+        assert store.verify() == []
