@@ -288,6 +288,11 @@ def append_key(keys: list[str], key: bytes) -> int:
 class Engine:
     """One open store file.  Not thread-safe on its own: ``Store`` holds a lock around it."""
 
+    #: recovery builds its table whole (``Table.partition``), 8 bytes of memory a record
+    #: while it runs, for a file whose record slots hold at most this many records (32 MiB);
+    #: past it, entry by entry as it finds them, with no memory of them but 2.6 times slower
+    whole_table_limit = 1 << 22
+
     # Counters: exact while open; written to the superblock by a clean close.
     file_size: int
     slot_count: int
@@ -1643,8 +1648,18 @@ class Engine:
         """``recover``'s pass over the record slots: keep the good records, index them in a
         new table, free the rest.  Returns each slot's bitmap of kept records, the live and
         TTL counts, the next expiry and the highest sequence number kept."""
-        mm, view, seed, slots_offset = self._mm, self._view, self.seed, self._slots_offset
-        entries = array("Q")  # each kept record's table entry, indexed after the pass
+        mm, view, seed, slots_offset, table = self._mm, self._view, self.seed, self._slots_offset, self.table
+        # Each kept record's table entry, dealt by fingerprint into buckets (8 bytes a
+        # record) and indexed after the pass (_index); or, where the file could hold more
+        # records than whole_table_limit, inserted as found, with no memory of them
+        capacity = sum(PER_SLOT[kinds[slot] - 1] for slot in record_slots)
+        buckets: list[array[int]] | None = None
+        if capacity <= self.whole_table_limit:
+            buckets = table.buckets(capacity)
+        else:
+            table.segment_count = 0
+            table.new()
+        mask = len(buckets) - 1 if buckets is not None else 0
         bits: dict[int, int] = {}
         live = ttl = 0
         next_expiry = math.inf
@@ -1674,9 +1689,29 @@ class Engine:
                     continue
                 if state == STATE_PENDING:
                     mm[off:off + 4] = _LIVE
-                # _entry(fingerprint(key), off), inline: this loop is recovery's time
-                entries.append(xxh3_64_intdigest(key, seed) >> FINGERPRINT_SHIFT << FINGERPRINT_SHIFT |
-                               ((off - slots_offset) // UNIT + 1))
+                fp = xxh3_64_intdigest(key, seed) >> FINGERPRINT_SHIFT  # fingerprint(), inline
+                if buckets is not None:
+                    buckets[fp & mask].append(fp << FINGERPRINT_SHIFT | ((off - slots_offset) // UNIT + 1))
+                else:
+                    position = self.find(key, fp)
+                    if position >= 0:  # the same key twice: keep the newer write
+                        other = self.record_offset(position)
+                        other_seq, other_expires = RECORD_HEADER.unpack_from(mm, other)[3:5]
+                        if other_seq > seq:
+                            mm[off:off + 16] = _FREED
+                            continue
+                        mm[other:other + 16] = _FREED
+                        other_slot, within = divmod(other - slots_offset, SLOT_SIZE)
+                        other_bit = 1 << (within // CLASS_SIZES[kinds[other_slot] - 1])
+                        if other_slot == slot:
+                            kept &= ~other_bit
+                        else:
+                            bits[other_slot] &= ~other_bit
+                        live -= 1
+                        ttl -= bool(other_expires)
+                        self._q[position] = self._entry(fp, off)
+                    else:
+                        table.insert(fp, self._entry(fp, off))
                 kept |= 1 << index
                 live += 1
                 if expires:
@@ -1685,19 +1720,21 @@ class Engine:
                 if seq > top_seq:
                     top_seq = seq
             bits[slot] = kept
-        dropped, dropped_ttl = self._index(entries, bits, kinds)
+        if buckets is None:
+            return bits, live, ttl, next_expiry, top_seq
+        dropped, dropped_ttl = self._index(buckets, bits, kinds)
         return bits, live - dropped, ttl - dropped_ttl, next_expiry, top_seq
 
-    def _index(self, entries: array[int], bits: dict[int, int], kinds: bytearray) -> tuple[int, int]:
-        """Build recovery's table of *entries*, dropping the older copy of any key kept
-        twice (a crash inside an overwrite leaves both LIVE), from *bits* too; returns how
-        many were dropped and how many of those had a TTL.  Built whole (``Table.build``)
-        when the free slots hold every segment that wants one, the common case; else (a
-        store at its ceiling) by inserts in slot order, splitting only where it must, so
-        that the records fit the slots as the old table held them."""
+    def _index(self, buckets: list[array[int]], bits: dict[int, int], kinds: bytearray) -> tuple[int, int]:
+        """Build recovery's table of the entries in *buckets* (``Table.buckets``'), dropping
+        the older copy of any key kept twice (a crash inside an overwrite leaves both LIVE),
+        from *bits* too; returns how many were dropped and how many of those had a TTL.
+        Built whole (``Table.build``) when the free slots hold every segment that wants
+        one, the common case; else (a store at its ceiling) by inserts in slot order,
+        splitting only where it must, so that the records fit the slots as the old table
+        held them."""
         table = self.table
-        groups = table.partition(entries, len(entries))
-        del entries
+        groups = table.partition(buckets)
         dropped = dropped_ttl = 0
         for n, (prefix, depth, group) in enumerate(groups):
             if len({entry >> FINGERPRINT_SHIFT for entry in group}) < len(group):

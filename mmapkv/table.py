@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from .format import (
     FINGERPRINT_SHIFT,
@@ -254,22 +254,23 @@ class Table:
                 entry = next(e for e in self.q[base:base + SEGMENT_ENTRIES].tolist() if e)
                 self.split(segment, entry >> FINGERPRINT_SHIFT)
 
-    def partition(self, entries: Iterable[int], count: int) -> list[tuple[int, int, array[int]]]:
-        """The segments of a table holding *entries* (about *count* of them), as
-        ``(directory prefix, local depth, entries)``: every one holding ``SPLIT_AT`` or more
-        split while fingerprint bits remain, which is what inserting them one at a time and
-        then ``split_crowded`` give with slots enough.  Recovery builds its table from this
-        (``build``) rather than by inserts: those moved each entry once more at every level
-        it split, 1.06 million ``place`` calls for 300,000 keys.
+    def buckets(self, count: int) -> list[array[int]]:
+        """Empty buckets for about *count* entries, to be dealt in by the low bits of their
+        fingerprints (``len(buckets) - 1`` masks them) for ``partition``: about
+        ``SPLIT_AT // 2`` entries each, at most 4,096 of them."""
+        return [array("Q") for _ in range(1 << min(self.max_depth, 12, (count // SPLIT_AT).bit_length()))]
 
-        The entries are dealt by the low bits of their fingerprints into buckets of about
-        ``SPLIT_AT // 2``, each of which is split further or merged back with its
-        neighbours as its counts say.  O(entries + buckets), 8 bytes an entry meanwhile."""
-        bits = min(self.max_depth, (count // SPLIT_AT).bit_length())
-        mask = (1 << bits) - 1
-        buckets = [array("Q") for _ in range(1 << bits)]
-        for entry in entries:
-            buckets[(entry >> FINGERPRINT_SHIFT) & mask].append(entry)
+    def partition(self, buckets: list[array[int]]) -> list[tuple[int, int, array[int]]]:
+        """The segments of a table holding the entries of *buckets* (``buckets``', filled),
+        as ``(directory prefix, local depth, entries)``: every one holding ``SPLIT_AT`` or
+        more split while fingerprint bits remain, which is what inserting them one at a
+        time and then ``split_crowded`` give with slots enough.  Recovery builds its table
+        from this (``build``) rather than by inserts: those moved each entry once more at
+        every level it split, 1.06 million ``place`` calls for 300,000 keys.
+
+        A bucket is split further, or merged back with its neighbours, as the counts say.
+        O(entries + buckets)."""
+        bits = len(buckets).bit_length() - 1
         sizes = [len(bucket) for bucket in buckets]
         groups: list[tuple[int, int, array[int]]] = []
         # A stack, not nested recursive functions: those are a reference cycle that kept
@@ -278,8 +279,8 @@ class Table:
         while todo:
             prefix, depth, group = todo.pop()
             if group is None:
-                if depth == bits:
-                    group = buckets[prefix]
+                if depth == bits:  # (taken out: its halves, once split, are all that is kept)
+                    group, buckets[prefix] = buckets[prefix], array("Q")
                 elif sum(sizes[prefix::1 << depth]) >= SPLIT_AT:
                     todo += [(prefix | 1 << depth, depth + 1, None), (prefix, depth + 1, None)]
                     continue

@@ -140,13 +140,17 @@ def test_ctrl_c_inside_batch_create_leaves_all_or_nothing(tmp_path: Any, where: 
         assert contents(again) == seen_now and again.verify() == []
 
 
-def test_recovery_keeps_the_newer_copy_of_every_key_a_batch_replaced(tmp_path: Any,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("table", ["built whole", "inserted as found"])
+def test_recovery_keeps_the_newer_copy_of_every_key_a_batch_replaced(tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+                                                                     table: str) -> None:
     """A crash inside ``update``'s commit, after its commit word and before the replaced
     records are freed, leaves every key it replaces stored twice, the copies in several
     table segments, the newer below the older where deletes left room.  Recovery keeps
     each key's newer copy and counts only those (verify() checks the counters: a dropped
-    copy's TTL)."""
+    copy's TTL); whether it builds its table whole or, in a file that could hold more
+    records than ``whole_table_limit``, inserts each entry as it finds it."""
+    if table == "inserted as found":
+        monkeypatch.setattr(eng.Engine, "whole_table_limit", 0)
     path = os.path.join(tmp_path, "s.mmapkv")
     clock = FakeClock()
     store = mmapkv.Store(path, clock=clock)

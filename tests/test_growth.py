@@ -945,7 +945,12 @@ def test_recovery_builds_the_table_inserts_and_splits_would(tmp_path: Any, monke
         built.append(_table_shape(engine))
     assert answers == [True, False]  # built whole, then by inserts
     assert splits[True] == 0 and splits[False] >= 3  # partition left split_crowded nothing to do
-    assert built[0] == built[1] and len(built[0]) >= 4
+    monkeypatch.setattr(engine_module.Engine, "whole_table_limit", 0)  # inserted as found
+    engine.changes += 1
+    assert len(store) == keys and store.verify() == []
+    built.append(_table_shape(engine))
+    assert answers == [True, False]  # no build asked for
+    assert built[0] == built[1] == built[2] and len(built[0]) >= 4
     assert all(used < split_at for _, used in built[0])
     assert store.read(names[7]) == {"n": 7}
     store.close()
