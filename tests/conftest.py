@@ -135,6 +135,14 @@ def slot_of(store: mmapkv.Store, key: str) -> int:
     return engine.slot_of(engine.record_offset(engine.find(kb, engine.fingerprint(kb))))
 
 
+def table_shape(engine: Any) -> list[tuple[int, int]]:
+    """(local depth, entries) of the segment each directory entry names, in order: what
+    two ways of building a store's table must agree on."""
+    table = engine.table
+    return [(engine.slots.info(segment)[1], engine.slots.used(segment))
+            for segment in table.dir[:1 << table.depth].tolist()]
+
+
 def where(store: Any) -> str:
     """What a store's messages name it by: its file, or its server."""
     return store.path if isinstance(store, mmapkv.Store) else str(store.url)

@@ -30,7 +30,7 @@ from mmapkv.cli import EXIT_INTERRUPTED
 from mmapkv.cli import main as cli_main
 from mmapkv.format import STATE_LIVE, Geometry
 
-from conftest import FakeClock
+from conftest import FakeClock, table_shape
 from fault_child import write_report
 from interrupts import interrupt_at
 
@@ -140,17 +140,15 @@ def test_ctrl_c_inside_batch_create_leaves_all_or_nothing(tmp_path: Any, where: 
         assert contents(again) == seen_now and again.verify() == []
 
 
-@pytest.mark.parametrize("table", ["built whole", "inserted as found"])
-def test_recovery_keeps_the_newer_copy_of_every_key_a_batch_replaced(tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
-                                                                     table: str) -> None:
+def test_recovery_keeps_the_newer_copy_of_every_key_a_batch_replaced(tmp_path: Any,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash inside ``update``'s commit, after its commit word and before the replaced
     records are freed, leaves every key it replaces stored twice, the copies in several
     table segments, the newer below the older where deletes left room.  Recovery keeps
     each key's newer copy and counts only those (verify() checks the counters: a dropped
-    copy's TTL); whether it builds its table whole or, in a file that could hold more
-    records than ``whole_table_limit``, inserts each entry as it finds it."""
-    if table == "inserted as found":
-        monkeypatch.setattr(eng.Engine, "whole_table_limit", 0)
+    copy's TTL), and builds the table inserts would: the whole build once counted both
+    copies and split segments that inserts do not (a review), and the same recovery
+    inserting each entry as it finds it (past ``whole_table_limit``) is the reference."""
     path = os.path.join(tmp_path, "s.mmapkv")
     clock = FakeClock()
     store = mmapkv.Store(path, clock=clock)
@@ -168,16 +166,22 @@ def test_recovery_keeps_the_newer_copy_of_every_key_a_batch_replaced(tmp_path: A
     still_live = sum(engine._mm[off:off + 4] == STATE_LIVE.to_bytes(4, "little") for off in olds)
     assert still_live == len(replaced) - 1
     image = crash(store, path + ".crash")
-    with mmapkv.Store(image, clock=clock) as again:
-        assert again.verify() == []
-        kept = {f"k{i}": ({"v": 1} if i % 3 == 1 else {"v": 0}, None if i % 3 == 1 or i % 2 == 0 else 1000)
-                for i in range(3000) if i % 3}
-        assert {key: (again[key], again.ttl(key)) for key in again} == kept
-        assert again.stats().keys_with_ttl == sum(ttl is not None for _, ttl in kept.values())
-        found = again._engine
-        assert found is not None
-        news = [found.record_offset(found.find(key.encode(), found.fingerprint(key.encode()))) for key in replaced]
-        assert {new < old for new, old in zip(news, olds)} == {True, False}  # newer below and above
+    kept = {f"k{i}": ({"v": 1} if i % 3 == 1 else {"v": 0}, None if i % 3 == 1 or i % 2 == 0 else 1000)
+            for i in range(3000) if i % 3}
+    shapes = []
+    for limit in (eng.Engine.whole_table_limit, 0):  # built whole, then inserted as found
+        monkeypatch.setattr(eng.Engine, "whole_table_limit", limit)
+        shutil.copyfile(image, image + ".copy")
+        with mmapkv.Store(image + ".copy", clock=clock) as again:
+            assert again.verify() == []
+            assert {key: (again[key], again.ttl(key)) for key in again} == kept
+            assert again.stats().keys_with_ttl == sum(ttl is not None for _, ttl in kept.values())
+            found = again._engine
+            assert found is not None
+            news = [found.record_offset(found.find(key.encode(), found.fingerprint(key.encode()))) for key in replaced]
+            assert {new < old for new, old in zip(news, olds)} == {True, False}  # newer below and above
+            shapes.append(table_shape(found))
+    assert shapes[0] == shapes[1]
 
 
 def test_ctrl_c_inside_create_never_comes_back(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mmapkv
-from conftest import FakeClock, slot_of
+from conftest import FakeClock, slot_of, table_shape
 from mmapkv import InvalidArgumentError, StoreFullError, codec, transfer
 from mmapkv import engine as engine_module
 from mmapkv import table as table_module
@@ -854,13 +854,6 @@ def test_recovery_of_a_full_store_splits_only_where_it_must_first(tmp_path: Any,
         assert {key: again.read(key) for key in made} == made
 
 
-def _table_shape(engine: engine_module.Engine) -> list[tuple[int, int]]:
-    """(local depth, entries) of the segment each directory entry names, in order."""
-    table = engine.table
-    return [(engine.slots.info(segment)[1], engine.slots.used(segment))
-            for segment in table.dir[:1 << table.depth].tolist()]
-
-
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.one_of(st.integers(0, 2047), st.integers(2020, 2047), st.integers(0, 20)),
                 max_size=table_module.SEGMENT_FULL - 1))
@@ -942,13 +935,13 @@ def test_recovery_builds_the_table_inserts_and_splits_would(tmp_path: Any, monke
         monkeypatch.setattr(table_module.Table, "build", lambda table, groups: build(table, groups, whole))
         engine.changes += 1  # an interrupted change: the next call repairs, as an open after a crash
         assert len(store) == keys and store.verify() == []
-        built.append(_table_shape(engine))
+        built.append(table_shape(engine))
     assert answers == [True, False]  # built whole, then by inserts
     assert splits[True] == 0 and splits[False] >= 3  # partition left split_crowded nothing to do
     monkeypatch.setattr(engine_module.Engine, "whole_table_limit", 0)  # inserted as found
     engine.changes += 1
     assert len(store) == keys and store.verify() == []
-    built.append(_table_shape(engine))
+    built.append(table_shape(engine))
     assert answers == [True, False]  # no build asked for
     assert built[0] == built[1] == built[2] and len(built[0]) >= 4
     assert all(used < split_at for _, used in built[0])
