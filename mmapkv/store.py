@@ -522,6 +522,8 @@ class Store(MutableMapping[str, dict[str, Any]]):
                     return answer(engine)
                 whole = passes >= 2
                 with engine.change():
+                    if whole:  # from the first slot: a write's step may have left the cursor past some
+                        engine._sweep_from = 0
                     passes += engine.sweep(now, None if whole else engine.sweep_step)
                 if whole:
                     return answer(engine)

@@ -1091,6 +1091,47 @@ def test_len_ends_while_another_thread_writes_keys_already_expired(store_path: s
         assert store.verify() == []
 
 
+def test_len_s_last_sweep_starts_at_the_first_slot(store_path: str, clock: FakeClock, monkeypatch: Any) -> None:
+    """After two whole passes len() sweeps the rest in one hold, from the first slot: a
+    write's own sweep step between len()'s steps may leave the cursor past records
+    already expired by len()'s time, and len() counted them (a review)."""
+    monkeypatch.setattr(Engine, "sweep_step", 100)
+    with mmapkv.Store(store_path, clock=clock) as store:
+        engine = store._engine
+        assert engine is not None
+        store.batch_create({f"t{i}": {} for i in range(1000)}, ttl=10)
+        store.create("kept", {})
+        clock.advance(10)
+        passes = written = 0
+        behind: list[tuple[int, int]] = []
+        real_sweep = Engine.sweep
+
+        def counting(self: Engine, now: float, limit: int | None = None) -> bool:
+            nonlocal passes
+            done = real_sweep(self, now, limit)
+            passes += done
+            return done
+
+        def meanwhile(_: float) -> None:  # another thread, its clock behind len()'s
+            nonlocal written
+            now = clock.now
+            clock.now = now - 20
+            written += 1
+            store.create(f"early{written}", {}, ttl=1)  # already expired: len() goes round again
+            if passes >= 2 and not behind:
+                with engine.change():  # a write's step at a ceiling: the cursor stops mid-file
+                    real_sweep(engine, now, 1)
+                store.create("early-b", {}, ttl=1)
+                behind.append((slot_of(store, "early-b"), engine._sweep_from))
+            clock.now = now
+
+        monkeypatch.setattr(Engine, "sweep", counting)
+        monkeypatch.setattr(mmapkv.store, "time", SimpleNamespace(sleep=meanwhile))
+        assert len(store) == 1
+        assert behind and behind[0][0] < behind[0][1]  # early-b was behind the cursor
+        assert engine.live_count == 1 and store.verify() == []
+
+
 def test_a_write_sweeps_only_until_it_has_room(store_path: str, clock: FakeClock, monkeypatch: Any) -> None:
     """A write at the ceiling reclaims expired keys a step at a time and stops as soon as
     its record fits (it swept all of them, in one call, however many: 1.9 s for 63,000 in
