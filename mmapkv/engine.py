@@ -1391,7 +1391,10 @@ class Engine:
         if visited == self.live_count:
             return  # every LIVE record was met: the table can point at no other
         info, first, high_water = self.slots.info, self._slots_offset, self.slots.high_water
+        yielded: set[int] = set()  # two (damaged) entries of one record: it is one record
         for off in self._entry_offsets(self.table.segments()):
+            if off in yielded:
+                continue
             slot, within = divmod(off - first, SLOT_SIZE)
             if slot < high_water:
                 kind, _, _, _, _, bitmap = info(slot)
@@ -1400,6 +1403,7 @@ class Engine:
                     sub, rest = divmod(within, CLASS_SIZES[cls])
                     if not rest and sub < PER_SLOT[cls] and int.from_bytes(bitmap, "little") >> sub & 1:
                         continue  # iter_records reads it
+            yielded.add(off)
             yield off
 
     def _entry_offsets(self, segments: Iterable[int]) -> Iterator[int]:
