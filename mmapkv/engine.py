@@ -891,7 +891,7 @@ class Engine:
     def _slots_wanted(self, record_sizes: Sequence[int], fps: Sequence[int]) -> tuple[int, int, int]:
         """Whole slots these records take, and the splits their entries want and must
         have (see ``room_for``)."""
-        data = self.slots.slots_needed(Counter(class_for(size) for size in record_sizes))
+        data = self.slots.slots_needed(Counter(map(class_for, record_sizes)))
         want, must = self.table.needs(fps)
         return data, max(want, must), must  # want is an estimate; it never falls below must
 

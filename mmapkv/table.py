@@ -25,6 +25,7 @@ from __future__ import annotations
 from array import array
 from collections import Counter
 from collections.abc import Sequence
+from itertools import compress
 
 from .format import (
     FINGERPRINT_SHIFT,
@@ -352,7 +353,7 @@ class Table:
         # SEGMENT_FULL, in arrays: a compact's million keys all go to one segment of an
         # empty table, and lists of them were most of its memory (63 bytes a key)
         directory, dmask = self.dir, self.dmask
-        adds = Counter(directory[fp & dmask] for fp in fps)
+        adds = Counter(map(directory.__getitem__, map(dmask.__and__, fps)))  # (C loops, no frame)
         want = must = 0
         half = SPLIT_AT // 2
         for segment, new in adds.items():
@@ -362,7 +363,7 @@ class Table:
             if total > SEGMENT_FULL:
                 base = self.base(segment)
                 group = array("Q", [e >> FINGERPRINT_SHIFT for e in self.q[base:base + SEGMENT_ENTRIES].tolist() if e])
-                group.extend(fp for fp in fps if directory[fp & dmask] == segment)
+                group.extend(compress(fps, map(segment.__eq__, map(directory.__getitem__, map(dmask.__and__, fps)))))
                 must += _forced_splits(group, self.slots.info(segment)[1], self.max_depth)
         return want, must
 
@@ -377,21 +378,33 @@ def _forced_splits(fps: array[int], depth: int, max_depth: int) -> int:
     """How many splits a segment of local *depth* holding entries of these fingerprints
     must have so that none passes ``SEGMENT_FULL``, splitting only where it must (a split
     shares a segment's entries by the fingerprint bit after its depth); a count no file
-    has room for if the bits run out (``max_depth``).  O(len(fps)) per level."""
+    has room for if the bits run out (``max_depth``).
+
+    Every run of the fingerprint order (a prefix of the low bits) holding more than
+    ``SEGMENT_FULL`` of them splits once.  So this counts the fingerprints by their low
+    bits once, in C, at a level deep enough that no run there is crowded, and adds the
+    counts up a level at a time to find the crowded runs above.  (Splitting arrays in
+    generator frames a level at a time took 0.45 s of a 200,000-key ``update``.)
+    O(len(fps)), plus O(runs) per level."""
+    if len(fps) <= SEGMENT_FULL:
+        return 0
+    if depth >= max_depth:
+        return 1 << 40
+    level = min(max_depth, depth + (len(fps) // SEGMENT_FULL).bit_length() + 1)
+    while True:
+        counts = Counter(map(((1 << level) - 1).__and__, fps))
+        if level >= max_depth or max(counts.values()) <= SEGMENT_FULL:
+            break
+        level += 1  # a run still crowded here (uneven fingerprints): count deeper
+    if max(counts.values()) > SEGMENT_FULL:
+        return 1 << 40  # a run crowded with every bit used: it cannot split
     splits = 0
-    crowded = [fps] if len(fps) > SEGMENT_FULL else []
-    while crowded:
-        if depth >= max_depth:
-            return 1 << 40
-        bit = 1 << depth
-        halves = []
-        for group in crowded:
-            splits += 1
-            ones = array("Q", (fp for fp in group if fp & bit))
-            if len(ones) > SEGMENT_FULL:
-                halves.append(ones)
-            if len(group) - len(ones) > SEGMENT_FULL:
-                halves.append(array("Q", (fp for fp in group if not fp & bit)))
-        crowded = halves
-        depth += 1
+    while level > depth:
+        level -= 1
+        mask = (1 << level) - 1
+        above: Counter[int] = Counter()
+        for run, count in counts.items():
+            above[run & mask] += count
+        counts = above
+        splits += sum(count > SEGMENT_FULL for count in counts.values())
     return splits

@@ -751,6 +751,39 @@ def test_a_batch_at_the_ceiling_keeps_the_slot_a_segment_must_have(tmp_path: Any
     store.close()
 
 
+def _splits_by_halving(fps: list[int], depth: int, max_depth: int, full: int) -> int:
+    """The model: split every group over *full* by the next bit, a level at a time."""
+    splits, crowded = 0, [fps] if len(fps) > full else []
+    while crowded:
+        if depth >= max_depth:
+            return 1 << 40
+        bit, halves = 1 << depth, []
+        for group in crowded:
+            splits += 1
+            halves += [half for half in ([fp for fp in group if fp & bit], [fp for fp in group if not fp & bit])
+                       if len(half) > full]
+        crowded = halves
+        depth += 1
+    return splits
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, (1 << 39) - 1), max_size=200), st.integers(0, 6), st.integers(0, 10),
+       st.integers(1, 6), st.integers(0, 4))
+def test_forced_splits_counts_the_runs_a_halving_would_split(
+        fps: list[int], shared_bits: int, max_depth: int, full: int, depth: int) -> None:
+    """``_forced_splits`` (counted a level at a time in C) gives the count that splitting
+    each crowded group in two by the next bit gives, including "no bits left" (a small
+    ``SEGMENT_FULL``, and fingerprints sharing low bits, so that splits go deep)."""
+    # A segment of local depth d holds fingerprints alike in their low d bits; more bits
+    # alike make deep runs
+    fps = [fp & ~((1 << max(shared_bits, depth)) - 1) for fp in fps]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(table_module, "SEGMENT_FULL", full)
+        got = table_module._forced_splits(array.array("Q", fps), depth, max_depth)
+    assert got == _splits_by_halving(fps, depth, max_depth, full)
+
+
 def test_a_split_by_choice_leaves_the_slots_a_forced_one_needs(tmp_path: Any,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """``Table.insert`` splits a segment past SPLIT_AT by choice only while more slots are
