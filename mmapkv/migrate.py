@@ -66,9 +66,11 @@ class Copy:
 
     @property
     def keys(self) -> list[str]:
-        """The source's keys, listed once (``SCAN`` for Redis)."""
+        """The source's keys, listed once (``SCAN`` for Redis), in key order: a copy, its
+        refusal and its chunks come out the same whatever order the source lists them in
+        (a table's, by hash, differs with each file's seed; ``SCAN``'s with the server)."""
         if self._keys is None:
-            self._keys = self.source.keys()
+            self._keys = sorted(self.source.keys())
         return self._keys
 
     @property
