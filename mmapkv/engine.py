@@ -243,36 +243,42 @@ def _reversed(value: int, bits: int) -> int:
     return int(f"{value & ((1 << bits) - 1):0{bits}b}"[::-1], 2)
 
 
-def _segment_keys(engine: Engine, segment: int, now: float, after: int) -> tuple[list[str], int]:
+def _segment_keys(engine: Engine, segment: int, now: float, after: int) -> tuple[list[str], int, int]:
     """``Engine.scan``'s loop over one segment: its intact, unexpired keys whose place in
-    the order is at *after* or later, and the number of damaged entries met.  An entry is
-    damaged when its record is not LIVE, fails its checksum, or holds a key whose
-    fingerprint is not the entry's (a damaged key byte): what ``read`` could not read.  An
-    expired entry is checked too: a damaged expiry must not hide a damaged record."""
-    table, mm, seed = engine.table, engine._mm, engine.seed
+    the order is at *after* or later, the number of damaged entries met, and the number of
+    entries met.  An entry is damaged when its record is not LIVE, fails its checksum, or
+    holds a key whose fingerprint is not the entry's (a damaged key byte): what ``read``
+    could not read.  An expired entry is checked too: a damaged expiry must not hide a
+    damaged record.  (``is_intact`` and ``append_key``, inline: ``keys()`` of a million
+    keys runs this a million times.)"""
+    table, mm, view, seed = engine.table, engine._mm, engine._view, engine.seed
     bits, slots_offset = table.max_depth, engine._slots_offset
     base = table.base(segment)
     keys: list[str] = []
-    damaged = 0
-    for entry in table.q[base:base + SEGMENT_ENTRIES].tolist():
-        if not entry:
-            continue
+    damaged = met = 0
+    for entry in filter(None, table.q[base:base + SEGMENT_ENTRIES].tolist()):  # C skips the empties
         fp = entry >> FINGERPRINT_SHIFT
         if after and _reversed(fp, bits) < after:
             continue  # listed by an earlier step, when the table was split finer
+        met += 1
         off = slots_offset + ((entry & UNIT_MASK) - 1) * UNIT
         try:
-            state, _, _, _, expires, _, klen, _ = _unpack_record(mm, off)
+            state, _, checksum, _, expires, vlen, klen, _ = _unpack_record(mm, off)
         except struct.error:  # past the end of the map
             damaged += 1
             continue
-        key = bytes(mm[off + KEY_OFFSET:off + KEY_OFFSET + klen])
-        if state != STATE_LIVE or xxh3_64_intdigest(key, seed) >> FINGERPRINT_SHIFT != fp \
-                or not engine.is_intact(off):
+        start = off + KEY_OFFSET
+        key = mm[start:start + klen]
+        if state != STATE_LIVE or vlen > MAX_VALUE_BYTES or klen > MAX_KEY_BYTES \
+                or xxh3_64_intdigest(key, seed) >> FINGERPRINT_SHIFT != fp \
+                or xxh3_64_intdigest(view[off + BODY_OFFSET:start + klen + vlen], off) != checksum:
             damaged += 1
         elif not expires or now < expires:
-            damaged += append_key(keys, key)
-    return keys, damaged
+            try:
+                keys.append(key.decode())
+            except UnicodeDecodeError:  # only a forged record holds one (append_key)
+                damaged += 1
+    return keys, damaged, met
 
 
 def append_key(keys: list[str], key: bytes) -> int:
@@ -1324,12 +1330,13 @@ class Engine:
 
     # ----------------------------------------------------------------- scans
 
-    def scan(self, cursor: int, now: float) -> tuple[list[str], int, int]:
+    def scan(self, cursor: int, now: float) -> tuple[list[str], int, int, int]:
         """One step of a walk over the keys a table segment at a time, in the order of their
         fingerprints' low ``max_depth`` bits read backwards (Redis's ``SCAN`` order, which
         extendible hashing shares: a segment holds one run of it).  *cursor* is 0 to start.
         Returns the unexpired keys of the segment at *cursor* that no earlier step listed,
-        the next step's cursor (0 after the last) and how many damaged entries it met.
+        the next step's cursor (0 after the last), how many damaged entries it met and how
+        many entries.
 
         A key stored throughout a walk is listed exactly once, whatever changes between the
         steps: a key's place in the order is fixed by its fingerprint (an overwrite keeps
@@ -1353,9 +1360,9 @@ class Engine:
                                "disagrees with the directory", -1)
         span = 1 << (bits - depth)
         start = cursor & -span  # where the segment's run begins: before cursor if it got coarser
-        keys, damaged = _segment_keys(self, segment, now, cursor if cursor != start else 0)
+        keys, damaged, met = _segment_keys(self, segment, now, cursor if cursor != start else 0)
         cursor = start + span
-        return keys, (0 if cursor >> bits else cursor), damaged
+        return keys, (0 if cursor >> bits else cursor), damaged, met
 
     def record_slots(self) -> Iterator[tuple[int, int]]:
         """(slot, class) of every record slot below the high-water mark."""

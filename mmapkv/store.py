@@ -532,9 +532,10 @@ class Store(MutableMapping[str, dict[str, Any]]):
             time.sleep(0)
 
     def keys(self) -> list[str]:  # type: ignore[override]  # a snapshot list, as documented
-        """The unexpired keys, in file order (a snapshot list, built under one hold of the
-        lock; ``for key in store`` streams them instead).  O(slots + bytes of values): each
-        entry's checksum is checked, so ``keys()`` lists what ``read`` can read.
+        """The unexpired keys, in the order iteration meets them (a snapshot list, built
+        under one hold of the lock; ``for key in store`` streams them instead).  O(slots +
+        bytes of values): each entry's checksum is checked, so ``keys()`` lists what
+        ``read`` can read.
 
         :raises CorruptStoreError: entries damaged on disk were found; they are dropped
             (their values are lost), and the next call lists the intact keys.
@@ -572,11 +573,11 @@ class Store(MutableMapping[str, dict[str, Any]]):
             engine = self._use()
             now = self._clock() if engine.ttl_count else 0.0
             try:
-                keys, cursor, damaged = engine.scan(cursor, now)
+                keys, cursor, damaged, _ = engine.scan(cursor, now)
             except DamagedEntry:  # the table itself: rebuilt from the records, no value lost
                 with engine.change():
                     engine.recover()
-                keys, cursor, damaged = engine.scan(cursor, now)
+                keys, cursor, damaged, _ = engine.scan(cursor, now)
             if damaged:
                 raise self._drop_damaged(engine, damaged, "iterate again")
             return keys, cursor
@@ -1173,7 +1174,32 @@ class Store(MutableMapping[str, dict[str, Any]]):
 
 def _readable_keys(engine: Engine, now: float) -> tuple[list[str], int]:
     """The keys ``keys()`` lists (unexpired at *now*, indexed, intact), and the number of
-    damaged entries met."""
+    damaged entries met: by a walk of the table, the order iteration takes; by a walk of
+    the records when that walk meets damage it cannot see past (the directory, or table
+    entries that do not number ``live_count``: one lost or doubled)."""
+    try:
+        keys, damaged, met = _table_keys(engine, now)
+    except DamagedEntry:
+        return _keys_of_records(engine, now)
+    return (keys, damaged) if met == engine.live_count else _keys_of_records(engine, now)
+
+
+def _table_keys(engine: Engine, now: float) -> tuple[list[str], int, int]:
+    """Every step of ``Engine.scan`` at once: the keys, damaged entries and entries."""
+    keys: list[str] = []
+    damaged = met = cursor = 0
+    while True:
+        part, cursor, bad, entries = engine.scan(cursor, now)
+        keys += part
+        damaged += bad
+        met += entries
+        if not cursor:
+            return keys, damaged, met
+
+
+def _keys_of_records(engine: Engine, now: float) -> tuple[list[str], int]:
+    """``_readable_keys`` by a walk of the records, in file order: a LIVE record the table
+    lost is damage (recovery indexes it again), which a walk of the table cannot see."""
     keys: list[str] = []
     damaged = visited = 0
     for off, _, expires, key in engine.iter_records():

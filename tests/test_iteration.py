@@ -243,6 +243,53 @@ def test_a_damaged_entry_met_by_the_walk(tmp_path: Any, many_segments: None) -> 
         assert store.verify() == []
 
 
+
+def test_keys_lists_what_iteration_meets_in_its_order(store: mmapkv.Store, clock: FakeClock) -> None:
+    """``keys()`` walks the table as iteration does (one hold of the lock): the same keys
+    in the same order, as ``dict`` gives, expired ones left out by both."""
+    store.batch_create({f"k{i}": {"i": i} for i in range(300)})
+    store.batch_create({f"t{i}": {"i": i} for i in range(100)}, ttl=10)
+    for i in range(0, 300, 7):
+        store.delete(f"k{i}")
+    clock.advance(10)
+    assert segments(store) > 20
+    listed = store.keys()
+    assert listed == list(iter(store))
+    assert sorted(listed) == sorted(f"k{i}" for i in range(300) if i % 7)
+
+
+@pytest.mark.parametrize("how", ["lost", "doubled"])
+def test_keys_finds_a_record_whose_table_entry_was_lost(tmp_path: Any, many_segments: None, how: str) -> None:
+    """A table entry zeroed on disk, or a key's entry copied over an empty place, leaves
+    the table's entries not numbering the live records: ``keys()`` then walks the records
+    instead.  It finds the key the table lost, reports the damage and, once recovery has
+    indexed its record again, lists it (a walk of the table alone never sees it); and it
+    lists a key whose entry is doubled once (a walk of the table twice)."""
+    path = os.path.join(tmp_path, "s.mmapkv")
+    with mmapkv.Store(path) as store:
+        store.batch_create({f"k{i}": {"i": i} for i in range(200)})
+        engine = store._engine
+        assert engine is not None
+        position = engine.find(b"k7", engine.fingerprint(b"k7"))
+        base = position - (position - engine.table.q0) % table_module.SEGMENT_STRIDE
+        empty = next(base + i for i in range(table_module.SEGMENT_ENTRIES) if not engine._q[base + i])
+        entry = engine._q[position]
+    with open(path, "r+b") as f:
+        if how == "lost":
+            f.seek(position * 8)
+            f.write(bytes(8))
+        else:  # k7's entry in its own place and in an empty one: k7 listed twice by the table
+            f.seek(empty * 8)
+            f.write(struct.pack("<Q", entry))
+    with mmapkv.Store(path) as store:
+        if how == "lost":
+            assert "k7" not in store and "k7" not in list(iter(store))  # what the table says
+            with pytest.raises(mmapkv.CorruptStoreError, match="1 entry"):
+                store.keys()
+        assert sorted(store.keys()) == sorted(f"k{i}" for i in range(200))  # each once
+        assert store.read("k7") == {"i": 7}
+
+
 def test_popitem_empties_a_store_reading_each_segment_about_once(store: mmapkv.Store,
                                                                  scans: list[int]) -> None:
     """``while store: store.popitem()`` goes on from where the last one stopped, rather
