@@ -391,6 +391,10 @@ def _forced_splits(fps: array[int], depth: int, max_depth: int) -> int:
     if depth >= max_depth:
         return 1 << 40
     level = min(max_depth, depth + (len(fps) // SEGMENT_FULL).bit_length() + 1)
+    if depth:  # runs of the bits from *depth* up: a split shares by bit *depth* alone, whatever
+        # the bits below say (a damaged entry's may differ: a review, a full segment then)
+        fps = array("Q", map(depth.__rrshift__, fps))
+        max_depth, level, depth = max_depth - depth, level - depth, 0
     while True:
         counts = Counter(map(((1 << level) - 1).__and__, fps))
         if level >= max_depth or max(counts.values()) <= SEGMENT_FULL:

@@ -767,17 +767,18 @@ def _splits_by_halving(fps: list[int], depth: int, max_depth: int, full: int) ->
     return splits
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(st.lists(st.integers(0, (1 << 39) - 1), max_size=200), st.integers(0, 6), st.integers(0, 10),
-       st.integers(1, 6), st.integers(0, 4))
+       st.integers(1, 6), st.integers(0, 4), st.lists(st.integers(0, (1 << 39) - 1), max_size=3))
 def test_forced_splits_counts_the_runs_a_halving_would_split(
-        fps: list[int], shared_bits: int, max_depth: int, full: int, depth: int) -> None:
-    """``_forced_splits`` (counted a level at a time in C) gives the count that splitting
-    each crowded group in two by the next bit gives, including "no bits left" (a small
-    ``SEGMENT_FULL``, and fingerprints sharing low bits, so that splits go deep)."""
-    # A segment of local depth d holds fingerprints alike in their low d bits; more bits
-    # alike make deep runs
-    fps = [fp & ~((1 << max(shared_bits, depth)) - 1) for fp in fps]
+        fps: list[int], shared_bits: int, max_depth: int, full: int, depth: int, foreign: list[int]) -> None:
+    """``_forced_splits`` (counts of runs, in C) gives the count that splitting each
+    crowded group in two by the next bit gives, including "no bits left" (a small
+    ``SEGMENT_FULL``, and fingerprints sharing low bits, so that splits go deep).  A
+    segment of local depth d holds fingerprints alike in their low d bits, but a damaged
+    entry's may not be (*foreign*): a split goes by bit d alone all the same, and the
+    count must too (a review: counted by every low bit, a full segment raised)."""
+    fps = [fp & ~((1 << max(shared_bits, depth)) - 1) for fp in fps] + foreign
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(table_module, "SEGMENT_FULL", full)
         got = table_module._forced_splits(array.array("Q", fps), depth, max_depth)
