@@ -1358,6 +1358,9 @@ class Engine:
         if not table.depth_agrees(segment, index, depth):
             raise DamagedEntry(f"{self.path}: the depth of the table segment in slot {segment} "
                                "disagrees with the directory", -1)
+        if not table.run_names(segment, index, depth):  # (a review: keys() listed what read lost)
+            raise DamagedEntry(f"{self.path}: a directory entry in the run of the table segment "
+                               f"in slot {segment} names another segment", -1)
         span = 1 << (bits - depth)
         start = cursor & -span  # where the segment's run begins: before cursor if it got coarser
         keys, damaged, met = _segment_keys(self, segment, now, cursor if cursor != start else 0)

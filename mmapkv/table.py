@@ -90,6 +90,14 @@ class Table:
         return not (depth > self.depth or (depth < self.depth and directory[index ^ 1 << depth] != segment)
                     or (depth and directory[index ^ 1 << (depth - 1)] == segment))
 
+    def run_names(self, segment: int, index: int, depth: int) -> bool:
+        """Whether every directory entry of the run of local *depth* that holds *index* names
+        *segment*: a damaged entry elsewhere in the run sends some fingerprints to another
+        segment, which a walk by runs would not notice (``depth_agrees`` looks at two
+        entries).  O(entries of the run)."""
+        run = self.dir[index & ((1 << depth) - 1):1 << self.depth:1 << depth].tolist()
+        return run.count(segment) == len(run)
+
     def segments(self) -> list[int]:
         """Every segment's slot, once each, in directory order."""
         return list(dict.fromkeys(self.dir[:1 << self.depth].tolist()))

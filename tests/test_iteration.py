@@ -290,6 +290,45 @@ def test_keys_finds_a_record_whose_table_entry_was_lost(tmp_path: Any, many_segm
         assert store.read("k7") == {"i": 7}
 
 
+
+@pytest.mark.parametrize("listing", ["keys", "iteration"])
+def test_a_directory_entry_naming_another_segment_is_damage(tmp_path: Any, many_segments: None,
+                                                            listing: str) -> None:
+    """A walk visits a segment at the first directory entry of its run; one damaged entry
+    further in the run sends reads elsewhere.  The walk checks the whole run: ``keys()``
+    then walks the records, and both it and iteration repair the table, so that what they
+    list reads (a review: ``keys()`` listed five keys ``read`` said were not stored)."""
+    path = os.path.join(tmp_path, "s.mmapkv")
+    with mmapkv.Store(path) as store:
+        engine = store._engine
+        assert engine is not None
+        names = (f"k{i}" for i in range(100_000))
+        # fingerprints ending 00 split deep; those ending 1 stay in one segment of depth 1,
+        # and these end 0b0000000101: directory entry 5 leads to them
+        deep, odd = [], []
+        while len(deep) < 120 or len(odd) < 5:
+            name = next(names)
+            fp = engine.fingerprint(name.encode())
+            (deep if fp & 3 == 0 else odd if fp & 1023 == 5 and len(odd) < 5 else []).append(name)
+        store.update({name: {"n": name} for name in deep[:120] + odd})
+        table = engine.table
+        assert engine.slots.info(table.dir[1])[1] == 1 and 3 <= table.depth <= 10
+        at, other = engine.geometry.dir_offset + 2 * 5, table.dir[0]  # entry 0b101: the odd run's
+    with open(path, "r+b") as f:
+        f.seek(at)
+        f.write(struct.pack("<H", other))
+    with mmapkv.Store(path) as store:
+        assert all(store.get(name) is None for name in odd)  # reads go where the entry says
+        if listing == "keys":
+            with pytest.raises(mmapkv.CorruptStoreError):
+                store.keys()
+            listed = store.keys()
+        else:
+            listed = list(iter(store))
+        assert sorted(listed) == sorted(deep[:120] + odd)
+        assert all(store.get(name) == {"n": name} for name in listed) and store.verify() == []
+
+
 def test_popitem_empties_a_store_reading_each_segment_about_once(store: mmapkv.Store,
                                                                  scans: list[int]) -> None:
     """``while store: store.popitem()`` goes on from where the last one stopped, rather
