@@ -396,22 +396,20 @@ def _forced_splits(fps: array[int], depth: int, max_depth: int) -> int:
     O(len(fps)), plus O(runs) per level."""
     if len(fps) <= SEGMENT_FULL:
         return 0
-    if depth >= max_depth:
-        return 1 << 40
-    level = min(max_depth, depth + (len(fps) // SEGMENT_FULL).bit_length() + 1)
     if depth:  # runs of the bits from *depth* up: a split shares by bit *depth* alone, whatever
         # the bits below say (a damaged entry's may differ: a review, a full segment then)
         fps = array("Q", map(depth.__rrshift__, fps))
-        max_depth, level, depth = max_depth - depth, level - depth, 0
+    bits = max(0, max_depth - depth)  # the bits a split may still use
+    level = min(bits, (len(fps) // SEGMENT_FULL).bit_length() + 1)
     while True:
         counts = Counter(map(((1 << level) - 1).__and__, fps))
-        if level >= max_depth or max(counts.values()) <= SEGMENT_FULL:
+        if max(counts.values()) <= SEGMENT_FULL:
             break
+        if level >= bits:
+            return 1 << 40  # a run crowded with every bit used: it cannot split
         level += 1  # a run still crowded here (uneven fingerprints): count deeper
-    if max(counts.values()) > SEGMENT_FULL:
-        return 1 << 40  # a run crowded with every bit used: it cannot split
     splits = 0
-    while level > depth:
+    while level:
         level -= 1
         mask = (1 << level) - 1
         above: Counter[int] = Counter()
