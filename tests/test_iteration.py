@@ -290,7 +290,6 @@ def test_keys_finds_a_record_whose_table_entry_was_lost(tmp_path: Any, many_segm
         assert store.read("k7") == {"i": 7}
 
 
-
 @pytest.mark.parametrize("listing", ["keys", "iteration"])
 def test_a_directory_entry_naming_another_segment_is_damage(tmp_path: Any, many_segments: None,
                                                             listing: str) -> None:
