@@ -214,6 +214,17 @@ def encode_to_keep(value: Any) -> tuple[bytes, int]:
     return bytes(memoryview(data)), flags
 
 
+def _as_checked(obj: Any) -> Any:
+    """*obj* rebuilt of exact ``dict`` and ``list`` from the contents ``_check`` walked, for
+    stdlib ``json``, which writes a ``dict`` subclass by calling its own ``items()`` (that
+    could hide a non-``str`` key or nest without end).  orjson writes the real contents."""
+    if isinstance(obj, dict):
+        return {k: _as_checked(v) for k, v in dict.items(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_as_checked(v) for v in (list.__iter__(obj) if isinstance(obj, list) else tuple.__iter__(obj))]
+    return obj
+
+
 def _where(path: list[Any]) -> str:
     """``['a'][0]['b']`` for the path a ``_Bad`` collected (innermost first), shortened."""
     keys = [f"[{shown(k)}]" for k in reversed(path)]  # a str subclass's repr may say anything
@@ -239,7 +250,7 @@ def _encode_checked(value: Any) -> tuple[bytes, int]:
     if big:
         flags = CODEC_STDLIB
         try:
-            data = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False,
+            data = json.dumps(_as_checked(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False,
                               check_circular=False).encode("utf-8")
         except UnicodeEncodeError as exc:
             raise InvalidValueError(f"value holds a str that is not valid Unicode: {exc}") from None

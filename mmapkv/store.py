@@ -444,8 +444,14 @@ class Store(MutableMapping[str, dict[str, Any]]):
             data, flags, expires = bytes(found[0]), found[1], found[2]
         if expires and self._clock() >= expires:
             return default
+        return self._decoded(key, data, flags)
+
+    def _decoded(self, key: str, data: bytes | memoryview, flags: int) -> dict[str, Any]:
+        """The value stored as *data*; text that passed its checksum yet does not decode
+        (an int longer than this process's ``sys.set_int_max_str_digits`` allows, say) is
+        ``CorruptStoreError``, from every call that returns values, and nothing changes."""
         try:
-            return _loads(data) if not flags else _decode(data, flags)
+            return _loads(data) if not flags else _decode(data, flags)  # type: ignore[no-any-return]
         except ValueError as exc:
             raise CorruptStoreError(f"{self._path}: the value of {str.__repr__(key)} is not JSON: {exc}") from None
 
@@ -972,7 +978,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
                     data, flags, expires, _ = self._live_record(engine, key, kb, fp)
                 except KeyNotFoundError:
                     continue  # deleted or expired since the scan listed it
-                value = _decode(data, flags)  # under the lock: data is a view of the map
+                value = self._decoded(key, data, flags)  # under the lock: data is a view of the map
                 del data  # not kept while suspended: a growth would map the file anew, not resize
             yield key, value, expires or None
 
@@ -996,7 +1002,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
                 if default is _MISSING:
                     raise
                 return default
-            value = _decode(data, flags)
+            value = self._decoded(key, data, flags)  # before the delete: a refusal keeps the key
             with engine.change():
                 engine.remove(engine.find(kb, fp))
             return value
@@ -1052,7 +1058,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
             except KeyNotFoundError:
                 self._put(engine, kb, fp, data, flags, 0.0)
                 return _decode(data, flags)
-            return _decode(stored, stored_flags)
+            return self._decoded(key, stored, stored_flags)
 
     def update(self, other: Any = (), /, **kwargs: dict[str, Any]) -> None:
         """Set many keys at once, overwriting: all of them, or (on any error) none, with

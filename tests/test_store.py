@@ -654,6 +654,29 @@ def test_an_int_past_4300_digits_is_refused_whatever_the_process_allows(make_sto
     assert "n" not in store and len(store) == 0
 
 
+def test_a_value_this_process_cannot_read_is_refused_by_every_call_and_kept(make_store: MakeStore) -> None:
+    """A stored int of 2,000 digits, in a process that lowered its own limit to 1,000
+    (``sys.set_int_max_str_digits``): every call that returns the value raises
+    CorruptStoreError, as ``read`` does, and keeps it (``pop`` and ``popitem`` included,
+    which on Redis take it from the server first)."""
+    store = make_store()
+    number = 10**2000
+    store.create("big", {"n": number}, ttl=1000)
+    old_limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(1000)
+    try:
+        calls: list[Callable[[], object]] = [
+            lambda: store.read("big"), lambda: store.get("big"), lambda: store.pop("big"),
+            lambda: store.pop("big", None), store.popitem, lambda: list(store.items_with_expiry()),
+            lambda: list(store.items()), lambda: list(store.values()), lambda: store.setdefault("big", {"a": 1})]
+        for call in calls:
+            with pytest.raises(CorruptStoreError, match="'big'"):
+                call()
+    finally:
+        sys.set_int_max_str_digits(old_limit)
+    assert store.read("big") == {"n": number} and store.ttl("big") == 1000 and len(store) == 1
+
+
 def test_scalar_types_roundtrip(make_store: MakeStore) -> None:
     """bool stays bool, None stays None, floats keep their value."""
     store = make_store()
@@ -690,6 +713,23 @@ def test_str_subclass_key_and_value(make_store: MakeStore) -> None:
     assert store.read("sub") == {"k": "v"}
     assert "sub" in store
     assert store.verify() == []
+
+
+def test_a_dict_subclass_is_stored_as_what_it_holds_by_either_codec(make_store: MakeStore) -> None:
+    """stdlib ``json``, the codec of a value with an int beyond 64 bits, writes a dict
+    subclass by calling its own ``items()``.  What is stored is the dict's contents, as
+    orjson writes them and the check reads them: an ``items()`` that says otherwise (a
+    non-``str`` key, the dict itself, so nesting without end) changes nothing."""
+
+    class Saying(dict):  # type: ignore[type-arg]
+        def items(self) -> Any:
+            return [(1, "int key"), ("self", self)]
+
+    store = make_store()
+    store.create("small", Saying(n=1))
+    store.create("big", Saying(n=2**70, inner=[Saying(m=2)], t=(Saying(),)))
+    assert store.read("small") == {"n": 1}
+    assert store.read("big") == {"n": 2**70, "inner": [{"m": 2}], "t": [{}]}
 
 
 # --------------------------------------------------------------------- TTL arguments
