@@ -375,6 +375,10 @@ class Engine:
         an interrupt just after the lock kept it open, and the store locked, for the rest
         of the process."""
         path = self.path
+        try:
+            os.fsencode(path)  # else each os call below raises a bare UnicodeEncodeError
+        except UnicodeEncodeError as exc:
+            raise InvalidArgumentError(f"{path!r} cannot name a file: {exc.reason}") from None
         if os.path.isdir(path):
             raise _a_directory(path)
         if os.path.exists(path) and not os.path.isfile(path):  # open() of a FIFO would block

@@ -338,6 +338,8 @@ CONSTRUCTOR_ROWS: list[Any] = [
                  id="path-fspath-empty-str-whose-repr-raises"),
     pytest.param(lambda tmp: {"path": os.path.join(tmp, "a\0b")}, mmapkv.InvalidArgumentError, "NUL",
                  id="path-nul"),
+    pytest.param(lambda tmp: {"path": os.path.join(tmp, "new", "a\ud800b")}, mmapkv.InvalidArgumentError,
+                 "cannot name a file", id="path-lone-surrogate"),
     pytest.param(lambda tmp: {"path": _directory(tmp)}, mmapkv.InvalidArgumentError, "directory",
                  id="path-directory"),
     pytest.param(lambda tmp: {"path": _fifo(tmp)}, mmapkv.InvalidArgumentError, "regular file",
@@ -385,6 +387,7 @@ def test_wrong_constructor_argument(tmp_path: Any, make: Callable[[str], dict[st
     after = {name: open(os.path.join(tmp, name), "rb").read() for name in os.listdir(tmp)
              if os.path.isfile(os.path.join(tmp, name))}
     assert after == before, "a file was created or changed"
+    assert not os.path.exists(os.path.join(tmp, "new")), "a directory was made"
 
 
 def test_second_open_is_locked(file_store: mmapkv.Store) -> None:
