@@ -16,6 +16,7 @@ and there is no lock: any number of threads, processes and machines may share a 
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import importlib
 import math
@@ -86,6 +87,27 @@ return 0
 _PERSIST = """#!lua flags=allow-oom
 if redis.call("EXISTS", KEYS[1]) == 0 then return -1 end
 return redis.call("PERSIST", KEYS[1])
+"""
+
+
+#: pop's read and delete at once (as ``GETDEL``), with the key's PEXPIRETIME, so that a value
+#: this process cannot decode goes back as it was (``_PUT_BACK``) instead of being lost.
+#: allow-oom: it only frees memory.
+_TAKE = """#!lua flags=allow-oom
+local value = redis.call("GET", KEYS[1])
+if not value then return false end
+local expiry = redis.call("PEXPIRETIME", KEYS[1])
+redis.call("DEL", KEYS[1])
+return {value, expiry}
+"""
+
+#: ARGV: what ``_TAKE`` returned.  NX: a value another client stored meanwhile stays.
+#: allow-oom: it takes back no more than ``_TAKE`` freed.
+_PUT_BACK = """#!lua flags=allow-oom
+if tonumber(ARGV[2]) > 0 then
+  return redis.call("SET", KEYS[1], ARGV[1], "NX", "PXAT", ARGV[2])
+end
+return redis.call("SET", KEYS[1], ARGV[1], "NX")
 """
 
 
@@ -179,6 +201,33 @@ def _client_url(client: Any) -> str:
     return f"{scheme}://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
 
 
+def _check_connection(kwargs: dict[str, Any], url: str) -> None:
+    """Refuse the connection settings (a URL's query, or a client's own) with which a
+    ``RedisStore`` could not work exactly, before the first connection: a text encoding
+    other than UTF-8 would garble every value, with no error, and a host name that cannot be
+    looked up or a protocol redis-py lacks are a bad URL, not a server that is down."""
+    encoding = kwargs.get("encoding", "utf-8")
+    try:
+        utf8 = codecs.lookup(encoding).name == "utf-8"
+    except (LookupError, TypeError):
+        utf8 = False
+    if not utf8:
+        raise InvalidArgumentError(f"{url}: the client's encoding is {encoding!r}; mmapkv's keys and "
+                                   "values are UTF-8, so a RedisStore needs encoding='utf-8' (redis-py's default)")
+    if kwargs.get("decode_responses") and kwargs.get("encoding_errors", "strict") != "strict":
+        raise InvalidArgumentError(f"{url}: the client decodes replies with encoding_errors="
+                                   f"{kwargs['encoding_errors']!r}, which would change bytes that are not "
+                                   "UTF-8 instead of reporting them; use 'strict' (the default)")
+    if kwargs.get("protocol") not in (None, 2, 3, "2", "3"):
+        raise InvalidArgumentError(f"{url}: protocol must be 2 or 3, got {kwargs['protocol']!r}")
+    host = kwargs.get("host")
+    if isinstance(host, str):
+        try:
+            host.encode("idna")  # what the connection's getaddrinfo does first
+        except UnicodeError as exc:
+            raise InvalidArgumentError(f"{url}: {host!r} is not a host name ({exc})") from None
+
+
 class RedisStore(MutableMapping[str, dict[str, Any]]):
     """The API of :class:`~mmapkv.Store` on a Redis (or Valkey) server, for many processes.
 
@@ -265,6 +314,7 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
         self._client = client
         self._scripts: dict[str, str] = {}
         try:
+            _check_connection(client.connection_pool.connection_kwargs, self._url)
             with self._server() as r:
                 info = r.info("server")
             version = str(info.get("redis_version", "0"))
@@ -342,10 +392,10 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
             import hashlib
 
             sha = self._scripts[script] = hashlib.sha1(script.encode()).hexdigest()
-        try:
-            return r.evalsha(sha, len(keys), *keys, *args)
+        try:  # bytes even through a decode_responses=True client: values come back as stored
+            return r.execute_command("EVALSHA", sha, len(keys), *keys, *args, NEVER_DECODE=True)
         except self._errors.NoScriptError:
-            return r.eval(script, len(keys), *keys, *args)
+            return r.execute_command("EVAL", script, len(keys), *keys, *args, NEVER_DECODE=True)
 
     def close(self) -> None:
         """Drop the connections (of a client made from a URL; a client given to the
@@ -777,24 +827,39 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
         """Remove *key* and return its value (``GETDEL``: read and delete at once);
         *default* (if given) for a missing or expired key."""
         name = self._name(key)
-        with self._server() as r:
-            raw = r.getdel(name)
-        if raw is None:
+        value = self._take(name, key)
+        if value is _MISSING:
             if default is _MISSING:
                 raise self._missing(key)
             return default
-        return self._decode(raw, key)
+        return value
 
     def popitem(self) -> tuple[str, dict[str, Any]]:
-        """Remove and return some (key, value) pair (``SCAN``, then ``GETDEL`` until one
-        is still there); ``KeyError`` when the namespace is empty."""
+        """Remove and return some (key, value) pair (``SCAN``, then ``pop`` until one is
+        still there); ``KeyError`` when the namespace is empty."""
         for batch in self._batches(None):
             for key, name in batch:
-                with self._server() as r:
-                    raw = r.getdel(name)
-                if raw is not None:  # another client may have taken it meanwhile
-                    return key, self._decode(raw, key)
+                value = self._take(name, key)
+                if value is not _MISSING:  # another client may have taken it meanwhile
+                    return key, value
         raise KeyNotFoundError(f"popitem(): {self._where} is empty")
+
+    def _take(self, name: bytes, key: str) -> Any:
+        """Delete *name* and return its value (``_MISSING`` if it is not stored).  A value
+        that does not decode raises ``CorruptStoreError`` and is put back, with its expiry,
+        unless another client wrote the key meanwhile: for that instant other clients see
+        the key missing."""
+        with self._server() as r:
+            taken = self._eval(r, _TAKE, [name], [])
+        if taken is None:
+            return _MISSING
+        raw, expiry = taken
+        try:
+            return self._decode(raw, key)
+        except CorruptStoreError:
+            with self._server() as r:
+                self._eval(r, _PUT_BACK, [name], [raw, expiry])
+            raise
 
     def setdefault(self, key: str, default: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The value of *key*; if missing or expired, store *default* first and return it

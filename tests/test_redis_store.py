@@ -90,6 +90,51 @@ def test_bad_url_or_client(redis_server: LocalRedis, target: Any, text: str) -> 
     assert "hunter2" not in str(info.value)
 
 
+@pytest.mark.parametrize("where, text", [
+    ("a..b", "is not a host name"),                      # an empty label: IDNA refuses it
+    ("x" * 64 + ".example", "is not a host name"),       # a label past 63 characters
+    ("h\ud800st", "is not a host name"),
+    ("{server}?protocol=9", "protocol must be 2 or 3"),
+    ("{server}?encoding=latin-1", "encoding is 'latin-1'"),
+    ("{server}?encoding=nonesuch", "encoding is 'nonesuch'"),
+])
+def test_a_url_no_connection_could_use_is_refused_before_connecting(redis_server: LocalRedis, where: str,
+                                                                     text: str) -> None:
+    """A host name ``getaddrinfo`` cannot look up (redis-py raised a bare UnicodeError at
+    the first call), a protocol redis-py lacks, an encoding other than UTF-8 (every value
+    read garbled): a bad URL, InvalidArgumentError, not a server that is down."""
+    server = redis_server.url.split("://", 1)[1]
+    url = "redis://" + (where.format(server=server) if "{server}" in where else where + ":6379/0")
+    with pytest.raises(mmapkv.InvalidArgumentError, match=re.escape(text)):
+        mmapkv.RedisStore(url, socket_timeout=2)
+
+
+def test_a_client_decoding_other_than_strict_utf8_is_refused(redis_server: LocalRedis) -> None:
+    """A client of the caller's that decodes replies as latin-1 read every non-ASCII value
+    garbled, with no error; one with ``encoding_errors='replace'`` would change bytes that
+    are not UTF-8.  Both are refused; UTF-8 by any of its names is taken."""
+    import redis
+
+    for kwargs, text in [({"decode_responses": True, "encoding": "latin-1"}, "encoding is 'latin-1'"),
+                         ({"encoding": "utf-16"}, "encoding is 'utf-16'"),
+                         ({"decode_responses": True, "encoding_errors": "replace"}, "encoding_errors='replace'")]:
+        client = redis.Redis.from_url(redis_server.url, **kwargs)
+        try:
+            with pytest.raises(mmapkv.InvalidArgumentError, match=re.escape(text)):
+                mmapkv.RedisStore(client, namespace="enc")
+        finally:
+            client.close()
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True, encoding="UTF8")
+    store = mmapkv.RedisStore(client, namespace="enc")
+    try:
+        store.set("k", {"name": "Zoë"})
+        assert store.read("k") == {"name": "Zoë"} and list(store.items()) == [("k", {"name": "Zoë"})]
+        assert store.pop("k") == {"name": "Zoë"} and len(store) == 0
+    finally:
+        store.close()
+        client.close()
+
+
 def test_a_password_in_the_query_is_never_shown(own_server: LocalRedis) -> None:
     """``?password=`` (the usual form for a ``unix://`` socket; redis-py reads it) is hidden
     like ``user:password@``: in ``url``, ``repr``, ``stats()`` and error messages."""
@@ -658,17 +703,21 @@ def test_a_replacing_restore_at_maxmemory_is_store_full_not_key_exists(own_serve
 def test_a_decoding_client_reading_a_binary_value_is_corrupt_store(own_server: LocalRedis) -> None:
     """Through a ``decode_responses=True`` client, a value under the namespace that is not
     UTF-8 makes redis-py raise UnicodeDecodeError; ``_server`` turns it into
-    CorruptStoreError (an MmapKVError naming the cause), for every call that reads it."""
+    CorruptStoreError (an MmapKVError naming the cause), for every call that reads it.
+    The scripts' replies come as bytes, which the decoder refuses as not UTF-8; ``pop``
+    and ``popitem`` put the value back."""
     import redis
 
     raw = redis.Redis.from_url(own_server.url)
     client = redis.Redis.from_url(own_server.url, decode_responses=True)
     store = mmapkv.RedisStore(client, namespace="bin")
     try:
-        raw.set(b"bin:k", b'{"v":"\xff"}')
-        for call in (lambda: store.read("k"), lambda: store.get("k"), lambda: list(store.items_with_expiry(["k"]))):
-            with pytest.raises(mmapkv.CorruptStoreError, match="not UTF-8"):
+        raw.set(b"bin:k", b'{"v":"\xff"}', ex=1000)
+        for call in (lambda: store.read("k"), lambda: store.get("k"), lambda: list(store.items_with_expiry(["k"])),
+                     lambda: store.pop("k"), store.popitem):
+            with pytest.raises(mmapkv.CorruptStoreError, match="not (valid )?UTF-8"):
                 call()
+            assert raw.get(b"bin:k") == b'{"v":"\xff"}' and 990 < raw.ttl(b"bin:k") <= 1000
     finally:
         store.close()
         client.close()
