@@ -330,15 +330,13 @@ def cmd_dump(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     source = _read_input(args.file)
     name = "stdin" if args.file == "-" else args.file
-    existed = os.path.lexists(args.path)
     try:
         with _open(args.path, create=True) as store, ProgressBar("restoring") as bar:
             try:
                 result = transfer.restore(store, source, skip_existing=args.skip_existing,
                                           name=name, progress=bar)
             except BaseException:
-                if not existed:  # we made it and it holds nothing: leave no empty store behind
-                    store._discard()
+                store._discard()  # if we made it, it holds nothing: leave no empty store behind
                 raise
     finally:
         if args.file != "-":  # stdin is not ours to close
@@ -424,7 +422,6 @@ def cmd_copy(args: argparse.Namespace) -> int:
             (args.src, args.src_namespace) == (args.dest, args.dest_namespace) if _is_url(args.src)
             else os.path.realpath(args.src) == os.path.realpath(args.dest)):
         raise InputError("SRC and DEST are the same store")
-    created = not _is_url(args.dest) and not os.path.lexists(args.dest)
     with _open_either(args.src, args.src_namespace, create=False) as source, \
             _open_either(args.dest, args.dest_namespace, create=True) as dest:
         copy = migrate.Copy(source, dest, replace=args.replace)
@@ -440,8 +437,8 @@ def cmd_copy(args: argparse.Namespace) -> int:
             with ProgressBar("copying") as bar:
                 result = copy.run(progress=bar)
         except BaseException as exc:
-            if created and not copy.copied and isinstance(dest, Store):
-                dest._discard()  # we made it and it holds nothing: leave no empty store
+            if not copy.copied and isinstance(dest, Store):
+                dest._discard()  # if we made it, it holds nothing: leave no empty store
             if not isinstance(exc, InputError):  # a refusal says itself that nothing was copied
                 print(f"{PROG}: copy incomplete: copied {copy.copied:,} of {copy.listed:,} keys"
                       + (f" (skipped {copy.expired:,} expired)" if copy.expired else "")

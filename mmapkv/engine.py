@@ -166,9 +166,11 @@ def _superblock(geometry: Geometry, *, flags: int, file_size: int, seed: int, se
     return head[:SB_CHECKSUM] + _U64.pack(xxh3_64_intdigest(head[:SB_CHECKSUM])) + head[SB_CHECKSUM + 8:]
 
 
-def create_file(path: str, max_size: int, *, in_place: bool = False, seed: int | None = None) -> bool:
+def create_file(path: str, max_size: int, *, in_place: bool = False,
+                seed: int | None = None) -> tuple[int, int] | None:
     """Write a new, empty, clean store at *path* unless something is there already.
-    Returns True if this call made it.
+    Returns the ``(st_dev, st_ino)`` of the file if this call made it, else None: a
+    caller that may delete what it made tells it from a file put at *path* since.
 
     The file is built under a temporary name (locked, magic number first, see
     ``tempfiles``) and linked into place, so a crash never leaves a half-initialised file
@@ -178,7 +180,7 @@ def create_file(path: str, max_size: int, *, in_place: bool = False, seed: int |
     """
     geometry = Geometry(max_size)
     tmp = path if in_place else temporary_path(path, "create")
-    made = False
+    made: tuple[int, int] | None = None
     try:
         held = opened(tmp, new=True)
     except BaseException as exc:
@@ -206,12 +208,13 @@ def create_file(path: str, max_size: int, *, in_place: bool = False, seed: int |
         # directory's entry 0 already names slot 0.
         os.pwrite(fd, bytes([KIND_SEGMENT]), geometry.info_offset)
         os.fsync(fd)
+        made_file = os.fstat(fd)
         if in_place:
-            made = True
+            made = (made_file.st_dev, made_file.st_ino)
         else:
             try:
                 os.link(tmp, path)
-                made = True
+                made = (made_file.st_dev, made_file.st_ino)
             except FileExistsError:
                 pass  # another process created it first: use theirs
             except FileNotFoundError:
@@ -347,6 +350,8 @@ class Engine:
         #: set by ``Store._discard`` before it deletes the file: a close then says nothing
         #: of a deletion it made itself
         self.discarded = False
+        #: this open created the file it holds (not one another process made meanwhile)
+        self.made = False
         self._fd = -1
         self._file: io.FileIO | None = None  #: owns _fd (``opened``)
         self._mapped = False
@@ -393,6 +398,7 @@ class Engine:
             raise InvalidArgumentError(f"{path} is a symbolic link to {os.readlink(path)}, "
                                        "which does not exist")
         for _ in range(_SEARCH_LIMIT):
+            made = None
             if create and not self.readonly and not os.path.exists(path):
                 parent = os.path.dirname(path)
                 if parent:
@@ -402,7 +408,7 @@ class Engine:
                         raise StoreAccessError(errno.ENOTDIR, f"cannot make the directory {parent} for the "
                                                f"store {path}: a file that is not a directory is in "
                                                "its way") from None
-                create_file(path, MAX_FILE_SIZE if max_size is None else max_size)
+                made = create_file(path, MAX_FILE_SIZE if max_size is None else max_size)
             try:
                 self._file = opened(path, readonly=self.readonly)
             except FileNotFoundError:
@@ -412,9 +418,11 @@ class Engine:
             except IsADirectoryError:  # made one since the check above
                 raise _a_directory(path) from None
             self._fd = fd = self._file.fileno()
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            found = os.fstat(fd)
+            if not stat.S_ISREG(found.st_mode):
                 raise InvalidArgumentError(f"{path} is not a regular file")
             if lock_file(fd, path, shared=self.readonly, timeout=lock_timeout):
+                self.made = made == (found.st_dev, found.st_ino)
                 return
             self._fd = -1  # replaced under us: never locked, try the path again
             self._file.close()

@@ -314,13 +314,16 @@ class Store(MutableMapping[str, dict[str, Any]]):
                 engine.close()
 
     def _discard(self) -> None:
-        """Delete the file and close: for a store a command made and could not fill.  The
-        name goes while the lock is still held, so nobody opens the file meanwhile, and
-        the close does not report the deletion as another program's (an interrupt after
-        the unlink leaves that close to the caller's ``with``, which must not either)."""
+        """Close; and delete the file first if this Store's open made it and the path still
+        names it: for a store a command made and could not fill.  A file that another
+        process made, or put at the path since, is never deleted.  The name goes while the
+        lock is still held, so nobody opens the file meanwhile, and the close does not
+        report the deletion as another program's (an interrupt after the unlink leaves
+        that close to the caller's ``with``, which must not either)."""
         with self._lock:
-            if self._engine is not None:
-                self._engine.discarded = True
+            engine = self._engine
+            if engine is not None and engine.made and names_file(self._path, engine._fd):
+                engine.discarded = True
                 os.unlink(self._path)
         self.close()
 

@@ -256,6 +256,51 @@ def test_restore_bad_input(run: Run, tmp_path: Any, path: str) -> None:
     assert os.path.exists(path)  # but never removes one that was there
 
 
+@pytest.mark.parametrize("command", ["restore", "copy"])
+@pytest.mark.parametrize("rival", ["put-at-the-path-meanwhile", "made-before-our-open"])
+def test_a_failed_restore_or_copy_removes_only_the_store_it_made(run: Run, tmp_path: Any, path: str,
+                                                                monkeypatch: Any, command: str, rival: str) -> None:
+    """A restore or copy into a new path that fails removes the store it made, and only
+    that: not a file another program put at the path while it ran (the new store moved
+    aside), nor a store another process made between the command's check that the path
+    was free and its open.  Both were deleted: "we made it" came from that check."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"key": "x", "value": {}}\nnot json\n')
+    source = str(tmp_path / "source.mmapkv")
+    with mmapkv.Store(source) as store:
+        store.create("k", {"v": 1})
+    real_open = cli._open
+
+    def opened(name: str, *, create: bool = False) -> mmapkv.Store:
+        if rival == "made-before-our-open" and name == path:
+            with mmapkv.Store(path) as theirs:
+                theirs.create("theirs", {"v": 2})
+        return real_open(name, create=create)
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        if rival == "put-at-the-path-meanwhile":
+            os.rename(path, str(tmp_path / "moved.mmapkv"))
+            with open(path, "w") as notes:
+                notes.write("precious notes\n")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_open", opened)
+    monkeypatch.setattr(migrate.Copy, "run", failing)
+    if command == "restore":
+        if rival == "put-at-the-path-meanwhile":
+            monkeypatch.setattr(transfer, "restore", failing)
+        code = run("restore", str(bad), "--path", path)[0]
+    else:
+        code = cli.main(["copy", source, path])
+    assert code in (3, 130)
+    if rival == "put-at-the-path-meanwhile":
+        with open(path) as notes:
+            assert notes.read() == "precious notes\n"
+    else:
+        with mmapkv.Store(path) as theirs:
+            assert dict(theirs.items()) == {"theirs": {"v": 2}}
+
+
 @pytest.mark.parametrize("args", [["create", "k", "-"], ["set", "k", "-"], ["restore", "-"]])
 def test_closed_stdin_is_bad_input(run: Run, tmp_path: Any, path: str, monkeypatch: Any,
                                    args: list[str]) -> None:
