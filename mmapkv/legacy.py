@@ -77,7 +77,8 @@ def is_v2(path: str) -> bool:
             head = f.read(12)
     except OSError:
         return False
-    return head[:8] == MAGIC and struct.unpack_from("<I", head, 8)[0] == V2_VERSION
+    # shorter than a version field: not version 2 (the open says what it is)
+    return len(head) == 12 and head[:8] == MAGIC and struct.unpack_from("<I", head, 8)[0] == V2_VERSION
 
 
 def _slots_offset(max_size: int) -> int:

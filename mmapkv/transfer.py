@@ -720,6 +720,7 @@ def convert_v2(path: str, *, now: float | None = None,
         old_size = os.fstat(fd).st_size
         max_size, entries, damaged = read_v2(real)
         entries, sizes = _unexpired_v2(entries, now)  # (the note above store._readable_keys)
+        remove_abandoned(real)  # what an earlier, killed conversion left, as compact does
         tmp = temporary_path(real, "compact")
         new = _temporary_store(tmp, _ceiling_for(max_size, sizes))
         try:

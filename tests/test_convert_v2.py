@@ -304,6 +304,35 @@ def test_a_file_that_only_starts_like_version_2_is_never_converted(tmp_path: Any
                 assert len(store) == 100 and store.read("k99") == {"i": 99}
 
 
+@pytest.mark.parametrize("length", [8, 9, 11])
+def test_a_file_of_the_magic_number_and_less_than_a_version_is_refused(tmp_path: Any, capsys: Any,
+                                                                      length: int) -> None:
+    """8 to 11 bytes, mmapkv's magic number first: ``dump`` and ``compact`` read a version
+    field past the end (an internal error, exit 70); they say what ``Store`` says now."""
+    path = str(tmp_path / "short.bin")
+    with open(path, "wb") as f:
+        f.write((MAGIC + struct.pack("<I", 2))[:length])
+    assert not legacy.is_v2(path)
+    assert cli.main(["compact", "--path", path]) == cli.EXIT_UNAVAILABLE
+    assert cli.main(["dump", "--path", path]) == cli.EXIT_UNAVAILABLE
+    out, err = capsys.readouterr()
+    assert out == "" and err.count(f"only {length} bytes long") == 2, err
+    assert os.listdir(tmp_path) == ["short.bin"] and os.path.getsize(path) == length
+
+
+def test_a_conversion_removes_what_a_killed_one_left(v2_path: str, capsys: Any) -> None:
+    """A conversion killed part way leaves its temporary file; the next one, which
+    succeeds, removes it as ``compact`` does (it stayed until a compact of version 3)."""
+    from mmapkv.engine import create_file
+    from mmapkv.format import Geometry
+    from mmapkv.tempfiles import temporary_path
+
+    left = temporary_path(os.path.realpath(v2_path), "compact")
+    create_file(left, Geometry.smallest_max_size(), in_place=True)  # nobody holds it: abandoned
+    assert convert(v2_path, capsys)[0] == 0
+    assert os.listdir(os.path.dirname(v2_path)) == [os.path.basename(v2_path)]
+
+
 # --------------------------------------------------------------------- engine bugs
 
 def v2_slot(key: bytes, data: bytes, seq: int) -> bytes:
