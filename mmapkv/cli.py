@@ -53,6 +53,7 @@ refused).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -61,7 +62,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from . import __version__, migrate, stats, transfer
 from .errors import (
@@ -72,6 +73,7 @@ from .errors import (
     KeyExistsError,
     KeyNotFoundError,
     MmapKVError,
+    system_error,
 )
 from .codec import check_ttl
 from .format import VERSION as FORMAT_VERSION
@@ -276,7 +278,6 @@ def cmd_dump(args: argparse.Namespace) -> int:
     name = args.file
     if _same_file(name, args.path):  # --force would replace the store with its own dump
         raise InputError(f"{name} is the store itself; dump to another file")
-    target = os.path.realpath(name)  # through a symbolic link, as `> FILE` writes
 
     def cannot_write(exc: OSError) -> InputError:
         return InputError(f"cannot write {name}: {exc.strerror or exc}")
@@ -284,21 +285,27 @@ def cmd_dump(args: argparse.Namespace) -> int:
     def exists() -> InputError:
         return InputError(f"{name} exists; pass --force to replace it (once the dump is complete)")
 
-    try:
-        old: os.stat_result | None = os.stat(target)
+    try:  # followed as far as it goes: /dev/stdout is the file its descriptor is open on
+        found: os.stat_result | None = os.stat(name)
     except FileNotFoundError:
-        old = None
+        found = None
     except OSError as exc:
         raise cannot_write(exc) from None
-    if old is not None and not stat.S_ISREG(old.st_mode):  # /dev/null, a FIFO: nothing to keep
+    if found is not None and _is_stdout(found):  # /dev/stdout, /dev/fd/1: stdout itself
+        _dump(args, sys.stdout)
+        return EXIT_OK
+    if found is not None and (not stat.S_ISREG(found.st_mode) or _names_a_descriptor(name)):
+        # /dev/null, a FIFO, a terminal: nothing to keep.  /dev/stderr and the like name a
+        # descriptor's file: appended to, as through the descriptor, never replaced.
         try:
-            out = open(name, "w", encoding="utf-8", newline="\n")
+            out = open(name, "a", encoding="utf-8", newline="\n")
         except OSError as exc:
             raise cannot_write(exc) from None
         with out:
-            _dump(args, out)
+            _dump_into(args, out, name)
         return EXIT_OK
-    if old is not None and not args.force:
+    target = os.path.realpath(name)  # through a symbolic link, as `> FILE` writes
+    if found is not None and not args.force:
         raise exists()
     # A temporary file in FILE's directory, renamed into place only once it is complete:
     # FILE is never seen half written, and a failed dump leaves it as it was.
@@ -311,11 +318,9 @@ def cmd_dump(args: argparse.Namespace) -> int:
     try:
         with out:
             fd = out.fileno()
-            if old is not None:
-                os.fchmod(fd, stat.S_IMODE(old.st_mode))  # the replacement keeps FILE's mode
-            _dump(args, out)
-            out.flush()
-            os.fsync(fd)  # on disk before it takes FILE's name
+            if found is not None:
+                os.fchmod(fd, stat.S_IMODE(found.st_mode))  # the replacement keeps FILE's mode
+            _dump_into(args, out, name, sync=True)  # on disk before it takes FILE's name
         if not args.force and os.path.lexists(target):  # it appeared while we were dumping
             raise exists()
         os.replace(tmp, target)
@@ -325,6 +330,61 @@ def cmd_dump(args: argparse.Namespace) -> int:
         except FileNotFoundError:  # renamed into place
             pass
     return EXIT_OK
+
+
+def _dump_into(args: argparse.Namespace, out: IO[str], name: str, *, sync: bool = False) -> None:
+    """``_dump`` into the file *name* has opened as *out*, flushed (and synced), then close
+    it.  A write the system refuses (a full disk) says which file; the store's own errors
+    (a missing store is a plain ``FileNotFoundError``) pass as they are."""
+    try:
+        _dump(args, cast(IO[str], _NamedOutput(out, name)))
+        try:
+            out.flush()
+            if sync:
+                os.fsync(out.fileno())
+            out.close()
+        except OSError as exc:
+            raise _write_error(exc, name) from None
+    except BaseException:
+        with contextlib.suppress(OSError):  # its flush of what is left would fail again
+            out.close()
+        raise
+
+
+class _NamedOutput:
+    """*out* for ``transfer.dump``, whose ``write`` refused by the system names *name*."""
+
+    def __init__(self, out: IO[str], name: str) -> None:
+        self._out, self._name = out, name
+
+    def write(self, text: str) -> int:
+        try:
+            return self._out.write(text)
+        except OSError as exc:
+            raise _write_error(exc, self._name) from None
+
+
+def _write_error(exc: OSError, name: str) -> Exception:
+    """*exc*, met writing the file *name*: as ``DiskFullError`` or ``StoreAccessError``
+    naming it; a reader gone (a closed pipe) as it is, for run_tool's exit 141."""
+    return exc if isinstance(exc, BrokenPipeError) else system_error(exc, f"cannot write {name}")
+
+
+def _is_stdout(found: os.stat_result) -> bool:
+    """True if *found* is the file stdout is open on (a pipe, a terminal, a file)."""
+    try:
+        return sys.stdout is not None and os.path.samestat(found, os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError):  # no descriptor (captured), or closed
+        return False
+
+
+_DESCRIPTOR_NAME = re.compile(r"/dev/std(in|out|err)|/dev/fd/\d+|/proc/(self|thread-self|\d+)/fd/\d+")
+
+
+def _names_a_descriptor(name: str) -> bool:
+    """True for /dev/stderr, /dev/fd/N, /proc/self/fd/N: names of a process's open
+    descriptors, whose file a dump must write to, not rename another over."""
+    return _DESCRIPTOR_NAME.fullmatch(os.path.abspath(name)) is not None
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -512,13 +572,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("stats", cmd_stats, "report on the store (read-only; python -m mmapkv.stats)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p = command("dump", cmd_dump, "write every live entry as JSON Lines")
-    p.add_argument("file", nargs="?", metavar="FILE", help="output file (default: stdout)")
+    p.add_argument("file", nargs="?", metavar="FILE", type=path_argument, help="output file (default: stdout)")
     p.add_argument("--force", action="store_true",
                    help="replace FILE if it exists (only once the dump is complete)")
     p.add_argument("--skip-corrupt", action="store_true",
                    help="leave out entries that fail their checksum instead of stopping")
     p = command("restore", cmd_restore, "create the entries of a dump; all or nothing")
-    p.add_argument("file", metavar="FILE", help='a dump file, or "-" for stdin')
+    p.add_argument("file", metavar="FILE", type=path_argument, help='a dump file, or "-" for stdin')
     p.add_argument("--skip-existing", action="store_true",
                    help="keep keys already in the store instead of stopping")
     command("verify", cmd_verify, "check every slot and the table; exit 1 on any problem")

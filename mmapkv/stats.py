@@ -432,24 +432,36 @@ def run_tool(prog: str, body: Callable[[], int]) -> int:
         stdout.reconfigure(errors="mmapkv.jsonescape")  # type: ignore[union-attr]
     try:
         code = body()
-        stdout.flush()  # a closed pipe shows here, not in the interpreter's final flush
+        if stdout is not None:  # None: started with stdout closed (`>&-`); print wrote nothing
+            stdout.flush()  # a closed pipe shows here, not in the interpreter's final flush
         return code
     except KeyboardInterrupt:
         print(f"{prog}: error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        # Keep the interpreter's final flush of what is still buffered from failing again.
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
-        except (OSError, ValueError, AttributeError):
-            pass
+        _drop_stdout(stdout)
         return EXIT_BROKEN_PIPE
+    except OSError as exc:  # what the body did not catch: stdout itself refused (/dev/full)
+        if isinstance(exc, MmapKVError):
+            raise
+        print(f"{prog}: error: cannot write stdout: {describe_error(exc)}", file=sys.stderr)
+        _drop_stdout(stdout)
+        return EXIT_UNAVAILABLE
     finally:
         if escape:
             try:
                 stdout.reconfigure(errors="strict")  # type: ignore[union-attr]
             except (OSError, ValueError):  # its flush met the closed pipe again
                 pass
+
+
+def _drop_stdout(stdout: Any) -> None:
+    """Point stdout's descriptor at /dev/null: the interpreter's final flush of what is
+    still buffered would fail again, with a traceback, on a pipe closed or a full device."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:

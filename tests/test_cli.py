@@ -318,6 +318,63 @@ def test_closed_stdin_in_a_real_process(path: str) -> None:
     assert (done.returncode, done.stderr) == (3, "mmapkv: error: cannot read stdin: it is closed\n")
 
 
+def _tool(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, **kwargs)
+
+
+@pytest.mark.parametrize("tool", [["mmapkv", "create", "k2", "{}", "--path"], ["mmapkv.stats"]])
+def test_closed_or_full_stdout_is_one_line_and_its_exit_code(path: str, tool: list[str]) -> None:
+    """Started with stdout closed (`>&-`), a command that succeeded ended in a traceback
+    and exit 1 (``sys.stdout`` is None); ``python -m mmapkv.stats`` writing to /dev/full
+    ended in a traceback.  Now: success, and "cannot write stdout" with exit 4."""
+    with mmapkv.Store(path) as store:
+        store.create("k", {"v": 1})
+    done = _tool(*tool, path, preexec_fn=lambda: os.close(1))
+    assert (done.returncode, done.stderr) == (0, "")
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", *tool, path], stdout=full, stderr=subprocess.PIPE, text=True)
+    if tool[0] == "mmapkv.stats":  # `create` prints nothing: only the report meets the full device
+        assert done.returncode == 4 and done.stderr.endswith(
+            "error: cannot write stdout: No space left on device\n"), done.stderr
+        assert done.stderr.count("\n") == 1
+
+
+def test_dump_to_a_descriptors_name_writes_through_it(path: str, tmp_path: Any) -> None:
+    """``dump /dev/stdout`` into a pipe was "No such file or directory" (the name resolves
+    to ``pipe:[N]``); into a file it was "exists", and with ``--force`` under ``>>`` it
+    replaced the file the shell opened to append to.  Now it writes where stdout goes;
+    /dev/stderr is appended to, never replaced."""
+    with mmapkv.Store(path) as store:
+        store.create("k", {"v": 1})
+    line = '{"key":"k","value":{"v":1},"expires_at":null}\n'
+    done = _tool("mmapkv", "dump", "/dev/stdout", "--path", path)  # a pipe
+    assert (done.returncode, done.stdout, done.stderr) == (0, line, "")
+    kept = tmp_path / "kept.jsonl"
+    kept.write_text("earlier\n")
+    for name, into in [("/dev/stdout", "stdout"), ("/dev/fd/1", "stdout"), ("/dev/stderr", "stderr")]:
+        with open(kept, "a") as appended:
+            done = subprocess.run([sys.executable, "-m", "mmapkv", "dump", name, "--force", "--path", path],
+                                  **{into: appended}, text=True)
+        assert done.returncode == 0
+    assert kept.read_text() == "earlier\n" + line * 3
+
+
+def test_a_failed_write_of_a_dump_names_its_file(run: Run, path: str) -> None:
+    """A full device said "No space left on device", naming no file."""
+    with mmapkv.Store(path) as store:
+        store.create("k", {"v": 1})
+    code, _, err = run("dump", "/dev/full", "--path", path)
+    assert code == 4 and err == "mmapkv: error: cannot write /dev/full: No space left on device\n"
+
+
+@pytest.mark.parametrize("command", [["dump", ""], ["restore", ""]])
+def test_an_empty_file_argument_is_a_usage_error(run: Run, tmp_path: Any, path: str, command: list[str]) -> None:
+    """As ``--path ''`` is: it was "cannot write : No such file or directory", exit 3."""
+    code, _, err = run(*command, "--path", path)
+    assert code == 2 and "argument FILE: the path is empty" in err
+    assert os.listdir(tmp_path) == []
+
+
 def test_dump_to_an_unwritable_place(run: Run, tmp_path: Any, path: str) -> None:
     mmapkv.Store(path).close()
     code, _, err = run("dump", str(tmp_path / "no" / "such" / "dir.jsonl"), "--path", path)
