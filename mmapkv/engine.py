@@ -687,7 +687,11 @@ class Engine:
 
     def mark_clean(self) -> None:
         """Sync everything, then write the counters and the CLEAN flag to the superblock
-        and sync it: an open now needs no recovery.  The next change clears it again."""
+        and sync it: an open now needs no recovery.  The next change clears it again.
+        A file longer than the superblock says (a cut back that failed) is cut first: an
+        open refuses a clean file with bytes past its end; failing, it stays unclean."""
+        if os.fstat(self._fd).st_size > self.file_size:
+            os.ftruncate(self._fd, self.file_size)
         self._mm.flush()
         slots = self.slots
         header = _superblock(
@@ -899,15 +903,42 @@ class Engine:
             return slots.free_slots() >= data + want
         if slots.free_slots() + self.geometry.max_slots - self.slot_count < data + must:
             return False  # not even at the ceiling: refuse before growing
+        start = self.file_size
         while slots.free_slots() < data + want:
             try:
                 if not self.grow():
                     break
             except DiskFullError:
                 if slots.free_slots() < data + must:
+                    self._give_back(start)  # the growths before it serve nothing now
                     raise
                 break  # the slots table splits would like: they can wait for a fuller disk
         return slots.free_slots() >= data + must
+
+    def _give_back(self, size: int) -> bool:
+        """Shrink the file to *size* bytes after growths made for writes that are refused
+        (a full disk met at a later growth): the disk space is the user's again, and the
+        store is as before.  The slots past *size* are new and empty.  A new map first (not
+        ``mmap.resize``, which cuts the file before it remaps, and if the remap then failed
+        would leave the old map longer than the file), then the superblock, then the file:
+        interrupted, the store repairs as after a crash, which cuts back a file longer than
+        its superblock says.  A map that cannot be made leaves the file grown, a valid
+        store.  True if it shrank."""
+        if self.file_size <= size:
+            return False
+        try:
+            mm = self._new_map(size)  # before the old one goes: a failure keeps it
+        except CLEAN_FAILURES:
+            return False
+        self._release_views()
+        self._unmap()
+        self._mm = mm
+        self._mapped = True
+        self._attach(size)
+        self._mm[SB_FILE_SIZE:SB_FILE_SIZE + 8] = _U64.pack(size)
+        self._changed()
+        self._cut_back(size)
+        return True
 
     def _slots_wanted(self, record_sizes: Sequence[int], fps: Sequence[int]) -> tuple[int, int, int]:
         """Whole slots these records take, and the splits their entries want and must
@@ -958,8 +989,8 @@ class Engine:
 
     def _cut_back(self, size: int) -> None:
         """Undo a growth that failed: the file back to *size* bytes.  Should that fail too,
-        the file stays longer than its superblock says; an open after a crash cuts it back,
-        but one after a clean close refuses it (a double fault, left as it is)."""
+        the file stays longer than its superblock says, which the close cuts back, or an
+        open after a crash."""
         try:
             os.ftruncate(self._fd, size)
         except OSError:

@@ -272,3 +272,45 @@ def test_a_sparse_copy_has_its_holes_allocated_before_any_store_through_the_map(
     assert (len(writes) == 0) is reservable  # no record went through pwrite
     with mmapkv.Store(path) as store:
         assert store.read("k") == {"v": "x" * 500} and store.verify() == []
+
+
+@pytest.mark.parametrize("call", ["update", "batch_create", "restore_entries"])
+def test_a_batch_refused_at_a_later_growth_gives_the_earlier_ones_back(tmp_path: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      call: str) -> None:
+    """A batch that needs several doublings, the disk full at the third: the two that
+    succeeded stayed, so a refused all-or-nothing call left the file (and the disk) four
+    times bigger.  Now the file is back at its size, every key reads, and a batch that
+    fits goes in."""
+    import mmapkv
+    from mmapkv import engine as eng
+
+    path = os.path.join(tmp_path, "s.mmapkv")
+    store = mmapkv.Store(path, max_size=SMALL * 16)
+    store.create("old", {"v": 1})
+    size = os.path.getsize(path)
+    real = eng.reserve
+    growths: list[int] = []
+
+    def third_refused(fd: int, new_size: int, start: int = 0) -> None:
+        growths.append(new_size)
+        if len(growths) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, new_size, start)
+
+    monkeypatch.setattr(eng, "reserve", third_refused)
+    batch = {f"k{i}": {"pad": "x" * 3000} for i in range(200)}
+    with pytest.raises(mmapkv.DiskFullError):
+        if call == "update":
+            store.update(batch)
+        elif call == "batch_create":
+            store.batch_create(batch)
+        else:
+            store.restore_entries((key, value, None) for key, value in batch.items())
+    assert len(growths) == 3 and os.path.getsize(path) == size
+    assert store._engine is not None and store._engine.file_size == size
+    assert dict(store.items()) == {"old": {"v": 1}} and store.verify() == []
+    store.update({"new": {"v": 2}})
+    store.close()
+    with mmapkv.Store(path) as store:
+        assert dict(store.items()) == {"old": {"v": 1}, "new": {"v": 2}} and store.verify() == []

@@ -35,6 +35,7 @@ from typing import Any
 import pytest
 
 import mmapkv
+from mmapkv import engine as engine_module
 from mmapkv import table as table_module
 from mmapkv import transfer
 from mmapkv.engine import Engine
@@ -93,6 +94,32 @@ class Scenario:
     #: the rename that commits a compact fails (``EIO``), so every point tried is a second
     #: fault on top of a first: the abandoning of the new file, interrupted
     rename_fails: bool = False
+    #: the disk refuses (``ENOSPC``) to hold the file past this many bytes, so every point
+    #: tried is a second fault on top of a full disk
+    disk_limit: int | None = None
+
+
+def _reserve_up_to(limit: int) -> Callable[..., None]:
+    """``engine.reserve`` on a disk with room for *limit* bytes of the file."""
+    real = engine_module.reserve
+
+    def reserve(fd: int, size: int, start: int = 0) -> None:
+        if size > limit:
+            raise OSError(errno.ENOSPC, "injected: no space left on device")
+        real(fd, size, start)
+    return reserve
+
+
+def _patch(scenario: Scenario, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What *scenario* changes while it runs."""
+    if scenario.split_at is not None:
+        monkeypatch.setattr(table_module, "SPLIT_AT", scenario.split_at)
+    if scenario.sweep_step is not None:
+        monkeypatch.setattr(Engine, "sweep_step", scenario.sweep_step)
+    if scenario.rename_fails:
+        monkeypatch.setattr(transfer, "os", _OsWhoseRenameFails())
+    if scenario.disk_limit is not None:
+        monkeypatch.setattr(engine_module, "reserve", _reserve_up_to(scenario.disk_limit))
 
 
 class _OsWhoseRenameFails:
@@ -104,6 +131,13 @@ class _OsWhoseRenameFails:
     @staticmethod
     def replace(src: str, dst: str) -> None:
         raise OSError(errno.EIO, "injected: the rename failed", src)
+
+
+def _refused_for_a_full_disk(store: mmapkv.Store, batch: dict[str, Any]) -> None:
+    try:
+        store.batch_create(batch)
+    except mmapkv.DiskFullError:  # the injected ENOSPC: the store is as it was
+        pass
 
 
 def _compact_that_fails(store: mmapkv.Store) -> None:
@@ -180,6 +214,12 @@ SCENARIOS: dict[str, Scenario] = {
         lambda s, c: (_fill_whole(s, 6), s.create("b0", dict(WHOLE, old=0), ttl=50)),
         lambda s, c: s.batch_create({"b0": dict(WHOLE, n=0), "b1": dict(WHOLE, n=1), "b2": {"n": 2}}, ttl=900),
         runs=frozenset({"grow"})),
+    # the first doubling (8 to 16 slots) fits the disk, the second does not: the batch is
+    # refused and the file shrinks back to 8 slots, the disk space given back
+    "batch-refused-at-its-second-growth": Scenario(
+        lambda s, c: _fill_whole(s, 6),
+        lambda s, c: _refused_for_a_full_disk(s, {f"b{i}": dict(WHOLE, n=i) for i in range(12)}),
+        disk_limit=Geometry(SMALL).grown_size(Geometry(SMALL).initial_size), runs=frozenset({"grow", "give back"})),
     "restore": Scenario(lambda s, c: _fill(s, 2),
                         lambda s, c: transfer.restore(s, io.BytesIO(_dump_of({"r1": 1, "r2": 2, "r3": 3})))),
     "compact": Scenario(lambda s, c: (_fill(s, 12), [s.delete(f"k{i}") for i in range(0, 12, 2)],
@@ -242,7 +282,7 @@ SCENARIOS: dict[str, Scenario] = {
 
 
 #: calls whose effect no reader can see: they reclaim expired entries, or rewrite the file
-INVISIBLE = ("delete-expired", "len-sweeps-expired", "len-sweeps-in-steps", "stats-sweeps-expired", "close",
+INVISIBLE = ("batch-refused-at-its-second-growth", "delete-expired", "len-sweeps-expired", "len-sweeps-in-steps", "stats-sweeps-expired", "close",
              "compact", "compact-whose-rename-fails", "compact-grows-the-new-file")
 
 
@@ -360,12 +400,7 @@ def try_every_step(tmp: str, scenario: Scenario, prepared: Prepared,
 def test_interrupt_at_every_bytecode(name: str, exc: type[BaseException], tmp_path: Any,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     scenario = SCENARIOS[name]
-    if scenario.split_at is not None:
-        monkeypatch.setattr(table_module, "SPLIT_AT", scenario.split_at)
-    if scenario.sweep_step is not None:
-        monkeypatch.setattr(Engine, "sweep_step", scenario.sweep_step)
-    if scenario.rename_fails:
-        monkeypatch.setattr(transfer, "os", _OsWhoseRenameFails())
+    _patch(scenario, monkeypatch)
     prepared = prepare(str(tmp_path), scenario)
     assert prepared.before != prepared.after or name in INVISIBLE
     every = 1 if exc is KeyboardInterrupt else EVERY
@@ -385,17 +420,14 @@ def test_each_scenario_runs_what_it_is_named_for(name: str, tmp_path: Any,
     points prove nothing about it: four did not, once sub-slots made small records share
     slots (a review)."""
     scenario = SCENARIOS[name]
-    if scenario.split_at is not None:
-        monkeypatch.setattr(table_module, "SPLIT_AT", scenario.split_at)
-    if scenario.sweep_step is not None:
-        monkeypatch.setattr(Engine, "sweep_step", scenario.sweep_step)
+    _patch(scenario, monkeypatch)
     ran: set[str] = set()
 
     def spy(what: str, real: Callable[..., Any]) -> Callable[..., Any]:
         def run(self: Any, *args: Any) -> Any:
             segments = getattr(self, "segment_count", 0)
             result = real(self, *args)
-            if what not in ("grow", "gather") or result:  # grow() says False at the ceiling
+            if what not in ("grow", "gather", "give back") or result:  # grow() says False at the ceiling
                 if what != "merge" or self.segment_count < segments:
                     ran.add(what)
             if what == "sweep" and result is False:  # a step that stopped short
@@ -407,9 +439,10 @@ def test_each_scenario_runs_what_it_is_named_for(name: str, tmp_path: Any,
     with mmapkv.Store(str(tmp_path / "s"), max_size=scenario.max_size, clock=clock) as store:
         scenario.setup(store, clock)
         clock.advance(100)
-        for owner, what in ((Engine, "grow"), (Engine, "sweep"), (Engine, "gather"),
-                            (table_module.Table, "split"), (table_module.Table, "merge")):
-            monkeypatch.setattr(owner, what, spy(what, getattr(owner, what)))
+        for owner, what, name in ((Engine, "grow", "grow"), (Engine, "sweep", "sweep"), (Engine, "gather", "gather"),
+                                  (Engine, "_give_back", "give back"),
+                                  (table_module.Table, "split", "split"), (table_module.Table, "merge", "merge")):
+            monkeypatch.setattr(owner, what, spy(name, getattr(owner, what)))
         _run_call(scenario, store, clock)()
     assert scenario.runs <= ran, f"{name} runs {sorted(ran) or 'none of them'}"
 
