@@ -74,9 +74,11 @@ from .format import (
     SB_BATCH_COMMIT,
     SB_CHECKSUM,
     SB_FILE_SIZE,
+    SB_LAYOUT_CHECKSUM,
     SB_FLAGS,
     SB_FLOOR_SEQ,
     SB_SEQ_LIMIT,
+    SLOT_INFO,
     SEGMENT_ENTRIES,
     SLOT_SIZE,
     STATE_FREE,
@@ -475,6 +477,7 @@ class Engine:
         (_, _, flags, stored_max, file_size, seed, seq_limit, batch, floor, hwm, pool_head,
          pool_count, live, ttl, depth, next_expiry, next_seq) = sb[:17]
         heads, segments, checksum = list(sb[17:17 + CLASS_COUNT]), sb[17 + CLASS_COUNT], sb[18 + CLASS_COUNT]
+        layout = sb[19 + CLASS_COUNT]
         if not (Geometry.smallest_max_size() <= stored_max <= MAX_FILE_SIZE):
             raise CorruptStoreError(f"{path}: superblock max_size {stored_max} is out of range")
         if max_size is not None and max_size != stored_max:
@@ -512,8 +515,9 @@ class Engine:
         slots = self.slots
         if clean and not (hwm <= self.slot_count and pool_head <= hwm and pool_count <= hwm
                           and ttl <= live and depth <= geometry.max_depth
-                          and all(h <= hwm for h in heads) and 1 <= segments <= hwm):
-            clean = False
+                          and all(h <= hwm for h in heads) and 1 <= segments <= hwm
+                          and layout in (0, self._layout_checksum(depth))):
+            clean = False  # damaged since the clean close: recover, as after a crash
         self.was_clean = clean
         slots.high_water, slots.pool_head, slots.pool_count, slots.heads = hwm, pool_head, pool_count, heads
         self.table.set_depth(depth if depth <= geometry.max_depth else 0)
@@ -528,6 +532,15 @@ class Engine:
         if not clean:
             self.recover(superblock_damaged=damaged)
             remove_abandoned(path)  # what a process killed while compacting left beside it
+
+    def _layout_checksum(self, depth: int) -> int:
+        """What ``layout_checksum`` says of the map now: the slot info of the file's slots
+        and the directory's entries at global depth *depth* (docs/format.md).  A clean
+        close vouches for them with it, so that a clean open need not trust a damaged
+        pointer: every allocation and lookup follows them without another check."""
+        g, view = self.geometry, self._view
+        info = xxh3_64_intdigest(view[g.info_offset:g.info_offset + SLOT_INFO.size * self.slot_count])
+        return xxh3_64_intdigest(view[g.dir_offset:g.dir_offset + 2 * (1 << depth)], info) or 1
 
     def mark_dirty(self) -> None:
         """Clear CLEAN on disk (if not done yet this session): the next open recovers."""
@@ -701,6 +714,8 @@ class Engine:
             live_count=self.live_count, ttl_count=self.ttl_count, depth=self.table.depth,
             next_expiry=self.next_expiry, next_seq=self.next_seq, heads=slots.heads,
             segments=self.table.segment_count)
+        layout = _U64.pack(self._layout_checksum(self.table.depth))
+        header = header[:SB_LAYOUT_CHECKSUM] + layout + header[SB_LAYOUT_CHECKSUM + 8:]
         self._mm[SB_FLAGS:SB_FLAGS + 4] = b"\0\0\0\0"
         self._mm[SB_FLAGS + 4:SUPERBLOCK.size] = header[SB_FLAGS + 4:]
         self._mm[:SB_FLAGS + 4] = header[:SB_FLAGS + 4]  # CLEAN last, once the rest is there

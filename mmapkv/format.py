@@ -44,7 +44,8 @@ Superblock (first 176 bytes of page 0; the rest of the page is zero)::
    104  13 x u32 class_heads  1 + first slot of each class's partial list, 0 if none
    156  u32 segments       table segments
    160  u64 checksum       xxh3_64 of bytes [0, 160); valid only when CLEAN is set
-   168  u64 reserved       0
+   168  u64 layout_checksum  xxh3_64 of the directory and slot info in use (1 if that is 0;
+                           docs/format.md); checked only when CLEAN is set; 0 = none
 
 Slot info entry (``SLOT_INFO``, 24 bytes, at ``info_offset + 24 * slot``)::
 
@@ -81,7 +82,7 @@ import math
 import struct
 
 __all__ = [
-    "MAGIC", "VERSION", "PAGE_SIZE", "SUPERBLOCK", "SUPERBLOCK_FIELDS", "FLAG_CLEAN",
+    "MAGIC", "VERSION", "PAGE_SIZE", "SUPERBLOCK", "SUPERBLOCK_FIELDS", "FLAG_CLEAN", "SB_LAYOUT_CHECKSUM",
     "SB_FLAGS", "SB_FILE_SIZE", "SB_SEQ_LIMIT", "SB_BATCH_COMMIT", "SB_FLOOR_SEQ", "SB_CHECKSUM",
     "SLOT_SIZE", "SLOT_INFO", "SLOT_INFO_FIELDS", "KIND_FREE", "KIND_SEGMENT",
     "CLASS_SIZES", "CLASS_COUNT", "CLASS_BY_UNITS", "class_for", "RECORD_HEADER", "RECORD_FIELDS",
@@ -100,13 +101,14 @@ SUPERBLOCK_FIELDS = ("magic", "version", "flags", "max_size", "file_size", "hash
                      "seq_limit", "batch_commit", "floor_seq", "high_water", "pool_head",
                      "pool_count", "live_count", "ttl_count", "global_depth", "next_expiry",
                      "next_seq", *(f"class_head_{i}" for i in range(13)), "segments",
-                     "checksum", "reserved")
+                     "checksum", "layout_checksum")
 SB_FLAGS = 12          # offsets of the fields written in place while the store is open
 SB_FILE_SIZE = 24
 SB_SEQ_LIMIT = 40
 SB_BATCH_COMMIT = 48
 SB_FLOOR_SEQ = 56
 SB_CHECKSUM = 160      # offset of the checksum, and length of what it covers
+SB_LAYOUT_CHECKSUM = 168
 FLAG_CLEAN = 1
 
 # A slot: 16 KiB of value plus its header and key, rounded up to whole pages, so that

@@ -57,7 +57,7 @@ def superblock(data: bytes) -> dict[str, Any]:
     fields = SUPERBLOCK.unpack_from(data, 0)
     sb = dict(zip(names, fields))
     sb["class_heads"] = list(fields[17:30])
-    sb["segments"], sb["checksum"], sb["reserved"] = fields[30:]
+    sb["segments"], sb["checksum"], sb["layout_checksum"] = fields[30:]
     return sb
 
 
@@ -101,7 +101,7 @@ def test_superblock_field_offsets() -> None:
             fmt.SB_FLOOR_SEQ, fmt.SB_CHECKSUM) == (12, 24, 40, 48, 56, 160)
     names = fmt.SUPERBLOCK_FIELDS
     assert len(names) == len(fmt.SUPERBLOCK.unpack(bytes(176)))
-    assert names.index("checksum") == len(names) - 2 and names[-1] == "reserved"
+    assert names.index("checksum") == len(names) - 2 and names[-1] == "layout_checksum"
     assert [n for n in names if n.startswith("class_head_")] == [f"class_head_{i}" for i in range(13)]
 
 
@@ -253,7 +253,9 @@ def test_superblock_of_a_closed_store(path: str) -> None:
     assert sb["next_seq"] >= 4 and sb["seq_limit"] >= sb["next_seq"]
     assert sb["class_heads"] == [2] + [0] * 12  # slot 1 has free 160-byte sub-slots
     assert sb["checksum"] == xxh3_64_intdigest(data[:160])
-    assert sb["reserved"] == 0
+    g = fmt.Geometry(1 << 30)
+    info = xxh3_64_intdigest(data[g.info_offset:g.info_offset + 24 * g.slot_count(len(data))])
+    assert sb["layout_checksum"] == (xxh3_64_intdigest(data[g.dir_offset:g.dir_offset + 2], info) or 1)
     assert data[176:4096] == bytes(4096 - 176)
 
 

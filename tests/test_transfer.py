@@ -25,7 +25,8 @@ from mmapkv.errors import (
     KeyExistsError,
     StoreFullError,
 )
-from mmapkv.format import CLASS_SIZES, KEY_OFFSET, KIND_SEGMENT, MAX_VALUE_BYTES, SLOT_SIZE, Geometry, class_for
+from mmapkv.format import (CLASS_SIZES, KEY_OFFSET, KIND_SEGMENT, MAX_VALUE_BYTES, SB_LAYOUT_CHECKSUM, SLOT_SIZE,
+                           Geometry, class_for)
 from mmapkv.slots import PER_SLOT
 
 SMALL_MAX_SIZE = Geometry.smallest_max_size() * 4
@@ -459,8 +460,10 @@ LOST_RECORD_DAMAGES = ["bitmap bit", "kind 0", "kind 200", "another kind", "a se
 def _slot_info_loses_k7(tmp_path: Any, damage: str) -> tuple[str, dict[str, Any]]:
     """A store of 40 small keys whose slot info then loses the record of "k7": its bitmap
     bit cleared, or its slot's kind byte made free (0), meaningless (200), another
-    class's or a table segment's (which a repair trusted).  Slot info has no checksum;
-    the table still leads to every record."""
+    class's or a table segment's (which a repair trusted).  The table still leads to
+    every record.  The layout checksum is zeroed too, as in a file an older mmapkv
+    closed: an open would otherwise see the damage and recover before any of these
+    defences ran (``test_layout_damage_in_a_clean_file_is_recovered_before_any_write``)."""
     path = str(tmp_path / "s")
     values = {f"k{i}": {"i": i} for i in range(40)}
     with mmapkv.Store(path) as store:
@@ -474,6 +477,8 @@ def _slot_info_loses_k7(tmp_path: Any, damage: str) -> tuple[str, dict[str, Any]
         bit = (off - engine._slots_offset - slot * 20_480) // CLASS_SIZES[cls]
         in_slot = sum(1 for o, _, _, _ in engine.iter_records() if engine.slot_of(o) == slot)
     with open(path, "r+b") as f:
+        f.seek(SB_LAYOUT_CHECKSUM)
+        f.write(bytes(8))
         if damage == "bitmap bit":
             f.seek(at + 8 + bit // 8)
             byte = f.read(1)[0]
