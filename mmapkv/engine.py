@@ -491,6 +491,8 @@ class Engine:
         damaged = bool(flags & FLAG_CLEAN) and not clean
         if not clean and not geometry.is_valid_size(file_size) and geometry.is_valid_size(actual):
             file_size = actual  # a damaged size field: the file's own size is one it can have
+        elif damaged and geometry.is_valid_size(actual):
+            file_size = actual  # closed cleanly, so no growth was cut short: never cut it back
         if not geometry.is_valid_size(file_size):
             raise CorruptStoreError(f"{path}: superblock file size {file_size:,} is not one "
                                     f"this store can have")
