@@ -125,6 +125,9 @@ _SLOT_EXPIRIES = tuple(struct.Struct("<" + f"{_EXPIRES_AT}xd{size - _EXPIRES_AT 
                        for size, per in zip(CLASS_SIZES, PER_SLOT))
 _SEARCH_LIMIT = 3        # open attempts when the path is replaced under us (by compact)
 _SEQ_RESERVE = 1 << 16   # sequence numbers reserved on disk at a time (one superblock write)
+# No sequence number reaches this (a billion writes a second for 146 years): a field at or
+# past it is damage, and near 2**64 the next reservation would not fit its u64.
+_SEQ_CEILING = 1 << 62
 _GATHER_AHEAD = 256      # records a gathering pass may move beyond what its write needs
 #: Partial slots of a class a gathering pass reads first; the whole list only if those
 #: cannot give what the write lacks.  Reading a list of 35,000 slots in Python took up to
@@ -1591,9 +1594,10 @@ class Engine:
             self._mark_dirty()
         mm, slots = self._mm, self.slots
         g = self.geometry
-        seq_limit = _U64.unpack_from(mm, SB_SEQ_LIMIT)[0]
-        batch = self.batch_commit = _U64.unpack_from(mm, SB_BATCH_COMMIT)[0]
-        floor = _U64.unpack_from(mm, SB_FLOOR_SEQ)[0]
+        seq_limit, batch, floor = (seq if seq < _SEQ_CEILING else 0 for seq in (
+            _U64.unpack_from(mm, SB_SEQ_LIMIT)[0], _U64.unpack_from(mm, SB_BATCH_COMMIT)[0],
+            _U64.unpack_from(mm, SB_FLOOR_SEQ)[0]))
+        self.batch_commit = batch
         if floor > seq_limit:  # a floor is a sequence number already handed out: damage
             floor = 0
             mm[SB_FLOOR_SEQ:SB_FLOOR_SEQ + 8] = bytes(8)
@@ -1668,7 +1672,8 @@ class Engine:
         # Never reuse a sequence number: not one a surviving record carries, not the
         # committed batch's (a later batch cut short would be taken for it), not below
         # the floor, and not one the reservation on disk may have handed out.
-        self.next_seq = max(self.next_seq, seq_limit, top_seq + 1, batch + 1, floor)
+        self.next_seq = max(seq for seq in (self.next_seq, seq_limit, top_seq + 1, batch + 1, floor, 1)
+                            if seq < _SEQ_CEILING)
         self.seq_limit = self.next_seq + _SEQ_RESERVE
         mm[SB_SEQ_LIMIT:SB_SEQ_LIMIT + 8] = _U64.pack(self.seq_limit)
         mm.flush()

@@ -135,6 +135,23 @@ def test_a_file_size_damaged_to_a_smaller_size_a_store_can_have_cuts_nothing(sto
         assert store.verify() == []
 
 
+@pytest.mark.parametrize("state", ["clean", "crashed"])
+@pytest.mark.parametrize("name", ["seq_limit", "batch_commit", "floor_seq", "next_seq"])
+def test_a_sequence_field_near_two_to_the_64_is_survived(store_path: str, name: str, state: str) -> None:
+    """A review: a sequence field filled with 0xFF made every open raise ``struct.error``
+    (the next reservation, 65,536 past it, did not fit its u64), so the store could never
+    be opened again.  No sequence number gets near it: recovery takes it for damage."""
+    expected = _populate(store_path, crashed=state == "crashed")
+    with open(store_path, "r+b") as f:
+        f.seek(FIELDS[name][0])
+        f.write(b"\xff" * 8)
+    for _ in range(2):
+        with mmapkv.Store(store_path) as store:
+            store.set("after", {"v": 1})
+            assert all(store.read(key) == want for key, want in expected.items())
+            assert store.verify() == []
+
+
 SURVIVED = [(name, bit) for name, (_, size) in FIELDS.items() if name not in REFUSED
             for bit in (0, 8 * size - 1)
             if (name, bit) != ("floor_seq", 63)]  # test_a_floor_past_every_sequence_number
