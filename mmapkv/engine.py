@@ -1614,6 +1614,9 @@ class Engine:
         self.floor_seq = floor
         record_slots = [s for s in range(self.slot_count) if 1 <= kinds[s] <= CLASS_COUNT]
         spare = [s for s in range(self.slot_count - 1, -1, -1) if not 1 <= kinds[s] <= CLASS_COUNT]
+        if not spare:  # at the ceiling, and a segment's kind byte says it holds records
+            spare = self._slots_without_records(record_slots)
+            record_slots = sorted(set(record_slots) - set(spare))
         for slot in spare:
             slots.set_info(slot, KIND_FREE)
         # A fresh table, its segments taken from the slots no record is in.
@@ -1624,6 +1627,11 @@ class Engine:
         taken: list[int] = []
 
         def take_spare() -> int:
+            if not pool_order:
+                raise CorruptStoreError(
+                    f"{self.path}: recovery found no slot for the table: every slot of the file "
+                    "holds records, so a slot's kind byte is damaged; `mmapkv dump` cannot read it "
+                    "either: restore it from a copy")
             slot = pool_order.pop()
             taken.append(slot)
             return slot
@@ -1677,6 +1685,15 @@ class Engine:
         self.seq_limit = self.next_seq + _SEQ_RESERVE
         mm[SB_SEQ_LIMIT:SB_SEQ_LIMIT + 8] = _U64.pack(self.seq_limit)
         mm.flush()
+
+    def _slots_without_records(self, record_slots: list[int]) -> list[int]:
+        """Of *record_slots*, those where no LIVE or PEND state appears at all, highest
+        first: a table segment whose kind byte was damaged into a record class is one."""
+        mm, g = self._mm, self.geometry
+        pending = _U32.pack(STATE_PENDING)
+        return [slot for slot in reversed(record_slots)
+                if mm.find(_LIVE, g.slot_offset(slot), g.slot_offset(slot + 1)) < 0
+                and mm.find(pending, g.slot_offset(slot), g.slot_offset(slot + 1)) < 0]
 
     def _old_table_offsets(self, kinds: bytearray) -> Iterator[int]:
         """Recovery's view of the table it is about to replace: the record offset of each

@@ -638,3 +638,27 @@ def test_layout_damage_in_a_clean_file_is_recovered_before_any_write(tmp_path: A
     with mmapkv.Store(path) as store:
         assert {key: store.get(key) for key in kept} == kept and len(store) == len(kept) + 306
         assert store.verify() == []
+
+
+def test_a_full_store_whose_segment_kind_says_records_recovers(tmp_path: Any) -> None:
+    """A review: a store at its ceiling, crashed, whose one table segment's kind byte said
+    "record class": recovery found no free slot for the new table and every open raised
+    IndexError ("pop from empty list"), forever.  A slot in which no record state appears
+    at all is a table's, and the table is built there."""
+    ceiling = Geometry.smallest_max_size()
+    path = str(tmp_path / "s.mmapkv")
+    with mmapkv.Store(path, max_size=ceiling) as store:
+        n = 0
+        with pytest.raises(mmapkv.StoreFullError):
+            while True:
+                store.create(f"k{n}", {"i": n})
+                n += 1
+    with open(path, "r+b") as f:
+        f.seek(Geometry(ceiling).info_offset)  # slot 0's kind: the table's first segment
+        f.write(bytes([1]))
+        f.seek(SB_FLAGS)  # and not closed cleanly
+        f.write(bytes(4))
+    for _ in range(2):
+        with mmapkv.Store(path) as store:
+            assert len(store) == n and all(store.read(f"k{i}") == {"i": i} for i in range(n))
+            assert store.verify() == []
