@@ -1410,7 +1410,7 @@ class Engine:
         repair or a compact) the keys before *cursor* are left out.  O(one segment).
 
         :raises DamagedEntry: the directory names a slot past the end of the file, or a
-            segment whose depth disagrees with it.
+            segment whose depth disagrees with it; or the segment indexes a key twice.
         """
         table = self.table
         bits, directory = table.max_depth, table.dir
@@ -1430,6 +1430,8 @@ class Engine:
         span = 1 << (bits - depth)
         start = cursor & -span  # where the segment's run begins: before cursor if it got coarser
         keys, damaged, met = _segment_keys(self, segment, now, cursor if cursor != start else 0)
+        if len(set(keys)) != len(keys):  # an entry copied over another: one key listed twice
+            raise DamagedEntry(f"{self.path}: the table segment in slot {segment} indexes a key twice", -1)
         cursor = start + span
         return keys, (0 if cursor >> bits else cursor), damaged, met
 

@@ -551,7 +551,12 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """
         with self._lock:
             engine = self._use()
-            keys, damaged = _readable_keys(engine, self._clock() if engine.ttl_count else 0.0)
+            now = self._clock() if engine.ttl_count else 0.0
+            keys, damaged, table_damaged = _readable_keys(engine, now)
+            if table_damaged and not damaged:  # no value lost: the repair rebuilds the table,
+                with engine.change():          # indexing again what it lost, and all are listed
+                    engine.recover()
+                keys, damaged, _ = _readable_keys(engine, now)
             if damaged:
                 raise self._drop_damaged(engine, damaged, "call keys() again")
             return keys
@@ -1181,16 +1186,20 @@ class Store(MutableMapping[str, dict[str, Any]]):
 # (tests/test_backward_jumps.py checks the rule in the source, and the bytecode on 3.13+).
 
 
-def _readable_keys(engine: Engine, now: float) -> tuple[list[str], int]:
-    """The keys ``keys()`` lists (unexpired at *now*, indexed, intact), and the number of
-    damaged entries met: by a walk of the table, the order iteration takes; by a walk of
-    the records when that walk meets damage it cannot see past (the directory, or table
-    entries that do not number ``live_count``: one lost or doubled)."""
+def _readable_keys(engine: Engine, now: float) -> tuple[list[str], int, bool]:
+    """The keys ``keys()`` lists (unexpired at *now*, indexed, intact), the number of
+    damaged entries met, and whether the table itself is damaged: by a walk of the table,
+    the order iteration takes; by a walk of the records when that walk meets damage it
+    cannot see past (the directory, a key indexed twice, or table entries that do not
+    number ``live_count``: one lost or doubled)."""
     try:
         keys, damaged, met = _table_keys(engine, now)
     except DamagedEntry:
-        return _keys_of_records(engine, now)
-    return (keys, damaged) if met == engine.live_count else _keys_of_records(engine, now)
+        met = -1
+    if met == engine.live_count:
+        return keys, damaged, False
+    keys, damaged = _keys_of_records(engine, now)
+    return keys, damaged, True
 
 
 def _table_keys(engine: Engine, now: float) -> tuple[list[str], int, int]:
@@ -1207,14 +1216,17 @@ def _table_keys(engine: Engine, now: float) -> tuple[list[str], int, int]:
 
 
 def _keys_of_records(engine: Engine, now: float) -> tuple[list[str], int]:
-    """``_readable_keys`` by a walk of the records, in file order: a LIVE record the table
-    lost is damage (recovery indexes it again), which a walk of the table cannot see."""
+    """``_readable_keys`` by a walk of the records, in file order, and the entries that
+    fail their checksum: a LIVE record the table lost, which a walk of the table cannot
+    see, is left out until the repair that follows indexes it again (no value is lost)."""
     keys: list[str] = []
     damaged = visited = 0
     for off, _, expires, key in engine.iter_records():
         visited += 1
-        if not (engine.is_indexed(off, key) and engine.is_intact(off)):
+        if not engine.is_intact(off):
             damaged += 1
+        elif not engine.is_indexed(off, key):
+            continue
         elif not expires or now < expires:
             damaged += append_key(keys, key)
     for off in engine.unlisted_records(visited):  # the table still leads to what slot info lost
