@@ -497,13 +497,15 @@ def cmd_copy(args: argparse.Namespace) -> int:
             with ProgressBar("copying") as bar:
                 result = copy.run(progress=bar)
         except BaseException as exc:
-            if not copy.copied and isinstance(dest, Store):
+            if not copy.copied and not copy.pending and isinstance(dest, Store):
                 dest._discard()  # if we made it, it holds nothing: leave no empty store
             if not isinstance(exc, InputError):  # a refusal says itself that nothing was copied
-                print(f"{PROG}: copy incomplete: copied {copy.copied:,} of {copy.listed:,} keys"
+                perhaps = (f", and perhaps up to {copy.pending:,} more (the batch under way when it "
+                           "stopped)") if copy.pending else ""
+                print(f"{PROG}: copy incomplete: copied {copy.copied:,} of {copy.listed:,} keys{perhaps}"
                       + (f" (skipped {copy.expired:,} expired)" if copy.expired else "")
                       + (f"; {_name(dest)} holds those, and `--replace` copies again over them"
-                         if copy.copied else "; nothing was written"), file=sys.stderr)
+                         if copy.copied or copy.pending else "; nothing was written"), file=sys.stderr)
             raise
     print(f"copied {_plural(result.copied, 'key')} to {_name(dest)}"
           + (f" (skipped {result.expired:,} expired)" if result.expired else ""))

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
 
+from .errors import MmapKVError
 from .store import Store
 
 if TYPE_CHECKING:
@@ -63,6 +64,9 @@ class Copy:
         self._keys: list[str] | None = None
         self.copied = 0
         self.expired = 0
+        #: keys of the chunk under way: if the copy stops now, up to this many more may be
+        #: written (Redis applied the batch, its reply not read yet; or it was not counted)
+        self.pending = 0
 
     @property
     def keys(self) -> list[str]:
@@ -93,9 +97,16 @@ class Copy:
         for start in range(0, len(keys), CHUNK):
             chunk = keys[start:start + CHUNK]
             entries = list(self.source.items_with_expiry(chunk))
-            written = self.dest.restore_entries(entries, replace=self.replace)
+            self.pending = len(entries)
+            try:
+                written = self.dest.restore_entries(entries, replace=self.replace)
+            except MmapKVError:
+                if isinstance(self.dest, Store):  # a refusal, all or nothing: nothing written
+                    self.pending = 0  # (a Ctrl-C may land after its commit: then it stays)
+                raise
             self.copied += written
             self.expired += len(chunk) - written
+            self.pending = 0
             if progress is not None:
                 progress(start + len(chunk), len(keys))
         return CopyResult(len(keys), self.copied, self.expired)
