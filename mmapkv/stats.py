@@ -396,7 +396,9 @@ def describe_error(exc: BaseException) -> str:
         text = exc.strerror + (f": {exc.filename}" if exc.filename else "")
     else:
         text = str(exc) or type(exc).__name__
-    return " ".join(text.split())  # one line, whatever the message held
+    if "\n" in text or "\r" in text:  # one line, whatever the message held
+        text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    return text  # the spaces inside a line kept: a path's own ("two  spaces.mmapkv")
 
 
 def _json_escape(exc: UnicodeError) -> tuple[str, int]:

@@ -375,6 +375,14 @@ def test_an_empty_file_argument_is_a_usage_error(run: Run, tmp_path: Any, path: 
     assert os.listdir(tmp_path) == []
 
 
+def test_an_error_names_a_path_with_its_own_spaces(run: Run, tmp_path: Any) -> None:
+    """A review: messages were squeezed to one line by joining every run of whitespace,
+    so ``two  spaces.mmapkv`` was named as ``two spaces.mmapkv``, another file."""
+    path = str(tmp_path / "two  spaces.mmapkv")
+    code, _, err = run("keys", "--path", path)
+    assert code == 4 and err == f"mmapkv: error: no store at {path}\n"
+
+
 def test_dump_to_an_unwritable_place(run: Run, tmp_path: Any, path: str) -> None:
     mmapkv.Store(path).close()
     code, _, err = run("dump", str(tmp_path / "no" / "such" / "dir.jsonl"), "--path", path)
