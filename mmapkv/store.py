@@ -454,7 +454,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         (an int longer than this process's ``sys.set_int_max_str_digits`` allows, say) is
         ``CorruptStoreError``, from every call that returns values, and nothing changes."""
         try:
-            return _loads(data) if not flags else _decode(data, flags)  # type: ignore[no-any-return]
+            return _loads(data) if not flags else _decode(data, flags)
         except ValueError as exc:
             raise CorruptStoreError(f"{self._path}: the value of {str.__repr__(key)} is not JSON: {exc}") from None
 
