@@ -255,7 +255,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _dump(args: argparse.Namespace, out: IO[str]) -> None:
+def _dump(args: argparse.Namespace, out: IO[str] | None) -> None:
+    if out is None:  # started with stdout closed (`>&-`): sys.stdout is None
+        raise InputError("cannot write stdout: it is closed")
     if is_v2(args.path):  # read in place: the way out for a store too full to convert
         _v2_left_out(transfer.dump_v2(os.path.abspath(args.path), out).corrupt)
         return

@@ -289,7 +289,10 @@ def decode_text(data: bytes | str) -> dict[str, Any]:
     :raises ValueError: *data* is not JSON, or not a JSON object.
     """
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    value = decode(raw, CODEC_STDLIB if _LONG_DIGITS.search(raw) else 0)
+    try:
+        value = decode(raw, CODEC_STDLIB if _LONG_DIGITS.search(raw) else 0)
+    except RecursionError:  # stdlib json on text nested deeper than Python's stack (not ours)
+        raise ValueError("the JSON text is nested too deep to read") from None
     if type(value) is not dict:
         raise ValueError(f"the JSON text is not an object (it reads as a Python {type(value).__name__})")
     return value

@@ -455,7 +455,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         ``CorruptStoreError``, from every call that returns values, and nothing changes."""
         try:
             return _loads(data) if not flags else _decode(data, flags)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # (the second: stdlib json, forged text)
             raise CorruptStoreError(f"{self._path}: the value of {str.__repr__(key)} is not JSON: {exc}") from None
 
     def _raise_missing(self, key: str) -> NoReturn:

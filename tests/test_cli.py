@@ -339,6 +339,15 @@ def test_closed_or_full_stdout_is_one_line_and_its_exit_code(path: str, tool: li
         assert done.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("target", [[], ["-"]])
+def test_a_dump_to_a_closed_stdout_says_so(path: str, target: list[str]) -> None:
+    """It was an internal error (exit 70, ``AttributeError``): ``sys.stdout`` is None."""
+    with mmapkv.Store(path) as store:
+        store.create("k", {"v": 1})
+    done = _tool("mmapkv", "dump", *target, "--path", path, preexec_fn=lambda: os.close(1))
+    assert (done.returncode, done.stderr) == (3, "mmapkv: error: cannot write stdout: it is closed\n")
+
+
 def test_dump_to_a_descriptors_name_writes_through_it(path: str, tmp_path: Any) -> None:
     """``dump /dev/stdout`` into a pipe was "No such file or directory" (the name resolves
     to ``pipe:[N]``); into a file it was "exists", and with ``--force`` under ``>>`` it

@@ -724,6 +724,27 @@ def test_a_decoding_client_reading_a_binary_value_is_corrupt_store(own_server: L
         raw.close()
 
 
+def test_text_nested_past_pythons_stack_is_corrupt_store_and_pop_keeps_it(own_server: LocalRedis) -> None:
+    """Another program's value nested 200,000 deep, with a run of 19 digits (which sends
+    it to stdlib ``json``): ``RecursionError`` came out bare, and ``pop`` had deleted the
+    value first.  Now CorruptStoreError from every read, and the value stays."""
+    import redis
+
+    raw = redis.Redis.from_url(own_server.url)
+    store = mmapkv.RedisStore(own_server.url, namespace="deep")
+    text = b'{"a":' + b"[" * 200_000 + b"1234567890123456789" + b"]" * 200_000 + b"}"
+    try:
+        raw.set(b"deep:k", text)
+        for call in (lambda: store.read("k"), lambda: store.get("k"), lambda: store.pop("k"), store.popitem):
+            with pytest.raises(mmapkv.CorruptStoreError, match="nested too deep"):
+                call()
+            assert raw.get(b"deep:k") == text
+    finally:
+        store.close()
+        raw.delete(b"deep:k")
+        raw.close()
+
+
 def test_items_with_expiry_keeps_the_milliseconds(own_server: LocalRedis) -> None:
     """``_READ_WITH_EXPIRY`` reads PEXPIRETIME (unix milliseconds): the expiry comes back
     to the millisecond, as ``restore_entries`` wrote it with PXAT, not cut to the second
