@@ -1689,13 +1689,26 @@ class Engine:
         mm.flush()
 
     def _slots_without_records(self, record_slots: list[int]) -> list[int]:
-        """Of *record_slots*, those where no LIVE or PEND state appears at all, highest
-        first: a table segment whose kind byte was damaged into a record class is one."""
-        mm, g = self._mm, self.geometry
-        pending = _U32.pack(STATE_PENDING)
-        return [slot for slot in reversed(record_slots)
-                if mm.find(_LIVE, g.slot_offset(slot), g.slot_offset(slot + 1)) < 0
-                and mm.find(pending, g.slot_offset(slot), g.slot_offset(slot + 1)) < 0]
+        """Of *record_slots*, those that hold no intact record, highest first: a table
+        segment whose kind byte was damaged into a record class is one.  A record starts
+        at a 32-byte unit whatever its class, so only the state words there are read, and
+        a LIVE or PEND one counts only if its record's checksum holds: a value's text
+        ("PENDING", "DELIVERED") or a freed record's leftovers must not count."""
+        return [slot for slot in reversed(record_slots) if not self._holds_a_record(slot)]
+
+    def _holds_a_record(self, slot: int) -> bool:
+        base = self.geometry.slot_offset(slot)
+        units = array("I", self._mm[base:base + SLOT_SIZE])[::UNIT // 4]  # each unit's first word
+        for state in (STATE_LIVE, STATE_PENDING):
+            at = -1
+            while True:
+                try:
+                    at = units.index(state, at + 1)
+                except ValueError:
+                    break
+                if self.is_intact(base + at * UNIT):
+                    return True
+        return False
 
     def _old_table_offsets(self, kinds: bytearray) -> Iterator[int]:
         """Recovery's view of the table it is about to replace: the record offset of each
