@@ -44,8 +44,8 @@ Superblock (first 176 bytes of page 0; the rest of the page is zero)::
    104  13 x u32 class_heads  1 + first slot of each class's partial list, 0 if none
    156  u32 segments       table segments
    160  u64 checksum       xxh3_64 of bytes [0, 160); valid only when CLEAN is set
-   168  u64 layout_checksum  xxh3_64 of the directory and slot info in use (1 if that is 0;
-                           docs/format.md); checked only when CLEAN is set; 0 = none
+   168  u64 layout_checksum  low half xxh3_64(directory in use), high half xxh3_64(slot
+                           info), each mod 2**32 and 1 if 0 (docs/format.md); 0 = none
 
 Slot info entry (``SLOT_INFO``, 24 bytes, at ``info_offset + 24 * slot``)::
 

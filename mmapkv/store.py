@@ -246,6 +246,8 @@ class Store(MutableMapping[str, dict[str, Any]]):
             raise self._closed()
         if engine.changes:
             engine = self._repair(engine)
+        if engine.info_to_check:  # the session's first call under the lock
+            engine.check_slot_info()
         return engine
 
     def _reentered(self) -> ReentrantCallError:

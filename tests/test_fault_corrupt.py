@@ -489,8 +489,8 @@ def test_a_forged_key_that_is_not_utf8_is_caught(tmp_path: Any) -> None:
     path, _ = small_store(tmp_path, {"v": 1})
     with mmapkv.Store(path) as store:
         engine = store._engine
-        assert engine is not None
-        with engine.change():  # past Store's validation: what a forged file holds
+        assert engine is not None and store.verify() == []  # a call under the lock first, as
+        with engine.change():  # Store's own do: past Store's validation, what a forged file holds
             engine.room_for([64], [engine.fingerprint(b"\xff")])
             engine.insert(b"\xff", engine.fingerprint(b"\xff"), b'{"v":2}', 0, 0.0)
     assert_reads_exact_or_refused(path, {"v": 1})
@@ -506,8 +506,8 @@ def test_a_forged_key_longer_than_128_bytes_is_caught(tmp_path: Any) -> None:
     assert len(long_key) > MAX_KEY_BYTES
     with mmapkv.Store(path) as store:
         engine = store._engine
-        assert engine is not None
-        with engine.change():  # past Store's validation: what a forged file holds
+        assert engine is not None and store.verify() == []  # a call under the lock first, as
+        with engine.change():  # Store's own do: past Store's validation, what a forged file holds
             engine.room_for([KEY_OFFSET + len(long_key) + 7], [engine.fingerprint(long_key)])
             engine.insert(long_key, engine.fingerprint(long_key), b'{"v":2}', 0, 0.0)
         assert [problem for problem in store.verify() if "fails its checksum" in problem]
@@ -611,7 +611,8 @@ def test_layout_damage_in_a_clean_file_is_recovered_before_any_write(tmp_path: A
     was trusted by the allocator and the table (nothing checked them until a recovery),
     so creates overwrote live records (127 keys lost to one pool link), reads missed keys
     with no error, and some calls raised AssertionError or struct.error, or hung.  A clean
-    close now records a checksum of both; an open that finds it wrong recovers first."""
+    close now records a checksum of both; an open that finds the directory's wrong, or the
+    first call under the lock that finds the slot info's wrong, recovers first."""
     path = str(tmp_path / "s.mmapkv")
     with mmapkv.Store(path, max_size=8 << 20) as store:
         for i in range(2500):
@@ -628,7 +629,12 @@ def test_layout_damage_in_a_clean_file_is_recovered_before_any_write(tmp_path: A
         f.seek(offset)
         f.write(damage)
     with mmapkv.Store(path) as store:
-        assert store._engine is not None and not store._engine.was_clean
+        engine = store._engine
+        assert engine is not None
+        if kind.startswith("directory"):  # checked at the open
+            assert not engine.was_clean
+        else:  # checked by the first call that takes the lock (a get without it reads none)
+            assert engine.was_clean and engine.info_to_check
         assert {key: store.get(key) for key in kept} == kept
         store.update({f"n{i}": {"n": i} for i in range(300)})
         for i in range(6):
@@ -666,3 +672,23 @@ def test_a_full_store_whose_segment_kind_says_records_recovers(tmp_path: Any) ->
         with mmapkv.Store(path) as store:
             assert len(store) == n and all(store.read(f"k{i}") == {"i": i} for i in range(n))
             assert store.verify() == []
+
+
+def test_an_open_reads_no_slot_info_and_the_first_locked_call_checks_it_once(tmp_path: Any,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The slot info is 1.3 MiB at the 1 GiB ceiling, read through a map with no readahead:
+    checked at every open, a cold open of a full store took 20 ms (a review).  The open
+    checks the directory; the first call under the lock the slot info, once; a read
+    without the lock none."""
+    from mmapkv.engine import Engine
+    path = str(tmp_path / "s.mmapkv")
+    with mmapkv.Store(path) as store:
+        store.create("k", {"v": 1})
+    calls: list[int] = []
+    real = Engine._slot_info_checksum
+    monkeypatch.setattr(Engine, "_slot_info_checksum", lambda self: calls.append(1) or real(self))
+    with mmapkv.Store(path) as store:
+        assert store.get("k") == {"v": 1} and "k" in store and calls == []
+        assert len(store) == 1 and store.keys() == ["k"] and calls == [1]
+        store.create("k2", {"v": 2})
+    assert calls == [1, 1]  # and the close, which writes the checksum anew
