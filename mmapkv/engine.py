@@ -679,10 +679,14 @@ class Engine:
             except BaseException:
                 self._attach(self.file_size)
                 raise
-            self._unmap()
-            self._mm = mm
-            self._mapped = True
+            self._switch_map(mm)
         self._attach(size)
+
+    def _switch_map(self, mm: mmap.mmap) -> None:
+        """Put *mm*, made while the old map still stood, in its place (``_attach`` next)."""
+        self._unmap()
+        self._mm = mm
+        self._mapped = True
 
     def _release_views(self) -> None:
         for name in ("_q", "_dir", "_view"):  # an interrupted _map may not have made them all
@@ -970,10 +974,7 @@ class Engine:
             mm = self._new_map(size)  # before the old one goes: a failure keeps it
         except CLEAN_FAILURES:
             return False
-        self._release_views()
-        self._unmap()
-        self._mm = mm
-        self._mapped = True
+        self._switch_map(mm)
         self._attach(size)
         self._mm[SB_FILE_SIZE:SB_FILE_SIZE + 8] = _U64.pack(size)
         self._changed()
