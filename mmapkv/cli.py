@@ -142,7 +142,7 @@ def _v2_left_out(damaged: int) -> None:
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+    _say(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
 
 
 def _stdin() -> IO[bytes]:
@@ -215,7 +215,7 @@ def cmd_set(args: argparse.Namespace) -> int:
 def cmd_ttl(args: argparse.Namespace) -> int:
     with _open(args.path) as store:
         remaining = store.ttl(args.key)
-    print("none" if remaining is None else remaining)
+    _say("none" if remaining is None else remaining)
     return EXIT_OK
 
 
@@ -229,7 +229,7 @@ def cmd_expire(args: argparse.Namespace) -> int:
 def cmd_persist(args: argparse.Namespace) -> int:
     with _open(args.path) as store:
         had = store.persist(args.key)
-    print("removed the TTL" if had else "no TTL to remove")
+    _say("removed the TTL" if had else "no TTL to remove")
     return EXIT_OK
 
 
@@ -244,14 +244,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
         keys = store.keys()
     for key in sorted(keys):
         if key.startswith(args.prefix):
-            print(key)
+            _say(key)
     return EXIT_OK
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
     with ProgressBar("scanning") as bar:
         report = stats.collect(args.path, progress=bar)
-    print(json.dumps(report, indent=2) if args.json else stats.render(report))
+    _say(json.dumps(report, indent=2) if args.json else stats.render(report))
     return EXIT_OK
 
 
@@ -275,7 +275,7 @@ def _same_file(a: str, b: str) -> bool:
 
 def cmd_dump(args: argparse.Namespace) -> int:
     if args.file in (None, "-"):
-        _dump(args, sys.stdout)
+        _dump(args, _named_stdout())
         return EXIT_OK
     name = args.file
     if _same_file(name, args.path):  # --force would replace the store with its own dump
@@ -294,7 +294,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise cannot_write(exc) from None
     if found is not None and _is_stdout(found):  # /dev/stdout, /dev/fd/1: stdout itself
-        _dump(args, sys.stdout)
+        _dump(args, _named_stdout())
         return EXIT_OK
     if found is not None and (not stat.S_ISREG(found.st_mode) or _names_a_descriptor(name)):
         # /dev/null, a FIFO, a terminal: nothing to keep.  /dev/stderr and the like name a
@@ -366,6 +366,11 @@ class _NamedOutput:
             raise _write_error(exc, self._name) from None
 
 
+def _named_stdout() -> IO[str] | None:
+    """stdout for a dump, whose refusal (``> /dev/full``) names it; None if it is closed."""
+    return None if sys.stdout is None else cast(IO[str], _NamedOutput(sys.stdout, "stdout"))
+
+
 def _write_error(exc: OSError, name: str) -> Exception:
     """*exc*, met writing the file *name*: as ``DiskFullError`` or ``StoreAccessError``
     naming it; a reader gone (a closed pipe) as it is, for run_tool's exit 141."""
@@ -408,7 +413,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         skipped.append(f"{result.existing} already present")
     if result.expired:
         skipped.append(f"{result.expired} expired")
-    print(f"restored {_plural(result.restored, 'key')}"
+    _say(f"restored {_plural(result.restored, 'key')}"
           + (f" (skipped {', '.join(skipped)})" if skipped else ""))
     return EXIT_OK
 
@@ -427,14 +432,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
             problems += _new_only(store.verify(), problems)  # one line per fault
         slots, keys = engine.slot_count, engine.live_count
     if recovered:
-        print("note: the last close was not clean; opening rebuilt the table and counters "
+        _say("note: the last close was not clean; opening rebuilt the table and counters "
               "from the slots, and dropped entries that failed their checksum")
     for problem in problems:
-        print(problem)
+        _say(problem)
     if problems:
-        print(f"{store.path}: {_plural(len(problems), 'problem')} found")
+        _say(f"{store.path}: {_plural(len(problems), 'problem')} found")
         return EXIT_CHECK_FAILED
-    print(f"{store.path}: ok ({_plural(keys, 'entry', 'entries')} in {_plural(slots, 'slot')})")
+    _say(f"{store.path}: ok ({_plural(keys, 'entry', 'entries')} in {_plural(slots, 'slot')})")
     return EXIT_OK
 
 
@@ -444,13 +449,13 @@ def cmd_compact(args: argparse.Namespace) -> int:
         with ProgressBar("converting") as bar:
             old_size, new_size, keys, damaged = transfer.convert_v2(path, progress=bar)
         _v2_left_out(damaged)
-        print(f"converted {path} from format version 2 to {FORMAT_VERSION}: "
+        _say(f"converted {path} from format version 2 to {FORMAT_VERSION}: "
               f"{old_size:,} -> {new_size:,} bytes, {_plural(keys, 'key')}")
         return EXIT_OK
     with _open(args.path) as store, ProgressBar("compacting") as bar:
         old_size, new_size, keys = transfer.compact(store, skip_corrupt=args.skip_corrupt,
                                                     on_skip=_left_out, progress=bar)
-    print(f"compacted {store.path}: {old_size:,} -> {new_size:,} bytes, {_plural(keys, 'key')}")
+    _say(f"compacted {store.path}: {old_size:,} -> {new_size:,} bytes, {_plural(keys, 'key')}")
     return EXIT_OK
 
 
@@ -509,7 +514,7 @@ def cmd_copy(args: argparse.Namespace) -> int:
                       + (f"; {_name(dest)} holds those, and `--replace` copies again over them"
                          if copy.copied or copy.pending else "; nothing was written"), file=sys.stderr)
             raise
-    print(f"copied {_plural(result.copied, 'key')} to {_name(dest)}"
+    _say(f"copied {_plural(result.copied, 'key')} to {_name(dest)}"
           + (f" (skipped {result.expired:,} expired)" if result.expired else ""))
     return EXIT_OK
 
@@ -527,9 +532,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         key = _unused_demo_key(store)
         store.create(key, {"hello": "world", "created_by": "mmapkv demo"}, ttl=DEMO_TTL)
         value = store.read(key)
-    print(f"created {key} in {store.path} (expires in {DEMO_TTL} s)")
-    print(f"read {key}: {json.dumps(value, ensure_ascii=False)}")
-    print()
+    _say(f"created {key} in {store.path} (expires in {DEMO_TTL} s)")
+    _say(f"read {key}: {json.dumps(value, ensure_ascii=False)}")
+    _say()
     return cmd_stats(argparse.Namespace(path=store.path, json=False))
 
 
@@ -608,6 +613,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _error(message: str) -> None:
     print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def _say(*values: object) -> None:
+    """``print`` to stdout, whose refusal (``> /dev/full``) names stdout."""
+    try:
+        print(*values)
+    except OSError as exc:
+        raise _write_error(exc, "stdout") from None
 
 
 def main(argv: list[str] | None = None) -> int:

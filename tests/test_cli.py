@@ -339,6 +339,20 @@ def test_closed_or_full_stdout_is_one_line_and_its_exit_code(path: str, tool: li
         assert done.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("command", [["keys"], ["get", "k"], ["ttl", "k"], ["stats"], ["verify"], ["dump"],
+                                     ["dump", "-"], ["dump", "/dev/stdout"], ["demo"]])
+def test_every_command_names_a_full_stdout(path: str, command: list[str]) -> None:
+    """``mmapkv keys > /dev/full`` said "No space left on device", naming nothing: the
+    commands' own prints failed inside the command, before run_tool could name stdout."""
+    with mmapkv.Store(path) as store:
+        store.create("k", {"v": 1})
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "mmapkv", *command] + ([] if command == ["demo"] else ["--path", path]),
+                              stdout=full, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "XDG_DATA_HOME": os.path.dirname(path)})
+    assert (done.returncode, done.stderr) == (4, "mmapkv: error: cannot write stdout: No space left on device\n")
+
+
 @pytest.mark.parametrize("target", [[], ["-"]])
 def test_a_dump_to_a_closed_stdout_says_so(path: str, target: list[str]) -> None:
     """It was an internal error (exit 70, ``AttributeError``): ``sys.stdout`` is None."""
