@@ -78,7 +78,7 @@ from .errors import (
 from .codec import check_ttl
 from .format import VERSION as FORMAT_VERSION
 from .legacy import is_v2
-from .stats import ProgressBar, describe_error, path_argument
+from .stats import ProgressBar, describe_error, path_argument, shown_default_path
 from .stats import plural as _plural
 from .store import Store, default_path
 
@@ -548,8 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
                "invalid input), 4 store unavailable")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--path", default=default_path(), type=path_argument,
-                        help="the store file (default: %(default)s)")
+    common.add_argument("--path", type=path_argument,  # None: default_path(), once a command runs
+                        help=f"the store file (default: {shown_default_path()})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
@@ -635,6 +635,8 @@ def _main(argv: list[str] | None) -> int:
     except SystemExit as exc:  # --help, --version (0) or a usage error (2): return, don't exit
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
+        if getattr(args, "path", "") is None:  # here, not in the parser: with no home, --path must still work
+            args.path = default_path()
         return int(args.func(args))
     except BrokenPipeError:
         raise  # run_tool's to handle: the reader went away, the store is fine

@@ -412,6 +412,15 @@ def _json_escape(exc: UnicodeError) -> tuple[str, int]:
 codecs.register_error("mmapkv.jsonescape", _json_escape)
 
 
+def shown_default_path() -> str:
+    """The default store's path for a ``--help``, or why there is none: the help must not
+    fail where only the default path cannot be had."""
+    try:
+        return default_path()
+    except MmapKVError as exc:
+        return f"none: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
+
+
 def path_argument(text: str) -> str:
     """A command line's store path (argparse ``type=``): an empty one is a usage error,
     not the working directory (which ``os.path.abspath`` makes of it)."""
@@ -477,7 +486,7 @@ def _main(argv: list[str] | None) -> int:
         prog=PROG,
         description="Report on an mmapkv store without changing a byte of it.")
     parser.add_argument("path", nargs="?", default=None, metavar="PATH", type=path_argument,
-                        help=f"the store file (default: {default_path()})")
+                        help=f"the store file (default: {shown_default_path()})")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object (fields in the module docstring)")
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import struct
@@ -30,6 +31,7 @@ from .errors import (
     KeyExpiredError,
     KeyNotFoundError,
     ReentrantCallError,
+    StoreAccessError,
     StoreClosedError,
     StoreFullError,
     StoreLockedError,
@@ -69,8 +71,20 @@ def default_path() -> str:
     """Where ``Store()`` keeps its file: the user's data directory, per platformdirs.
 
     On Linux that is ``$XDG_DATA_HOME/mmapkv/default.mmapkv`` (``~/.local/share/...``).
+
+    :raises StoreAccessError: no absolute home directory is known (``HOME`` unset in a
+        process whose user has no home, say): give the store a path.
     """
-    return os.path.join(platformdirs.user_data_dir("mmapkv", appauthor=False), DEFAULT_FILENAME)
+    try:
+        directory = platformdirs.user_data_dir("mmapkv", appauthor=False)
+    except RuntimeError:  # platformdirs 4 when it cannot tell the home directory
+        directory = ""
+    # platformdirs 3 answers "~/.local/share" (or a relative HOME's) instead: a store there
+    # would land under the working directory, a different one from each directory.
+    if not os.path.isabs(directory):
+        raise StoreAccessError(errno.ENOENT, "no user data directory for the default store: HOME (or "
+                               "XDG_DATA_HOME) is unset or not an absolute path; give the store a path")
+    return os.path.join(directory, DEFAULT_FILENAME)
 
 
 @dataclass(frozen=True)

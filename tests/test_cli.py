@@ -646,6 +646,38 @@ def test_default_path_is_used_and_shown(run: Run, tmp_path: Any, monkeypatch: An
     assert code == 0 and mmapkv.default_path() in "".join(out.split())  # argparse wraps at "-"
 
 
+def _no_home(answer: str | None) -> Any:
+    """platformdirs' user_data_dir where no home directory is known: platformdirs 4 raises
+    RuntimeError, 3 answers "~/..." unexpanded; a relative HOME gives a relative path."""
+    def user_data_dir(*args: Any, **kwargs: Any) -> str:
+        if answer is None:
+            raise RuntimeError("could not determine the home directory for '~/.local/share'")
+        return answer
+    return user_data_dir
+
+
+@pytest.mark.parametrize("answer", [None, "~/.local/share/mmapkv", "relhome/.local/share/mmapkv"])
+def test_no_home_directory_is_a_clear_error_and_path_still_works(
+        run: Run, tmp_path: Any, monkeypatch: Any, answer: str | None) -> None:
+    """With no usable home, Store() raised platformdirs' RuntimeError, or (platformdirs 3)
+    made its store under the working directory, a different one from each directory; every
+    command, --path given or not, failed with a traceback, since the parser asked for the
+    default path.  Now StoreAccessError (exit 4) and nothing made; --path and --help work."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(mmapkv.store.platformdirs, "user_data_dir", _no_home(answer))
+    monkeypatch.setattr(mmapkv, "_default_store", None)
+    for make in (mmapkv.default_path, mmapkv.Store, lambda: mmapkv.create("k", {"v": 1})):
+        with pytest.raises(mmapkv.StoreAccessError, match="no user data directory for the default store"):
+            make()
+    code, _, err = run("create", "k", "{}")
+    assert code == 4 and "no user data directory" in err
+    assert os.listdir(tmp_path) == []  # no store under the working directory
+    assert run("create", "k", "{}", "--path", str(tmp_path / "s"))[0] == 0
+    assert run("get", "k", "--path", str(tmp_path / "s"))[1] == "{}\n"
+    code, out, _ = run("get", "--help")
+    assert code == 0 and "none: no user data directory" in " ".join(out.split())
+
+
 # ------------------------------------------------------------------ store unavailable (exit 4)
 
 @pytest.mark.parametrize("command", [["get", "k"], ["create", "k", "{}"], ["delete", "k"],
