@@ -491,17 +491,21 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """
         kb = _key_bytes(key)
         fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
-        expires = self._expiry_unlocked(kb, fp)
-        if expires is None:
-            with self._lock:
+        seen = self._expiry_unlocked(kb, fp)
+        if seen is None:
+            with self._lock:  # the clock read under it too: no change between the two
                 found = self._found(self._use(), str(key), kb, fp)
-            expires = -1.0 if found is None else found[2]
-        return expires >= 0 and (not expires or self._clock() < expires)
+                return found is not None and (not found[2] or self._clock() < found[2])
+        expires, now = seen
+        return expires >= 0 and (not expires or now < expires)
 
-    def _expiry_unlocked(self, kb: bytes, fp: int) -> float | None:
-        """The expiry of *kb*'s record (0.0: none), or -1.0 if it has none, read without
-        the lock as :meth:`get` reads (without the decode); None if a change ran under the
-        look, or is open: the caller asks again under the lock."""
+    def _expiry_unlocked(self, kb: bytes, fp: int) -> tuple[float, float] | None:
+        """(expiry of *kb*'s record (0.0: none; -1.0: no record), the clock's time if it
+        has an expiry), read without the lock as :meth:`get` reads (without the decode);
+        None if a change ran under the look, or is open: the caller asks again under the
+        lock.  The clock is read inside the look, as ``get`` reads it: read after it, it
+        could judge an expiry that an ``expire`` or ``persist`` had replaced meanwhile
+        (a key never expired called expired)."""
         engine = self._engine
         if engine is not None and not engine.changes:
             generation = engine.generation
@@ -509,8 +513,10 @@ class Store(MutableMapping[str, dict[str, Any]]):
                 found = engine.get(kb, fp)
             except _TORN:
                 return None
+            expires = -1.0 if found is None else found[2]
+            now = self._clock() if expires > 0 else 0.0
             if not engine.changes and engine.generation == generation:  # as in get
-                return -1.0 if found is None else found[2]
+                return expires, now
         return None
 
     def __len__(self) -> int:
@@ -863,14 +869,16 @@ class Store(MutableMapping[str, dict[str, Any]]):
         """
         kb = _key_bytes(key)
         fp = _xxh3(kb, self._seed) >> FINGERPRINT_SHIFT
-        expires = self._expiry_unlocked(kb, fp)
-        if expires is None:
+        seen = self._expiry_unlocked(kb, fp)
+        if seen is None:
             with self._lock:
                 _, _, expires, now = self._live_record(self._use(), key, kb, fp)
-        elif expires < 0:
-            raise self._not_found(key)
         else:
-            now = self._now_unexpired(key, expires)
+            expires, now = seen
+            if expires < 0:
+                raise self._not_found(key)
+            if expires and now >= expires:
+                raise self._expired(key, expires)
         # Rounded to 10 us first: expires is now + ttl in a float, which can round up past
         # the whole second (clock 7.97, ttl 3: 3.0000000000000004 left, "4"); alive, at least 1
         return max(1, math.ceil(round(expires - now, 5))) if expires else None

@@ -211,3 +211,45 @@ def test_a_read_overlapping_a_split_is_not_trusted(tmp_path: Any, gap: str) -> N
     assert got == [{"n": 0}]
     assert store.stats().table_segments == 2
     store.close()
+
+
+@pytest.mark.parametrize("change", ["expire", "persist"])
+@pytest.mark.parametrize("ask", ["in", "ttl"])
+def test_a_lockfree_expiry_is_judged_by_a_clock_read_inside_its_look(tmp_path: Any, change: str,
+                                                                       ask: str) -> None:
+    """``in`` and ``ttl`` read the expiry without the lock, then the clock after their
+    generation check: an ``expire`` or ``persist`` in between left them judging the old
+    expiry by a later time, so a key alive at every instant was "expired" (``ttl`` said
+    so even of a key with no TTL).  The reader's clock reading here waits for the change."""
+    now = [1000.0]
+    reader = threading.Event()  # set by the reader thread: its next reading waits
+    reading, changed = threading.Event(), threading.Event()
+
+    def clock() -> float:
+        if threading.current_thread().name == "reader" and reader.is_set():
+            reader.clear()
+            reading.set()
+            changed.wait(30)
+        return now[0]
+
+    with mmapkv.Store(os.path.join(tmp_path, "s"), clock=clock) as store:
+        store.create("k", {"v": 1}, ttl=10)  # expires at 1010
+        now[0] = 1009.0
+        answers: list[Any] = []
+
+        def ask_it() -> None:
+            reader.set()
+            try:
+                answers.append("k" in store if ask == "in" else store.ttl("k"))
+            except mmapkv.MmapKVError as exc:
+                answers.append(exc)
+
+        thread = threading.Thread(target=ask_it, name="reader")
+        thread.start()
+        assert reading.wait(30)
+        store.expire("k", 100) if change == "expire" else store.persist("k")  # at 1009: alive
+        now[0] = 1010.0  # the old expiry's instant
+        changed.set()
+        thread.join(30)
+        expected = {"in": True, "ttl": 99 if change == "expire" else None}[ask]
+        assert answers == [expected]
