@@ -720,6 +720,8 @@ class Engine:
                 deleted = None if self.discarded else self._deleted()
             except OSError as exc:  # EIO from msync: the lock and descriptor go all the same
                 self._release(release_lock)
+                if isinstance(exc, MmapKVError):  # mark_clean's: the file was cut short
+                    raise
                 raise system_error(exc, f"cannot sync {self.path} while closing it (the next "
                                    "open recovers it, as after a crash)") from None
             if deleted:
@@ -732,7 +734,10 @@ class Engine:
         and sync it: an open now needs no recovery.  The next change clears it again.
         A file longer than the superblock says (a cut back that failed) is cut first: an
         open refuses a clean file with bytes past its end; failing, it stays unclean."""
-        if os.fstat(self._fd).st_size > self.file_size:
+        size = os.fstat(self._fd).st_size
+        if size < self.file_size:  # never marked clean: it is not the store it says it is
+            raise self._cut_short(size)
+        if size > self.file_size:
             os.ftruncate(self._fd, self.file_size)
         self._mm.flush()
         slots = self.slots
@@ -786,12 +791,23 @@ class Engine:
 
     def _deleted(self) -> StoreAccessError | None:
         """The error to raise if the open file has no name left: another program deleted
-        it (or its directory), and what it holds goes when it is closed.  A sync cannot
-        keep that promise, so it must not look as if it had."""
-        if os.fstat(self._fd).st_nlink:
+        it (or its directory), and what it holds goes when it is closed; or if another
+        program cut it short.  A sync cannot keep that promise, so it must not look as if
+        it had."""
+        found = os.fstat(self._fd)
+        if found.st_size < self.file_size:
+            return self._cut_short(found.st_size)
+        if found.st_nlink:
             return None
         return StoreAccessError(errno.ENOENT, f"{self.path} was deleted while this Store had it open "
                                 "(by another program?): what it held is lost once it is closed")
+
+    def _cut_short(self, size: int) -> StoreAccessError:
+        """A sync's error for a file another program truncated under the map: the records
+        past *size* are gone (and touching their pages raises SIGBUS)."""
+        return StoreAccessError(errno.EIO, f"{self.path} was cut to {size:,} bytes while this Store had "
+                                f"it open (by another program?); the store is {self.file_size:,}: what "
+                                "was past the cut is lost")
 
     def _changed(self) -> None:
         if self.durable:

@@ -14,7 +14,7 @@ import pytest
 
 import mmapkv
 from mmapkv import engine as eng
-from mmapkv.format import SB_BATCH_COMMIT
+from mmapkv.format import FLAG_CLEAN, SB_BATCH_COMMIT, SUPERBLOCK
 
 
 class MapProxy:
@@ -116,6 +116,29 @@ def test_flush_and_close_say_when_the_file_was_deleted_under_the_store(tmp_path:
     with pytest.raises(mmapkv.StoreClosedError):
         store.read("old")
     assert not os.path.exists(path)
+
+
+def test_flush_and_close_say_when_the_file_was_cut_short_under_the_store(tmp_path: Any) -> None:
+    """Another program truncates the open file: flush and close returned normally and the
+    close marked it clean, a store missing what it had acknowledged.  Now both say so, and
+    the file is never marked clean (its open says it is truncated)."""
+    path = str(tmp_path / "s")
+    store = mmapkv.Store(path, max_size=1 << 20)
+    for i in range(20):
+        store.create(f"k{i}", {"x": "y" * 9000})
+    size = os.path.getsize(path)
+    os.truncate(path, 200_000)
+    with pytest.raises(mmapkv.StoreAccessError, match=f"was cut to 200,000 bytes .* the store is {size:,}"):
+        store.flush()
+    with pytest.raises(mmapkv.StoreAccessError, match="was cut to 200,000 bytes"):
+        store.close()
+    with pytest.raises(mmapkv.StoreClosedError):
+        store.read("k0")
+    with open(path, "rb") as file:
+        flags = SUPERBLOCK.unpack(file.read(SUPERBLOCK.size))[2]
+    assert not flags & FLAG_CLEAN
+    with pytest.raises(mmapkv.CorruptStoreError, match="is truncated: 200,000 bytes"):
+        mmapkv.Store(path)
 
 
 def test_a_store_renamed_or_only_read_while_deleted_closes_quietly(tmp_path: Any) -> None:
