@@ -75,7 +75,7 @@ from .errors import (
     MmapKVError,
     system_error,
 )
-from .codec import check_ttl
+from .codec import MAX_TTL, check_ttl
 from .format import VERSION as FORMAT_VERSION
 from .legacy import is_v2
 from .stats import ProgressBar, describe_error, path_argument, shown_default_path
@@ -189,6 +189,8 @@ def _seconds(text: str) -> int:
     opened, so a bad one never leaves a new store behind."""
     if not text.removeprefix("-").isdigit() or not text.isascii():
         raise InvalidTTLError(f"a TTL is a whole number of seconds, not {text!r}")
+    if len(text) > len(str(MAX_TTL)) + 1:  # int() of 4,301 digits is Python's ValueError
+        raise InvalidTTLError(f"ttl must be 1 to {MAX_TTL:,} seconds, got {len(text):,} digits")
     seconds = int(text)
     check_ttl(seconds)  # 1 to MAX_TTL, or InvalidTTLError
     return seconds
