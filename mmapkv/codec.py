@@ -379,7 +379,7 @@ def checked_clock(clock: Callable[[], float]) -> Callable[[], float]:
     >>> checked_clock(lambda: float("nan"))()
     Traceback (most recent call last):
     ...
-    mmapkv.errors.InvalidArgumentError: the store's clock returned nan; it must return unix time in seconds, from 0 to 10,000,000,000
+    mmapkv.errors.InvalidArgumentError: the store's clock returned nan; it must return unix time in seconds, an int or float from 0 to 10,000,000,000
 
     :raises InvalidArgumentError: (when called) the reading is not such a number.
     """
@@ -387,8 +387,9 @@ def checked_clock(clock: Callable[[], float]) -> Callable[[], float]:
         t = clock()
         if isinstance(t, (float, int)) and not isinstance(t, bool) and 0 <= t <= MAX_TIME:  # NaN fails
             return t
-        raise InvalidArgumentError(f"the store's clock returned {shown(t)}; it must return unix time "
-                                   f"in seconds, from 0 to {MAX_TIME:,}")
+        kind = "" if isinstance(t, (float, int)) and not isinstance(t, bool) else ", not an int or float"
+        raise InvalidArgumentError(f"the store's clock returned {shown(t)}{kind}; it must return unix time "
+                                   f"in seconds, an int or float from 0 to {MAX_TIME:,}")
     return now
 
 

@@ -154,7 +154,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         until :meth:`flush` or :meth:`close`.
     :param lock_timeout: seconds to wait for another holder of the file to let go.
     :param clock: returns unix time in seconds; TTLs are measured with it (tests inject one).
-        A reading that is not a number from 0 to ``codec.MAX_TIME`` fails the call that
+        A reading that is not an ``int`` or ``float`` from 0 to ``codec.MAX_TIME`` fails the call that
         asked for it with ``InvalidArgumentError``.
     :raises StoreLockedError: another process or ``Store`` holds the file.
     :raises CorruptStoreError: the file is not an mmapkv store (it is left untouched).

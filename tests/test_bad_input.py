@@ -15,6 +15,7 @@ import datetime
 import decimal
 import errno
 import gc
+import fractions
 import math
 import os
 import pickle
@@ -555,6 +556,18 @@ def test_a_clock_that_says_no_time(tmp_path: Any, reading: str, call: str) -> No
         now[0] = 1_700_000_001.0
         assert snapshot(store) == before
         assert store.verify() == []
+
+
+@pytest.mark.parametrize("reading, says", [(fractions.Fraction(2001, 2), "Fraction(2001, 2), not an int or float"),
+                                           (decimal.Decimal(1000), "Decimal('1000'), not an int or float"),
+                                           (-1, "-1; it must return unix time in seconds, an int or float from 0")])
+def test_a_clock_reading_of_another_type_says_so(tmp_path: Any, reading: Any, says: str) -> None:
+    """A reading that is a number of another type (numpy's int64, a Fraction) was refused
+    with "it must return unix time from 0 to ...", as if 1000 were out of range."""
+    with mmapkv.Store(os.path.join(tmp_path, "c.mmapkv"), clock=lambda: reading) as store:
+        with pytest.raises(mmapkv.InvalidArgumentError) as info:
+            store.create("k", {"v": 1}, ttl=10)
+        assert f"the store's clock returned {says}" in str(info.value)
 
 
 @pytest.mark.parametrize("zero", [0.0, 0])
