@@ -543,6 +543,8 @@ class Engine:
         if not clean:
             self.recover(superblock_damaged=damaged)
             remove_abandoned(path)  # what a process killed while compacting left beside it
+        elif self.made:  # what a process killed while creating the store left: no open recovers
+            remove_abandoned(path)
 
     def _directory_checksum(self, depth: int) -> int:
         """``layout_checksum``'s low half, of the map now: the directory's entries at global

@@ -67,6 +67,33 @@ def test_a_killed_compact_leaves_nothing_behind_after_the_next_open(tmp_path: An
     assert _siblings(path) == []
 
 
+def test_a_killed_create_leaves_nothing_behind_once_the_store_is_made(tmp_path: Any) -> None:
+    """A process killed while it built a new store's file (after its sync, before the
+    link) left the temporary file for good: only an open that recovers removed them, and
+    a new file is clean.  The open that makes the store now removes it."""
+    path = os.path.join(tmp_path, "s.mmapkv")
+    code = f"""if True:
+        import os, signal, mmapkv
+        from mmapkv import engine
+        real = os.fsync
+        def fsync(fd):
+            real(fd)
+            print("paused", flush=True)
+            signal.pause()
+        engine.os.fsync = fsync
+        mmapkv.Store({path!r}, max_size={SMALL})
+    """
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=child_env())
+    assert child.stdout is not None
+    assert child.stdout.readline() == b"paused\n"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert not os.path.exists(path) and len(os.listdir(tmp_path)) == 1  # the temporary file
+    with mmapkv.Store(path, max_size=SMALL) as store:
+        store.create("k", {"v": 1})
+    assert os.listdir(tmp_path) == ["s.mmapkv"]
+
+
 def test_only_abandoned_files_of_ours_are_removed(tmp_path: Any) -> None:
     path = os.path.join(tmp_path, "s.mmapkv")
     mmapkv.Store(path).close()
