@@ -80,6 +80,7 @@ from .format import VERSION as FORMAT_VERSION
 from .legacy import is_v2
 from .stats import ProgressBar, describe_error, path_argument, shown_default_path
 from .stats import plural as _plural
+from .locking import absolute_path
 from .store import Store, default_path
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ _DATA_ERRORS: tuple[type[Exception], ...] = (
 def _open(path: str, *, create: bool = False) -> Store:
     """Open the store; unless *create*, a missing file is an error, not a new store."""
     if not create and not os.path.lexists(path):
-        raise FileNotFoundError(2, f"no store at {os.path.abspath(path)}")
+        raise FileNotFoundError(2, f"no store at {absolute_path(path)}")
     return Store(path)
 
 
@@ -261,7 +262,7 @@ def _dump(args: argparse.Namespace, out: IO[str] | None) -> None:
     if out is None:  # started with stdout closed (`>&-`): sys.stdout is None
         raise InputError("cannot write stdout: it is closed")
     if is_v2(args.path):  # read in place: the way out for a store too full to convert
-        _v2_left_out(transfer.dump_v2(os.path.abspath(args.path), out).corrupt)
+        _v2_left_out(transfer.dump_v2(absolute_path(args.path), out).corrupt)
         return
     with _open(args.path) as store, ProgressBar("dumping") as bar:
         transfer.dump(store, out, skip_corrupt=args.skip_corrupt, on_skip=_left_out, progress=bar)
@@ -446,7 +447,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    path = os.path.abspath(args.path)
+    path = absolute_path(args.path)
     if is_v2(path):  # an older format: compacting is how it is converted
         with ProgressBar("converting") as bar:
             old_size, new_size, keys, damaged = transfer.convert_v2(path, progress=bar)

@@ -5,8 +5,8 @@ and how deep a thread holds a ``Store``'s thread lock.
 in the *same* process is refused too, and the kernel drops the lock when a holder dies.
 After locking we check that the path still names the inode we locked: a rival that opened
 the file just before ``compact`` replaced it must not keep a lock on the unlinked old file.
-Also how a store's files are opened (``opened``) and a new name in their directory made
-durable (``sync_directory``).
+Also how a store's files are named (``absolute_path``) and opened (``opened``), and a new
+name in their directory made durable (``sync_directory``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import portalocker
 
 from .errors import StoreLockedError, system_error
 
-__all__ = ["opened", "sync_directory", "lock_file", "unlock_file", "names_file", "recursion_count"]
+__all__ = ["absolute_path", "opened", "sync_directory", "lock_file", "unlock_file", "names_file", "recursion_count"]
 
 _COUNT = re.compile(r" count=(\d+) ")
 
@@ -33,6 +33,20 @@ _POLL_SECONDS = 0.05
 # What flock says when another open file holds the lock; any other errno (ENOLCK on a
 # network file system, EBADF, EINTR) is a failure to lock, not a rival.
 _HELD_ELSEWHERE = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES})
+
+
+def absolute_path(path: str) -> str:
+    """*path* made absolute as the kernel reads it: ``os.path.abspath``, except that a path
+    with ``..`` has its directory resolved (``realpath``), since after a symbolic link
+    ``..`` is the parent of the link's target, not of the link, which abspath's text rule
+    assumes (``link/../s`` would name another file than ``open`` does).
+
+    :raises OSError: the path is relative and the working directory is gone.
+    """
+    if os.pardir not in path.replace(os.altsep or os.sep, os.sep).split(os.sep):
+        return os.path.abspath(path)
+    head, name = os.path.split(path)
+    return os.path.join(os.path.realpath(head or os.curdir), name)
 
 
 def opened(path: str, *, readonly: bool = False, new: bool = False) -> io.FileIO:

@@ -92,6 +92,7 @@ from .format import (
 )
 from .slots import PER_SLOT
 from .table import HOME_OF_ENTRY, SEGMENT_MASK
+from .locking import absolute_path
 from .store import default_path
 
 __all__ = ["collect", "render", "main", "ProgressBar", "describe_error", "run_tool",
@@ -120,7 +121,7 @@ def collect(path: str | os.PathLike[str] | None = None, *, now: float | None = N
     :raises StoreLockedError: another process holds the store.
     :raises CorruptStoreError: no file at *path*, or it is not an mmapkv store.
     """
-    path = os.path.abspath(os.fspath(path)) if path is not None else default_path()
+    path = absolute_path(os.fspath(path)) if path is not None else default_path()
     engine = Engine(path, readonly=True, create=False)
     try:
         return _report(engine, time.time() if now is None else now, progress)

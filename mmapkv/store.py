@@ -20,7 +20,7 @@ from xxhash import xxh3_64_intdigest
 
 from . import codec
 from .engine import CLEAN_FAILURES, DamagedEntry, Engine, append_key
-from .locking import names_file, recursion_count
+from .locking import absolute_path, names_file, recursion_count
 from .tempfiles import remove_abandoned
 from .views import Items, Values
 from .errors import (
@@ -185,6 +185,9 @@ class Store(MutableMapping[str, dict[str, Any]]):
         if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):  # abspath drops it
             raise InvalidArgumentError(f"{path} ends with {path[-1]!r}, so it names a directory; "
                                        "give the path of a store file")
+        if os.path.basename(path) in (os.curdir, os.pardir):  # abspath drops these too
+            raise InvalidArgumentError(f"{path} ends with {os.path.basename(path)!r}, so it names a "
+                                       "directory; give the path of a store file")
         if max_size is not None:
             smallest = Geometry.smallest_max_size()
             if type(max_size) is not int or not smallest <= max_size <= MAX_FILE_SIZE:
@@ -198,7 +201,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         if not callable(clock):
             raise InvalidArgumentError("clock must be a callable returning seconds")
         try:
-            self._path = os.path.abspath(path)
+            self._path = absolute_path(path)
         except OSError as exc:  # a relative path, and the working directory is gone
             raise system_error(exc, f"cannot resolve the store path {path!r}") from None
         # A clock of the caller's has each reading checked; time.time's need not be.

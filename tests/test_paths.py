@@ -67,3 +67,33 @@ def test_a_path_that_becomes_a_directory_after_the_checks_is_an_invalid_argument
     with pytest.raises(mmapkv.InvalidArgumentError, match="is a directory"):
         Engine(path, readonly=readonly, create=False)
     assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.parametrize("name", ["new/", "new/.", "new/x/..", "new/x/../"])
+def test_a_path_that_names_a_directory_by_its_last_part_is_refused(tmp_path: Any, monkeypatch: Any,
+                                                                   name: str) -> None:
+    """``Store("new/.")`` made a store file named ``new``: abspath drops a last ``.`` or
+    ``..`` as it drops a trailing slash, which was refused already."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(mmapkv.InvalidArgumentError, match="so it names a directory"):
+        mmapkv.Store(name)
+    assert os.listdir(tmp_path) == []
+
+
+def test_dot_dot_after_a_symbolic_link_names_the_file_open_names(tmp_path: Any, monkeypatch: Any) -> None:
+    """abspath reads ``link/../s`` as ``./s``; the kernel, as the parent of the link's
+    target.  The store opened (or made) ``./s``, another file than ``open`` names; with a
+    store there, it opened that store."""
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("real/sub")
+    os.symlink("real/sub", "link")
+    with mmapkv.Store("s") as beside:  # where the text rule would lead
+        beside.create("wrong", {"v": 1})
+    with mmapkv.Store("link/../s") as store:
+        assert store.path == os.path.join(os.path.realpath("real"), "s")
+        assert list(store.keys()) == []
+        store.create("right", {"v": 2})
+    with open("real/s", "rb") as file:
+        assert file.read(8) == mmapkv.format.MAGIC
+    with mmapkv.Store("real/s") as store:
+        assert list(store.keys()) == ["right"]
