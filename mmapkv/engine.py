@@ -33,6 +33,7 @@ import secrets
 import stat
 import struct
 import sys
+import weakref
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -304,6 +305,25 @@ def append_key(keys: list[str], key: bytes) -> int:
     return 0
 
 
+# Every engine of this process, for a forked child to let go of their files: a Store's is
+# let go by Store too, but an engine not yet a Store's (another thread inside Store(), a
+# compact's new file) kept its locked descriptor in the child, and with it the lock, for
+# as long as the child lived after the parent died.
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _release_in_forked_child() -> None:
+    """Close every engine's map and descriptor, without unlocking: an ``flock`` belongs to
+    the open file description the parent shares; only its last descriptor's close (or an
+    unlock by anyone) ends it."""
+    for engine in list(_ENGINES):
+        engine._release(release_lock=False)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_release_in_forked_child)
+
+
 class Engine:
     """One open store file.  Not thread-safe on its own: ``Store`` holds a lock around it."""
 
@@ -364,6 +384,7 @@ class Engine:
         self._file: io.FileIO | None = None  #: owns _fd (``opened``)
         self._mapped = False
         self._dirty = False
+        _ENGINES.add(self)  # before it has a descriptor: a fork may come at any point
         try:
             self._open_and_lock(max_size, lock_timeout, create)  # sets _fd
             self._load_or_raise(max_size)

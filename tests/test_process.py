@@ -386,6 +386,46 @@ def test_fork_child_is_refused_parent_keeps_working(path: str) -> None:
         assert contents(again) == {"b": {"v": 2}}
 
 
+def test_a_child_forked_while_a_store_opens_does_not_keep_its_lock(path: str) -> None:
+    """A child forked while another thread was inside ``Store()`` kept the engine's locked
+    descriptor (only stores registered at the end of ``__init__`` were let go of), so
+    after the parent died the store stayed locked for as long as the child lived."""
+    parent = textwrap.dedent(f"""
+        import os, threading, time, mmapkv
+        from mmapkv import engine
+        opening, forked = threading.Event(), threading.Event()
+        real = engine.Engine._load_or_raise
+        def slow_load(self, max_size):  # a slow open (the recovery of a big file)
+            opening.set()
+            forked.wait()
+            return real(self, max_size)
+        engine.Engine._load_or_raise = slow_load
+        box = []
+        thread = threading.Thread(target=lambda: box.append(mmapkv.Store({path!r})))
+        thread.start()
+        opening.wait()
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(60)  # a worker that never touches the store
+            os._exit(0)
+        forked.set()
+        thread.join()
+        box[0].create("k", {{"v": 1}})
+        print(pid, flush=True)
+        time.sleep(60)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True, env=child_env())
+    assert process.stdout is not None
+    child = int(process.stdout.readline())
+    try:
+        process.kill()
+        process.wait()
+        with mmapkv.Store(path) as store:  # the child still lives
+            assert store.read("k") == {"v": 1}
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
 # --------------------------------------------------------------------- threads
 
 def test_threads(path: str) -> None:
