@@ -226,6 +226,14 @@ def create_file(path: str, max_size: int, *, in_place: bool = False,
                 pass  # another process created it first: use theirs
             except FileNotFoundError:
                 pass  # a cleaner took our temporary file for abandoned: the caller retries
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                # FAT and exFAT have no hard links: there is no way to put a complete file
+                # at the path without a moment in which another could be overwritten
+                raise StoreAccessError(exc.errno, f"cannot create the store {path}: its file system "
+                                       "cannot make hard links (FAT or exFAT?), which creating a "
+                                       "store needs; put the store on another file system") from None
     finally:
         # The name first, then the descriptor: closed first, an interrupt between the two
         # left the temporary name as a second link to the new store.  Should one skip the

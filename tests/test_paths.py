@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
@@ -97,3 +98,18 @@ def test_dot_dot_after_a_symbolic_link_names_the_file_open_names(tmp_path: Any, 
         assert file.read(8) == mmapkv.format.MAGIC
     with mmapkv.Store("real/s") as store:
         assert list(store.keys()) == ["right"]
+
+
+@pytest.mark.parametrize("error", [errno.EPERM, errno.EOPNOTSUPP])
+def test_a_file_system_without_hard_links_is_named_as_the_cause(tmp_path: Any, monkeypatch: Any,
+                                                                error: int) -> None:
+    """On FAT or exFAT, link() is EPERM: the creation of a store said only "cannot open
+    the store: Operation not permitted"."""
+    def link(source: str, target: str) -> None:
+        raise OSError(error, os.strerror(error), source, None, target)
+
+    monkeypatch.setattr(mmapkv.engine.os, "link", link)
+    with pytest.raises(mmapkv.StoreAccessError, match="file system cannot make hard links") as caught:
+        mmapkv.Store(os.path.join(tmp_path, "s"))
+    assert caught.value.errno == error
+    assert os.listdir(tmp_path) == []  # the temporary file is gone too
