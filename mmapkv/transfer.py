@@ -27,7 +27,7 @@ from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, repeat
 from typing import IO, Any, TypeGuard
 
 from xxhash import xxh3_64_intdigest
@@ -609,6 +609,7 @@ def _live_records(engine: Engine, entries: Iterator[Entry], now: float) -> LiveR
     only by damage (recovery leaves one record a key): from the first such record on, the
     choice is ``_newest_records``'."""
     offsets, sizes, fps = array("Q"), array("I"), array("Q")
+    expired = array("Q")  # named records past their expiry: a key's newest, should there be two
     for entry in entries:
         fp = engine.fingerprint(entry.key)
         try:
@@ -617,33 +618,37 @@ def _live_records(engine: Engine, entries: Iterator[Entry], now: float) -> LiveR
         except CorruptStoreError:  # a table entry out of the file: the table is no witness
             named = False
         if not named:
-            return _newest_records(engine, chain([entry], entries), now, (offsets, sizes, fps))
+            return _newest_records(engine, chain([entry], entries), now, (offsets, sizes, fps), expired)
         if not (entry.expires_at and entry.expires_at <= now):
             offsets.append(entry.offset)
             sizes.append(KEY_OFFSET + len(entry.key) + len(entry.data))
             fps.append(fp)
+        else:
+            expired.append(entry.offset)
     if any(map(int.__gt__, offsets, offsets[1:])):  # records the slot info lost come last
         return _in_file_order(offsets, sizes, fps)
     return offsets, sizes, fps
 
 
-def _newest_records(engine: Engine, entries: Iterable[Entry], now: float, chosen_so_far: LiveRecords) -> LiveRecords:
+def _newest_records(engine: Engine, entries: Iterable[Entry], now: float, chosen_so_far: LiveRecords,
+                    expired_so_far: array[int]) -> LiveRecords:
     """``_live_records`` where a key may have two records (damage): the newer of them
-    (higher sequence number) among the unexpired ones, by a dict of every key."""
+    (higher sequence number), kept if it is unexpired, by a dict of every key.  An expired
+    newer record leaves its key out: an older one is a value the key no longer had."""
     mm = engine._mm
-    chosen: dict[bytes, tuple[int, int, int]] = {}
-    for off, size in zip(chosen_so_far[0], chosen_so_far[1]):
+    chosen: dict[bytes, tuple[int, int, int]] = {}  # key: (seq, offset, size; 0: expired)
+    for off, size in chain(zip(chosen_so_far[0], chosen_so_far[1]), zip(expired_so_far, repeat(0))):
         _, _, _, seq, _, _, klen, _ = RECORD_HEADER.unpack_from(mm, off)
         chosen[bytes(mm[off + KEY_OFFSET:off + KEY_OFFSET + klen])] = (seq, off, size)
     for entry in entries:
-        if entry.expires_at and entry.expires_at <= now:
-            continue
         previous = chosen.get(entry.key)
         if previous is None or entry.seq > previous[0]:
-            chosen[entry.key] = (entry.seq, entry.offset, KEY_OFFSET + len(entry.key) + len(entry.data))
-    return _in_file_order(array("Q", [off for _, off, _ in chosen.values()]),
-                          array("I", [size for _, _, size in chosen.values()]),
-                          array("Q", map(engine.fingerprint, chosen)))
+            alive = not (entry.expires_at and entry.expires_at <= now)
+            chosen[entry.key] = (entry.seq, entry.offset,
+                                 KEY_OFFSET + len(entry.key) + len(entry.data) if alive else 0)
+    kept = [(key, off, size) for key, (_, off, size) in chosen.items() if size]
+    return _in_file_order(array("Q", [off for _, off, _ in kept]), array("I", [size for _, _, size in kept]),
+                          array("Q", [engine.fingerprint(key) for key, _, _ in kept]))
 
 
 def _in_file_order(offsets: array[int], sizes: array[int], fps: array[int]) -> LiveRecords:

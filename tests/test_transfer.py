@@ -971,6 +971,30 @@ def test_compact_keeps_the_newer_of_two_copies_the_table_does_not_both_name(tmp_
         assert store.verify() == []
 
 
+@pytest.mark.parametrize("expired_copy", ["the table's", "the other"])
+def test_compact_keeps_no_older_copy_where_the_newer_expired(tmp_path: Any, expired_copy: str) -> None:
+    """Of two copies of a key (damage), recovery keeps the newer, expired or not; compact's
+    choice skipped expired copies first, so where the newer had expired it brought back
+    the older copy's value, a value the key no longer had (a review, read in the code)."""
+    now = [1_000.0]
+    with mmapkv.Store(str(tmp_path / "s.mmapkv"), clock=lambda: now[0]) as store:
+        for i in range(20):
+            store.create(f"k{i}", {"n": i})
+        if expired_copy == "the table's":
+            store.set("k7", {"n": 70}, ttl=10)  # the named copy, newest, expires at 1,010
+        engine = store._engine
+        assert engine is not None
+        newest = engine.next_seq + 1_000
+        if expired_copy == "the table's":  # an older, live copy the table does not name
+            engine.write_record(b"k7", b'{"n":-7}', 0, 0.0, seq=1)
+        else:  # a newer copy, expired, the table does not name
+            engine.write_record(b"k7", b'{"n":-7}', 0, 1_005.0, seq=newest)
+        now[0] = 1_020.0
+        transfer.compact(store)
+        assert {key: store[key] for key in store} == {f"k{i}": {"n": i} for i in range(20) if i != 7}
+        assert store.verify() == []
+
+
 def test_a_record_two_damaged_table_entries_name_is_copied_once(tmp_path: Any) -> None:
     """A record whose bitmap bit was lost, and which two table entries name (damage on
     damage), is one record: ``keys()``, ``dump`` and ``compact`` reach it through the
