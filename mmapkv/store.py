@@ -127,8 +127,10 @@ _KEEP: Any = object()   # replace(): keep the key's TTL
 _GONE: Any = object()
 _ABSENT: Any = object()   # read: get's default, never a stored value
 #: what a read without the lock may meet when a writer changes the map under it: a record
-#: half rewritten (its checksum fails), a released view or closed map after a growth
-_TORN = (DamagedEntry, ValueError, IndexError, BufferError, struct.error)
+#: half rewritten (its checksum fails), a released view or closed map after a growth, a
+#: view whose sub-slot was reused before stdlib ``json`` (in Python) decoded it: any text,
+#: so its ValueError or RecursionError
+_TORN = (DamagedEntry, ValueError, IndexError, BufferError, struct.error, RecursionError)
 
 
 class Store(MutableMapping[str, dict[str, Any]]):
@@ -442,9 +444,10 @@ class Store(MutableMapping[str, dict[str, Any]]):
             generation = engine.generation
             try:
                 found = engine.get(kb, fp)
-                # Decoded straight from the map, no copy: the decoder is C holding the
-                # GIL, so no writer runs while it reads; one may run before it, which
-                # the generation check after it catches.
+                # Decoded straight from the map, no copy: orjson is C holding the GIL, so
+                # no writer runs while it reads; one may run before it (or during stdlib
+                # json's decode, for ints past 64 bits), which the generation check after
+                # it catches, and _TORN whatever the decoder raised meanwhile.
                 if found is None or (found[2] and self._clock() >= found[2]):
                     value = default  # no decoding for an expired key
                 else:

@@ -253,3 +253,36 @@ def test_a_lockfree_expiry_is_judged_by_a_clock_read_inside_its_look(tmp_path: A
         thread.join(30)
         expected = {"in": True, "ttl": 99 if change == "expire" else None}[ask]
         assert answers == [expected]
+
+
+def test_a_stdlib_decode_of_a_reused_sub_slot_is_not_trusted(tmp_path: Any) -> None:
+    """A value with an int beyond 64 bits is decoded by stdlib ``json``, in Python, so a
+    writer can run between the lock-free read's checksum check and its decode.  One that
+    freed the record and wrote another into its sub-slot left the view on a run of ``[``,
+    and ``json`` raised ``RecursionError``, which the read did not count as torn: it
+    escaped instead of the read being done again under the lock (a review)."""
+    key, big = "k" * 20, {"n": 2 ** 70, "pad": "x" * 1500}
+    store = mmapkv.Store(os.path.join(tmp_path, "s.mmapkv"))
+    store.set(key, big)
+    at_decode, written = threading.Event(), threading.Event()
+    points = {_line_of(mmapkv.Store.get, "value = _loads(found[0])"): (at_decode, written)}
+    got: list[Any] = []
+
+    def reader() -> None:
+        sys.settrace(_pausing(points))
+        try:
+            got.append(store.read(key))
+        except BaseException as exc:
+            got.append(exc)
+        finally:
+            sys.settrace(None)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    assert at_decode.wait(10)
+    store.set(key, big)  # a new record; the old sub-slot, still under the reader's view, is free
+    store.set("f", {"s": "[" * 2000})  # the lowest free sub-slot of its class: that one
+    written.set()
+    thread.join(30)
+    assert got == [big]
+    store.close()
