@@ -20,8 +20,10 @@ import codecs
 import contextlib
 import importlib
 import math
+import os
 import re
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, ItemsView, Mapping, MutableMapping, ValuesView
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol, TypeVar, overload
@@ -165,6 +167,100 @@ def _import_redis() -> Any:
                                     f"{INSTALL_HINT}") from exc
 
 
+class _OwedReplies:
+    """Mixed into the connections of a client RedisStore makes from a URL: a connection
+    that counts the replies the server still owes it, and is dropped (reconnected) before
+    it sends again if any are, or if its last connect stopped half way.
+
+    redis-py sends a command and then reads its reply; a Ctrl-C between the two put the
+    connection back in the pool with the reply unread, and every later command on it read
+    the one before's, for good (``read("b")`` answered a's value; a ``create`` that wrote
+    said ``KeyExistsError``).  A Ctrl-C inside a connect, after its socket and before its
+    handshake, left a connection whose every read failed with ``AttributeError``."""
+
+    _owed = 0           #: replies not read yet
+    _packed = 1         #: commands in what ``pack_commands`` packed last: a pipeline's send
+    _ready = False      #: connected, handshake done
+    _connecting = False  #: inside ``connect``: the handshake's own commands go through as they are
+
+    def connect(self) -> None:
+        if self._ready:
+            return
+        try:
+            self._connecting = True
+            if self._sock:  # type: ignore[attr-defined]  # a connect interrupted half way
+                self.disconnect()
+            super().connect()  # type: ignore[misc]
+        finally:
+            self._connecting = False
+        self._ready = True
+
+    def pack_commands(self, commands: Iterable[Any]) -> Any:
+        commands = list(commands)
+        self._packed = len(commands)
+        return super().pack_commands(commands)  # type: ignore[misc]
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        count, self._packed = self._packed, 1
+        if not self._connecting:
+            if self._owed > 0:
+                self.disconnect()  # the unread replies go with the socket
+            self.connect()
+            if check_health:
+                self.check_health()  # type: ignore[attr-defined]
+            self._owed += count  # before the send: counted and not sent only costs a reconnect
+        super().send_packed_command(command, check_health=False)  # type: ignore[misc]
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            response = super().read_response(*args, **kwargs)  # type: ignore[misc]
+        except Exception as exc:  # an error reply was read whole; a failed read disconnected
+            if isinstance(exc, _import_redis().exceptions.ResponseError) and not self._connecting:
+                self._owed -= 1
+            raise
+        if not self._connecting:
+            self._owed -= 1
+        return response
+
+    def disconnect(self, *args: Any, **kwargs: Any) -> None:
+        self._ready = False
+        super().disconnect(*args, **kwargs)  # type: ignore[misc]
+        self._owed = 0  # after: interrupted half way (its parser dropped, not its socket), it is done again
+
+
+_COUNTING_CLASSES: dict[type, type] = {}
+
+
+def _counting_connection(redis: Any, scheme: str) -> type:
+    """The connection class (of *scheme*'s) that counts its owed replies."""
+    base = {"redis": redis.Connection, "rediss": redis.SSLConnection,
+            "unix": redis.UnixDomainSocketConnection}[scheme]
+    made = _COUNTING_CLASSES.get(base)
+    if made is None:
+        made = _COUNTING_CLASSES[base] = type(f"Counting{base.__name__}", (_OwedReplies, base), {})
+    return made
+
+
+# The stores whose client they made, by id (a RedisStore compares as a mapping, so it is not
+# hashable): a forked child gives each a new connection pool.  redis-py's own reset in the
+# child takes the pool's lock, which a parent thread may have held at the fork: then the
+# child's first call waited forever.
+_OWN_CLIENTS: weakref.WeakValueDictionary[int, RedisStore] = weakref.WeakValueDictionary()
+
+
+def _new_pools_in_forked_child() -> None:
+    for store in list(_OWN_CLIENTS.values()):
+        client = store._client
+        if client is not None:
+            pool = client.connection_pool
+            client.connection_pool = type(pool)(connection_class=pool.connection_class,
+                                                max_connections=pool.max_connections, **pool.connection_kwargs)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_pools_in_forked_child)
+
+
 def _glob_escape(text: bytes) -> bytes:
     """*text* with SCAN's glob characters escaped, so a MATCH pattern takes it literally."""
     for special in (b"\\", b"*", b"?", b"[", b"]"):
@@ -292,9 +388,12 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
                 # No retries: a create whose reply was lost must not be sent again (the
                 # second try would say KeyExistsError about our own write), and a server
                 # that is down must fail the call within the timeout, not after backoffs.
+                # As many connections as threads: redis-py 8's pool refuses the 101st
+                # ("Too many connections", which would read as a server unavailable).
                 client = redis.Redis.from_url(
                     url_or_client, socket_timeout=self._timeout, socket_connect_timeout=self._timeout,
-                    retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0), decode_responses=False)
+                    retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0), decode_responses=False,
+                    connection_class=_counting_connection(redis, scheme), max_connections=2 ** 31)
             except ValueError as exc:
                 raise InvalidArgumentError(f"bad Redis URL {_public_url(url_or_client)!r}: {exc}") from None
             self._owns_client = True
@@ -315,8 +414,13 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
         self._scripts: dict[str, str] = {}
         try:
             _check_connection(client.connection_pool.connection_kwargs, self._url)
-            with self._server() as r:
-                info = r.info("server")
+            try:
+                with self._server() as r:
+                    info = r.info("server")
+            except TypeError as exc:  # a URL option the connection class does not take
+                if not self._owns_client:
+                    raise
+                raise InvalidArgumentError(f"bad Redis URL {self._url!r}: {exc}") from None
             version = str(info.get("redis_version", "0"))
             numbers = re.match(r"(\d+)\.(\d+)", version)  # "7.0.15"; "7.2-rc1" would do too
             if numbers is None or (int(numbers[1]), int(numbers[2])) < MIN_SERVER_VERSION:
@@ -327,6 +431,8 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
             self.close()
             raise
         self._version = version
+        if self._owns_client:
+            _OWN_CLIENTS[id(self)] = self
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -353,11 +459,17 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
                 # connections pulled away, raises what it meets (ValueError, AttributeError)
                 raise StoreClosedError(f"the RedisStore of {self._where} was closed during the call, "
                                        "which may or may not have taken effect") from exc
-            if isinstance(exc, self._errors.RedisError):
+            if isinstance(exc, (self._errors.RedisError, getattr(self._errors, "ChildDeadlockedError", ()))):
                 raise self._translate(exc) from exc
             if isinstance(exc, UnicodeDecodeError):  # a decode_responses=True client met binary data
                 raise CorruptStoreError(f"{self._where}: the server sent bytes that are not UTF-8, which "
                                         f"a client with decode_responses=True cannot read: {exc}") from exc
+            raise
+        except BaseException:  # Ctrl-C: a client of the caller's counts no owed replies (ours
+            # do, _OwedReplies), so its idle connections go, the one that may owe one with them
+            if not self._owns_client:
+                with contextlib.suppress(Exception):
+                    client.connection_pool.disconnect(inuse_connections=False)
             raise
 
     def _first_stored(self, names: list[bytes]) -> int:
@@ -382,6 +494,10 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
                                          f"({timeout})")
         if isinstance(exc, errors.DataError):
             return InvalidArgumentError(f"{self._where}: {text}")
+        if isinstance(exc, getattr(errors, "ChildDeadlockedError", ())):
+            return StoreUnavailableError(f"{self._where} is unavailable in this forked child: a thread of "
+                                         "the parent held the connection pool's lock at the fork "
+                                         "(redis-py's ChildDeadlockedError); open a RedisStore here")
         return StoreUnavailableError(f"{self._where} refused the command: {text}")
 
     def _eval(self, r: Any, script: str, keys: list[bytes], args: list[Any]) -> Any:

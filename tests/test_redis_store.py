@@ -757,3 +757,108 @@ def test_items_with_expiry_keeps_the_milliseconds(own_server: LocalRedis) -> Non
         assert [entry[2] for entry in store.items_with_expiry()] == [at]
     finally:
         store.close()
+
+
+def _ctrl_c_in(function: str, line_text: str) -> Any:
+    """A tracer raising KeyboardInterrupt at the first line of redis-py's *function* that
+    holds *line_text* ("" for its first line): Ctrl-C exactly there."""
+    import linecache
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code.co_name != function or "redis" not in frame.f_code.co_filename:
+            return None
+
+        def local(frame: Any, event: str, arg: Any) -> Any:
+            if event == "line" and line_text in linecache.getline(frame.f_code.co_filename, frame.f_lineno):
+                raise KeyboardInterrupt
+            return local
+        return local
+    return tracer
+
+
+@pytest.mark.parametrize("where", ["between a command's send and its reply", "inside a connect"])
+def test_ctrl_c_never_leaves_a_connection_that_reads_another_calls_reply(
+        redis_store: mmapkv.RedisStore, where: str) -> None:
+    """A Ctrl-C after redis-py sent a command and before it read the reply put the
+    connection back in the pool with the reply unread: every later call read the reply of
+    the call before it (``read("b")`` answered a's value, a ``create`` that wrote said
+    ``KeyExistsError``), for good.  One inside a connect, after its socket and before its
+    handshake, left a connection whose every read raised ``AttributeError`` (a review)."""
+    redis_store.set("a", {"name": "a"})
+    redis_store.set("b", {"name": "b"})
+    if where == "inside a connect":
+        redis_store._client.connection_pool.disconnect()  # type: ignore[union-attr]
+        tracer = _ctrl_c_in("on_connect_check_health", "")
+    else:
+        tracer = _ctrl_c_in("_send_command_parse_response", "return self.parse_response")
+    sys.settrace(tracer)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            redis_store.read("a")
+    finally:
+        sys.settrace(None)
+    assert redis_store.read("b") == {"name": "b"}
+    assert redis_store.read("a") == {"name": "a"}
+    redis_store.create("c", {"name": "c"})
+    assert redis_store.get("missing") is None and redis_store.read("c") == {"name": "c"}
+
+
+def test_more_threads_than_redis_pys_default_pool(redis_store: mmapkv.RedisStore) -> None:
+    """redis-py 8's pool refuses a 101st connection: 200 threads reading at once got
+    ``StoreUnavailableError: ... Too many connections`` from a server that was fine."""
+    redis_store.set("k", {"n": 1})
+    start, errors = threading.Barrier(200), []
+
+    def work() -> None:
+        start.wait()
+        for _ in range(5):
+            try:
+                assert redis_store.read("k") == {"n": 1}
+            except Exception as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(200)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+
+
+def test_a_child_forked_while_a_parent_thread_holds_the_pool_lock_can_use_the_store(
+        redis_store: mmapkv.RedisStore) -> None:
+    """redis-py resets a pool in a forked child under the pool's lock, inherited locked if
+    a thread of the parent held it at the fork: the child's first call waited forever (1
+    fork in 150 with four reading threads, a review).  A child now gets a new pool."""
+    redis_store.set("a", {"n": 1})
+    pool = redis_store._client.connection_pool  # type: ignore[union-attr]
+    held, forked = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with pool._lock:
+            held.set()
+            forked.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status only
+        code = 1
+        try:
+            signal.alarm(20)
+            code = 0 if redis_store.read("a") == {"n": 1} else 2
+        finally:
+            os._exit(code)
+    forked.set()
+    holder.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child could not use the store"
+
+
+@pytest.mark.parametrize("query", ["?single_connection_client=true", "?ssl_cert_reqs=none"])
+def test_a_url_option_the_connection_does_not_take_is_a_bad_url(redis_server: LocalRedis, query: str) -> None:
+    """redis-py passes such an option to the connection's constructor, at the first
+    connect: a bare TypeError came out of the RedisStore's."""
+    with pytest.raises(mmapkv.InvalidArgumentError, match="bad Redis URL .*unexpected keyword"):
+        mmapkv.RedisStore(redis_server.url + query, namespace=new_namespace())
