@@ -241,16 +241,23 @@ def _counting_connection(redis: Any, scheme: str) -> type:
     return made
 
 
-# The stores whose client they made, by id (a RedisStore compares as a mapping, so it is not
-# hashable): a forked child gives each a new connection pool.  redis-py's own reset in the
-# child takes the pool's lock, which a parent thread may have held at the fork: then the
-# child's first call waited forever.
-_OWN_CLIENTS: weakref.WeakValueDictionary[int, RedisStore] = weakref.WeakValueDictionary()
+# The stores whose client they made: a forked child gives each a new connection pool.
+# redis-py's own reset in the child takes the pool's lock, which a parent thread may have
+# held at the fork: then the child's first call waited forever.  Plain references without
+# callbacks, as engine._ENGINES: a Ctrl-C in a weak container's callback is swallowed.
+_OWN_CLIENTS: dict[int, weakref.ref[RedisStore]] = {}
+
+
+def _register(store: RedisStore) -> None:
+    for number in [number for number, ref in _OWN_CLIENTS.items() if ref() is None]:
+        del _OWN_CLIENTS[number]
+    _OWN_CLIENTS[id(store)] = weakref.ref(store)
 
 
 def _new_pools_in_forked_child() -> None:
-    for store in list(_OWN_CLIENTS.values()):
-        client = store._client
+    for ref in list(_OWN_CLIENTS.values()):
+        store = ref()
+        client = None if store is None else store._client
         if client is not None:
             pool = client.connection_pool
             client.connection_pool = type(pool)(connection_class=pool.connection_class,
@@ -432,7 +439,7 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
             raise
         self._version = version
         if self._owns_client:
-            _OWN_CLIENTS[id(self)] = self
+            _register(self)
 
     # ----------------------------------------------------------------- lifecycle
 
