@@ -1670,9 +1670,6 @@ class Engine:
         (CLEAN set, checksum failing: damage, not a crash), ``floor_seq`` is read off the
         old table instead of trusted.
         """
-        if not self._dirty:
-            self._mark_dirty()
-        self.info_to_check = 0  # rebuilt from the records: what the last close vouched for is moot
         mm, slots = self._mm, self.slots
         g = self.geometry
         seq_limit, batch, floor = (seq if seq < _SEQ_CEILING else 0 for seq in (
@@ -1681,7 +1678,6 @@ class Engine:
         self.batch_commit = batch
         if floor > seq_limit:  # a floor is a sequence number already handed out: damage
             floor = 0
-            mm[SB_FLOOR_SEQ:SB_FLOOR_SEQ + 8] = bytes(8)
         kinds = bytearray(mm[g.info_offset:g.info_offset + 24 * self.slot_count:24]) \
             if self.slot_count else bytearray()
         self._find_lost_record_slots(kinds)
@@ -1691,7 +1687,20 @@ class Engine:
             # was live then, every other LIVE one dead, so its oldest record's seq is a
             # floor that keeps the first and drops the second, whatever the field says.
             floor = self._indexed_floor(kinds, floor)
+        if floor != _U64.unpack_from(mm, SB_FLOOR_SEQ)[0] or superblock_damaged:
+            # What the damage made of the floor and the file size (_load) goes to disk
+            # before CLEAN is cleared: cleared first, a crash between them left an unclean
+            # file whose damaged fields the next open trusted (a floor dropping records, a
+            # size cutting the file back).  A crash before the clear finds the superblock
+            # still damaged (or, the damage undone, clean and right) and does this again.
             mm[SB_FLOOR_SEQ:SB_FLOOR_SEQ + 8] = _U64.pack(floor)
+            if superblock_damaged:
+                mm[SB_FILE_SIZE:SB_FILE_SIZE + 8] = _U64.pack(self.file_size)
+            if not self._dirty:
+                mm.flush(0, PAGE_SIZE)
+        if not self._dirty:
+            self._mark_dirty()
+        self.info_to_check = 0  # rebuilt from the records: what the last close vouched for is moot
         self.floor_seq = floor
         record_slots = [s for s in range(self.slot_count) if 1 <= kinds[s] <= CLASS_COUNT]
         spare = [s for s in range(self.slot_count - 1, -1, -1) if not 1 <= kinds[s] <= CLASS_COUNT]

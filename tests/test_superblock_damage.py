@@ -13,13 +13,17 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import signal
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import mmapkv
+from fault_child import child_env
 from mmapkv import format as fmt
 from mmapkv.format import SUPERBLOCK, SUPERBLOCK_FIELDS
 
@@ -338,3 +342,48 @@ def test_a_lowered_seq_limit_never_hands_out_the_committed_batchs_number(
 @pytest.mark.parametrize("size", [0, 1, 2**40, 2**64 - 1])
 def test_is_valid_size_refuses_sizes_outside_the_ceiling(size: int) -> None:
     assert not fmt.Geometry(fmt.MAX_FILE_SIZE).is_valid_size(size)
+
+
+def _killed(code: str) -> None:
+    """Run *code* in a child that is expected to kill itself with SIGKILL (a crash)."""
+    done = subprocess.run([sys.executable, "-c", code], env=child_env())
+    assert done.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("crash_at", ["_find_lost_record_slots", "_rebuild_table"])
+def test_a_crash_while_recovering_from_a_raised_floor_drops_nothing(store_path: str, crash_at: str) -> None:
+    """A review: the recovery of a clean file whose floor_seq was raised cleared CLEAN
+    first and wrote the floor it read off the table only later; a kill -9 between them
+    left an unclean file whose damaged floor the next open trusted: 7 of 10 keys gone."""
+    expected = _populate(store_path)
+    flip(store_path, fmt.SB_FLOOR_SEQ, 3)
+    _killed(f"""if True:
+        import os, signal, mmapkv
+        from mmapkv.engine import Engine
+        Engine.{crash_at} = lambda self, *args: os.kill(os.getpid(), signal.SIGKILL)
+        mmapkv.Store({store_path!r})
+    """)
+    assert_intact(store_path, expected)
+
+
+def test_a_crash_in_the_session_after_a_damaged_file_size_cuts_nothing(store_path: str) -> None:
+    """A review: the open of a clean file whose file_size was damaged to a smaller size a
+    store can have kept the file's own size but left the field on disk; a kill -9 at any
+    point of that session made the next open take it for a growth cut short and cut the
+    file back (5 keys and the session's create gone)."""
+    g = fmt.Geometry(fmt.Geometry.smallest_max_size() * 4)
+    with mmapkv.Store(store_path, max_size=g.max_size) as store:
+        for i in range(40):
+            store.create(f"k{i}", {"i": i, "pad": "x" * 3000})
+    with open(store_path, "r+b") as f:
+        f.seek(fmt.SB_FILE_SIZE)
+        f.write(struct.pack("<Q", g.initial_size))
+    _killed(f"""if True:
+        import os, signal, mmapkv
+        store = mmapkv.Store({store_path!r})
+        store.create("new", {{"v": 1}})
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    with mmapkv.Store(store_path) as store:
+        assert sorted(store.keys()) == sorted([f"k{i}" for i in range(40)] + ["new"])
+        assert store.read("k39") == {"i": 39, "pad": "x" * 3000} and store.verify() == []
