@@ -97,6 +97,9 @@ class Scenario:
     #: the disk refuses (``ENOSPC``) to hold the file past this many bytes, so every point
     #: tried is a second fault on top of a full disk
     disk_limit: int | None = None
+    #: the store is opened with ``durable=True``: every change msyncs (the flushes inside
+    #: ``remove``, ``commit_batch`` and ``_changed`` are points too)
+    durable: bool = False
 
 
 def _reserve_up_to(limit: int) -> Callable[..., None]:
@@ -280,6 +283,11 @@ SCENARIOS: dict[str, Scenario] = {
                       lambda s, c: s.close()),
     # the session changes before it closes: mark_clean writes the counters and the layout
     # checksum and sets CLEAN (the store "close" reopens has changed nothing, an audit)
+    "create-durable": Scenario(lambda s, c: _fill(s, 3), lambda s, c: s.create("new", {"v": 1}), durable=True),
+    "delete-durable": Scenario(lambda s, c: _fill(s, 3, ttl=500), lambda s, c: s.delete("k1"), durable=True),
+    "batch-create-durable": Scenario(lambda s, c: _fill(s, 2),
+                                     lambda s, c: s.batch_create({"b0": {"v": 0}, "b1": {"pad": "b" * 3000}}),
+                                     durable=True),
     "close-after-a-change": Scenario(lambda s, c: _fill(s, 3),
                                      lambda s, c: (s.create("w", {"v": 1, "pad": "w" * 900}), s.close())),
 }
@@ -312,7 +320,7 @@ def prepare(tmp: str, scenario: Scenario) -> Prepared:
     path = os.path.join(tmp, "try.mmapkv")
     for _ in range(2):
         shutil.copyfile(template, path)
-        store = mmapkv.Store(path, clock=clock)
+        store = mmapkv.Store(path, clock=clock, durable=scenario.durable)
         steps = call_steps = count_steps(_run_call(scenario, store, clock))
         store.close()
     with mmapkv.Store(path, clock=clock) as store:
@@ -320,7 +328,7 @@ def prepare(tmp: str, scenario: Scenario) -> Prepared:
     if scenario.repair_at is not None:  # what is tried is the repair after an interrupt
         for _ in range(2):
             shutil.copyfile(template, path)
-            store = mmapkv.Store(path, clock=clock)
+            store = mmapkv.Store(path, clock=clock, durable=scenario.durable)
             steps = count_steps(_interrupted_then_used(scenario, store, clock, call_steps))
             store.close()
     os.unlink(path)
@@ -353,7 +361,7 @@ def try_every_step(tmp: str, scenario: Scenario, prepared: Prepared,
         path = os.path.join(tmp, "try.mmapkv")
         shutil.copyfile(prepared.template, path)
         clock = FakeClock(T0 + 100)
-        store = mmapkv.Store(path, clock=clock)
+        store = mmapkv.Store(path, clock=clock, durable=scenario.durable)
         call = _run_call(scenario, store, clock) if scenario.repair_at is None else \
             _interrupted_then_used(scenario, store, clock, prepared.call_steps)
         injected, out = interrupt_at(call, step, exc)
