@@ -100,6 +100,9 @@ class Scenario:
     #: the store is opened with ``durable=True``: every change msyncs (the flushes inside
     #: ``remove``, ``commit_batch`` and ``_changed`` are points too)
     durable: bool = False
+    #: records go in with ``pwrite``, as where the file's blocks are not reserved (macOS,
+    #: a sparse copy): ``Engine._write_at``'s path instead of stores through the map
+    by_pwrite: bool = False
 
 
 def _reserve_up_to(limit: int) -> Callable[..., None]:
@@ -123,6 +126,8 @@ def _patch(scenario: Scenario, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(transfer, "os", _OsWhoseRenameFails())
     if scenario.disk_limit is not None:
         monkeypatch.setattr(engine_module, "reserve", _reserve_up_to(scenario.disk_limit))
+    if scenario.by_pwrite:
+        monkeypatch.setattr(Engine, "_blocks_reserved", lambda self: False)
 
 
 class _OsWhoseRenameFails:
@@ -288,6 +293,9 @@ SCENARIOS: dict[str, Scenario] = {
     "batch-create-durable": Scenario(lambda s, c: _fill(s, 2),
                                      lambda s, c: s.batch_create({"b0": {"v": 0}, "b1": {"pad": "b" * 3000}}),
                                      durable=True),
+    "create-by-pwrite": Scenario(lambda s, c: _fill(s, 3), lambda s, c: s.create("new", {"v": 1, "pad": "p" * 900}),
+                                 by_pwrite=True),
+    "set-by-pwrite": Scenario(lambda s, c: _fill(s, 3, ttl=500), lambda s, c: s.set("k1", {"v": 2}), by_pwrite=True),
     "close-after-a-change": Scenario(lambda s, c: _fill(s, 3),
                                      lambda s, c: (s.create("w", {"v": 1, "pad": "w" * 900}), s.close())),
 }
