@@ -33,7 +33,6 @@ import secrets
 import stat
 import struct
 import sys
-import weakref
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -92,6 +91,7 @@ from .format import (
     Geometry,
     class_for,
 )
+from .forks import ForkRegistry
 from .locking import lock_file, opened, sync_directory, unlock_file
 from .slots import PER_SLOT, Slots
 from .table import HOME_OF_ENTRY, SEGMENT_MASK, SEGMENT_STRIDE, Table
@@ -316,30 +316,9 @@ def append_key(keys: list[str], key: bytes) -> int:
 # Every engine of this process, for a forked child to let go of their files: a Store's is
 # let go by Store too, but an engine not yet a Store's (another thread inside Store(), a
 # compact's new file) kept its locked descriptor in the child, and with it the lock, for
-# as long as the child lived after the parent died.  Plain references without callbacks,
-# pruned as engines are made: a WeakSet's callback is Python code run wherever an engine
-# dies (inside a compact), and a Ctrl-C landing in it is swallowed as unraisable.
-_ENGINES: dict[int, weakref.ref[Engine]] = {}
-
-
-def _register(engine: Engine) -> None:
-    for number in [number for number, ref in _ENGINES.items() if ref() is None]:
-        del _ENGINES[number]
-    _ENGINES[id(engine)] = weakref.ref(engine)
-
-
-def _release_in_forked_child() -> None:
-    """Close every engine's map and descriptor, without unlocking: an ``flock`` belongs to
-    the open file description the parent shares; only its last descriptor's close (or an
-    unlock by anyone) ends it."""
-    for ref in list(_ENGINES.values()):
-        engine = ref()
-        if engine is not None:
-            engine._release(release_lock=False)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_release_in_forked_child)
+# as long as the child lived after the parent died.  Its map and descriptor are closed
+# without unlocking: an ``flock`` belongs to the open file description the parent shares.
+_ENGINES: ForkRegistry[Engine] = ForkRegistry(lambda engine: engine._release(release_lock=False))
 
 
 class Engine:
@@ -402,7 +381,7 @@ class Engine:
         self._file: io.FileIO | None = None  #: owns _fd (``opened``)
         self._mapped = False
         self._dirty = False
-        _register(self)  # before it has a descriptor: a fork may come at any point
+        _ENGINES.add(self)  # before it has a descriptor: a fork may come at any point
         try:
             self._open_and_lock(max_size, lock_timeout, create)  # sets _fd
             self._load_or_raise(max_size)

@@ -20,10 +20,8 @@ import codecs
 import contextlib
 import importlib
 import math
-import os
 import re
 import threading
-import weakref
 from collections.abc import Iterable, Iterator, ItemsView, Mapping, MutableMapping, ValuesView
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol, TypeVar, overload
@@ -41,6 +39,7 @@ from .errors import (
     StoreFullError,
     StoreUnavailableError,
 )
+from .forks import ForkRegistry
 from .format import MAX_VALUE_BYTES
 from .views import Items, Values
 
@@ -243,29 +242,8 @@ def _counting_connection(redis: Any, scheme: str) -> type:
 
 # The stores whose client they made: a forked child gives each a new connection pool.
 # redis-py's own reset in the child takes the pool's lock, which a parent thread may have
-# held at the fork: then the child's first call waited forever.  Plain references without
-# callbacks, as engine._ENGINES: a Ctrl-C in a weak container's callback is swallowed.
-_OWN_CLIENTS: dict[int, weakref.ref[RedisStore]] = {}
-
-
-def _register(store: RedisStore) -> None:
-    for number in [number for number, ref in _OWN_CLIENTS.items() if ref() is None]:
-        del _OWN_CLIENTS[number]
-    _OWN_CLIENTS[id(store)] = weakref.ref(store)
-
-
-def _new_pools_in_forked_child() -> None:
-    for ref in list(_OWN_CLIENTS.values()):
-        store = ref()
-        client = None if store is None else store._client
-        if client is not None:
-            pool = client.connection_pool
-            client.connection_pool = type(pool)(connection_class=pool.connection_class,
-                                                max_connections=pool.max_connections, **pool.connection_kwargs)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_pools_in_forked_child)
+# held at the fork: then the child's first call waited forever.
+_OWN_CLIENTS: ForkRegistry[RedisStore] = ForkRegistry(lambda store: store._new_pool())
 
 
 def _glob_escape(text: bytes) -> bytes:
@@ -439,7 +417,7 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
             raise
         self._version = version
         if self._owns_client:
-            _register(self)
+            _OWN_CLIENTS.add(self)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -519,6 +497,14 @@ class RedisStore(MutableMapping[str, dict[str, Any]]):
             return r.execute_command("EVALSHA", sha, len(keys), *keys, *args, NEVER_DECODE=True)
         except self._errors.NoScriptError:
             return r.execute_command("EVAL", script, len(keys), *keys, *args, NEVER_DECODE=True)
+
+    def _new_pool(self) -> None:
+        """In a forked child: a connection pool of its own, like the parent's."""
+        client = self._client
+        if client is not None:
+            pool = client.connection_pool
+            client.connection_pool = type(pool)(connection_class=pool.connection_class,
+                                                max_connections=pool.max_connections, **pool.connection_kwargs)
 
     def close(self) -> None:
         """Drop the connections (of a client made from a URL; a client given to the

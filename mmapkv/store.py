@@ -8,7 +8,6 @@ import os
 import struct
 import threading
 import time
-import weakref
 from collections.abc import (Callable, ItemsView, Iterable, Iterator, Mapping, MutableMapping, Sequence,
                              ValuesView)
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from xxhash import xxh3_64_intdigest
 
 from . import codec
 from .engine import CLEAN_FAILURES, DamagedEntry, Engine, append_key
+from .forks import ForkRegistry
 from .locking import absolute_path, names_file, recursion_count
 from .tempfiles import remove_abandoned
 from .views import Items, Values
@@ -108,17 +108,8 @@ class StoreStats:
     durable: bool
 
 
-# By id: a Store compares by content, as a mapping does, so it is not hashable.
-_OPEN_STORES: "weakref.WeakValueDictionary[int, Store]" = weakref.WeakValueDictionary()
-
-
-def _after_fork_in_child() -> None:
-    for store in list(_OPEN_STORES.values()):
-        store._disown()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+# Stores are let go of in a forked child: the parent's map and descriptor dropped, its lock kept.
+_OPEN_STORES: ForkRegistry[Store] = ForkRegistry(lambda store: store._disown())
 
 
 _T = TypeVar("_T")
@@ -226,7 +217,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
         # popitem's place in a walk of the table: where its next step starts, and the keys
         # of its last step not popped yet.  A hint only: stale keys are skipped.
         self._popping: tuple[int, list[str]] = (0, [])
-        _OPEN_STORES[id(self)] = self
+        _OPEN_STORES.add(self)
 
     # ----------------------------------------------------------------- lifecycle
 
