@@ -620,10 +620,7 @@ def _error(message: str) -> None:
 
 def _say(*values: object) -> None:
     """``print`` to stdout, whose refusal (``> /dev/full``) names stdout."""
-    try:
-        print(*values)
-    except OSError as exc:
-        raise _write_error(exc, "stdout") from None
+    print(*values, file=_named_stdout())
 
 
 def main(argv: list[str] | None = None) -> int:

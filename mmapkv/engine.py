@@ -737,16 +737,16 @@ class Engine:
         if self._mapped and not self.readonly and release_lock and self._dirty and not self.changes:
             try:
                 self.mark_clean()
-                deleted = None if self.discarded else self._deleted()
+                lost = None if self.discarded else self._lost()
             except OSError as exc:  # EIO from msync: the lock and descriptor go all the same
                 self._release(release_lock)
                 if isinstance(exc, MmapKVError):  # mark_clean's: the file was cut short
                     raise
                 raise system_error(exc, f"cannot sync {self.path} while closing it (the next "
                                    "open recovers it, as after a crash)") from None
-            if deleted:
+            if lost:
                 self._release(release_lock)
-                raise deleted
+                raise lost
         self._release(release_lock)
 
     def mark_clean(self) -> None:
@@ -800,16 +800,16 @@ class Engine:
 
     def flush(self) -> None:
         """msync the whole map: what was written survives power loss from here on (unless
-        another program deleted the file: then ``StoreAccessError`` says so)."""
+        another program deleted the file or cut it short: then ``StoreAccessError`` says so)."""
         try:
             self._mm.flush()
-            deleted = self._deleted()
+            lost = self._lost()
         except OSError as exc:
             raise system_error(exc, f"cannot sync {self.path}") from None
-        if deleted:
-            raise deleted
+        if lost:
+            raise lost
 
-    def _deleted(self) -> StoreAccessError | None:
+    def _lost(self) -> StoreAccessError | None:
         """The error to raise if the open file has no name left: another program deleted
         it (or its directory), and what it holds goes when it is closed; or if another
         program cut it short.  A sync cannot keep that promise, so it must not look as if

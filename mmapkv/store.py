@@ -874,8 +874,7 @@ class Store(MutableMapping[str, dict[str, Any]]):
             expires, now = seen
             if expires < 0:
                 raise self._not_found(key)
-            if expires and now >= expires:
-                raise self._expired(key, expires)
+            self._unexpired_at(key, expires, now)
         # Rounded to 10 us first: expires is now + ttl in a float, which can round up past
         # the whole second (clock 7.97, ttl 3: 3.0000000000000004 left, "4"); alive, at least 1
         return max(1, math.ceil(round(expires - now, 5))) if expires else None
@@ -932,7 +931,10 @@ class Store(MutableMapping[str, dict[str, Any]]):
 
     def _now_unexpired(self, key: str, expires: float) -> float:
         """The clock's time, unless *key*'s expiry (0.0: none) has passed by it."""
-        now = self._clock()
+        return self._unexpired_at(key, expires, self._clock())
+
+    def _unexpired_at(self, key: str, expires: float, now: float) -> float:
+        """*now*, unless *key*'s expiry (0.0: none) has passed by it."""
         if expires and now >= expires:
             raise self._expired(key, expires)
         return now
