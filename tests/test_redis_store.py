@@ -862,3 +862,25 @@ def test_a_url_option_the_connection_does_not_take_is_a_bad_url(redis_server: Lo
     connect: a bare TypeError came out of the RedisStore's."""
     with pytest.raises(mmapkv.InvalidArgumentError, match="bad Redis URL .*unexpected keyword"):
         mmapkv.RedisStore(redis_server.url + query, namespace=new_namespace())
+
+
+def test_ctrl_c_with_a_client_of_the_callers_drops_its_idle_connections(redis_server: LocalRedis) -> None:
+    """A client given to the constructor counts no owed replies (its connection class is
+    the caller's): after a Ctrl-C between a command and its reply, the pool's idle
+    connections are dropped, the one owing a reply with them (scaling.md)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    store = mmapkv.RedisStore(client, namespace=new_namespace())
+    store.set("a", {"name": "a"})
+    store.set("b", {"name": "b"})
+    sys.settrace(_ctrl_c_in("_send_command_parse_response", "return self.parse_response"))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            store.read("a")
+    finally:
+        sys.settrace(None)
+    assert store.read("b") == {"name": "b"} and store.read("a") == {"name": "a"}
+    store.clear()
+    store.close()
+    client.close()
