@@ -603,6 +603,7 @@ class Engine:
         self._mm[SB_CHECKSUM:SB_CHECKSUM + 8] = bytes(8)
         self._mm.flush(0, PAGE_SIZE)
         self._map_writes = self._blocks_reserved()
+        self.slots.zero_file = self._file if self._map_writes else None
         self._dirty = True
 
     def _allocate_holes(self, file_size: int) -> None:

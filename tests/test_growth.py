@@ -225,6 +225,73 @@ def test_small_records_share_slots_before_the_file_grows(path: str) -> None:
         assert store.verify() == []
 
 
+def test_a_never_used_slot_is_written_whole_before_its_first_record(
+        path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records go into the map; a slot above the high-water mark is written first, zeros
+    and whole, with one pwrite (its preallocated pages then need no major fault each:
+    ``Slots._zero``).  Not a slot from the pool (written before), not the next record of
+    a partial slot, not a slot whose info says it is used (damage: left for the checks
+    that refuse it), and nothing where records go in with pwrite."""
+    writes: list[tuple[int, int]] = []
+    real_pwrite = os.pwrite
+
+    def pwrite(fd: int, data: bytes, offset: int) -> int:
+        writes.append((offset, len(data)))
+        return real_pwrite(fd, data, offset)
+
+    with mmapkv.Store(path) as store:
+        store.create("first", {"v": 1})       # the session's first change: slot 1 started
+        engine = store._engine
+        assert engine is not None and engine._map_writes
+        monkeypatch.setattr(os, "pwrite", pwrite)
+        hw = engine.slots.high_water
+        slot_start = engine.geometry.slots_offset + hw * SLOT_SIZE
+        # garbage where the next new slot is, as a session before a clear may leave
+        os.pwrite(engine._fd, b"\xee" * SLOT_SIZE, slot_start)
+        writes.clear()
+        store.create("big", {"pad": "y" * 3000})  # a class of its own: a new slot
+        assert writes == [(slot_start, SLOT_SIZE)]
+        with open(path, "rb") as f:
+            f.seek(slot_start)
+            kept = f.read(SLOT_SIZE)
+        record_end = KEY_OFFSET + 3 + len(codec.encode({"pad": "y" * 3000})[0])
+        assert kept[record_end:] == bytes(SLOT_SIZE - record_end)  # the garbage is gone
+        writes.clear()
+        store.create("big2", {"pad": "z" * 3000})  # the same slot's next sub-slot
+        store.delete("big"), store.delete("big2")   # the slot goes back to the pool
+        store.create("big3", {"pad": "w" * 3000})  # and is taken from it
+        assert writes == []
+        # a slot above the high-water mark whose info says it is used
+        hw = engine.slots.high_water
+        engine.slots.set_info(hw, 1 + class_for(KEY_OFFSET + 5 + 9000))
+        store.create("other", {"pad": "q" * 9000})
+        assert writes == []
+        assert store.read("other") == {"pad": "q" * 9000}
+        engine._map_writes = False                 # as where blocks could not be reserved
+        engine.slots.zero_file = None
+        store.create("small", {"pad": "s" * 600})
+        assert [length for _, length in writes] != [SLOT_SIZE] and writes  # the record only
+        assert store.verify() == []
+
+
+def test_a_failed_zeroing_of_a_new_slot_changes_nothing_but_speed(
+        path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The zeros are a speed-up only: if their pwrite fails (or the file is closed
+    under it), the record still goes in through the map, and reads back."""
+    def refused(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.EIO, "injected")
+
+    with mmapkv.Store(path) as store:
+        store.create("first", {"v": 1})
+        monkeypatch.setattr(os, "pwrite", refused)
+        store.create("big", {"pad": "y" * 3000})
+        assert store.read("big") == {"pad": "y" * 3000} and store.verify() == []
+    slots = Slots(0, 0)
+    with open(path, "rb", buffering=0) as closed:
+        pass
+    slots._zero(closed, 0)  # a closed file: nothing written, nothing raised
+
+
 def test_expired_records_are_reused_before_the_file_grows(path: str) -> None:
     """A create that finds no room in the file's slots first reclaims expired records
     (room already paid for), and grows the file only if that is not enough."""
