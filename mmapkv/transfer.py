@@ -309,8 +309,8 @@ def _parse(source: IO[bytes], name: str, progress: Progress | None, done: int,
         where = f"{name} line {number}"
         try:
             obj = loads(line)
-        except InvalidValueError as exc:  # JSON, but what no store holds
-            raise InvalidValueError(f"{where}: {exc}") from None
+        except InvalidValueError as exc:  # JSON, but an int no store holds
+            raise _refused_for_digits(line, where, exc) from None
         except ValueError as exc:
             raise InvalidDumpError(f"{where} is not JSON: {exc}") from None
         if not isinstance(obj, dict) or not {"key", "value"} <= obj.keys() or obj.keys() - _FIELDS:
@@ -323,9 +323,33 @@ def _parse(source: IO[bytes], name: str, progress: Progress | None, done: int,
             raise type(exc)(f"{where}: {exc}") from None
         try:
             expires = codec.check_expiry(expires)
-        except InvalidTTLError as exc:
-            raise InvalidTTLError(f"{where}: {str(exc).replace('None', 'null', 1)}") from None  # JSON's word
+        except InvalidTTLError:
+            raise _bad_expiry(where, json.dumps(expires)[:40]) from None  # as the line says it
         yield number, key, kb, data, flags, expires
+
+
+def _bad_expiry(where: str, shown: str) -> InvalidTTLError:
+    return InvalidTTLError(f"{where}: expires_at must be null or unix time in seconds, got {shown}")
+
+
+class _LongInt(int):
+    """What ``_refused_for_digits`` reads an int of too many digits as: their count."""
+
+
+def _refused_for_digits(line: bytes, where: str, exc: InvalidValueError) -> MmapKVError:
+    """The refusal of a dump line holding an int of more digits than any Python reads by
+    default, naming the field that holds it (``loads`` knows only that the line does)."""
+    def parse_int(text: str) -> int:
+        digits = len(text.lstrip("-"))
+        return _LongInt(digits) if digits > codec.MAX_INT_DIGITS else 0
+    obj = json.loads(line.decode("utf-8-sig"), parse_int=parse_int)
+    if isinstance(obj, dict) and {"key", "value"} <= obj.keys() and not obj.keys() - _FIELDS:
+        if type(obj["key"]) is _LongInt:
+            return InvalidKeyError(f"{where}: key must be a str, not int")
+        if type(obj.get("expires_at")) is _LongInt:
+            return _bad_expiry(where, f"an int of {obj['expires_at']:,} digits")
+        return InvalidValueError(f"{where}: {exc}")
+    return InvalidDumpError(f"{where} is not an entry: {_not_an_entry(obj)}")
 
 
 def _seekable(source: IO[bytes]) -> IO[bytes]:

@@ -225,7 +225,15 @@ def test_restore_replaces_an_expired_key(tmp_path: Any, clock: Any) -> None:
     (b'{"key": "x", "value": [1]}', InvalidValueError, "line 2: value must be a dict"),
     (b'{"key": "x", "value": {"n": NaN}}', InvalidValueError, "line 2: value"),
     (b'{"key": "x", "value": {}, "expires_at": "soon"}', InvalidTTLError, "line 2: expires_at"),
-    (b'{"key": "x", "value": {}, "expires_at": true}', InvalidTTLError, "line 2: expires_at"),
+    (b'{"key": "x", "value": {}, "expires_at": true}', InvalidTTLError,
+     "line 2: expires_at must be null or unix time in seconds, got true$"),  # JSON's word, not True
+    # an int of more digits than Python reads by default: the message names where it is
+    (b'{"key": "x", "value": {}, "expires_at": 1' + b"0" * 5_000 + b"}", InvalidTTLError,
+     "line 2: expires_at must be null or unix time in seconds, got an int of 5,001 digits$"),
+    (b'{"key": -1' + b"0" * 5_000 + b', "value": {}}', InvalidKeyError, "line 2: key must be a str, not int$"),
+    (b'{"key": "x", "value": {"a": [1' + b"0" * 5_000 + b']}}', InvalidValueError,
+     "line 2: value holds an int of more than 4,300 digits"),
+    (b'[1' + b"0" * 5_000 + b']', transfer.InvalidDumpError, "line 2 is not an entry: it reads as a Python list"),
     (b'{"key": "x", "value": {}, "expires_at": -1}', InvalidTTLError, "line 2: expires_at"),
     (b'{"key": "x", "value": {}, "expires_at": 1e300}', InvalidTTLError, "line 2: expires_at"),
     (b'{"key": "x", "value": {}, "expires_at": 1' + b"0" * 400 + b"}", InvalidTTLError,
