@@ -195,19 +195,21 @@ class Table:
         removed at the edge never makes the two alternate.  O(entries moved)."""
         slots, q, directory = self.slots, self.q, self.dir
         while True:
-            depth = slots.info(segment)[1]
+            _, depth, used, *_ = slots.info(segment)
             if not depth:
                 return
             bit = 1 << (depth - 1)
             index = fp & self.dmask
             buddy = directory[index ^ bit]
-            if buddy == segment or slots.info(buddy)[1] != depth:
-                return  # the buddy's run is split finer: nothing to fold into one
+            if buddy == segment:
+                return
+            _, buddy_depth, buddy_used, *_ = slots.info(buddy)
+            # The common answer first, in the fewest calls: a delete from a segment under a
+            # quarter asks every time, and its buddy is mostly too full (1.6 us of 7.7 each)
+            if buddy_depth != depth or used + buddy_used >= SPLIT_AT // 4:
+                return  # the buddy's run is split finer, or the two together are too many
             if not (self.depth_agrees(segment, index, depth) and self.depth_agrees(buddy, index ^ bit, depth)):
                 return  # a damaged depth byte: a merge by it would leave a segment unnamed
-            used, buddy_used = slots.used(segment), slots.used(buddy)
-            if used + buddy_used >= SPLIT_AT // 4:
-                return
             keep, gone = (segment, buddy) if used >= buddy_used else (buddy, segment)
             keep_base, gone_base = self.base(keep), self.base(gone)
             for entry in filter(None, q[gone_base:gone_base + SEGMENT_ENTRIES].tolist()):
