@@ -463,10 +463,10 @@ def test_each_scenario_runs_what_it_is_named_for(name: str, tmp_path: Any,
     with mmapkv.Store(str(tmp_path / "s"), max_size=scenario.max_size, clock=clock) as store:
         scenario.setup(store, clock)
         clock.advance(100)
-        for owner, what, name in ((Engine, "grow", "grow"), (Engine, "sweep", "sweep"), (Engine, "gather", "gather"),
-                                  (Engine, "_give_back", "give back"), (Engine, "_write_at", "pwrite"),
-                                  (table_module.Table, "split", "split"), (table_module.Table, "merge", "merge")):
-            monkeypatch.setattr(owner, what, spy(name, getattr(owner, what)))
+        for owner, what, tag in ((Engine, "grow", "grow"), (Engine, "sweep", "sweep"), (Engine, "gather", "gather"),
+                                 (Engine, "_give_back", "give back"), (Engine, "_write_at", "pwrite"),
+                                 (table_module.Table, "split", "split"), (table_module.Table, "merge", "merge")):
+            monkeypatch.setattr(owner, what, spy(tag, getattr(owner, what)))
         _run_call(scenario, store, clock)()
     assert scenario.runs <= ran, f"{name} runs {sorted(ran) or 'none of them'}"
 
