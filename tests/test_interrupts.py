@@ -26,6 +26,7 @@ import errno
 import gc
 import io
 import json
+import mmap
 import os
 import shutil
 from collections.abc import Callable
@@ -86,8 +87,9 @@ class Scenario:
     #: ``table.SPLIT_AT`` while it runs, if not the format's: a few keys make many segments
     split_at: int | None = None
     #: what *call* must run for the scenario to be what its name says, of "grow", "sweep",
-    #: "steps" (a sweep that stopped short), "gather", "split", "merge" and "pwrite" (a
-    #: record written with pwrite)
+    #: "steps" (a sweep that stopped short), "gather", "split", "merge", "pwrite" (a
+    #: record written with pwrite), "new map" (a growth that mapped the file anew) and
+    #: "old map held" (the map it replaced could not be closed yet)
     #: (``test_each_scenario_runs_what_it_is_named_for``)
     runs: frozenset[str] = frozenset()
     #: ``Engine.sweep_step`` while it runs, if not 2,048: a sweep of a few records in steps
@@ -104,6 +106,9 @@ class Scenario:
     #: records go in with ``pwrite``, as where the file's blocks are not reserved (macOS,
     #: a sparse copy): ``Engine._write_at``'s path instead of stores through the map
     by_pwrite: bool = False
+    #: the map cannot be resized in place, as where there is no ``mremap`` (macOS): a
+    #: growth maps the file anew (``Engine._remap``'s other path)
+    no_mremap: bool = False
 
 
 def _reserve_up_to(limit: int) -> Callable[..., None]:
@@ -129,6 +134,17 @@ def _patch(scenario: Scenario, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(engine_module, "reserve", _reserve_up_to(scenario.disk_limit))
     if scenario.by_pwrite:
         monkeypatch.setattr(Engine, "_blocks_reserved", lambda self: False)
+    if scenario.no_mremap:
+        monkeypatch.setattr(mmap, "mmap", _MmapWithoutMremap)
+
+
+class _MmapWithoutMremap(mmap.mmap):
+    """``mmap.mmap`` as built where the system has no ``mremap`` (macOS): ``resize``
+    raises what CPython raises there.  The type is replaced, not the engine's call: every
+    map the engine makes is one of these, whatever path it made it by."""
+
+    def resize(self, newsize: int) -> None:
+        raise SystemError("mmap: resizing not available--no mremap()")
 
 
 class _OsWhoseRenameFails:
@@ -169,6 +185,21 @@ def _fill_whole(store: mmapkv.Store, n: int, *, ttl: int | None = None, prefix: 
         store.create(f"{prefix}{i}", dict(WHOLE, i=i), ttl=ttl)
 
 
+def _while_a_view_is_held(store: mmapkv.Store, key: str, call: Callable[[], Any]) -> None:
+    """*call*, a view of *key*'s value held meanwhile, as a reader that takes no lock and
+    was caught mid-read by another thread holds one: ``mremap`` is refused while it lives,
+    and the old map cannot be closed until it goes."""
+    engine = store._engine
+    assert engine is not None
+    found = engine.get(key.encode(), engine.fingerprint(key.encode()))
+    assert found is not None
+    held = found[0]
+    try:
+        call()
+    finally:
+        held.release()
+
+
 def _dump_of(entries: dict[str, Any]) -> bytes:
     lines = [f'{{"key":"{k}","value":{{"r":{v}}},"expires_at":null}}' for k, v in entries.items()]
     return ("\n".join(lines) + "\n").encode()
@@ -180,6 +211,15 @@ SCENARIOS: dict[str, Scenario] = {
     # 8 slots at first, one of them the table's: 7 whole-slot records fill them
     "create-grows-the-file": Scenario(lambda s, c: _fill_whole(s, 7),
                                       lambda s, c: s.create("new", dict(WHOLE, v=1)), runs=frozenset({"grow"})),
+    # the same growth by a new map, the old one closed after it (no mremap: macOS)...
+    "create-grows-by-a-new-map": Scenario(lambda s, c: _fill_whole(s, 7),
+                                          lambda s, c: s.create("new", dict(WHOLE, v=1)), no_mremap=True,
+                                          runs=frozenset({"grow", "new map"})),
+    # ...or left to the view that holds it (mremap refused: a lock-free reader mid-read)
+    "create-grows-while-a-view-is-held": Scenario(
+        lambda s, c: _fill_whole(s, 7),
+        lambda s, c: _while_a_view_is_held(s, "w3", lambda: s.create("new", dict(WHOLE, v=1))),
+        runs=frozenset({"grow", "new map", "old map held"})),
     # issue 13: a create whose size class has no partial slot starts one (or takes a whole
     # slot) in the common path when the file has a free slot
     "create-starts-a-slot": Scenario(lambda s, c: _fill(s, 3),
@@ -448,7 +488,10 @@ def test_each_scenario_runs_what_it_is_named_for(name: str, tmp_path: Any,
     def spy(what: str, real: Callable[..., Any]) -> Callable[..., Any]:
         def run(self: Any, *args: Any) -> Any:
             segments = getattr(self, "segment_count", 0)
+            old = getattr(self, "_mm", None)
             result = real(self, *args)
+            if what == "new map" and old is not None and not old.closed:
+                ran.add("old map held")  # by a view outside the engine: it goes with the view
             if what == "pwrite" and self._map_writes:
                 return result  # a record written through the map
             if what not in ("grow", "gather", "give back") or result:  # grow() says False at the ceiling
@@ -465,6 +508,7 @@ def test_each_scenario_runs_what_it_is_named_for(name: str, tmp_path: Any,
         clock.advance(100)
         for owner, what, tag in ((Engine, "grow", "grow"), (Engine, "sweep", "sweep"), (Engine, "gather", "gather"),
                                  (Engine, "_give_back", "give back"), (Engine, "_write_at", "pwrite"),
+                                 (Engine, "_switch_map", "new map"),
                                  (table_module.Table, "split", "split"), (table_module.Table, "merge", "merge")):
             monkeypatch.setattr(owner, what, spy(tag, getattr(owner, what)))
         _run_call(scenario, store, clock)()
