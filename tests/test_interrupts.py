@@ -40,7 +40,9 @@ from mmapkv import engine as engine_module
 from mmapkv import table as table_module
 from mmapkv import transfer
 from mmapkv.engine import Engine
-from mmapkv.format import Geometry
+from mmapkv.format import (CLASS_SIZES, KEY_OFFSET, RECORD_HEADER, SB_BATCH_COMMIT, SB_FILE_SIZE, SLOT_SIZE,
+                           STATE_LIVE, STATE_PENDING, Geometry)
+from mmapkv.slots import PER_SLOT
 
 from conftest import FakeClock
 from fault_child import write_report
@@ -526,20 +528,262 @@ def _stopped_in(out: BaseException) -> str:
     return name
 
 
+#: a record as it lies in the file: (offset, state, seq, key)
+Record = tuple[int, int, int, str]
+
+
+def _records(path: str) -> tuple[int, list[Record]]:
+    """The file's ``batch_commit`` and its LIVE and PENDING records, read as they lie (no
+    recovery): every sub-slot of every slot whose slot info names a record class.  Not
+    ``Engine.iter_records``: after a crash the superblock's high-water mark is the last
+    clean close's, below the slots taken since."""
+    engine = Engine(path, readonly=True, create=False)
+    try:
+        mm, found = engine._mm, []
+        for slot in range(engine.slot_count):
+            kind = engine.slots.kind(slot)
+            if not 1 <= kind <= len(CLASS_SIZES):
+                continue
+            for index in range(PER_SLOT[kind - 1]):
+                off = engine._slots_offset + slot * SLOT_SIZE + index * CLASS_SIZES[kind - 1]
+                state, _, _, seq, _, _, klen, _ = RECORD_HEADER.unpack_from(mm, off)
+                if state in (STATE_LIVE, STATE_PENDING):
+                    found.append((off, state, seq, bytes(mm[off + KEY_OFFSET:off + KEY_OFFSET + klen]).decode()))
+        return int.from_bytes(mm[SB_BATCH_COMMIT:SB_BATCH_COMMIT + 8], "little"), found
+    finally:
+        engine.close()
+
+
+def _crash_copy_mid(base: str, call: Callable[[mmapkv.Store], Any],
+                    wanted: Callable[[int, list[Record]], bool], where: str, clock: FakeClock) -> tuple[State, State]:
+    """Leave at *where* a crash copy of the store *base* taken while *call* runs on it,
+    stopped (``interrupt_at``) at the first point where the copy's records (``_records``)
+    are *wanted*: found by trying the points in turn, so that it is that state whatever
+    the hash seed makes of the call's path.  Returns the states before and after *call*."""
+    trial = where + ".trial"
+    shutil.copyfile(base, trial)
+    with mmapkv.Store(trial, clock=clock) as store:
+        before = snapshot(store)
+        steps = count_steps(lambda: call(store))
+        after = snapshot(store)
+    for step in range(1, steps + 1):
+        shutil.copyfile(base, trial)
+        store = mmapkv.Store(trial, clock=clock)
+        injected, out = interrupt_at(lambda: call(store), step, KeyboardInterrupt)
+        del out
+        crash_copy(store, where)
+        store.close()  # interrupted mid-change: it leaves the file unclean, as it was copied
+        if injected and wanted(*_records(where)):
+            os.unlink(trial)
+            return before, after
+    raise AssertionError("no point of the call leaves the records wanted")
+
+
+def _base(path: str, clock: FakeClock) -> str:
+    """*path*'s base: five keys with a TTL and one of a whole slot, closed cleanly."""
+    with mmapkv.Store(path + ".base", max_size=SMALL, clock=clock) as store:
+        _fill(store, 5, ttl=500)
+        store.create("big", {"pad": "y" * 12_000})
+    return path + ".base"
+
+
+BATCH = {"b0": {"n": 0}, "b1": {"n": 1}, "b2": {"pad": "b" * 3000}}
+
+
+def _pending(batch: int, records: list[Record], *, committed: bool) -> list[Record]:
+    return [r for r in records if r[1] == STATE_PENDING and (r[2] == batch) == committed]
+
+
+def _mid_batch(path: str, clock: FakeClock) -> State:
+    """Every record of a batch written PENDING, the commit not: recovery drops them."""
+    before, _ = _crash_copy_mid(_base(path, clock), lambda s: s.batch_create(BATCH),
+                                lambda batch, records: len(_pending(batch, records, committed=False)) == len(BATCH),
+                                path, clock)
+    return before
+
+
+def _mid_commit(path: str, clock: FakeClock) -> State:
+    """A batch committed (``batch_commit`` names it), some of its records LIVE and indexed,
+    the rest still PENDING: recovery makes them LIVE."""
+    _, after = _crash_copy_mid(
+        _base(path, clock), lambda s: s.batch_create(BATCH),
+        lambda batch, records: bool(_pending(batch, records, committed=True))
+        and any(r[1] == STATE_LIVE and r[3] in BATCH for r in records), path, clock)
+    return after
+
+
+def _two_copies(path: str, clock: FakeClock) -> State:
+    """A ``set`` stopped between pointing the key's entry at its new record and freeing
+    the old one: two LIVE records of one key, the newer (higher seq) the one kept."""
+    _, after = _crash_copy_mid(_base(path, clock), lambda s: s.set("k1", {"new": 1}, ttl=60),
+                               lambda batch, records: sum(r[1] == STATE_LIVE and r[3] == "k1" for r in records) == 2,
+                               path, clock)
+    return after
+
+
+def _keys_by_fingerprint(engine: Engine, prefix: str, start: int, count: int) -> list[str]:
+    """*count* keys whose fingerprints' low 4 bits (the directory's, to depth 4) go
+    through 0 to 15 in turn from *start*: the segments every split makes, and so the
+    table a store holds at its ceiling, are the same whatever the hash seed."""
+    keys, n = [], 0
+    for i in range(start, start + count):
+        while engine.fingerprint(f"{prefix}{n}".encode()) & 15 != i % 16:
+            n += 1
+        keys.append(f"{prefix}{n}")
+        n += 1
+    return keys
+
+
+def _at_ceiling(path: str, clock: FakeClock) -> State:
+    """A store filled to its ceiling, every slot taken, copied as a crash leaves it.  Its
+    table (at the SPLIT_AT and SEGMENT_FULL of its ``UNCLEAN_STATES`` entry: 30 keys make
+    the splits 3,000 would) has 3 segments, each past SPLIT_AT; a table built whole would
+    need more segments than the 3 slots it can have (``Table.build`` refuses), so recovery
+    inserts the entries in slot order, splitting only where a segment reaches
+    SEGMENT_FULL (it must), then ``split_crowded`` spends the slot left."""
+    store = mmapkv.Store(path + ".base", max_size=SMALL, clock=clock)
+    assert store._engine is not None
+    for key in _keys_by_fingerprint(store._engine, "w", 0, 40):
+        try:
+            store.create(key, WHOLE)
+        except mmapkv.StoreFullError:
+            break
+    assert store._engine.slots.free_slots() == 0 and store._engine.table.segment_count == 3
+    state = snapshot(store)
+    crash_copy(store, path)
+    store.close()
+    return state
+
+
+def _damaged_superblock(path: str, clock: FakeClock) -> State:
+    """A store closed cleanly, then one bit of its superblock's ``file_size`` flipped:
+    CLEAN, with a checksum that fails.  Recovery takes the size from the file, and the
+    floor from the old table, instead of the fields."""
+    with mmapkv.Store(path, max_size=SMALL, clock=clock) as store:
+        _fill(store, 5, ttl=500)
+        store.create("big", {"pad": "y" * 12_000})
+        state = snapshot(store)
+    with open(path, "r+b") as f:
+        f.seek(SB_FILE_SIZE + 2)
+        byte = f.read(1)[0]
+        f.seek(SB_FILE_SIZE + 2)
+        f.write(bytes([byte ^ 0x10]))
+    return state
+
+
+@dataclass
+class Unclean:
+    """A file an open must recover: *make* leaves it at a path (and returns the state it
+    must recover to), while the table module's constants and the engine's
+    ``whole_table_limit`` are set as here."""
+
+    make: Callable[[str, FakeClock], State]
+    #: the branches of recovery its open must take (``test_each_unclean_state_takes_its_branch``)
+    runs: frozenset[str]
+    split_at: int | None = None
+    segment_full: int | None = None
+    whole_table_limit: int | None = None
+
+
+UNCLEAN_STATES: dict[str, Unclean] = {
+    "mid-batch": Unclean(_mid_batch, frozenset({"pending dropped"})),
+    "mid-commit": Unclean(_mid_commit, frozenset({"pending committed"})),
+    "two-copies": Unclean(_two_copies, frozenset({"newest copy"})),
+    # a file that could hold more records than whole_table_limit: recovery inserts each
+    # record as it finds it, looking its key up (and so finds the other copy that way)
+    "two-copies-record-by-record": Unclean(_two_copies, frozenset({"record by record", "newest copy found"}),
+                                           whole_table_limit=0),
+    "at-ceiling": Unclean(_at_ceiling, frozenset({"table by inserts", "split it must", "split crowded"}),
+                          split_at=14, segment_full=18),
+    "damaged-superblock": Unclean(_damaged_superblock, frozenset({"superblock damaged"})),
+}
+
+
+def _patch_unclean(unclean: Unclean, monkeypatch: pytest.MonkeyPatch) -> None:
+    if unclean.split_at is not None:
+        monkeypatch.setattr(table_module, "SPLIT_AT", unclean.split_at)
+    if unclean.segment_full is not None:
+        monkeypatch.setattr(table_module, "SEGMENT_FULL", unclean.segment_full)
+    if unclean.whole_table_limit is not None:
+        monkeypatch.setattr(Engine, "whole_table_limit", unclean.whole_table_limit)
+
+
+@pytest.mark.parametrize("state", list(UNCLEAN_STATES))
+def test_each_unclean_state_takes_its_branch(state: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each unclean state of ``test_an_interrupted_open_leaves_the_store_to_the_next`` must
+    send recovery down the branch it is there for, or its points prove nothing about it."""
+    unclean = UNCLEAN_STATES[state]
+    _patch_unclean(unclean, monkeypatch)
+    clock = FakeClock(T0)
+    path = str(tmp_path / "s.mmapkv")
+    unclean.make(path, clock)
+    batch, records = _records(path)
+    ran: set[str] = set()
+    inside: set[str] = set()  # "recover", "split_crowded": the spied calls running now
+
+    def spy(owner: Any, name: str, tags: Callable[..., set[str]]) -> None:
+        """Add to *ran* what *tags* says of each call of *owner.name*: its result, then its arguments."""
+        real = getattr(owner, name)
+
+        def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+            inside.add(name)
+            try:
+                result = real(self, *args, **kwargs)
+            finally:
+                inside.discard(name)
+            ran.update(tags(result, *args, **kwargs))
+            return result
+        monkeypatch.setattr(owner, name, run)
+
+    spy(Engine, "recover", lambda result, superblock_damaged=False:
+        {"superblock damaged"} if superblock_damaged else set())
+    spy(Engine, "_newest_copies", lambda result, *args: {"newest copy"} if result[1] else set())
+    # only a rebuild record by record looks keys up while it recovers
+    spy(Engine, "find", lambda result, *args: set() if "recover" not in inside else
+        {"record by record", "newest copy found"} if result >= 0 else {"record by record"})
+    spy(table_module.Table, "build", lambda result, *args: set() if result else {"table by inserts"})
+    spy(table_module.Table, "split_crowded", lambda result: set())
+    spy(table_module.Table, "split", lambda result, *args: set() if "recover" not in inside else
+        {"split crowded"} if "split_crowded" in inside else {"split it must"})
+    mmapkv.Store(path, max_size=SMALL, clock=clock).close()
+    monkeypatch.undo()
+    after = {r[0]: r for r in _records(path)[1]}
+    dropped = _pending(batch, records, committed=False)
+    if dropped and not any(r[0] in after for r in dropped):
+        ran.add("pending dropped")
+    committed = _pending(batch, records, committed=True)
+    if committed and all(after.get(r[0], r)[1] == STATE_LIVE for r in committed):
+        ran.add("pending committed")
+    assert unclean.runs <= ran, f"{state}: recovery ran {sorted(ran) or 'none of them'}"
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
-@pytest.mark.parametrize("state", ["clean", "unclean", "new", "read-only"])
-def test_an_interrupted_open_leaves_the_store_to_the_next(state: str, tmp_path: Any) -> None:
+@pytest.mark.parametrize("state", ["clean", "unclean", "new", "read-only", *UNCLEAN_STATES])
+def test_an_interrupted_open_leaves_the_store_to_the_next(state: str, tmp_path: Any,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """``Store(path)`` (or ``mmapkv.stats``'s read-only engine) interrupted at every point,
     then opened again in the same process: never "in use by another process", the
     contents as they were, ``verify()`` clean, no descriptor left open.  The descriptor
     holding the lock used to be returned up the stack to be kept, and an exception at the
     return kept it open, the store locked, for the rest of the process (6 points of a
     clean open at opcode grain); and one landing between ``os.open`` and the ``FileIO``
-    that took the number leaked it (a review)."""
+    that took the number leaked it (a review).
+
+    Of the ``UNCLEAN_STATES`` (a recovery down another branch: each interrupted, the next
+    open recovers what the first left half done), "as they were" is what an open that
+    nothing interrupts recovers, which must be the state the file was made to hold."""
     clock = FakeClock(T0)
     template, path = str(tmp_path / "template.mmapkv"), str(tmp_path / "s.mmapkv")
     expected: State = {}
-    if state != "new":
+    if state in UNCLEAN_STATES:
+        _patch_unclean(UNCLEAN_STATES[state], monkeypatch)
+        must_hold = UNCLEAN_STATES[state].make(template, clock)
+        shutil.copyfile(template, path)
+        with mmapkv.Store(path, max_size=SMALL, clock=clock) as recovered:
+            expected = snapshot(recovered)
+            assert recovered.verify() == []
+        assert expected == must_hold
+    elif state != "new":
         store = mmapkv.Store(template, max_size=SMALL, clock=clock)
         _fill(store, 5, ttl=500)
         store.create("big", {"pad": "y" * 12_000})
