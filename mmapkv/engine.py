@@ -1660,7 +1660,7 @@ class Engine:
             floor = 0
         kinds = bytearray(mm[g.info_offset:g.info_offset + 24 * self.slot_count:24]) \
             if self.slot_count else bytearray()
-        self._find_lost_record_slots(kinds)
+        restored = self._find_lost_record_slots(kinds)
         if superblock_damaged:  # CLEAN with a checksum that fails (_load)
             # floor_seq may be the damaged field, and one bit too high drops every record
             # below it.  The table was exact at the clean close: every record it indexes
@@ -1680,6 +1680,15 @@ class Engine:
                 mm.flush(0, PAGE_SIZE)
         if not self._dirty:
             self._mark_dirty()
+        if restored:
+            # The kinds given back go to disk before anything below frees a slot or lays
+            # the new table over the old one, the only witness to them: interrupted after
+            # that, the next recovery took the damaged byte's word and the slot's records
+            # were lost.  Synced: the new table's pages must not reach the disk first.
+            for slot in restored:
+                at = g.info_offset + SLOT_INFO.size * slot
+                mm[at:at + 1] = kinds[slot:slot + 1]
+            mm.flush(g.info_offset, SLOT_INFO.size * self.slot_count)
         self.info_to_check = 0  # rebuilt from the records: what the last close vouched for is moot
         self.floor_seq = floor
         record_slots = [s for s in range(self.slot_count) if 1 <= kinds[s] <= CLASS_COUNT]
@@ -1786,7 +1795,7 @@ class Engine:
         segments = (slot for slot in range(self.slot_count) if kinds[slot] == KIND_SEGMENT)
         return (off for off in self._entry_offsets(segments) if off <= end)
 
-    def _find_lost_record_slots(self, kinds: bytearray) -> None:
+    def _find_lost_record_slots(self, kinds: bytearray) -> list[int]:
         """Give back their class in *kinds* to record slots whose kind byte was damaged
         (slot info has no checksum; recovery frees every slot that is not a record class,
         and reads one of another class at the wrong boundaries: every record in it would
@@ -1796,7 +1805,8 @@ class Engine:
         happens to divide the record's place, is caught too (no entry points into a
         segment).  A slot keeps its kind if any such record agrees with it (one left LIVE
         from the slot's former class by a lost write must not decide).  O(table entries),
-        and a record read for each slot they point into, all of them for a damaged one."""
+        and a record read for each slot they point into, all of them for a damaged one.
+        Returns the slots whose kind it gave back."""
         agreed: set[int] = set()  # slots an intact record of their kind's class confirmed
         found: dict[int, int] = {}  # slot: the class of its first intact record, disagreeing
         for off in self._old_table_offsets(kinds):
@@ -1811,9 +1821,10 @@ class Engine:
                 agreed.add(slot_of)
             else:
                 found.setdefault(slot_of, cls)
-        for slot_of, cls in found.items():
-            if slot_of not in agreed:
-                kinds[slot_of] = cls + 1
+        restored = [slot_of for slot_of in found if slot_of not in agreed]
+        for slot_of in restored:
+            kinds[slot_of] = found[slot_of] + 1
+        return restored
 
     def _indexed_floor(self, kinds: bytearray, floor: int) -> int:
         """The lowest seq of the intact LIVE records the old table points at; *floor* if it

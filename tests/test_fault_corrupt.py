@@ -32,6 +32,7 @@ import pytest
 
 import mmapkv
 from fault_child import child_command, child_env, make_value, write_report
+from mmapkv.engine import Engine
 from mmapkv.format import (
     CLASS_COUNT,
     CLASS_SIZES,
@@ -52,6 +53,7 @@ from mmapkv.format import (
     Geometry,
     class_for,
 )
+from mmapkv.table import Table
 
 CASES = int(os.environ.get("MMAPKV_FAULT_CASES", "250"))
 MAX_SIZE = Geometry.smallest_max_size() * 4
@@ -452,6 +454,35 @@ def test_a_repair_gives_a_damaged_kind_byte_its_records_class(tmp_path: Any, kin
         f.write(bytes([kind]))
         f.seek(SB_FLAGS)  # and not cleanly closed: the next open recovers
         f.write(bytes(4))
+    with mmapkv.Store(path) as store:
+        assert store.keys() == ["k"] and store.read("k") == value and store.verify() == []
+
+
+@pytest.mark.parametrize("kind", [KIND_SEGMENT, 1, 11], ids=["a segment's", "class 0's", "class 10's"])
+@pytest.mark.parametrize("stopped_in", ["_rebuild_table", "build"])
+def test_a_repair_stopped_half_way_still_gives_a_damaged_kind_byte_its_class(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, kind: int, stopped_in: str) -> None:
+    """As above, and the recovery that found the right class (from the old table) is
+    interrupted once it has freed the spare slots (the old table's among them), or while
+    it lays the new table over the old one: the kind it gave back was still only in
+    memory, so the next recovery, finding no table to ask, took the damaged byte's word
+    and the record was lost."""
+    value = make_value("k", 1, 16000)
+    path, slot = small_store(tmp_path, value)
+    with open(path, "r+b") as f:
+        f.seek(GEOMETRY.info_offset + SLOT_INFO.size * slot)
+        f.write(bytes([kind]))
+        f.seek(SB_FLAGS)  # and not cleanly closed: the next open recovers
+        f.write(bytes(4))
+
+    def interrupted(*args: Any) -> None:
+        raise KeyboardInterrupt
+
+    owner = Engine if stopped_in == "_rebuild_table" else Table
+    with monkeypatch.context() as patched:
+        patched.setattr(owner, stopped_in, interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            mmapkv.Store(path)  # (what it wrote through the map is in the file, as after a kill)
     with mmapkv.Store(path) as store:
         assert store.keys() == ["k"] and store.read("k") == value and store.verify() == []
 
