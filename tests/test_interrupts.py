@@ -40,8 +40,8 @@ from mmapkv import engine as engine_module
 from mmapkv import table as table_module
 from mmapkv import transfer
 from mmapkv.engine import Engine
-from mmapkv.format import (CLASS_SIZES, KEY_OFFSET, RECORD_HEADER, SB_BATCH_COMMIT, SB_FILE_SIZE, SLOT_SIZE,
-                           STATE_LIVE, STATE_PENDING, Geometry)
+from mmapkv.format import (CLASS_SIZES, KEY_OFFSET, RECORD_HEADER, SB_BATCH_COMMIT, SB_FILE_SIZE, SLOT_INFO,
+                           SLOT_SIZE, STATE_LIVE, STATE_PENDING, Geometry)
 from mmapkv.slots import PER_SLOT
 
 from conftest import FakeClock
@@ -671,6 +671,25 @@ def _damaged_superblock(path: str, clock: FakeClock) -> State:
     return state
 
 
+def _damaged_kind_byte(path: str, clock: FakeClock) -> State:
+    """A crash copy whose whole-slot record's slot has its kind byte damaged into another
+    class's (slot info has no checksum): recovery gives the slot its class back from the
+    old table's entry, then frees the old table's slot and lays a new table over it."""
+    store = mmapkv.Store(path + ".base", max_size=SMALL, clock=clock)
+    _fill(store, 5, ttl=500)
+    store.create("big", {"pad": "y" * 12_000})
+    engine = store._engine
+    assert engine is not None
+    slot = engine.slot_of(engine.record_offset(engine.find(b"big", engine.fingerprint(b"big"))))
+    state = snapshot(store)
+    crash_copy(store, path)
+    store.close()
+    with open(path, "r+b") as f:
+        f.seek(Geometry(SMALL).info_offset + SLOT_INFO.size * slot)
+        f.write(bytes([11]))  # a class whose size divides the record's place
+    return state
+
+
 @dataclass
 class Unclean:
     """A file an open must recover: *make* leaves it at a path (and returns the state it
@@ -696,6 +715,8 @@ UNCLEAN_STATES: dict[str, Unclean] = {
     "at-ceiling": Unclean(_at_ceiling, frozenset({"table by inserts", "split it must", "split crowded"}),
                           split_at=14, segment_full=18),
     "damaged-superblock": Unclean(_damaged_superblock, frozenset({"superblock damaged"})),
+    # (it found a bug: the kind given back stayed in memory while the table was rebuilt)
+    "damaged-kind-byte": Unclean(_damaged_kind_byte, frozenset({"kind given back"})),
 }
 
 
@@ -738,6 +759,7 @@ def test_each_unclean_state_takes_its_branch(state: str, tmp_path: Any, monkeypa
     spy(Engine, "recover", lambda result, superblock_damaged=False:
         {"superblock damaged"} if superblock_damaged else set())
     spy(Engine, "_newest_copies", lambda result, *args: {"newest copy"} if result[1] else set())
+    spy(Engine, "_find_lost_record_slots", lambda result, *args: {"kind given back"} if result else set())
     # only a rebuild record by record looks keys up while it recovers
     spy(Engine, "find", lambda result, *args: set() if "recover" not in inside else
         {"record by record", "newest copy found"} if result >= 0 else {"record by record"})
