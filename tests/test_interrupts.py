@@ -89,13 +89,16 @@ class Scenario:
     #: ``table.SPLIT_AT`` while it runs, if not the format's: a few keys make many segments
     split_at: int | None = None
     #: what *call* must run for the scenario to be what its name says, of "grow", "sweep",
-    #: "steps" (a sweep that stopped short), "gather", "split", "merge", "pwrite" (a
-    #: record written with pwrite), "new map" (a growth that mapped the file anew) and
-    #: "old map held" (the map it replaced could not be closed yet)
+    #: "steps" (a sweep that stopped short), "gather" (one that freed a slot), "gather
+    #: tried" (whether or not it freed one), "split", "merge", "pwrite" (a record written
+    #: with pwrite), "new map" (a growth that mapped the file anew) and "old map held"
+    #: (the map it replaced could not be closed yet)
     #: (``test_each_scenario_runs_what_it_is_named_for``)
     runs: frozenset[str] = frozenset()
     #: ``Engine.sweep_step`` while it runs, if not 2,048: a sweep of a few records in steps
     sweep_step: int | None = None
+    #: ``table.SEGMENT_FULL`` while it runs, if not the format's: a segment full of a few keys
+    segment_full: int | None = None
     #: the rename that commits a compact fails (``EIO``), so every point tried is a second
     #: fault on top of a first: the abandoning of the new file, interrupted
     rename_fails: bool = False
@@ -130,6 +133,8 @@ def _patch(scenario: Scenario, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(table_module, "SPLIT_AT", scenario.split_at)
     if scenario.sweep_step is not None:
         monkeypatch.setattr(Engine, "sweep_step", scenario.sweep_step)
+    if scenario.segment_full is not None:
+        monkeypatch.setattr(table_module, "SEGMENT_FULL", scenario.segment_full)
     if scenario.rename_fails:
         monkeypatch.setattr(transfer, "os", _OsWhoseRenameFails())
     if scenario.disk_limit is not None:
@@ -174,6 +179,65 @@ def _compact_that_fails(store: mmapkv.Store) -> None:
         pass
 
 
+def _refused_as_full(write: Callable[[], Any], says: str) -> None:
+    """*write*, which the store must refuse with ``StoreFullError`` saying *says*: the
+    refusal of ``Store._make_room`` the scenario is named for, after what it tried first
+    (a sweep, a gather).  Refused, the store holds what it held (expired keys aside)."""
+    try:
+        write()
+    except mmapkv.DiskFullError:
+        raise  # an injected OSError in a growth: not the refusal the scenario is for
+    except mmapkv.StoreFullError as exc:
+        assert says in str(exc), f"refused by another branch: {exc}"
+        return
+    raise AssertionError(f"not refused ({says!r})")
+
+
+def _segment_of(store: mmapkv.Store, key: str) -> int:
+    engine = store._engine
+    assert engine is not None
+    return int(engine.table.dir[engine.fingerprint(key.encode()) & engine.table.dmask])
+
+
+def _key_of_a_full_segment(store: mmapkv.Store) -> str:
+    """The key ``_a_full_segment_below_the_ceiling`` fills the table segment of: the
+    first of n0, n1... not in the segment of the harness's follow-up create, which must
+    find room."""
+    return next(key for key in (f"n{i}" for i in range(1000))
+                if _segment_of(store, key) != _segment_of(store, "follow-up"))
+
+
+def _a_full_segment_below_the_ceiling(store: mmapkv.Store, clock: FakeClock) -> None:
+    """32 of the 33 slots (the disk refused the 33rd), none free; small keys, 4 of them to
+    expire, in table segments of 8 entries or so (SPLIT_AT 8), the one of
+    ``_key_of_a_full_segment`` full (SEGMENT_FULL 14): a whole-slot record of that key
+    needs a slot and a split, 2, where even the ceiling gives 1.  The expiring keys are in
+    other segments, of 4 entries or more (the sweep empties none enough to merge it and
+    free a slot)."""
+    engine = store._engine
+    assert engine is not None
+    _fill(store, 40)
+    try:
+        _fill_whole(store, 33)
+    except mmapkv.DiskFullError:
+        pass  # the growth to 33 slots
+    assert engine.slot_count == 32 and engine.slots.free_slots() == 0
+    target = _segment_of(store, _key_of_a_full_segment(store))
+    names = iter(range(100_000))
+    while engine.slots.used(target) < 14:
+        name = f"y{next(names)}"
+        if _segment_of(store, name) == target:
+            store.create(name, {"pad": "x" * 40})
+    expiring = 0
+    while expiring < 4:
+        name = f"t{next(names)}"
+        segment = _segment_of(store, name)
+        if segment != target and 4 <= engine.slots.used(segment) < 8:
+            store.create(name, {"pad": "x" * 40}, ttl=50)
+            expiring += 1
+    assert engine.slot_count == 32 and engine.slots.free_slots() == 0
+
+
 def _fill(store: mmapkv.Store, n: int, *, ttl: int | None = None, prefix: str = "k") -> None:
     for i in range(n):
         store.create(f"{prefix}{i}", {"i": i, "pad": "x" * 40}, ttl=ttl)
@@ -205,6 +269,27 @@ def _while_a_view_is_held(store: mmapkv.Store, key: str, call: Callable[[], Any]
 def _dump_of(entries: dict[str, Any]) -> bytes:
     lines = [f'{{"key":"{k}","value":{{"r":{v}}},"expires_at":null}}' for k, v in entries.items()]
     return ("\n".join(lines) + "\n").encode()
+
+
+def _dump_with(entries: dict[str, tuple[dict[str, Any], float | None]]) -> bytes:
+    """A dump of (value, expires_at) entries, as ``transfer.dump`` writes them."""
+    return b"".join(json.dumps({"key": key, "value": value, "expires_at": expires}).encode() + b"\n"
+                    for key, (value, expires) in entries.items())
+
+
+#: two whole-slot records
+TWO_WHOLE = _dump_with({"t0": (dict(WHOLE, r=0), None), "r1": (dict(WHOLE, r=1), None)})
+
+
+def _at_the_ceiling_two_can_gather(store: mmapkv.Store, clock: FakeClock) -> None:
+    """At the ceiling, no slot free: two slots of small records, 3 and 123 of 128 taken
+    with 2 more that expire (t0, t1): the sweep frees 2 sub-slots, then a gather moves the
+    3 records and gives one slot back, one short of two whole-slot records."""
+    _fill(store, 256)
+    for i in [*range(125), *range(128, 133)]:
+        store.delete(f"k{i}")
+    _fill(store, 2, ttl=50, prefix="t")
+    _fill_whole(store, 30)
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -342,11 +427,56 @@ SCENARIOS: dict[str, Scenario] = {
                               runs=frozenset({"pwrite"})),
     "close-after-a-change": Scenario(lambda s, c: _fill(s, 3),
                                      lambda s, c: (s.create("w", {"v": 1, "pad": "w" * 900}), s.close())),
+    # Store._make_room's refusals, after the work it tried first changed the file: at the
+    # ceiling, no slot free, the sweep frees 3 small sub-slots, no whole slot, and the
+    # gather finds one partial slot, nothing to move: "is full"
+    "create-refused-at-ceiling": Scenario(
+        lambda s, c: (_fill(s, 3), _fill(s, 3, ttl=50, prefix="t"), _fill_whole(s, 31)),
+        lambda s, c: _refused_as_full(lambda: s.create("new", dict(WHOLE, v=5)), " is full: "),
+        runs=frozenset({"sweep", "gather tried"})),
+    # over an expired key, which the sweep reclaims before the refusal
+    "set-refused-at-ceiling": Scenario(
+        lambda s, c: (_fill(s, 3), _fill(s, 3, ttl=50, prefix="t"), _fill_whole(s, 31)),
+        lambda s, c: _refused_as_full(lambda: s.set("t1", dict(WHOLE, v=6), ttl=70), " is full: "),
+        runs=frozenset({"sweep", "gather tried"})),
+    # the batch's expired t0 removed, t1 swept, a slot gathered: one short of two
+    "batch-create-refused-at-ceiling": Scenario(
+        _at_the_ceiling_two_can_gather,
+        lambda s, c: _refused_as_full(lambda: s.batch_create({"t0": dict(WHOLE, n=0), "b1": dict(WHOLE, n=1)}),
+                                      " is full: "),
+        runs=frozenset({"sweep", "gather"})),
+    "restore-refused-at-ceiling": Scenario(
+        _at_the_ceiling_two_can_gather,
+        lambda s, c: _refused_as_full(lambda: transfer.restore(s, io.BytesIO(TWO_WHOLE)), " is full: "),
+        runs=frozenset({"sweep", "gather"})),
+    # 8 slots of 33, none free: the sweep frees 2 whole slots, and 30 records would want 3
+    # more than even the ceiling has, so the file is not grown: "has no room"
+    "batch-create-refused-before-growing": Scenario(
+        lambda s, c: (_fill(s, 1), _fill(s, 2, ttl=50, prefix="t"), _fill_whole(s, 4),
+                      _fill_whole(s, 2, ttl=50, prefix="x")),
+        lambda s, c: _refused_as_full(lambda: s.batch_create({f"b{i}": dict(WHOLE, n=i) for i in range(30)}),
+                                      " has no room for 30 more keys "),
+        runs=frozenset({"sweep"})),
+    # a single record meets that refusal only where a slot and a split are wanted and the
+    # file is one slot short of its ceiling: the disk refused the last growth
+    "create-refused-before-growing": Scenario(
+        _a_full_segment_below_the_ceiling,
+        lambda s, c: _refused_as_full(lambda: s.create(_key_of_a_full_segment(s), dict(WHOLE, v=7)),
+                                      " has no room for 1 more keys "),
+        split_at=8, segment_full=14, disk_limit=Geometry(SMALL).file_size(32), runs=frozenset({"sweep"})),
+    "set-refused-before-growing": Scenario(
+        _a_full_segment_below_the_ceiling,
+        lambda s, c: _refused_as_full(lambda: s.set(_key_of_a_full_segment(s), dict(WHOLE, v=8), ttl=70),
+                                      " has no room for 1 more keys "),
+        split_at=8, segment_full=14, disk_limit=Geometry(SMALL).file_size(32), runs=frozenset({"sweep"})),
 }
 
 
 #: calls whose effect no reader can see: they reclaim expired entries, or rewrite the file
-INVISIBLE = ("batch-refused-at-its-second-growth", "delete-expired", "len-sweeps-expired", "len-sweeps-in-steps", "stats-sweeps-expired", "close",
+INVISIBLE = ("batch-refused-at-its-second-growth", "create-refused-at-ceiling", "set-refused-at-ceiling",
+             "batch-create-refused-at-ceiling", "restore-refused-at-ceiling",
+             "batch-create-refused-before-growing", "create-refused-before-growing",
+             "set-refused-before-growing", "delete-expired", "len-sweeps-expired", "len-sweeps-in-steps", "stats-sweeps-expired", "close",
              "compact", "compact-whose-rename-fails", "compact-grows-the-new-file")
 
 
@@ -510,7 +640,7 @@ def test_each_scenario_runs_what_it_is_named_for(name: str, tmp_path: Any,
         clock.advance(100)
         for owner, what, tag in ((Engine, "grow", "grow"), (Engine, "sweep", "sweep"), (Engine, "gather", "gather"),
                                  (Engine, "_give_back", "give back"), (Engine, "_write_at", "pwrite"),
-                                 (Engine, "_switch_map", "new map"),
+                                 (Engine, "_switch_map", "new map"), (Engine, "gather", "gather tried"),
                                  (table_module.Table, "split", "split"), (table_module.Table, "merge", "merge")):
             monkeypatch.setattr(owner, what, spy(tag, getattr(owner, what)))
         _run_call(scenario, store, clock)()
