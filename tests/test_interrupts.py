@@ -99,6 +99,9 @@ class Scenario:
     sweep_step: int | None = None
     #: ``table.SEGMENT_FULL`` while it runs, if not the format's: a segment full of a few keys
     segment_full: int | None = None
+    #: ``transfer._PROGRESS_EVERY`` while it runs, if not 64: a restore of a few lines
+    #: calls its *progress* between the writes of its batch
+    progress_every: int | None = None
     #: the rename that commits a compact fails (``EIO``), so every point tried is a second
     #: fault on top of a first: the abandoning of the new file, interrupted
     rename_fails: bool = False
@@ -135,6 +138,8 @@ def _patch(scenario: Scenario, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(Engine, "sweep_step", scenario.sweep_step)
     if scenario.segment_full is not None:
         monkeypatch.setattr(table_module, "SEGMENT_FULL", scenario.segment_full)
+    if scenario.progress_every is not None:
+        monkeypatch.setattr(transfer, "_PROGRESS_EVERY", scenario.progress_every)
     if scenario.rename_fails:
         monkeypatch.setattr(transfer, "os", _OsWhoseRenameFails())
     if scenario.disk_limit is not None:
@@ -277,6 +282,35 @@ def _dump_with(entries: dict[str, tuple[dict[str, Any], float | None]]) -> bytes
                     for key, (value, expires) in entries.items())
 
 
+def _restored(store: mmapkv.Store, dump: bytes, expected: transfer.RestoreResult, **options: Any) -> None:
+    """``transfer.restore`` of *dump* with *options*, which must say *expected*."""
+    result = transfer.restore(store, io.BytesIO(dump), **options)
+    assert result == expected, result
+
+
+def _restored_reporting_progress(store: mmapkv.Store, dump: bytes, expected: transfer.RestoreResult) -> None:
+    """``_restored`` with a *progress* callback, which must be called in the second pass
+    (the one that writes), before its end."""
+    calls: list[tuple[int, int]] = []
+    _restored(store, dump, expected, progress=lambda done, total: calls.append((done, total)))
+    assert any(total // 2 < done < total for done, total in calls), calls
+
+
+def _refused_as_existing(store: mmapkv.Store, dump: bytes) -> None:
+    """``transfer.restore`` of *dump*, which holds a key the store holds live: refused."""
+    try:
+        transfer.restore(store, io.BytesIO(dump))
+    except mmapkv.KeyExistsError:
+        return
+    raise AssertionError("a restore over a live key was not refused")
+
+
+#: a dump over the keys r1 (stored expired), r2 (stored live) and r3 (new)
+OVER_STORED = _dump_with({"r1": ({"r": 1}, None), "r2": ({"r": 2, "pad": "z" * 300}, T0 + 900),
+                          "r3": ({"r": 3}, None)})
+#: at ``_PROGRESS_EVERY`` 2, a progress call after every second line of each pass: in
+#: the second, between the batch's writes
+FIVE = _dump_with({f"r{i}": ({"r": i}, T0 + 900 if i % 2 else None) for i in range(5)})
 #: two whole-slot records
 TWO_WHOLE = _dump_with({"t0": (dict(WHOLE, r=0), None), "r1": (dict(WHOLE, r=1), None)})
 
@@ -469,6 +503,29 @@ SCENARIOS: dict[str, Scenario] = {
         lambda s, c: _refused_as_full(lambda: s.set(_key_of_a_full_segment(s), dict(WHOLE, v=8), ttl=70),
                                       " has no room for 1 more keys "),
         split_at=8, segment_full=14, disk_limit=Geometry(SMALL).file_size(32), runs=frozenset({"sweep"})),
+    # transfer.restore's options over stored keys: r1 stored expired (its entry removed
+    # first), r2 stored live (refused, or skipped with skip_existing)
+    "restore-over-an-expired-key": Scenario(
+        lambda s, c: (_fill(s, 2), s.create("r1", {"old": 1}, ttl=50)),
+        lambda s, c: _restored(s, _dump_with({"r1": ({"r": 1}, T0 + 900), "r3": ({"r": 3}, None)}),
+                               transfer.RestoreResult(2, 0, 0))),
+    "restore-refused-for-a-live-key": Scenario(
+        lambda s, c: (_fill(s, 2), s.create("r1", {"old": 1}, ttl=50), s.create("r2", {"old": 2})),
+        lambda s, c: _refused_as_existing(s, OVER_STORED)),
+    "restore-skip-existing": Scenario(
+        lambda s, c: (_fill(s, 2), s.create("r1", {"old": 1}, ttl=50), s.create("r2", {"old": 2})),
+        lambda s, c: _restored(s, OVER_STORED, transfer.RestoreResult(2, 1, 0), skip_existing=True)),
+    # every key stored live: nothing to write, the batch begun and never committed
+    "restore-skip-existing-writes-nothing": Scenario(
+        lambda s, c: (_fill(s, 2), s.create("r1", {"old": 1}), s.create("r2", {"old": 2}, ttl=500),
+                      s.create("r3", {"old": 3})),
+        lambda s, c: _restored(s, OVER_STORED, transfer.RestoreResult(0, 3, 0), skip_existing=True)),
+    "restore-with-progress": Scenario(
+        lambda s, c: _fill(s, 2),
+        lambda s, c: _restored_reporting_progress(s, FIVE, transfer.RestoreResult(5, 0, 0)), progress_every=2),
+    "restore-grows-the-file": Scenario(
+        lambda s, c: _fill_whole(s, 6),
+        lambda s, c: _restored(s, TWO_WHOLE, transfer.RestoreResult(2, 0, 0)), runs=frozenset({"grow"})),
 }
 
 
@@ -476,7 +533,8 @@ SCENARIOS: dict[str, Scenario] = {
 INVISIBLE = ("batch-refused-at-its-second-growth", "create-refused-at-ceiling", "set-refused-at-ceiling",
              "batch-create-refused-at-ceiling", "restore-refused-at-ceiling",
              "batch-create-refused-before-growing", "create-refused-before-growing",
-             "set-refused-before-growing", "delete-expired", "len-sweeps-expired", "len-sweeps-in-steps", "stats-sweeps-expired", "close",
+             "set-refused-before-growing", "restore-refused-for-a-live-key",
+             "restore-skip-existing-writes-nothing", "delete-expired", "len-sweeps-expired", "len-sweeps-in-steps", "stats-sweeps-expired", "close",
              "compact", "compact-whose-rename-fails", "compact-grows-the-new-file")
 
 
