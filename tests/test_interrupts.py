@@ -29,6 +29,8 @@ import json
 import mmap
 import os
 import shutil
+import atexit
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +39,7 @@ import pytest
 
 import mmapkv
 from mmapkv import engine as engine_module
+from mmapkv import migrate
 from mmapkv import table as table_module
 from mmapkv import transfer
 from mmapkv.engine import Engine
@@ -102,6 +105,11 @@ class Scenario:
     #: ``transfer._PROGRESS_EVERY`` while it runs, if not 64: a restore of a few lines
     #: calls its *progress* between the writes of its batch
     progress_every: int | None = None
+    #: ``migrate.CHUNK`` while it runs, if not 500: a copy of a few keys in chunks
+    chunk: int | None = None
+    #: for a call documented to stop part way (a copy, between its chunks): the states
+    #: other than before and after that an interrupt may leave, given those two
+    stops: Callable[[State, State], list[State]] | None = None
     #: the rename that commits a compact fails (``EIO``), so every point tried is a second
     #: fault on top of a first: the abandoning of the new file, interrupted
     rename_fails: bool = False
@@ -140,6 +148,8 @@ def _patch(scenario: Scenario, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(table_module, "SEGMENT_FULL", scenario.segment_full)
     if scenario.progress_every is not None:
         monkeypatch.setattr(transfer, "_PROGRESS_EVERY", scenario.progress_every)
+    if scenario.chunk is not None:
+        monkeypatch.setattr(migrate, "CHUNK", scenario.chunk)
     if scenario.rename_fails:
         monkeypatch.setattr(transfer, "os", _OsWhoseRenameFails())
     if scenario.disk_limit is not None:
@@ -313,6 +323,56 @@ OVER_STORED = _dump_with({"r1": ({"r": 1}, None), "r2": ({"r": 2, "pad": "z" * 3
 FIVE = _dump_with({f"r{i}": ({"r": i}, T0 + 900 if i % 2 else None) for i in range(5)})
 #: two whole-slot records
 TWO_WHOLE = _dump_with({"t0": (dict(WHOLE, r=0), None), "r1": (dict(WHOLE, r=1), None)})
+
+
+_SOURCES: list[mmapkv.Store] = []
+
+
+def _copy_source() -> mmapkv.Store:
+    """The store the copy scenarios copy from, made once per process (they only read it):
+    c0..c4, c1 and c3 expiring at T0 + 900, by a clock at T0 + 100 as the harness's."""
+    if not _SOURCES:
+        where = tempfile.mkdtemp(prefix="mmapkv-copy-source-")
+        clock = FakeClock(T0 + 100)
+        source = mmapkv.Store(os.path.join(where, "source.mmapkv"), max_size=SMALL, clock=clock)
+        for i in range(5):
+            source.create(f"c{i}", {"c": i, "pad": "c" * 30 * i}, ttl=800 if i % 2 else None)
+        atexit.register(shutil.rmtree, where, True)
+        atexit.register(source.close)
+        _SOURCES.append(source)
+    return _SOURCES[0]
+
+
+def _copied(store: mmapkv.Store, expected: migrate.CopyResult, **options: Any) -> None:
+    """``migrate.Copy`` of ``_copy_source()`` into *store* with *options*, which must say
+    *expected*."""
+    source = _copy_source()
+    assert not source._lock._is_owned(), "an interrupted read left the source's lock held"
+    result = migrate.Copy(source, store, **options).run()
+    assert result == expected, result
+
+
+def _copy_refused(store: mmapkv.Store, copied: int) -> None:
+    """``migrate.Copy`` (without *replace*) into *store*, which holds a key of a later chunk
+    live: refused there, with the chunks before it written and counted."""
+    source = _copy_source()
+    assert not source._lock._is_owned(), "an interrupted read left the source's lock held"
+    copy = migrate.Copy(source, store)
+    try:
+        copy.run()
+    except mmapkv.KeyExistsError:
+        assert copy.copied == copied and not copy.pending, (copy.copied, copy.pending)
+        return
+    raise AssertionError("a copy over a live key was not refused")
+
+
+def _chunks_copied(before: State, after: State) -> list[State]:
+    """The states a copy may stop at besides *before* and *after*: after each of its
+    whole chunks (``migrate.CHUNK`` of the source's keys, in key order), none of the later
+    ones written (migrate's docstring: "an interruption leaves whole chunks")."""
+    keys = sorted(_copy_source().keys())
+    return [dict(before, **{key: after[key] for key in keys[:end] if key in after})
+            for end in range(migrate.CHUNK, len(keys), migrate.CHUNK)]
 
 
 def _at_the_ceiling_two_can_gather(store: mmapkv.Store, clock: FakeClock) -> None:
@@ -526,6 +586,19 @@ SCENARIOS: dict[str, Scenario] = {
     "restore-grows-the-file": Scenario(
         lambda s, c: _fill_whole(s, 6),
         lambda s, c: _restored(s, TWO_WHOLE, transfer.RestoreResult(2, 0, 0)), runs=frozenset({"grow"})),
+    # `mmapkv copy` (migrate.Copy): restore_entries a chunk at a time, each chunk all or
+    # nothing, the copy not: 5 keys in chunks of 2, so an interrupt may leave 0 to 3 chunks
+    "copy-in-chunks": Scenario(
+        lambda s, c: _fill(s, 2), lambda s, c: _copied(s, migrate.CopyResult(5, 5, 0)),
+        chunk=2, stops=_chunks_copied),
+    # with replace, over c1 stored expired and c3 stored live, in the second chunk
+    "copy-in-chunks-replacing": Scenario(
+        lambda s, c: (_fill(s, 2), s.create("c1", {"old": 1}, ttl=50), s.create("c3", {"old": 3})),
+        lambda s, c: _copied(s, migrate.CopyResult(5, 5, 0), replace=True), chunk=2, stops=_chunks_copied),
+    # without replace: the second chunk, which holds c3, is refused; the first stays
+    "copy-refused-at-its-second-chunk": Scenario(
+        lambda s, c: (_fill(s, 2), s.create("c1", {"old": 1}, ttl=50), s.create("c3", {"old": 3})),
+        lambda s, c: _copy_refused(s, 2), chunk=2, stops=_chunks_copied),
 }
 
 
@@ -545,6 +618,8 @@ class Prepared:
     after: State
     steps: int
     call_steps: int = 0
+    #: states a call documented to stop part way may leave besides before and after
+    stops: tuple[State, ...] = ()
 
 
 def prepare(tmp: str, scenario: Scenario) -> Prepared:
@@ -572,7 +647,8 @@ def prepare(tmp: str, scenario: Scenario) -> Prepared:
             steps = count_steps(_interrupted_then_used(scenario, store, clock, call_steps))
             store.close()
     os.unlink(path)
-    return Prepared(template, before, after, steps, call_steps)
+    stops = tuple(scenario.stops(before, after)) if scenario.stops is not None else ()
+    return Prepared(template, before, after, steps, call_steps, stops)
 
 
 def _interrupted_then_used(scenario: Scenario, store: mmapkv.Store, clock: FakeClock,
@@ -596,7 +672,7 @@ def _run_call(scenario: Scenario, store: mmapkv.Store, clock: FakeClock) -> Call
 
 def try_every_step(tmp: str, scenario: Scenario, prepared: Prepared,
                    exc: type[BaseException], every: int) -> dict[str, int]:
-    counts = {"points": 0, "ended_before": 0, "after_state": 0, "before_state": 0}
+    counts = {"points": 0, "ended_before": 0, "after_state": 0, "before_state": 0, "between_state": 0}
     for step in range(1, prepared.steps + 1, every):
         path = os.path.join(tmp, "try.mmapkv")
         shutil.copyfile(prepared.template, path)
@@ -627,9 +703,10 @@ def try_every_step(tmp: str, scenario: Scenario, prepared: Prepared,
         with mmapkv.Store(crashed, clock=clock) as recovered:
             crash_state = snapshot(recovered)
             assert recovered.verify() == [], where
-        assert crash_state in ((prepared.after,) if finished else (prepared.before, prepared.after)), \
+        assert crash_state in ((prepared.after,) if finished else (prepared.before, prepared.after, *prepared.stops)), \
             f"{where}: a crash now keeps {crash_state}, not what the call says it did"
-        counts["after_state" if crash_state == prepared.after else "before_state"] += 1
+        counts["after_state" if crash_state == prepared.after else
+               "before_state" if crash_state == prepared.before else "between_state"] += 1
         if state is not None:
             assert state == crash_state, f"{where}: in process {state}, after a crash {crash_state}"
             store.create("follow-up", {"ok": True})
@@ -662,7 +739,8 @@ def test_interrupt_at_every_bytecode(name: str, exc: type[BaseException], tmp_pa
     write_report("interrupts", {f"{name}.{exc.__name__}.points": counts["points"],
                                 "points": counts["points"], "scenarios": 1,
                                 "after_state": counts["after_state"],
-                                "before_state": counts["before_state"]})
+                                "before_state": counts["before_state"],
+                                "between_state": counts["between_state"]})
 
 
 @pytest.mark.parametrize("name", [name for name, scenario in SCENARIOS.items() if scenario.runs])
