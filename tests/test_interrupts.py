@@ -45,8 +45,8 @@ from mmapkv import migrate
 from mmapkv import table as table_module
 from mmapkv import transfer
 from mmapkv.engine import Engine
-from mmapkv.format import (CLASS_SIZES, KEY_OFFSET, RECORD_HEADER, SB_BATCH_COMMIT, SB_FILE_SIZE, SLOT_INFO,
-                           SLOT_SIZE, STATE_LIVE, STATE_PENDING, Geometry)
+from mmapkv.format import (CLASS_SIZES, KEY_OFFSET, KIND_SEGMENT, RECORD_HEADER, SB_BATCH_COMMIT, SB_FILE_SIZE,
+                           SLOT_INFO, SLOT_SIZE, STATE_LIVE, STATE_PENDING, Geometry)
 from mmapkv.slots import PER_SLOT
 
 from conftest import FakeClock
@@ -973,6 +973,43 @@ def _damaged_kind_byte(path: str, clock: FakeClock) -> State:
     return state
 
 
+def _segment_kind_at_ceiling(path: str, clock: FakeClock) -> State:
+    """A crash copy of a store at its ceiling whose one table segment's kind byte was
+    damaged into a record class: no slot is free for the new table, so recovery reads the
+    slots for intact records and builds the table where there is none (``_slots_without_records``)."""
+    store = mmapkv.Store(path + ".base", max_size=SMALL, clock=clock)
+    engine = store._engine
+    assert engine is not None
+    with pytest.raises(mmapkv.StoreFullError):
+        _fill_whole(store, 40)
+    assert engine.slots.free_slots() == 0 and engine.table.segment_count == 1
+    segment = next(s for s in range(engine.slot_count) if engine.slots.info(s)[0] == KIND_SEGMENT)
+    state = snapshot(store)
+    crash_copy(store, path)
+    store.close()
+    with open(path, "r+b") as f:
+        f.seek(Geometry(SMALL).info_offset + SLOT_INFO.size * segment)
+        f.write(bytes([1]))
+    return state
+
+
+def _slot_info_unvouched(path: str, clock: FakeClock) -> State:
+    """A store closed cleanly, then a partial slot's used count damaged: the open trusts the
+    clean close, and the first call under the lock (``Engine.check_slot_info``) finds the
+    slot info is not what the close vouched for and recovers."""
+    with mmapkv.Store(path, max_size=SMALL, clock=clock) as store:
+        _fill(store, 5, ttl=500)
+        store.create("big", {"pad": "y" * 12_000})
+        engine = store._engine
+        assert engine is not None
+        slot = engine.slot_of(engine.record_offset(engine.find(b"k0", engine.fingerprint(b"k0"))))
+        state = snapshot(store)
+    with open(path, "r+b") as f:
+        f.seek(Geometry(SMALL).info_offset + SLOT_INFO.size * slot + 2)  # its used count
+        f.write((1).to_bytes(2, "little"))
+    return state
+
+
 @dataclass
 class Unclean:
     """A file an open must recover: *make* leaves it at a path (and returns the state it
@@ -985,6 +1022,9 @@ class Unclean:
     split_at: int | None = None
     segment_full: int | None = None
     whole_table_limit: int | None = None
+    #: the open is clean and the recovery runs at the first call that takes the lock:
+    #: what is interrupted is the open and that call (``len``)
+    first_locked_call: bool = False
 
 
 UNCLEAN_STATES: dict[str, Unclean] = {
@@ -1000,6 +1040,9 @@ UNCLEAN_STATES: dict[str, Unclean] = {
     "damaged-superblock": Unclean(_damaged_superblock, frozenset({"superblock damaged"})),
     # (it found a bug: the kind given back stayed in memory while the table was rebuilt)
     "damaged-kind-byte": Unclean(_damaged_kind_byte, frozenset({"kind given back"})),
+    "segment-kind-at-ceiling": Unclean(_segment_kind_at_ceiling, frozenset({"segment found by its records"})),
+    "slot-info-unvouched": Unclean(_slot_info_unvouched, frozenset({"slot info recovered"}),
+                                   first_locked_call=True),
 }
 
 
@@ -1040,7 +1083,10 @@ def test_each_unclean_state_takes_its_branch(state: str, tmp_path: Any, monkeypa
         monkeypatch.setattr(owner, name, run)
 
     spy(Engine, "recover", lambda result, superblock_damaged=False:
-        {"superblock damaged"} if superblock_damaged else set())
+        {"superblock damaged"} if superblock_damaged else
+        {"slot info recovered"} if "check_slot_info" in inside else set())
+    spy(Engine, "check_slot_info", lambda result: set())
+    spy(Engine, "_slots_without_records", lambda result, *args: {"segment found by its records"} if result else set())
     spy(Engine, "_newest_copies", lambda result, *args: {"newest copy"} if result[1] else set())
     spy(Engine, "_find_lost_record_slots", lambda result, *args: {"kind given back"} if result else set())
     # only a rebuild record by record looks keys up while it recovers
@@ -1050,7 +1096,9 @@ def test_each_unclean_state_takes_its_branch(state: str, tmp_path: Any, monkeypa
     spy(table_module.Table, "split_crowded", lambda result: set())
     spy(table_module.Table, "split", lambda result, *args: set() if "recover" not in inside else
         {"split crowded"} if "split_crowded" in inside else {"split it must"})
-    mmapkv.Store(path, max_size=SMALL, clock=clock).close()
+    with mmapkv.Store(path, max_size=SMALL, clock=clock) as store:
+        if unclean.first_locked_call:
+            len(store)
     monkeypatch.undo()
     after = {r[0]: r for r in _records(path)[1]}
     dropped = _pending(batch, records, committed=False)
@@ -1111,7 +1159,9 @@ def test_an_interrupted_open_leaves_the_store_to_the_next(state: str, tmp_path: 
         if state == "read-only":
             opened.append(Engine(path, readonly=True, create=False))
         else:
-            opened.append(mmapkv.Store(path, max_size=SMALL, clock=clock))
+            opened.append(store := mmapkv.Store(path, max_size=SMALL, clock=clock))
+            if state in UNCLEAN_STATES and UNCLEAN_STATES[state].first_locked_call:
+                len(store)
 
     for _ in range(2):  # the first counts imports and caches warming up too
         fresh()
