@@ -28,6 +28,7 @@ import errno
 import gc
 import io
 import json
+import linecache
 import mmap
 import os
 import shutil
@@ -35,6 +36,7 @@ import atexit
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -45,14 +47,14 @@ from mmapkv import migrate
 from mmapkv import table as table_module
 from mmapkv import transfer
 from mmapkv.engine import Engine
-from mmapkv.format import (CLASS_SIZES, KEY_OFFSET, KIND_SEGMENT, RECORD_HEADER, SB_BATCH_COMMIT, SB_FILE_SIZE,
-                           SLOT_INFO, SLOT_SIZE, STATE_LIVE, STATE_PENDING, Geometry)
-from mmapkv.slots import PER_SLOT
+from mmapkv.format import (CLASS_SIZES, FINGERPRINT_SHIFT, KEY_OFFSET, KIND_SEGMENT, RECORD_HEADER, SEGMENT_ENTRIES,
+                           SB_BATCH_COMMIT, SB_FILE_SIZE, SLOT_INFO, SLOT_SIZE, STATE_LIVE, STATE_PENDING, Geometry)
+from mmapkv.slots import PER_SLOT, Slots
 
 from conftest import FakeClock
 from fault_child import write_report
 import interrupts
-from interrupts import GRAIN, count_steps, interrupt_at, open_descriptors
+from interrupts import GRAIN, count_steps, interrupt_at, open_descriptors, step_where
 
 T0 = 1_700_000_000.0
 SMALL = Geometry.smallest_max_size() * 4    # 8 slots at first, 33 at the ceiling
@@ -91,8 +93,9 @@ class Scenario:
     call: Callable[[mmapkv.Store, FakeClock], Any]
     max_size: int = SMALL
     #: if set, *call* is first interrupted (KeyboardInterrupt) at this fraction of its
-    #: bytecodes, and what is tried at every bytecode is the repair the next use runs
-    repair_at: float | None = None
+    #: bytecodes, or at the first point where this predicate of the frame holds, and what
+    #: is tried at every bytecode is the repair the next use runs
+    repair_at: float | Callable[[FrameType], bool] | None = None
     #: ``table.SPLIT_AT`` while it runs, if not the format's: a few keys make many segments
     split_at: int | None = None
     #: what *call* must run for the scenario to be what its name says, of "grow", "sweep",
@@ -129,6 +132,9 @@ class Scenario:
     #: the map cannot be resized in place, as where there is no ``mremap`` (macOS): a
     #: growth maps the file anew (``Engine._remap``'s other path)
     no_mremap: bool = False
+    #: the engine's ``pwrite`` of a record holding ``<enospc>`` raises ``ENOSPC``, and of
+    #: one holding ``<short>`` writes half of it: a disk that is full, or fills mid-write
+    pwrite_fails: bool = False
 
 
 def _reserve_up_to(limit: int) -> Callable[..., None]:
@@ -162,6 +168,8 @@ def _patch(scenario: Scenario, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(Engine, "_blocks_reserved", lambda self: False)
     if scenario.no_mremap:
         monkeypatch.setattr(mmap, "mmap", _MmapWithoutMremap)
+    if scenario.pwrite_fails:
+        monkeypatch.setattr(engine_module, "os", _OsWhosePwriteFails())
 
 
 class _MmapWithoutMremap(mmap.mmap):
@@ -171,6 +179,22 @@ class _MmapWithoutMremap(mmap.mmap):
 
     def resize(self, newsize: int) -> None:
         raise SystemError("mmap: resizing not available--no mremap()")
+
+
+class _OsWhosePwriteFails:
+    """``os`` for the engine module, but a ``pwrite`` of a record holding ``<enospc>``
+    raises ``ENOSPC`` and one holding ``<short>`` writes only its first half."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    @staticmethod
+    def pwrite(fd: int, data: bytes, offset: int) -> int:
+        if b"<enospc>" in data:
+            raise OSError(errno.ENOSPC, "injected: no space left on device")
+        if b"<short>" in data:
+            return os.pwrite(fd, data[:len(data) // 2], offset)
+        return os.pwrite(fd, data, offset)
 
 
 class _OsWhoseRenameFails:
@@ -390,6 +414,87 @@ def _at_the_ceiling_two_can_gather(store: mmapkv.Store, clock: FakeClock) -> Non
     _fill_whole(store, 30)
 
 
+def _refused_by_a_full_disk(write: Callable[[], Any]) -> None:
+    try:
+        write()
+    except mmapkv.DiskFullError:  # the injected ENOSPC or short write: the store is as it was
+        pass
+
+
+FOURS = {"pad": "z" * 4_500}  # a record of the 5,120-byte class: four to a slot
+
+
+def _fill_fours(store: mmapkv.Store, n: int) -> None:
+    """*n* records four to a slot: with 5, slot A full (f0 to f3), slot B holds f4 and
+    heads the class's partial list."""
+    for i in range(n):
+        store.create(f"f{i}", dict(FOURS, i=i))
+
+
+#: keys a scenario's setup chose by their fingerprints for its call, by the store's
+#: seed: found there, not in the call, whose every line is a point
+_CHOSEN: dict[tuple[int, str], list[str]] = {}
+
+
+def _colliding(store: mmapkv.Store) -> list[str]:
+    """Keys a, b, c, n of a one-segment table: a, b and n have one home position h, c
+    the next.  Created a, b, c, they lie at h, h+1 and h+2; n then finds c nearer its home
+    than n is to its own and takes its place, c moving on to h+3 (Robin Hood); a deleted,
+    b and c shift back a position each."""
+    chosen = _CHOSEN.get((store._seed, "colliding"))
+    if chosen is None:
+        engine = store._engine
+        assert engine is not None
+        by_home: dict[int, list[str]] = {}
+        n = 0
+        while True:
+            key = f"h{n}"
+            n += 1
+            home = (engine.fingerprint(key.encode()) << FINGERPRINT_SHIFT >> table_module.HOME_OF_ENTRY) \
+                & table_module.SEGMENT_MASK
+            by_home.setdefault(home, []).append(key)
+            shared = by_home.get((home - 1) & table_module.SEGMENT_MASK, [])
+            if len(shared) >= 3:
+                chosen = [shared[0], shared[1], key, shared[2]]
+                break
+            if len(by_home[home]) >= 3 and by_home.get((home + 1) & table_module.SEGMENT_MASK):
+                chosen = [by_home[home][0], by_home[home][1], by_home[(home + 1) & table_module.SEGMENT_MASK][0],
+                          by_home[home][2]]
+                break
+        _CHOSEN[(store._seed, "colliding")] = chosen
+    return chosen
+
+
+def _create_colliding(store: mmapkv.Store) -> None:
+    for key in _colliding(store)[:3]:
+        store.create(key, {"home": key})
+
+
+def _buddies(store: mmapkv.Store) -> list[str]:
+    """At ``SPLIT_AT`` 16, 24 keys by fingerprint make two segments of 12 (odd and even
+    low bit); all deleted but k[1] in one and k[0], k[2], k[4] in the other leaves 1 and 3,
+    4 together, one too many to merge; deleting k[4] merges them, k[1] moving over."""
+    chosen = _CHOSEN.get((store._seed, "buddies"))
+    if chosen is None:
+        assert store._engine is not None
+        chosen = _CHOSEN[(store._seed, "buddies")] = _keys_by_fingerprint(store._engine, "m", 0, 24)
+    return chosen
+
+
+def _buddies_nearly_empty(store: mmapkv.Store) -> None:
+    keys = _buddies(store)
+    for key in keys:
+        store.create(key, {"m": key})
+    for i in [*range(3, 24, 2), *range(6, 24, 2)]:
+        store.delete(keys[i])
+
+
+def _compact_renamed(frame: FrameType) -> bool:
+    """The point just past a compact's rename, before the Store is switched over."""
+    return frame.f_code.co_name == "compact" and frame.f_code.co_filename == transfer.__file__ and \
+        linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip() == "new.path = store.path"
+
+
 SCENARIOS: dict[str, Scenario] = {
     "create": Scenario(lambda s, c: _fill(s, 3),
                        lambda s, c: s.create("new", {"v": [1, 2.5, "é"]}, ttl=60)),
@@ -431,10 +536,28 @@ SCENARIOS: dict[str, Scenario] = {
         lambda s, c: (_fill(s, 256), [s.delete(f"k{i}") for i in [*range(125), *range(128, 133)]],
                       _fill_whole(s, 30)),
         lambda s, c: s.create("new", dict(WHOLE, v=4)), runs=frozenset({"gather"})),
+    # three slots of small records, 126, 100 and 3 of 128 taken: the 3 go 2 into the
+    # first, filling it, and 1 into the second
+    "create-gathers-into-two-slots": Scenario(
+        lambda s, c: (_fill(s, 384), [s.delete(f"k{i}") for i in [0, 1, *range(128, 156), *range(256, 381)]],
+                      _fill_whole(s, 29)),
+        lambda s, c: s.create("new", dict(WHOLE, v=5)), runs=frozenset({"gather", "gathered into two slots"})),
     # at SPLIT_AT 8, the ninth key of a one-segment table splits it
     "create-splits-a-segment": Scenario(lambda s, c: _fill(s, 8), lambda s, c: s.create("new", {"v": 1}),
                                         split_at=8, runs=frozenset({"split"})),
+    # a class's partial slot filled by the create leaves its list, the next slot its head
+    "create-fills-a-slot": Scenario(lambda s, c: (_fill_fours(s, 5), s.delete("f1")),
+                                    lambda s, c: s.create("new", dict(FOURS, v=1)), runs=frozenset({"slot filled"})),
+    # a table entry moved on by the new key's (Robin Hood), and moved back by a delete
+    "create-displaces-entries": Scenario(lambda s, c: _create_colliding(s),
+                                         lambda s, c: s.create(_colliding(s)[3], {"v": 1}),
+                                         runs=frozenset({"entries moved"})),
+    "delete-shifts-entries": Scenario(lambda s, c: _create_colliding(s), lambda s, c: s.delete(_colliding(s)[0]),
+                                      runs=frozenset({"entries moved"})),
     "delete": Scenario(lambda s, c: _fill(s, 3, ttl=500), lambda s, c: s.delete("k1")),
+    # a full slot back on its class's partial list, at its head
+    "delete-from-a-full-slot": Scenario(lambda s, c: _fill_fours(s, 5), lambda s, c: s.delete("f1"),
+                                        runs=frozenset({"full slot freed"})),
     "delete-frees-a-whole-slot": Scenario(
         lambda s, c: (_fill(s, 3), s.create("big", {"pad": "y" * 12_000}, ttl=500)),
         lambda s, c: s.delete("big")),
@@ -442,6 +565,10 @@ SCENARIOS: dict[str, Scenario] = {
     # some seeds that one with its buddy in turn (at SPLIT_AT 8 they merge under 2 entries)
     "delete-merges-segments": Scenario(lambda s, c: (_fill(s, 30), [s.delete(f"k{i}") for i in range(2, 30)]),
                                        lambda s, c: s.delete("k1"), split_at=8, runs=frozenset({"merge"})),
+    # ...and one whose buddy holds entries, which move into it
+    "delete-merges-moving-entries": Scenario(lambda s, c: _buddies_nearly_empty(s),
+                                             lambda s, c: s.delete(_buddies(s)[4]), split_at=16,
+                                             runs=frozenset({"merge", "merge moved entries"})),
     "delete-expired": Scenario(lambda s, c: (_fill(s, 2), _fill(s, 2, ttl=50, prefix="t")),
                                lambda s, c: s.delete("t0")),
     "batch-create-grows": Scenario(
@@ -465,6 +592,19 @@ SCENARIOS: dict[str, Scenario] = {
                                            lambda s, c: _compact_that_fails(s), rename_fails=True),
     "compact-grows-the-new-file": Scenario(lambda s, c: (_fill_whole(s, 10), s.delete("w0")),
                                            lambda s, c: transfer.compact(s), runs=frozenset({"grow"})),
+    # a record written with pwrite refused by a full disk, and a batch whose third record
+    # the disk cut short: its two written PENDING given back (abort_batch)
+    "create-by-pwrite-refused-by-a-full-disk": Scenario(
+        lambda s, c: _fill(s, 3), lambda s, c: _refused_by_a_full_disk(lambda: s.create("new", {"pad": "<enospc>"})),
+        by_pwrite=True, pwrite_fails=True, runs=frozenset({"write refused"})),
+    "batch-by-pwrite-cut-short-by-a-full-disk": Scenario(
+        lambda s, c: _fill(s, 3),
+        lambda s, c: _refused_by_a_full_disk(lambda: s.batch_create({"b0": {"n": 0}, "b1": {"n": 1},
+                                                                     "b2": {"pad": "<short>"}})),
+        by_pwrite=True, pwrite_fails=True, runs=frozenset({"short write", "batch given back"})),
+    # a compact interrupted past its rename: the next use takes the new file over
+    "repair-after-compact-renamed": Scenario(
+        lambda s, c: (_fill(s, 6), s.delete("k0")), lambda s, c: transfer.compact(s), repair_at=_compact_renamed),
     "repair-after-batch-half-written": Scenario(
         lambda s, c: _fill(s, 6),
         lambda s, c: s.batch_create({"b0": {"n": 0}, "b1": {"n": 1}, "b2": {"n": 2}}),
@@ -620,7 +760,8 @@ SAMPLED = frozenset(("create-grows-by-a-new-map", "create-grows-while-a-view-is-
 
 
 #: calls whose effect no reader can see: they reclaim expired entries, or rewrite the file
-INVISIBLE = ("batch-refused-at-its-second-growth", "create-refused-at-ceiling", "set-refused-at-ceiling",
+INVISIBLE = ("batch-refused-at-its-second-growth", "create-by-pwrite-refused-by-a-full-disk",
+             "batch-by-pwrite-cut-short-by-a-full-disk", "repair-after-compact-renamed", "create-refused-at-ceiling", "set-refused-at-ceiling",
              "batch-create-refused-at-ceiling", "restore-refused-at-ceiling",
              "batch-create-refused-before-growing", "create-refused-before-growing",
              "set-refused-before-growing", "restore-refused-for-a-live-key",
@@ -634,7 +775,8 @@ class Prepared:
     before: State
     after: State
     steps: int
-    call_steps: int = 0
+    #: where the repair scenarios' call is interrupted
+    repair_step: int = 0
     #: states a call documented to stop part way may leave besides before and after
     stops: tuple[State, ...] = ()
 
@@ -657,22 +799,29 @@ def prepare(tmp: str, scenario: Scenario) -> Prepared:
         store.close()
     with mmapkv.Store(path, clock=clock) as store:
         after = snapshot(store)
+    repair_step = 0
     if scenario.repair_at is not None:  # what is tried is the repair after an interrupt
+        if callable(scenario.repair_at):
+            shutil.copyfile(template, path)
+            with mmapkv.Store(path, clock=clock, durable=scenario.durable) as store:
+                repair_step = step_where(_run_call(scenario, store, clock), scenario.repair_at)
+            assert repair_step, "the call never reaches the point its repair is named for"
+        else:
+            repair_step = int(call_steps * scenario.repair_at)
         for _ in range(2):
             shutil.copyfile(template, path)
             store = mmapkv.Store(path, clock=clock, durable=scenario.durable)
-            steps = count_steps(_interrupted_then_used(scenario, store, clock, call_steps))
+            steps = count_steps(_interrupted_then_used(scenario, store, clock, repair_step))
             store.close()
     os.unlink(path)
     stops = tuple(scenario.stops(before, after)) if scenario.stops is not None else ()
-    return Prepared(template, before, after, steps, call_steps, stops)
+    return Prepared(template, before, after, steps, repair_step, stops)
 
 
 def _interrupted_then_used(scenario: Scenario, store: mmapkv.Store, clock: FakeClock,
-                           call_steps: int) -> Callable[[], None]:
-    """Interrupt the scenario's call (untraced) at ``repair_at``; return the next use."""
-    injected, out = interrupt_at(_run_call(scenario, store, clock),
-                                 int(call_steps * (scenario.repair_at or 0)), KeyboardInterrupt)
+                           repair_step: int) -> Callable[[], None]:
+    """Interrupt the scenario's call (untraced) at *repair_step*; return the next use."""
+    injected, out = interrupt_at(_run_call(scenario, store, clock), repair_step, KeyboardInterrupt)
     assert injected and isinstance(out, KeyboardInterrupt)
     assert store._engine is not None and store._engine.changes, "nothing left to repair"
     return lambda: len(store)
@@ -696,7 +845,7 @@ def try_every_step(tmp: str, scenario: Scenario, prepared: Prepared,
         clock = FakeClock(T0 + 100)
         store = mmapkv.Store(path, clock=clock, durable=scenario.durable)
         call = _run_call(scenario, store, clock) if scenario.repair_at is None else \
-            _interrupted_then_used(scenario, store, clock, prepared.call_steps)
+            _interrupted_then_used(scenario, store, clock, prepared.repair_step)
         injected, out = interrupt_at(call, step, exc)
         where = f"{exc.__name__} at point {step} of {prepared.steps} ({GRAIN} grain)"
         # not reached, or caught and handled inside the call (a repair, though, settles
@@ -796,8 +945,68 @@ def test_each_scenario_runs_what_it_is_named_for(name: str, tmp_path: Any,
                                  (Engine, "_switch_map", "new map"), (Engine, "gather", "gather tried"),
                                  (table_module.Table, "split", "split"), (table_module.Table, "merge", "merge")):
             monkeypatch.setattr(owner, what, spy(tag, getattr(owner, what)))
+        _watch_lists_and_table(monkeypatch, ran)
         _run_call(scenario, store, clock)()
     assert scenario.runs <= ran, f"{name} runs {sorted(ran) or 'none of them'}"
+
+
+def _watch_lists_and_table(monkeypatch: pytest.MonkeyPatch, ran: set[str]) -> None:
+    """Spies adding to *ran* what the partial lists, the table and the pwrite path did,
+    judged from the state before each call and after it: "slot filled" (a slot taken full
+    leaves its list, which goes on: ``_unlink`` with a next), "full slot freed" (a record
+    freed from a full slot of a class of many), "entries moved" (an insert or a delete
+    wrote more than one table position), "merge moved entries", "write refused", "short
+    write", "batch given back" (``abort_batch`` with records to free) and "gathered into
+    two slots" (a gather's records moved into more than one slot)."""
+    inside: set[str] = set()
+
+    def watch(owner: Any, name: str, tag: Callable[..., Callable[[], str | None]]) -> None:
+        real = getattr(owner, name)
+
+        def run(self: Any, *args: Any) -> Any:
+            judge = tag(self, *args)  # looks before the call, says after it
+            inside.add(name)
+            try:
+                result = real(self, *args)
+            finally:
+                inside.discard(name)
+            what = judge()
+            if what:
+                ran.add(what)
+            return result
+        monkeypatch.setattr(owner, name, run)
+
+    def full_slot(slots: Slots, offset: int) -> Callable[[], str | None]:
+        kind, _, used, *_ = slots.info((offset - slots.slots_offset) // SLOT_SIZE)
+        full = 1 <= kind <= len(PER_SLOT) and PER_SLOT[kind - 1] > 1 and used == PER_SLOT[kind - 1]
+        return lambda: "full slot freed" if full else None
+
+    def positions(table: table_module.Table, at: int, *args: Any) -> Callable[[], str | None]:
+        """Of ``place(base, entry)`` or ``delete(position)``: the positions of the segment
+        at *at* it wrote."""
+        base = at - (at - table.q0) % table_module.SEGMENT_STRIDE
+        before = table.q[base:base + SEGMENT_ENTRIES].tolist()
+        merging = "merge" in inside
+
+        def moved() -> int:
+            return sum(a != b for a, b in zip(before, table.q[base:base + SEGMENT_ENTRIES].tolist()))
+        return lambda: "merge moved entries" if merging else "entries moved" if moved() > 1 else None
+
+    targets: set[int] = set()
+
+    def target(slots: Slots, cls: int, slot: int) -> Callable[[], str | None]:
+        targets.add(slot)
+        return lambda: "gathered into two slots" if len(targets) > 1 else None
+
+    watch(Slots, "take_record_in", target)
+    watch(Slots, "give_record", full_slot)
+    watch(Slots, "_unlink", lambda slots, cls, slot, prev, nxt: lambda: "slot filled" if nxt else None)
+    watch(table_module.Table, "place", positions)
+    watch(table_module.Table, "delete", positions)
+    watch(table_module.Table, "merge", lambda table, *args: lambda: None)
+    watch(Engine, "_write_error", lambda engine, exc: lambda: "short write" if "short write" in str(exc)
+          else "write refused")
+    watch(Engine, "abort_batch", lambda engine, written: lambda: "batch given back" if written else None)
 
 
 def _stopped_in(out: BaseException) -> str:
@@ -893,6 +1102,20 @@ def _mid_commit(path: str, clock: FakeClock) -> State:
         lambda batch, records: bool(_pending(batch, records, committed=True))
         and any(r[1] == STATE_LIVE and r[3] in BATCH for r in records), path, clock)
     return after
+
+
+def _mid_batch_in_a_pooled_slot(path: str, clock: FakeClock) -> State:
+    """A batch's records written PENDING, one of them into a slot taken from the pool, below
+    a slot that holds a record: recovery drops them and gives that slot back to the pool."""
+    with mmapkv.Store(path + ".base", max_size=SMALL, clock=clock) as store:
+        _fill(store, 5, ttl=500)
+        store.create("big", {"pad": "y" * 12_000})
+        store.create("big2", {"pad": "y" * 12_000})
+        store.delete("big")  # its slot to the pool, under big2's
+    before, _ = _crash_copy_mid(path + ".base", lambda s: s.batch_create(BATCH),
+                                lambda batch, records: len(_pending(batch, records, committed=False)) == len(BATCH),
+                                path, clock)
+    return before
 
 
 def _two_copies(path: str, clock: FakeClock) -> State:
@@ -1030,6 +1253,7 @@ class Unclean:
 UNCLEAN_STATES: dict[str, Unclean] = {
     "mid-batch": Unclean(_mid_batch, frozenset({"pending dropped"})),
     "mid-commit": Unclean(_mid_commit, frozenset({"pending committed"})),
+    "mid-batch-in-a-pooled-slot": Unclean(_mid_batch_in_a_pooled_slot, frozenset({"pending dropped", "slot given back"})),
     "two-copies": Unclean(_two_copies, frozenset({"newest copy"})),
     # a file that could hold more records than whole_table_limit: recovery inserts each
     # record as it finds it, looking its key up (and so finds the other copy that way)
@@ -1086,6 +1310,7 @@ def test_each_unclean_state_takes_its_branch(state: str, tmp_path: Any, monkeypa
         {"superblock damaged"} if superblock_damaged else
         {"slot info recovered"} if "check_slot_info" in inside else set())
     spy(Engine, "check_slot_info", lambda result: set())
+    spy(Slots, "give_slot", lambda result, *args: {"slot given back"} if "recover" in inside else set())
     spy(Engine, "_slots_without_records", lambda result, *args: {"segment found by its records"} if result else set())
     spy(Engine, "_newest_copies", lambda result, *args: {"newest copy"} if result[1] else set())
     spy(Engine, "_find_lost_record_slots", lambda result, *args: {"kind given back"} if result else set())
