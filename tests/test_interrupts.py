@@ -44,6 +44,7 @@ import pytest
 import mmapkv
 from mmapkv import engine as engine_module
 from mmapkv import migrate
+from mmapkv import tempfiles
 from mmapkv import table as table_module
 from mmapkv import transfer
 from mmapkv.engine import Engine
@@ -602,6 +603,11 @@ SCENARIOS: dict[str, Scenario] = {
         lambda s, c: _refused_by_a_full_disk(lambda: s.batch_create({"b0": {"n": 0}, "b1": {"n": 1},
                                                                      "b2": {"pad": "<short>"}})),
         by_pwrite=True, pwrite_fails=True, runs=frozenset({"short write", "batch given back"})),
+    "restore-cut-short-by-a-full-disk": Scenario(
+        lambda s, c: _fill(s, 2),
+        lambda s, c: _refused_by_a_full_disk(lambda: transfer.restore(s, io.BytesIO(
+            _dump_with({"r1": ({"r": 1}, None), "r2": ({"r": 2}, None), "r3": ({"pad": "<short>"}, None)})))),
+        by_pwrite=True, pwrite_fails=True, runs=frozenset({"short write", "batch given back"})),
     # a compact interrupted past its rename: the next use takes the new file over
     "repair-after-compact-renamed": Scenario(
         lambda s, c: (_fill(s, 6), s.delete("k0")), lambda s, c: transfer.compact(s), repair_at=_compact_renamed),
@@ -761,7 +767,7 @@ SAMPLED = frozenset(("create-grows-by-a-new-map", "create-grows-while-a-view-is-
 
 #: calls whose effect no reader can see: they reclaim expired entries, or rewrite the file
 INVISIBLE = ("batch-refused-at-its-second-growth", "create-by-pwrite-refused-by-a-full-disk",
-             "batch-by-pwrite-cut-short-by-a-full-disk", "repair-after-compact-renamed", "create-refused-at-ceiling", "set-refused-at-ceiling",
+             "batch-by-pwrite-cut-short-by-a-full-disk", "restore-cut-short-by-a-full-disk", "repair-after-compact-renamed", "create-refused-at-ceiling", "set-refused-at-ceiling",
              "batch-create-refused-at-ceiling", "restore-refused-at-ceiling",
              "batch-create-refused-before-growing", "create-refused-before-growing",
              "set-refused-before-growing", "restore-refused-for-a-live-key",
@@ -1104,6 +1110,16 @@ def _mid_commit(path: str, clock: FakeClock) -> State:
     return after
 
 
+def _crash_copy_of_base(path: str, clock: FakeClock) -> State:
+    """A crash copy of ``_base``'s store, with a key more."""
+    store = mmapkv.Store(_base(path, clock), clock=clock)
+    store.create("more", {"m": 1})
+    state = snapshot(store)
+    crash_copy(store, path)
+    store.close()
+    return state
+
+
 def _mid_batch_in_a_pooled_slot(path: str, clock: FakeClock) -> State:
     """A batch's records written PENDING, one of them into a slot taken from the pool, below
     a slot that holds a record: recovery drops them and gives that slot back to the pool."""
@@ -1233,6 +1249,18 @@ def _slot_info_unvouched(path: str, clock: FakeClock) -> State:
     return state
 
 
+def _compact_left_behind(path: str) -> None:
+    """Beside *path*, what a compact killed before its rename leaves: a store under a
+    temporary name, unlocked, which the next open that recovers removes."""
+    with mmapkv.Store(tempfiles.temporary_path(path, "compact"), max_size=SMALL) as store:
+        store.create("half", {"copied": True})
+
+
+def _left_behind(path: str) -> list[str]:
+    prefix = f".{os.path.basename(path)[:32]}."
+    return [name for name in os.listdir(os.path.dirname(path)) if name.startswith(prefix)]
+
+
 @dataclass
 class Unclean:
     """A file an open must recover: *make* leaves it at a path (and returns the state it
@@ -1248,11 +1276,16 @@ class Unclean:
     #: the open is clean and the recovery runs at the first call that takes the lock:
     #: what is interrupted is the open and that call (``len``)
     first_locked_call: bool = False
+    #: files to put beside the store before each open (the store's path given), which
+    #: the open must have removed once the next one has run
+    beside: Callable[[str], None] | None = None
 
 
 UNCLEAN_STATES: dict[str, Unclean] = {
     "mid-batch": Unclean(_mid_batch, frozenset({"pending dropped"})),
     "mid-commit": Unclean(_mid_commit, frozenset({"pending committed"})),
+    "compact-left-a-file": Unclean(lambda path, clock: _crash_copy_of_base(path, clock), frozenset({"file removed"}),
+                                   beside=_compact_left_behind),
     "mid-batch-in-a-pooled-slot": Unclean(_mid_batch_in_a_pooled_slot, frozenset({"pending dropped", "slot given back"})),
     "two-copies": Unclean(_two_copies, frozenset({"newest copy"})),
     # a file that could hold more records than whole_table_limit: recovery inserts each
@@ -1288,6 +1321,8 @@ def test_each_unclean_state_takes_its_branch(state: str, tmp_path: Any, monkeypa
     clock = FakeClock(T0)
     path = str(tmp_path / "s.mmapkv")
     unclean.make(path, clock)
+    if unclean.beside is not None:
+        unclean.beside(path)
     batch, records = _records(path)
     ran: set[str] = set()
     inside: set[str] = set()  # "recover", "split_crowded": the spied calls running now
@@ -1311,6 +1346,13 @@ def test_each_unclean_state_takes_its_branch(state: str, tmp_path: Any, monkeypa
         {"slot info recovered"} if "check_slot_info" in inside else set())
     spy(Engine, "check_slot_info", lambda result: set())
     spy(Slots, "give_slot", lambda result, *args: {"slot given back"} if "recover" in inside else set())
+    real_remove = engine_module.remove_abandoned
+
+    def remove_abandoned(where: str) -> list[str]:
+        removed = real_remove(where)
+        ran.update({"file removed"} if removed else set())
+        return removed
+    monkeypatch.setattr(engine_module, "remove_abandoned", remove_abandoned)
     spy(Engine, "_slots_without_records", lambda result, *args: {"segment found by its records"} if result else set())
     spy(Engine, "_newest_copies", lambda result, *args: {"newest copy"} if result[1] else set())
     spy(Engine, "_find_lost_record_slots", lambda result, *args: {"kind given back"} if result else set())
@@ -1357,6 +1399,9 @@ def test_an_interrupted_open_leaves_the_store_to_the_next(state: str, tmp_path: 
         _patch_unclean(UNCLEAN_STATES[state], monkeypatch)
         must_hold = UNCLEAN_STATES[state].make(template, clock)
         shutil.copyfile(template, path)
+        beside = UNCLEAN_STATES[state].beside
+        if beside is not None:
+            beside(path)
         with mmapkv.Store(path, max_size=SMALL, clock=clock) as recovered:
             expected = snapshot(recovered)
             assert recovered.verify() == []
@@ -1377,8 +1422,12 @@ def test_an_interrupted_open_leaves_the_store_to_the_next(state: str, tmp_path: 
     def fresh() -> None:
         if os.path.exists(path):
             os.unlink(path)
+        for name in _left_behind(path):
+            os.unlink(os.path.join(os.path.dirname(path), name))
         if state != "new":
             shutil.copyfile(template, path)
+        if state in UNCLEAN_STATES and UNCLEAN_STATES[state].beside is not None:
+            UNCLEAN_STATES[state].beside(path)
 
     def open_it() -> None:
         if state == "read-only":
@@ -1413,6 +1462,7 @@ def test_an_interrupted_open_leaves_the_store_to_the_next(state: str, tmp_path: 
         with again:
             assert snapshot(again) == expected, where
             assert again.verify() == [], where
+            assert not _left_behind(path), f"{where}: {_left_behind(path)} left beside the store"
         if open_descriptors() != descriptors:
             gc.collect()  # what only a dropped FileIO's finaliser closes (in a cycle)
             assert open_descriptors() == descriptors, f"{where}: a descriptor was left open"
