@@ -46,7 +46,7 @@ from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any
 
-__all__ = ["count_steps", "step_where", "interrupt_at", "open_descriptors", "interrupt_the_last"]
+__all__ = ["count_steps", "interrupt_where", "interrupt_at", "open_descriptors", "interrupt_the_last"]
 
 
 _UNINTERRUPTIBLE: dict[CodeType, frozenset[int]] = {}
@@ -82,8 +82,7 @@ if GRAIN not in ("line", "opcode"):
 
 
 def _run(call: Callable[[], Any], stop_at: int, exc: type[BaseException] | None,
-         injected: list[bool] | None = None, where: Callable[[FrameType], bool] | None = None,
-         found: list[int] | None = None) -> int:
+         injected: list[bool] | None = None, where: Callable[[FrameType], bool] | None = None) -> int:
     steps = 0
     event_kind = GRAIN
 
@@ -91,9 +90,7 @@ def _run(call: Callable[[], Any], stop_at: int, exc: type[BaseException] | None,
         nonlocal steps
         if event == event_kind and frame.f_lasti not in _with_exits(frame.f_code):
             steps += 1
-            if where is not None and found is not None and not found and where(frame):
-                found.append(steps)
-            if steps == stop_at and exc is not None:
+            if exc is not None and (steps == stop_at or where is not None and where(frame)):
                 if injected is not None:
                     injected.append(True)
                 raise exc()
@@ -131,12 +128,16 @@ def count_steps(call: Callable[[], Any]) -> int:
     return _run(call, 0, None)
 
 
-def step_where(call: Callable[[], Any], where: Callable[[FrameType], bool]) -> int:
-    """Run *call* and return the number of the first point at which *where(frame)* holds
-    (0 if none does): a point to interrupt named by what runs there, not by its number."""
-    found: list[int] = []
-    _run(call, 0, None, where=where, found=found)
-    return found[0] if found else 0
+def interrupt_where(call: Callable[[], Any], where: Callable[[FrameType], bool],
+                    exc: type[BaseException]) -> tuple[bool, BaseException | None]:
+    """``interrupt_at`` at the first point where *where(frame)* holds: the same point
+    whatever ran before it (a first run in a process counts imports warming up)."""
+    injected: list[bool] = []
+    try:
+        _run(call, 0, exc, injected, where=where)
+    except BaseException as out:  # noqa: BLE001 - the point is to see everything
+        return bool(injected), out
+    return bool(injected), None
 
 
 def interrupt_at(call: Callable[[], Any], step: int,

@@ -55,7 +55,7 @@ from mmapkv.slots import PER_SLOT, Slots
 from conftest import FakeClock
 from fault_child import write_report
 import interrupts
-from interrupts import GRAIN, count_steps, interrupt_at, open_descriptors, step_where
+from interrupts import GRAIN, count_steps, interrupt_at, interrupt_where, open_descriptors
 
 T0 = 1_700_000_000.0
 SMALL = Geometry.smallest_max_size() * 4    # 8 slots at first, 33 at the ceiling
@@ -136,6 +136,8 @@ class Scenario:
     #: the engine's ``pwrite`` of a record holding ``<enospc>`` raises ``ENOSPC``, and of
     #: one holding ``<short>`` writes half of it: a disk that is full, or fills mid-write
     pwrite_fails: bool = False
+    #: what the next use after ``repair_at``'s interrupt is: what is tried at every point
+    next_use: Callable[[mmapkv.Store], Any] = len
 
 
 def _reserve_up_to(limit: int) -> Callable[..., None]:
@@ -490,6 +492,10 @@ def _buddies_nearly_empty(store: mmapkv.Store) -> None:
         store.delete(keys[i])
 
 
+def _lengthen(store: mmapkv.Store) -> None:
+    os.truncate(store.path, os.path.getsize(store.path) + SLOT_SIZE)
+
+
 def _compact_renamed(frame: FrameType) -> bool:
     """The point just past a compact's rename, before the Store is switched over."""
     return frame.f_code.co_name == "compact" and frame.f_code.co_filename == transfer.__file__ and \
@@ -671,6 +677,15 @@ SCENARIOS: dict[str, Scenario] = {
                               runs=frozenset({"pwrite"})),
     "close-after-a-change": Scenario(lambda s, c: _fill(s, 3),
                                      lambda s, c: (s.create("w", {"v": 1, "pad": "w" * 900}), s.close())),
+    # a file longer than its superblock says (a cut back that failed): the close cuts it
+    "close-cuts-back-a-longer-file": Scenario(lambda s, c: _fill(s, 3),
+                                              lambda s, c: (s.create("w", {"v": 1}), _lengthen(s), s.close()),
+                                              runs=frozenset({"cut back"})),
+    # a compact interrupted past its rename, and the Store closed instead of used: the
+    # new file, left open and locked by the old engine, goes with it
+    "close-after-compact-renamed": Scenario(
+        lambda s, c: (_fill(s, 6), s.delete("k0")), lambda s, c: transfer.compact(s), repair_at=_compact_renamed,
+        next_use=mmapkv.Store.close),
     # Store._make_room's refusals, after the work it tried first changed the file: at the
     # ceiling, no slot free, the sweep frees 3 small sub-slots, no whole slot, and the
     # gather finds one partial slot, nothing to move: "is full"
@@ -767,7 +782,8 @@ SAMPLED = frozenset(("create-grows-by-a-new-map", "create-grows-while-a-view-is-
 
 #: calls whose effect no reader can see: they reclaim expired entries, or rewrite the file
 INVISIBLE = ("batch-refused-at-its-second-growth", "create-by-pwrite-refused-by-a-full-disk",
-             "batch-by-pwrite-cut-short-by-a-full-disk", "restore-cut-short-by-a-full-disk", "repair-after-compact-renamed", "create-refused-at-ceiling", "set-refused-at-ceiling",
+             "batch-by-pwrite-cut-short-by-a-full-disk", "restore-cut-short-by-a-full-disk",
+             "close-after-compact-renamed", "repair-after-compact-renamed", "create-refused-at-ceiling", "set-refused-at-ceiling",
              "batch-create-refused-at-ceiling", "restore-refused-at-ceiling",
              "batch-create-refused-before-growing", "create-refused-before-growing",
              "set-refused-before-growing", "restore-refused-for-a-live-key",
@@ -807,12 +823,7 @@ def prepare(tmp: str, scenario: Scenario) -> Prepared:
         after = snapshot(store)
     repair_step = 0
     if scenario.repair_at is not None:  # what is tried is the repair after an interrupt
-        if callable(scenario.repair_at):
-            shutil.copyfile(template, path)
-            with mmapkv.Store(path, clock=clock, durable=scenario.durable) as store:
-                repair_step = step_where(_run_call(scenario, store, clock), scenario.repair_at)
-            assert repair_step, "the call never reaches the point its repair is named for"
-        else:
+        if not callable(scenario.repair_at):
             repair_step = int(call_steps * scenario.repair_at)
         for _ in range(2):
             shutil.copyfile(template, path)
@@ -826,11 +837,14 @@ def prepare(tmp: str, scenario: Scenario) -> Prepared:
 
 def _interrupted_then_used(scenario: Scenario, store: mmapkv.Store, clock: FakeClock,
                            repair_step: int) -> Callable[[], None]:
-    """Interrupt the scenario's call (untraced) at *repair_step*; return the next use."""
-    injected, out = interrupt_at(_run_call(scenario, store, clock), repair_step, KeyboardInterrupt)
+    """Interrupt the scenario's call (untraced) at *repair_step*, or where ``repair_at``
+    says; return the next use."""
+    call = _run_call(scenario, store, clock)
+    injected, out = interrupt_where(call, scenario.repair_at, KeyboardInterrupt) if callable(scenario.repair_at) \
+        else interrupt_at(call, repair_step, KeyboardInterrupt)
     assert injected and isinstance(out, KeyboardInterrupt)
     assert store._engine is not None and store._engine.changes, "nothing left to repair"
-    return lambda: len(store)
+    return lambda: scenario.next_use(store)
 
 
 def _run_call(scenario: Scenario, store: mmapkv.Store, clock: FakeClock) -> Callable[[], None]:
@@ -962,8 +976,9 @@ def _watch_lists_and_table(monkeypatch: pytest.MonkeyPatch, ran: set[str]) -> No
     leaves its list, which goes on: ``_unlink`` with a next), "full slot freed" (a record
     freed from a full slot of a class of many), "entries moved" (an insert or a delete
     wrote more than one table position), "merge moved entries", "write refused", "short
-    write", "batch given back" (``abort_batch`` with records to free) and "gathered into
-    two slots" (a gather's records moved into more than one slot)."""
+    write", "batch given back" (``abort_batch`` with records to free), "gathered into
+    two slots" (a gather's records moved into more than one slot) and "cut back" (a
+    close that cuts the file back to its superblock's size)."""
     inside: set[str] = set()
 
     def watch(owner: Any, name: str, tag: Callable[..., Callable[[], str | None]]) -> None:
@@ -1005,6 +1020,8 @@ def _watch_lists_and_table(monkeypatch: pytest.MonkeyPatch, ran: set[str]) -> No
         return lambda: "gathered into two slots" if len(targets) > 1 else None
 
     watch(Slots, "take_record_in", target)
+    watch(Engine, "mark_clean", lambda engine: (lambda longer: lambda: "cut back" if longer else None)(
+        os.fstat(engine._fd).st_size > engine.file_size))
     watch(Slots, "give_record", full_slot)
     watch(Slots, "_unlink", lambda slots, cls, slot, prev, nxt: lambda: "slot filled" if nxt else None)
     watch(table_module.Table, "place", positions)
