@@ -534,6 +534,13 @@ SCENARIOS: dict[str, Scenario] = {
     "create-sweeps-a-step-at-ceiling": Scenario(
         lambda s, c: (_fill(s, 1), _fill_whole(s, 27), _fill_whole(s, 4, ttl=50, prefix="t")),
         lambda s, c: s.create("new", dict(WHOLE, v=3)), sweep_step=1, runs=frozenset({"sweep", "steps"})),
+    # set's slow path for a key without an entry: the file grows, or the key's expired
+    # record is swept while room is made, and it needs an entry after all
+    "set-new-key-grows-the-file": Scenario(lambda s, c: _fill_whole(s, 7), lambda s, c: s.set("new", dict(WHOLE, v=1)),
+                                           runs=frozenset({"grow", "insert"})),
+    "set-over-an-expired-key-swept-at-ceiling": Scenario(
+        lambda s, c: (_fill(s, 1), _fill_whole(s, 30), _fill_whole(s, 1, ttl=50, prefix="t")),
+        lambda s, c: s.set("t0", dict(WHOLE, new=1)), runs=frozenset({"sweep", "insert"})),
     "set-at-ceiling-sweeps": Scenario(
         lambda s, c: (_fill(s, 1), _fill_whole(s, 30), _fill_whole(s, 1, ttl=50, prefix="t")),
         lambda s, c: s.set("w5", dict(WHOLE, new=1), ttl=70), runs=frozenset({"sweep"})),
@@ -977,8 +984,9 @@ def _watch_lists_and_table(monkeypatch: pytest.MonkeyPatch, ran: set[str]) -> No
     freed from a full slot of a class of many), "entries moved" (an insert or a delete
     wrote more than one table position), "merge moved entries", "write refused", "short
     write", "batch given back" (``abort_batch`` with records to free), "gathered into
-    two slots" (a gather's records moved into more than one slot) and "cut back" (a
-    close that cuts the file back to its superblock's size)."""
+    two slots" (a gather's records moved into more than one slot), "cut back" (a close
+    that cuts the file back to its superblock's size) and "insert" (``Engine.insert``, the
+    slow path's new entry)."""
     inside: set[str] = set()
 
     def watch(owner: Any, name: str, tag: Callable[..., Callable[[], str | None]]) -> None:
@@ -1020,6 +1028,7 @@ def _watch_lists_and_table(monkeypatch: pytest.MonkeyPatch, ran: set[str]) -> No
         return lambda: "gathered into two slots" if len(targets) > 1 else None
 
     watch(Slots, "take_record_in", target)
+    watch(Engine, "insert", lambda engine, *args: lambda: "insert")
     watch(Engine, "mark_clean", lambda engine: (lambda longer: lambda: "cut back" if longer else None)(
         os.fstat(engine._fd).st_size > engine.file_size))
     watch(Slots, "give_record", full_slot)
