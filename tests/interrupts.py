@@ -23,7 +23,10 @@ frame is tried, except in finalisers (``__del__``), whose exceptions Python igno
 before the first bytecode of every line executed, ``opcode`` before every bytecode (about
 five times as many points; the published figures in docs/reliability.md use it).
 
-Importing this module has no side effects (pytest's doctest collection imports it).
+``MMAPKV_INTERRUPT_LINES=PREFIX`` records the lines of the package that counted calls run
+and writes them to ``PREFIX.PID.json`` at exit, for ``fuzz/uncounted_lines.py``, which lists
+the code no interrupt is ever tried in.  Otherwise importing this module has no side
+effects (pytest's doctest collection imports it).
 
 >>> def f():
 ...     x = 1
@@ -50,6 +53,21 @@ __all__ = ["count_steps", "interrupt_where", "interrupt_at", "open_descriptors",
 
 
 _UNINTERRUPTIBLE: dict[CodeType, frozenset[int]] = {}
+
+_PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mmapkv", "")
+#: (file, line) of the package's lines that counted calls ran, if MMAPKV_INTERRUPT_LINES asks
+_COUNTED_LINES: set[tuple[str, int]] | None = None
+if os.environ.get("MMAPKV_INTERRUPT_LINES"):
+    import atexit
+    import json
+
+    _COUNTED_LINES = set()
+    atexit.register(lambda: _write_lines(f"{os.environ['MMAPKV_INTERRUPT_LINES']}.{os.getpid()}.json"))
+
+
+def _write_lines(where: str) -> None:
+    with open(where, "w") as out:
+        json.dump(sorted(_COUNTED_LINES or ()), out)
 
 
 def _with_exits(code: CodeType) -> frozenset[int]:
@@ -85,9 +103,12 @@ def _run(call: Callable[[], Any], stop_at: int, exc: type[BaseException] | None,
          injected: list[bool] | None = None, where: Callable[[FrameType], bool] | None = None) -> int:
     steps = 0
     event_kind = GRAIN
+    lines = _COUNTED_LINES if exc is None else None
 
     def local(frame: FrameType, event: str, arg: Any) -> Any:
         nonlocal steps
+        if lines is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+            lines.add((frame.f_code.co_filename, frame.f_lineno))
         if event == event_kind and frame.f_lasti not in _with_exits(frame.f_code):
             steps += 1
             if exc is not None and (steps == stop_at or where is not None and where(frame)):
