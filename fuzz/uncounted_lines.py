@@ -1,6 +1,6 @@
 """List the lines of mmapkv that no interrupt is ever tried in.
 
-    python3 fuzz/uncounted_lines.py                      # tests/test_interrupts.py, as in CI
+    python3 fuzz/uncounted_lines.py                      # tests/test_interrupts.py, its strides as in CI
     python3 fuzz/uncounted_lines.py -k "delete"          # extra arguments go to pytest
 
 Runs ``tests/test_interrupts.py`` with ``MMAPKV_INTERRUPT_LINES`` set, so the harness
@@ -8,8 +8,8 @@ records every line of the package that a counted call ran (the calls whose every
 interrupted), then prints, function by function, the lines of the package that none ran.
 Most are error branches (run only once an exception is raised: those are tried as the
 exception's own path) or code that changes nothing; a line that changes the file, on a
-path that raises nothing, wants a scenario.  Stop 39 found twelve such paths this way
-(docs/reliability.md).  The exit status is pytest's.
+path that raises nothing, wants a scenario.  Stop 39 found the paths of its new scenarios
+and opens this way (docs/reliability.md).  The exit status is pytest's.
 """
 
 from __future__ import annotations

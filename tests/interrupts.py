@@ -49,7 +49,7 @@ from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any
 
-__all__ = ["count_steps", "interrupt_where", "interrupt_at", "open_descriptors", "interrupt_the_last"]
+__all__ = ["count_steps", "interrupt_at", "open_descriptors", "interrupt_the_last"]
 
 
 _UNINTERRUPTIBLE: dict[CodeType, frozenset[int]] = {}
@@ -149,28 +149,18 @@ def count_steps(call: Callable[[], Any]) -> int:
     return _run(call, 0, None)
 
 
-def interrupt_where(call: Callable[[], Any], where: Callable[[FrameType], bool],
-                    exc: type[BaseException]) -> tuple[bool, BaseException | None]:
-    """``interrupt_at`` at the first point where *where(frame)* holds: the same point
-    whatever ran before it (a first run in a process counts imports warming up)."""
-    injected: list[bool] = []
-    try:
-        _run(call, 0, exc, injected, where=where)
-    except BaseException as out:  # noqa: BLE001 - the point is to see everything
-        return bool(injected), out
-    return bool(injected), None
-
-
-def interrupt_at(call: Callable[[], Any], step: int,
-                 exc: type[BaseException]) -> tuple[bool, BaseException | None]:
-    """Run *call*, raising *exc* just before its *step*-th bytecode.
+def interrupt_at(call: Callable[[], Any], step: int, exc: type[BaseException], *,
+                 where: Callable[[FrameType], bool] | None = None) -> tuple[bool, BaseException | None]:
+    """Run *call*, raising *exc* just before its *step*-th bytecode (or, given *where*,
+    at the first point where *where(frame)* holds: the same point whatever ran before it,
+    where a step counted once is not, since a first run in a process counts imports too).
 
     Returns (whether the exception was injected, what came out of the call: the injected
     exception, another one the call turned it into or raised itself, or None).
     """
     injected: list[bool] = []
     try:
-        _run(call, step, exc, injected)
+        _run(call, step, exc, injected, where)
     except BaseException as out:  # noqa: BLE001 - the point is to see everything
         return bool(injected), out
     return bool(injected), None

@@ -55,7 +55,7 @@ from mmapkv.slots import PER_SLOT, Slots
 from conftest import FakeClock
 from fault_child import write_report
 import interrupts
-from interrupts import GRAIN, count_steps, interrupt_at, interrupt_where, open_descriptors
+from interrupts import GRAIN, count_steps, interrupt_at, open_descriptors
 
 T0 = 1_700_000_000.0
 SMALL = Geometry.smallest_max_size() * 4    # 8 slots at first, 33 at the ceiling
@@ -492,21 +492,23 @@ def _buddies_nearly_empty(store: mmapkv.Store) -> None:
         store.delete(keys[i])
 
 
-def _compact_abandoning(frame: FrameType) -> bool:
-    """The point in a compact whose rename failed where its new file is abandoned
-    (closed and deleted) but the old engine still names it as its successor."""
-    return frame.f_code.co_name == "compact" and frame.f_code.co_filename == transfer.__file__ and \
-        linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip() == "old.successor = None"
-
-
 def _lengthen(store: mmapkv.Store) -> None:
     os.truncate(store.path, os.path.getsize(store.path) + SLOT_SIZE)
 
 
-def _compact_renamed(frame: FrameType) -> bool:
-    """The point just past a compact's rename, before the Store is switched over."""
-    return frame.f_code.co_name == "compact" and frame.f_code.co_filename == transfer.__file__ and \
-        linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip() == "new.path = store.path"
+def _in_compact_at(line: str) -> Callable[[FrameType], bool]:
+    """A ``repair_at``: the first point of ``transfer.compact`` at the line reading *line*."""
+    def at(frame: FrameType) -> bool:
+        return frame.f_code.co_name == "compact" and frame.f_code.co_filename == transfer.__file__ and \
+            linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip() == line
+    return at
+
+
+#: just past a compact's rename, before the Store is switched over
+_COMPACT_RENAMED = _in_compact_at("new.path = store.path")
+#: in a compact whose rename failed, its new file abandoned (closed and deleted) but the old
+#: engine still naming it as its successor
+_COMPACT_ABANDONING = _in_compact_at("old.successor = None")
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -630,7 +632,7 @@ SCENARIOS: dict[str, Scenario] = {
         by_pwrite=True, pwrite_fails=True, runs=frozenset({"short write", "batch given back"})),
     # a compact interrupted past its rename: the next use takes the new file over
     "repair-after-compact-renamed": Scenario(
-        lambda s, c: (_fill(s, 6), s.delete("k0")), lambda s, c: transfer.compact(s), repair_at=_compact_renamed),
+        lambda s, c: (_fill(s, 6), s.delete("k0")), lambda s, c: transfer.compact(s), repair_at=_COMPACT_RENAMED),
     "repair-after-batch-half-written": Scenario(
         lambda s, c: _fill(s, 6),
         lambda s, c: s.batch_create({"b0": {"n": 0}, "b1": {"n": 1}, "b2": {"n": 2}}),
@@ -699,11 +701,11 @@ SCENARIOS: dict[str, Scenario] = {
     # use drops what the old engine still names as its successor
     "repair-after-compact-abandoned": Scenario(
         lambda s, c: (_fill(s, 6), s.delete("k0")), lambda s, c: _compact_that_fails(s), rename_fails=True,
-        repair_at=_compact_abandoning),
+        repair_at=_COMPACT_ABANDONING),
     # a compact interrupted past its rename, and the Store closed instead of used: the
     # new file, left open and locked by the old engine, goes with it
     "close-after-compact-renamed": Scenario(
-        lambda s, c: (_fill(s, 6), s.delete("k0")), lambda s, c: transfer.compact(s), repair_at=_compact_renamed,
+        lambda s, c: (_fill(s, 6), s.delete("k0")), lambda s, c: transfer.compact(s), repair_at=_COMPACT_RENAMED,
         next_use=mmapkv.Store.close),
     # Store._make_room's refusals, after the work it tried first changed the file: at the
     # ceiling, no slot free, the sweep frees 3 small sub-slots, no whole slot, and the
@@ -861,9 +863,8 @@ def _interrupted_then_used(scenario: Scenario, store: mmapkv.Store, clock: FakeC
                            repair_step: int) -> Callable[[], None]:
     """Interrupt the scenario's call (untraced) at *repair_step*, or where ``repair_at``
     says; return the next use."""
-    call = _run_call(scenario, store, clock)
-    injected, out = interrupt_where(call, scenario.repair_at, KeyboardInterrupt) if callable(scenario.repair_at) \
-        else interrupt_at(call, repair_step, KeyboardInterrupt)
+    injected, out = interrupt_at(_run_call(scenario, store, clock), repair_step, KeyboardInterrupt,
+                                 where=scenario.repair_at if callable(scenario.repair_at) else None)
     assert injected and isinstance(out, KeyboardInterrupt)
     assert store._engine is not None and store._engine.changes, "nothing left to repair"
     return lambda: scenario.next_use(store)
@@ -1234,6 +1235,13 @@ def _damaged_superblock(path: str, clock: FakeClock) -> State:
     return state
 
 
+def _write_slot_info(path: str, slot: int, field: int, data: bytes) -> None:
+    """Damage: *data* over the slot info of *slot*, at byte *field* of its entry."""
+    with open(path, "r+b") as f:
+        f.seek(Geometry(SMALL).info_offset + SLOT_INFO.size * slot + field)
+        f.write(data)
+
+
 def _damaged_kind_byte(path: str, clock: FakeClock) -> State:
     """A crash copy whose whole-slot record's slot has its kind byte damaged into another
     class's (slot info has no checksum): recovery gives the slot its class back from the
@@ -1247,9 +1255,7 @@ def _damaged_kind_byte(path: str, clock: FakeClock) -> State:
     state = snapshot(store)
     crash_copy(store, path)
     store.close()
-    with open(path, "r+b") as f:
-        f.seek(Geometry(SMALL).info_offset + SLOT_INFO.size * slot)
-        f.write(bytes([11]))  # a class whose size divides the record's place
+    _write_slot_info(path, slot, 0, bytes([11]))  # a class whose size divides the record's place
     return state
 
 
@@ -1267,9 +1273,7 @@ def _segment_kind_at_ceiling(path: str, clock: FakeClock) -> State:
     state = snapshot(store)
     crash_copy(store, path)
     store.close()
-    with open(path, "r+b") as f:
-        f.seek(Geometry(SMALL).info_offset + SLOT_INFO.size * segment)
-        f.write(bytes([1]))
+    _write_slot_info(path, segment, 0, bytes([1]))
     return state
 
 
@@ -1284,9 +1288,7 @@ def _slot_info_unvouched(path: str, clock: FakeClock) -> State:
         assert engine is not None
         slot = engine.slot_of(engine.record_offset(engine.find(b"k0", engine.fingerprint(b"k0"))))
         state = snapshot(store)
-    with open(path, "r+b") as f:
-        f.seek(Geometry(SMALL).info_offset + SLOT_INFO.size * slot + 2)  # its used count
-        f.write((1).to_bytes(2, "little"))
+    _write_slot_info(path, slot, 2, (1).to_bytes(2, "little"))  # its used count
     return state
 
 
@@ -1298,7 +1300,8 @@ def _compact_left_behind(path: str) -> None:
 
 
 def _left_behind(path: str) -> list[str]:
-    prefix = f".{os.path.basename(path)[:32]}."
+    """The temporary files beside the store *path* (``tempfiles``' names for them)."""
+    prefix = tempfiles._prefix(path)
     return [name for name in os.listdir(os.path.dirname(path)) if name.startswith(prefix)]
 
 
@@ -1325,9 +1328,9 @@ class Unclean:
 UNCLEAN_STATES: dict[str, Unclean] = {
     "mid-batch": Unclean(_mid_batch, frozenset({"pending dropped"})),
     "mid-commit": Unclean(_mid_commit, frozenset({"pending committed"})),
-    "compact-left-a-file": Unclean(lambda path, clock: _crash_copy_of_base(path, clock), frozenset({"file removed"}),
-                                   beside=_compact_left_behind),
-    "mid-batch-in-a-pooled-slot": Unclean(_mid_batch_in_a_pooled_slot, frozenset({"pending dropped", "slot given back"})),
+    "compact-left-a-file": Unclean(_crash_copy_of_base, frozenset({"file removed"}), beside=_compact_left_behind),
+    "mid-batch-in-a-pooled-slot": Unclean(_mid_batch_in_a_pooled_slot,
+                                          frozenset({"pending dropped", "slot given back"})),
     "two-copies": Unclean(_two_copies, frozenset({"newest copy"})),
     # a file that could hold more records than whole_table_limit: recovery inserts each
     # record as it finds it, looking its key up (and so finds the other copy that way)
@@ -1385,7 +1388,7 @@ def test_each_unclean_state_takes_its_branch(state: str, tmp_path: Any, monkeypa
     spy(Engine, "recover", lambda result, superblock_damaged=False:
         {"superblock damaged"} if superblock_damaged else
         {"slot info recovered"} if "check_slot_info" in inside else set())
-    spy(Engine, "check_slot_info", lambda result: set())
+    spy(Engine, "check_slot_info", lambda result: set())  # (spied to be seen "inside")
     spy(Slots, "give_slot", lambda result, *args: {"slot given back"} if "recover" in inside else set())
     real_remove = engine_module.remove_abandoned
 
