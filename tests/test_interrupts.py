@@ -702,8 +702,9 @@ SCENARIOS: dict[str, Scenario] = {
     "repair-after-compact-abandoned": Scenario(
         lambda s, c: (_fill(s, 6), s.delete("k0")), lambda s, c: _compact_that_fails(s), rename_fails=True,
         repair_at=_COMPACT_ABANDONING),
-    # a compact interrupted past its rename, and the Store closed instead of used: the
-    # new file, left open and locked by the old engine, goes with it
+    # a compact interrupted past its rename, and the Store closed instead of used (the
+    # release of the new file that the old engine holds is not what fails here if it is
+    # dropped: CPython closes that file once nothing holds it)
     "close-after-compact-renamed": Scenario(
         lambda s, c: (_fill(s, 6), s.delete("k0")), lambda s, c: transfer.compact(s), repair_at=_COMPACT_RENAMED,
         next_use=mmapkv.Store.close),
